@@ -1,0 +1,28 @@
+"""Limits and defaults, in one place. Each has a row in the README's limits table and a test."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _default_lua_memory() -> int:
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        ram = 2 << 30
+    return min(1 << 30, ram // 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_line: int = 64 * 1024  # readline/readuntil: longer is nil, "line too long" / "too large"
+    max_read: int = 1024 * 1024  # readn(n) with n above this is nil, "too large"
+    read_timeout: float = 60.0  # seconds a read may wait for bytes (conn:settimeouts)
+    send_timeout: float = 60.0  # seconds a writer may wait for the peer to drain
+    write_high_water: int = 64 * 1024  # unsent bytes above which a writer is suspended
+    max_output: int = 1024 * 1024  # unsent bytes above which a connection that does not drain is closed
+    max_pending_input: int = 256 * 1024  # bytes received but not yet read above which reading pauses
+    backlog: int = 1024
+    lua_max_memory: int = _default_lua_memory()
+    drain_timeout: float = 30.0  # on SIGTERM, seconds handlers get to finish

@@ -1,0 +1,148 @@
+"""The host: one worker process serving one Lua app.
+
+Assembles the pieces (Lua state, kernel, services), runs the app's main chunk as the first task, serves until
+there is nothing left to do or a signal arrives, and drains gracefully:
+
+* SIGTERM or SIGINT: stop accepting; reads that would wait for new bytes return ``nil, "closed"`` so handlers
+  finish what they are doing, write their answers and end; after ``drain_timeout`` whatever is left is closed
+  (buffered output is still sent). Exit status 0. A second signal stops at once.
+* An app that listens on nothing and has no task left ends by itself (so ``moonlet run`` runs client scripts).
+* A Lua error in the main chunk ends the process with status 1 and the traceback in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+from pathlib import Path
+
+import uvloop
+
+from runtime.config import Limits
+from runtime.errors import AppLoadError
+from runtime.kernel.core import Kernel, one_line
+from runtime.kernel.task import Task
+from runtime.lua.state import new_lua_runtime
+from runtime.lua.stdlib import bootstrap
+from runtime.services.clock import ClockService, Deadlines
+from runtime.services.stream import StreamService
+from runtime.services.system import SystemService
+
+log = logging.getLogger("moonlet")
+
+
+class _Main:
+    """Owner of the task that runs the app's main chunk."""
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+
+    def describe(self) -> str:
+        return f"main chunk of {self._host.app_path}"
+
+    def task_exited(self, task: Task, ok: bool, error: bytes | None) -> None:
+        if not ok:
+            log.error("app failed: %s", one_line(error))
+            self._host.fail()
+
+
+class Host:
+    def __init__(self, app_path: str, app_args: list[str], limits: Limits | None = None) -> None:
+        self.app_path = app_path
+        self.app_args = app_args
+        self.limits = limits or Limits()
+        self.exit_code = 0
+        self._done: asyncio.Future[None] | None = None
+        self._stopping = False
+        self.stream: StreamService | None = None
+        self.kernel: Kernel | None = None
+
+    def run(self) -> int:
+        """Serve the app until it ends or is stopped; return the process exit status."""
+        if not Path(self.app_path).is_file():
+            raise AppLoadError(f"no such app file: {self.app_path}")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(self._serve())
+        return self.exit_code
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        kernel = self.kernel = Kernel()
+        deadlines = Deadlines(loop)
+        self.stream = StreamService(kernel, loop, self.limits, deadlines)
+        ClockService(kernel, loop)
+        SystemService(kernel)
+        missing = kernel.missing_handlers()
+        assert not missing, f"ops without a handler: {missing}"
+
+        lua = new_lua_runtime(self.limits.lua_max_memory)
+        lua_limits = {
+            "max_line": self.limits.max_line,
+            "max_read": self.limits.max_read,
+            "write_high_water": self.limits.write_high_water,
+        }
+        boot = bootstrap(lua, kernel.call, lua_limits, self.app_path, self.app_args)
+        kernel.set_body(boot[b"body"])
+        main, error = boot[b"load_main"]()
+        if main is None:
+            raise AppLoadError((error or b"cannot load the app").decode("utf-8", "replace"))
+
+        kernel.on_idle = self._check_idle
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            kernel.spawn(_Main(self), main, *(a.encode() for a in self.app_args))
+            self._check_idle()
+            await self._done
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            self.stream.close_all()
+            await asyncio.sleep(0)  # let transports flush and close
+
+    def _check_idle(self) -> None:
+        assert self.kernel is not None and self.stream is not None
+        if self.kernel.live == 0 and not self.stream.listeners:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def fail(self) -> None:
+        self.exit_code = 1
+        self._finish()
+
+    def _on_signal(self, sig: int) -> None:
+        assert self.stream is not None
+        if self._stopping:
+            log.warning("second %s: stopping now", signal.Signals(sig).name)
+            self._finish()
+            return
+        self._stopping = True
+        log.info(
+            "%s: draining (no new connections; up to %.3gs for handlers to finish)",
+            signal.Signals(sig).name,
+            self.limits.drain_timeout,
+        )
+        self.stream.start_drain()
+        asyncio.get_running_loop().call_later(self.limits.drain_timeout, self._drain_expired)
+        self._check_idle()
+
+    def _drain_expired(self) -> None:
+        assert self.kernel is not None
+        if self._done is not None and not self._done.done():
+            log.warning("drain timeout: closing %d connections still busy", len(self.stream.connections)
+                        if self.stream else 0)
+            self._finish()
+
+
+def limits_from(**overrides: object) -> Limits:
+    """Limits with some fields overridden (ignores None values)."""
+    return dataclasses.replace(Limits(), **{k: v for k, v in overrides.items() if v is not None})
+
+
+__all__ = ["Host", "limits_from"]

@@ -1,0 +1,1 @@
+"""The kernel: tasks, the closed request vocabulary, and the one decoder of requests."""

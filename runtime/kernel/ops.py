@@ -1,0 +1,46 @@
+"""The closed vocabulary of requests Lua sends to the host.
+
+Lua reaches the host through exactly one door, ``stdlib_lua/moonlet/_host.lua``, in two ways:
+
+* a *yielding* request: the coroutine yields ``(op, a, b, c)`` and sleeps; the kernel hands it to the
+  service that owns ``op`` and resumes the coroutine with the reply, now or later;
+* a *call*: ``host.call(op, a, b, c)`` runs synchronously and never suspends, so it also works where Lua
+  cannot yield (a ``table.sort`` comparator, a metamethod called from C).
+
+Both share this one enum. The Lua side receives the numbers at bootstrap in a table that raises on an unknown
+name, and ``tests/test_ops.py`` checks that every ``OP.NAME`` used in the Lua stdlib exists here and that
+every member has exactly one handler.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Op(enum.IntEnum):
+    # -- yielding requests (the coroutine sleeps until the reply) --
+    EXIT = 0  # (ok, result_or_traceback): the task's body has returned; never resumed again
+    RECV = 1  # (conn, out): send `out`, then reply with bytes that arrived, or nil, err
+    SEND = 2  # (conn, out): send `out`; wait while more than the high-water mark is unsent
+    SENDALL = 3  # (conn, out): send `out`; wait until the kernel has taken every byte
+    SLEEP = 4  # (seconds): reply true after that long
+    LISTEN = 5  # (host_or_path, port, entry): reply a listener handle and its port, or nil, err
+    # -- calls (synchronous, never suspend) --
+    WRITE = 16  # (conn, out): hand `out` to the transport now
+    CLOSE = 17  # (conn, out): send `out` and close
+    PEER = 18  # (conn): host, port of the peer (or the socket path)
+    SETTIMEOUTS = 19  # (conn, send, read): seconds; math.huge or false means never
+    BUFFERED = 20  # (conn): bytes received but not handed to Lua, bytes not yet sent
+    UNLISTEN = 21  # (listener): stop accepting on it
+    LOG = 22  # (level, message)
+    PRINT = 23  # (text): write to standard output
+    NOW = 24  # (): wall-clock seconds as a float
+    MONOTONIC = 25  # (): monotonic seconds as a float
+
+    @property
+    def yields(self) -> bool:
+        return self < Op.WRITE
+
+
+YIELDING = frozenset(op for op in Op if op.yields)
+CALLS = frozenset(op for op in Op if not op.yields)

@@ -1,0 +1,38 @@
+"""Where the Lua standard library lives on disk, and the bootstrap that builds a state around it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from runtime.kernel.ops import Op
+from runtime.lua.state import LuaRuntimeFacade
+
+
+def stdlib_dir() -> Path:
+    """``stdlib_lua/`` next to the ``runtime`` package: in the source tree, an editable install, or a wheel."""
+    import stdlib_lua  # a data package: only its location matters
+
+    return Path(stdlib_lua.__file__).parent
+
+
+def bootstrap(
+    lua: LuaRuntimeFacade,
+    host_call: object,
+    limits: dict[str, int],
+    app_path: str | None,
+    app_args: list[str],
+) -> Any:
+    """Run ``_bootstrap.lua`` in ``lua``; returns its table (``body``, ``load_main``, ``main_args``)."""
+    root = stdlib_dir()
+    source = (root / "moonlet" / "_bootstrap.lua").read_bytes()
+    ops = lua.table_from({op.name.encode(): int(op) for op in Op})
+    lua_limits = lua.table_from({k.encode(): v for k, v in limits.items()})
+    args = lua.table_from([a.encode() for a in app_args])
+    load = lua.globals()[b"load"]
+    chunk = load(source, b"@" + str(root / "moonlet" / "_bootstrap.lua").encode(), b"t")
+    if isinstance(chunk, tuple):  # nil, message
+        raise RuntimeError(f"the Lua bootstrap does not compile: {chunk[1]!r}")
+    return chunk(
+        host_call, ops, lua_limits, str(root).encode(), app_path.encode() if app_path else None, args
+    )

@@ -1,0 +1,434 @@
+"""Byte streams: listening sockets, accepted connections, and the read/write requests on them.
+
+Hot path (see ``docs/design.md``): a connection is one :class:`Connection` protocol object, one Lua coroutine
+and its buffers; there is no asyncio Task per connection. Lua keeps the read buffer and splits lines itself,
+so a coroutine crosses into Python only when its buffer runs dry; it then yields ``RECV`` carrying whatever it
+wrote since the last crossing, and ``data_received`` resumes it directly with the next chunk. Bytes that arrive
+while nobody is reading wait here (reading pauses above ``max_pending_input``).
+
+Backpressure: a writer is suspended while more than ``write_high_water`` bytes are unsent, for at most
+``send_timeout``; a connection whose unsent bytes pass ``max_output`` anyway (writes from tasks that never
+wait) is closed. A reader waits at most ``read_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import stat
+from typing import Any, cast
+
+from runtime.config import Limits
+from runtime.kernel.core import SUSPEND, Kernel
+from runtime.kernel.ops import Op
+from runtime.kernel.task import Task
+from runtime.services.clock import Deadlines
+
+log = logging.getLogger("moonlet")
+
+# The documented error strings a read or write may return to Lua as `nil, err`.
+TIMEOUT = b"timeout"
+CLOSED = b"closed"
+TOO_LARGE = b"too large"
+LINE_TOO_LONG = b"line too long"  # produced by net.lua
+BUSY = b"busy"
+ERRORS = frozenset({TIMEOUT, CLOSED, TOO_LARGE, LINE_TOO_LONG, BUSY})
+
+_TIMEOUT_REPLY = (None, TIMEOUT)
+_CLOSED_REPLY = (None, CLOSED)
+_TOO_LARGE_REPLY = (None, TOO_LARGE)
+_BUSY_REPLY = (None, BUSY)
+
+# What a suspended writer is waiting for.
+_AFTER_DRAIN_READ = 1  # RECV: the output went out above the high-water mark; read once it drains
+_AFTER_DRAIN_TRUE = 2  # SEND: reply true once below the high-water mark
+_AFTER_FLUSH_TRUE = 3  # SENDALL: reply true once every byte is taken
+
+
+class Listener:
+    """A listening socket; Lua holds it as an opaque handle."""
+
+    __slots__ = ("entry", "label", "server")
+
+    def __init__(self, entry: object, label: str) -> None:
+        self.entry = entry  # Lua function run as the handler task of each accepted connection
+        self.label = label
+        self.server: asyncio.Server | None = None
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = (
+        "deadline_key",
+        "eof",
+        "listener",
+        "pending",
+        "pending_size",
+        "read_deadline",
+        "read_paused",
+        "read_timeout",
+        "reader",
+        "send_timeout",
+        "svc",
+        "task",
+        "transport",
+        "write_deadline",
+        "write_paused",
+        "writer",
+        "writer_then",
+    )
+
+    def __init__(self, svc: StreamService, listener: Listener) -> None:
+        self.svc = svc
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None  # None once closed
+        self.task: Task | None = None
+        self.reader: Task | None = None
+        self.writer: Task | None = None
+        self.writer_then = 0
+        self.pending: list[bytes] | None = None
+        self.pending_size = 0
+        self.eof = False
+        self.read_paused = False
+        self.write_paused = False
+        self.read_timeout = svc.limits.read_timeout
+        self.send_timeout = svc.limits.send_timeout
+        self.read_deadline = 0.0
+        self.write_deadline = 0.0
+        self.deadline_key = 0
+
+    # -- protocol callbacks ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        svc = self.svc
+        hwm = svc.limits.write_high_water
+        transport.set_write_buffer_limits(high=hwm, low=hwm // 4)
+        svc.connections.add(self)
+        self.task = svc.kernel.spawn(self, self.listener.entry, self)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        if reader is not None:
+            self.reader = None
+            self.svc.kernel.resume(reader, data)
+            return
+        if self.pending is None:
+            self.pending = [data]
+        else:
+            self.pending.append(data)
+        self.pending_size += len(data)
+        if self.pending_size >= self.svc.limits.max_pending_input and not self.read_paused:
+            self.read_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake_reader(_CLOSED_REPLY)
+        return True  # keep the write side open: the handler may still answer (half-close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.eof = True
+        self.svc.connections.discard(self)
+        self._wake_reader(_CLOSED_REPLY)
+        self._wake_writer(_CLOSED_REPLY)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        writer = self.writer
+        if writer is None:
+            return
+        self.writer = None
+        then = self.writer_then
+        if then == _AFTER_FLUSH_TRUE:
+            self._restore_write_limits()
+            self.svc.kernel.resume(writer, True)
+        elif then == _AFTER_DRAIN_TRUE:
+            self.svc.kernel.resume(writer, True)
+        else:
+            value = self.wait_readable(writer)
+            if value is not SUSPEND:
+                self.svc.kernel.resume(writer, value)
+
+    # -- owner of the handler task ---------------------------------------------------------------
+    def describe(self) -> str:
+        return f"connection {self.peer_label()} on {self.listener.label}"
+
+    def task_exited(self, task: Task, ok: bool, error: bytes | None) -> None:
+        if not ok:
+            self.svc.log_task_error(self, error)
+        self.close()
+
+    # -- requests --------------------------------------------------------------------------------
+    def send(self, out: bytes | None) -> bool:
+        """Hand ``out`` to the transport; False if the connection is closed (or was closed by the cap)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        if out:
+            unsent = transport.get_write_buffer_size()
+            if unsent > self.svc.limits.max_output:
+                log.warning(
+                    "closing %s: %d bytes unsent and the peer is not reading (max_output %d)",
+                    self.describe(), unsent, self.svc.limits.max_output,
+                )
+                self.abort()
+                return False
+            transport.write(out)
+        return True
+
+    def wait_readable(self, task: Task) -> object:
+        """Reply with buffered bytes, or an error, or suspend ``task`` until bytes arrive."""
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            self.pending_size = 0
+            if self.read_paused and self.transport is not None:
+                self.read_paused = False
+                self.transport.resume_reading()
+            return pending[0] if len(pending) == 1 else b"".join(pending)
+        if self.eof or self.svc.draining:
+            return _CLOSED_REPLY
+        if self.reader is not None:
+            return _BUSY_REPLY
+        self.reader = task
+        timeout = self.read_timeout
+        if timeout != math.inf:
+            self.read_deadline = deadline = self.svc.loop.time() + timeout
+            self.svc.deadlines.add(self, deadline)
+        return SUSPEND
+
+    def wait_writer(self, task: Task, then: int) -> object:
+        if self.writer is not None:
+            return _BUSY_REPLY
+        self.writer = task
+        self.writer_then = then
+        timeout = self.send_timeout
+        if timeout != math.inf:
+            self.write_deadline = deadline = self.svc.loop.time() + timeout
+            self.svc.deadlines.add(self, deadline)
+        return SUSPEND
+
+    def on_deadline(self, now: float) -> None:
+        if self.reader is not None:
+            if self.read_deadline <= now:
+                self._wake_reader(_TIMEOUT_REPLY, soon=False)
+            else:
+                self.svc.deadlines.add(self, self.read_deadline)
+        if self.writer is not None:
+            if self.write_deadline <= now:
+                log.info("closing %s: the peer took no data for %.3gs", self.describe(), self.send_timeout)
+                self.abort()  # the unsent bytes can never be delivered in order now
+            else:
+                self.svc.deadlines.add(self, self.write_deadline)
+
+    def close(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()  # sends what is buffered first
+        self._wake_reader(_CLOSED_REPLY)
+        self._wake_writer(_CLOSED_REPLY)
+
+    def abort(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.abort()
+        self._wake_reader(_CLOSED_REPLY)
+        self._wake_writer(_CLOSED_REPLY)
+
+    def peer_label(self) -> str:
+        peer = self.peer()
+        if peer is None:
+            return "(closed)"
+        host, port = peer
+        return host.decode() if port is None else f"{host.decode()}:{port}"
+
+    def peer(self) -> tuple[bytes, int | None] | None:
+        transport = self.transport
+        if transport is None:
+            return None
+        name: Any = transport.get_extra_info("peername")
+        if isinstance(name, tuple):
+            return str(name[0]).encode(), int(name[1])
+        sockname: Any = transport.get_extra_info("sockname")
+        return (str(sockname or "").encode(), None)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _wake_reader(self, value: object, soon: bool = True) -> None:
+        reader = self.reader
+        if reader is not None:
+            self.reader = None
+            if soon:
+                self.svc.loop.call_soon(self.svc.kernel.resume, reader, value)
+            else:
+                self.svc.kernel.resume(reader, value)
+
+    def _wake_writer(self, value: object) -> None:
+        writer = self.writer
+        if writer is not None:
+            self.writer = None
+            self.svc.loop.call_soon(self.svc.kernel.resume, writer, value)
+
+    def _restore_write_limits(self) -> None:
+        if self.transport is not None:
+            hwm = self.svc.limits.write_high_water
+            self.transport.set_write_buffer_limits(high=hwm, low=hwm // 4)
+
+
+class StreamService:
+    """Owns listeners, connections and the stream requests."""
+
+    def __init__(
+        self, kernel: Kernel, loop: asyncio.AbstractEventLoop, limits: Limits, deadlines: Deadlines
+    ) -> None:
+        self.kernel = kernel
+        self.loop = loop
+        self.limits = limits
+        self.deadlines = deadlines
+        self.connections: set[Connection] = set()
+        self.listeners: set[Listener] = set()
+        self.draining = False
+        kernel.register(Op.RECV, self._recv)
+        kernel.register(Op.SEND, self._send)
+        kernel.register(Op.SENDALL, self._sendall)
+        kernel.register(Op.LISTEN, self._listen)
+        kernel.register_call(Op.WRITE, self._write)
+        kernel.register_call(Op.CLOSE, self._close)
+        kernel.register_call(Op.PEER, self._peer)
+        kernel.register_call(Op.SETTIMEOUTS, self._settimeouts)
+        kernel.register_call(Op.BUFFERED, self._buffered)
+        kernel.register_call(Op.UNLISTEN, self._unlisten)
+
+    # -- yielding requests -----------------------------------------------------------------------
+    def _recv(self, task: Task, conn: Connection, out: bytes | None, _: object) -> object:
+        if out:
+            if not conn.send(out):
+                return _CLOSED_REPLY
+            if conn.write_paused:
+                return conn.wait_writer(task, _AFTER_DRAIN_READ)
+        return conn.wait_readable(task)
+
+    def _send(self, task: Task, conn: Connection, out: bytes | None, _: object) -> object:
+        if not conn.send(out):
+            return _CLOSED_REPLY
+        if conn.write_paused:
+            return conn.wait_writer(task, _AFTER_DRAIN_TRUE)
+        return True
+
+    def _sendall(self, task: Task, conn: Connection, out: bytes | None, _: object) -> object:
+        if not conn.send(out):
+            return _CLOSED_REPLY
+        transport = conn.transport
+        assert transport is not None
+        if transport.get_write_buffer_size() == 0:
+            return True
+        transport.set_write_buffer_limits(high=0, low=0)  # resume_writing fires once it is all sent
+        return conn.wait_writer(task, _AFTER_FLUSH_TRUE)
+
+    def _listen(self, task: Task, where: bytes, port: int | None, entry: object) -> object:
+        self.loop.create_task(self._open_listener(task, where, port, entry))
+        return SUSPEND
+
+    async def _open_listener(self, task: Task, where: bytes, port: int | None, entry: object) -> None:
+        where_s = where.decode()
+        label = where_s if port is None else f"{where_s}:{port}"
+        listener = Listener(entry, label)
+        try:
+            if port is None:
+                _remove_stale_socket(where_s)
+                server = await self.loop.create_unix_server(
+                    lambda: Connection(self, listener), where_s, backlog=self.limits.backlog
+                )
+                bound: object = None
+            else:
+                server = await self.loop.create_server(
+                    lambda: Connection(self, listener),
+                    where_s,
+                    port,
+                    reuse_address=True,
+                    backlog=self.limits.backlog,
+                )
+                bound = server.sockets[0].getsockname()[1]
+                listener.label = f"{where_s}:{bound}"
+        except OSError as e:
+            reason = (e.strerror or str(e)).lower()
+            self.kernel.resume(task, (None, reason.encode()))
+            return
+        listener.server = server
+        self.listeners.add(listener)
+        log.info("listening on %s", listener.label)
+        self.kernel.resume(task, (listener, bound))
+
+    # -- calls -----------------------------------------------------------------------------------
+    def _write(self, conn: Connection, out: bytes | None, _: object) -> object:
+        return True if conn.send(out) else _CLOSED_REPLY
+
+    def _close(self, conn: Connection, out: bytes | None, _: object) -> object:
+        conn.send(out)
+        conn.close()
+        return True
+
+    def _peer(self, conn: Connection, _a: object, _b: object) -> object:
+        peer = conn.peer()
+        return _CLOSED_REPLY if peer is None else peer
+
+    def _settimeouts(self, conn: Connection, send: float | None, read: float | None) -> object:
+        if send is not None:
+            conn.send_timeout = float(send)
+        if read is not None:
+            conn.read_timeout = float(read)
+        return True
+
+    def _buffered(self, conn: Connection, _a: object, _b: object) -> object:
+        unsent = conn.transport.get_write_buffer_size() if conn.transport is not None else 0
+        return conn.pending_size, unsent
+
+    def _unlisten(self, listener: Listener, _a: object, _b: object) -> object:
+        self.close_listener(listener)
+        return True
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def close_listener(self, listener: Listener) -> None:
+        if listener.server is not None:
+            listener.server.close()
+            listener.server = None
+            self.listeners.discard(listener)
+            log.info("stopped listening on %s", listener.label)
+
+    def start_drain(self) -> None:
+        """Stop accepting; reads that would wait for new bytes now return ``nil, "closed"``."""
+        self.draining = True
+        for listener in list(self.listeners):
+            self.close_listener(listener)
+        for conn in list(self.connections):
+            if conn.reader is not None:
+                conn._wake_reader(_CLOSED_REPLY)
+
+    def close_all(self) -> None:
+        for conn in list(self.connections):
+            conn.close()
+
+    def log_task_error(self, conn: Connection, error: bytes | None) -> None:
+        from runtime.kernel.core import one_line
+
+        log.error("handler error on %s: %s", conn.describe(), one_line(error))
+
+
+def _remove_stale_socket(path: str) -> None:
+    """A socket file left by a dead server would make bind fail; a live server's is kept (bind then fails)."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)
+            finally:
+                probe.close()

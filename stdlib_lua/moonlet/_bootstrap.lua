@@ -1,0 +1,187 @@
+-- Builds the two Lua environments moonlet runs code in, then hands the host what it needs.
+--
+-- Run once per Lua state by runtime/host.py, before any app code. It captures the privileged functions
+-- (io.open to read modules, debug for strict globals and tracebacks, the raw coroutine.yield used by the
+-- door) into locals here, so that no app code can reach them afterwards:
+--
+--   * the stdlib environment: the standard Lua globals and a `require` that may load the private modules
+--     (`moonlet._host`, the one door to the host);
+--   * the app environment: a safe subset (no io, debug, os.execute, dofile, loadfile, binary chunks, C
+--     modules), strict globals, and a `require` that searches the app's directory, its lib/ and the stdlib.
+--
+-- `require` is written in Lua, so a module's top level may yield (connect, query, sleep) like any code.
+
+local host_call, OP, limits, stdlib_dir, app_path, app_args = ...
+
+local G = _G
+local io_open, load, setmetatable, rawget, rawset = io.open, load, setmetatable, rawget, rawset
+local error, type, pairs, tostring, select, next = error, type, pairs, tostring, select, next
+local getinfo, traceback = debug.getinfo, debug.traceback
+local raw_yield = coroutine.yield
+local gsub, find, sub, concat = string.gsub, string.find, string.sub, table.concat
+
+setmetatable(OP, { __index = function(_, name)
+  error("unknown host op '" .. tostring(name) .. "' (see runtime/kernel/ops.py)", 2)
+end })
+
+local function dirname(path)
+  local dir = path:match("^(.*)/[^/]*$")
+  if dir == nil then return "." elseif dir == "" then return "/" end
+  return dir
+end
+
+local app_dir = app_path and dirname(app_path) or "."
+
+-- strict globals: reading an undeclared global is an error; so is creating one outside a main chunk.
+local function strict(env)
+  return setmetatable(env, {
+    __index = function(_, name)
+      error("undefined global '" .. tostring(name) .. "'", 2)
+    end,
+    __newindex = function(t, name, value)
+      local info = getinfo(2, "S")
+      if info and info.what ~= "main" and info.what ~= "C" then
+        error("assignment to undeclared global '" .. tostring(name)
+          .. "' (declare it at the top level of a file, or make it local)", 2)
+      end
+      rawset(t, name, value)
+    end,
+  })
+end
+
+local SAFE = {
+  "assert", "error", "ipairs", "next", "pairs", "pcall", "xpcall", "rawequal", "rawget", "rawlen", "rawset",
+  "select", "setmetatable", "getmetatable", "tonumber", "tostring", "type", "_VERSION", "collectgarbage",
+  "string", "table", "math", "utf8", "coroutine",
+}
+
+local function print(...)
+  local n = select("#", ...)
+  local parts = {}
+  for i = 1, n do parts[i] = tostring((select(i, ...))) end
+  host_call(OP.PRINT, concat(parts, "\t") .. "\n")
+end
+
+local function base_env()
+  local env = {}
+  for _, name in pairs(SAFE) do env[name] = G[name] end
+  env.os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime, getenv = os.getenv }
+  env.print = print
+  env._G = env
+  return env
+end
+
+local stdlib_env = base_env()
+local app_env = base_env()
+
+-- load text only, into the app environment unless told otherwise
+app_env.load = function(chunk, name, mode, env)
+  if mode ~= nil and mode ~= "t" then error("moonlet loads text chunks only (mode 't')", 2) end
+  return load(chunk, name, "t", env == nil and app_env or env)
+end
+
+---------------------------------------------------------------------------------------------------------
+-- modules
+local loaded = {}          -- module name -> value
+local LOADING = {}         -- marker while a module's top level runs
+
+local function read_file(path)
+  local f = io_open(path, "rb")
+  if not f then return nil end
+  local src = f:read("a")
+  f:close()
+  return src
+end
+
+local function find_module(name, templates)
+  local rel = gsub(name, "%.", "/")
+  local tried = {}
+  for i = 1, #templates do
+    local path = gsub(templates[i], "%?", rel)
+    local src = read_file(path)
+    if src then return path, src end
+    tried[#tried + 1] = "\n\tno file '" .. path .. "'"
+  end
+  return nil, concat(tried)
+end
+
+local function is_private(name)
+  return find(name, "^moonlet%._") ~= nil or find(name, "^moonlet%.[^%.]*%._") ~= nil
+end
+
+local STDLIB_PATH = { stdlib_dir .. "/?.lua", stdlib_dir .. "/?/init.lua" }
+local APP_PATH = {
+  app_dir .. "/?.lua", app_dir .. "/?/init.lua", app_dir .. "/lib/?.lua", app_dir .. "/lib/?/init.lua",
+  stdlib_dir .. "/?.lua", stdlib_dir .. "/?/init.lua",
+}
+
+local function load_module(name, templates, env)
+  local value = loaded[name]
+  if value == LOADING then
+    error("module '" .. name .. "' is required again while its own top level runs (a require loop)", 3)
+  elseif value ~= nil then
+    return value
+  end
+  local std = find(name, "^moonlet%.") ~= nil
+  local path, src = find_module(name, std and STDLIB_PATH or templates)
+  if not path then
+    error("module '" .. name .. "' not found:" .. src, 3)
+  end
+  local chunk, err = load(src, "@" .. path, "t", std and stdlib_env or env)
+  if not chunk then error("error loading module '" .. name .. "': " .. err, 3) end
+  loaded[name] = LOADING
+  local ok, result = pcall(chunk, name, path)
+  if not ok then
+    loaded[name] = nil
+    error(result, 0)
+  end
+  if result == nil then result = true end
+  loaded[name] = result
+  return result
+end
+
+stdlib_env.require = function(name)
+  if type(name) ~= "string" then error("bad argument #1 to 'require' (string expected)", 2) end
+  return load_module(name, STDLIB_PATH, stdlib_env)
+end
+
+app_env.require = function(name)
+  if type(name) ~= "string" then error("bad argument #1 to 'require' (string expected)", 2) end
+  if is_private(name) then
+    error("module '" .. name .. "' is private to the moonlet standard library", 2)
+  end
+  return load_module(name, APP_PATH, app_env)
+end
+
+-- The door is built here, from the privileged values, and registered before anything can require it.
+do
+  local path = stdlib_dir .. "/moonlet/_host.lua"
+  local chunk = assert(load(assert(read_file(path), "cannot read " .. path), "@" .. path, "t", stdlib_env))
+  loaded["moonlet._host"] = chunk({
+    call = host_call, OP = OP, yield = raw_yield, limits = limits, traceback = traceback,
+  })
+end
+
+strict(stdlib_env)
+
+-- common calls as globals of the app
+local time = stdlib_env.require("moonlet.time")
+rawset(app_env, "sleep", time.sleep)
+
+local args = { [0] = app_path }
+if app_args then for i = 1, #app_args do args[i] = app_args[i] end end
+rawset(app_env, "arg", args)
+strict(app_env)
+
+local host = loaded["moonlet._host"]
+local M = { body = host.body }
+
+-- compile the app's main chunk; the host runs it as the first task
+function M.load_main()
+  local src = read_file(app_path)
+  if not src then return nil, "cannot read " .. app_path end
+  local main, err = load(src, "@" .. app_path, "t", app_env)
+  return main, err  -- always two values: lupa hands Python a tuple
+end
+
+return M
