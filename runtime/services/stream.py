@@ -26,7 +26,7 @@ from runtime.config import Limits
 from runtime.kernel.core import SUSPEND, Kernel
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
-from runtime.services.clock import Deadlines
+from runtime.services.clock import TICK, Deadlines
 
 log = logging.getLogger("moonlet")
 
@@ -62,6 +62,7 @@ class Listener:
 
 class Connection(asyncio.Protocol):
     __slots__ = (
+        "closing",
         "deadline_key",
         "eof",
         "listener",
@@ -84,7 +85,8 @@ class Connection(asyncio.Protocol):
     def __init__(self, svc: StreamService, listener: Listener) -> None:
         self.svc = svc
         self.listener = listener
-        self.transport: asyncio.Transport | None = None  # None once closed
+        self.transport: asyncio.Transport | None = None  # None once the connection is lost
+        self.closing = False  # no more output may be sent
         self.task: Task | None = None
         self.reader: Task | None = None
         self.writer: Task | None = None
@@ -113,7 +115,7 @@ class Connection(asyncio.Protocol):
         reader = self.reader
         if reader is not None:
             self.reader = None
-            self.svc.kernel.resume(reader, data)
+            self.svc.resume(reader, data)
             return
         if self.pending is None:
             self.pending = [data]
@@ -132,6 +134,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.closing = True
         self.eof = True
         self.svc.connections.discard(self)
         self._wake_reader(_CLOSED_REPLY)
@@ -169,18 +172,20 @@ class Connection(asyncio.Protocol):
     # -- requests --------------------------------------------------------------------------------
     def send(self, out: bytes | None) -> bool:
         """Hand ``out`` to the transport; False if the connection is closed (or was closed by the cap)."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
+        if self.closing:
             return False
         if out:
-            unsent = transport.get_write_buffer_size()
-            if unsent > self.svc.limits.max_output:
-                log.warning(
-                    "closing %s: %d bytes unsent and the peer is not reading (max_output %d)",
-                    self.describe(), unsent, self.svc.limits.max_output,
-                )
-                self.abort()
-                return False
+            transport = self.transport
+            assert transport is not None
+            if self.write_paused:  # above the high-water mark: is the peer reading at all?
+                unsent = transport.get_write_buffer_size()
+                if unsent > self.svc.limits.max_output:
+                    log.warning(
+                        "closing %s: %d bytes unsent and the peer is not reading (max_output %d)",
+                        self.describe(), unsent, self.svc.limits.max_output,
+                    )
+                    self.abort()
+                    return False
             transport.write(out)
         return True
 
@@ -201,8 +206,11 @@ class Connection(asyncio.Protocol):
         self.reader = task
         timeout = self.read_timeout
         if timeout != math.inf:
-            self.read_deadline = deadline = self.svc.loop.time() + timeout
-            self.svc.deadlines.add(self, deadline)
+            svc = self.svc
+            self.read_deadline = deadline = svc.time() + timeout
+            key = self.deadline_key
+            if key == 0 or deadline < key * TICK:  # else the wheel already holds an earlier reminder
+                svc.deadlines.add(self, deadline)
         return SUSPEND
 
     def wait_writer(self, task: Task, then: int) -> object:
@@ -212,7 +220,7 @@ class Connection(asyncio.Protocol):
         self.writer_then = then
         timeout = self.send_timeout
         if timeout != math.inf:
-            self.write_deadline = deadline = self.svc.loop.time() + timeout
+            self.write_deadline = deadline = self.svc.time() + timeout
             self.svc.deadlines.add(self, deadline)
         return SUSPEND
 
@@ -230,6 +238,7 @@ class Connection(asyncio.Protocol):
                 self.svc.deadlines.add(self, self.write_deadline)
 
     def close(self) -> None:
+        self.closing = True
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.close()  # sends what is buffered first
@@ -237,6 +246,7 @@ class Connection(asyncio.Protocol):
         self._wake_writer(_CLOSED_REPLY)
 
     def abort(self) -> None:
+        self.closing = True
         transport = self.transport
         if transport is not None:
             transport.abort()
@@ -289,7 +299,9 @@ class StreamService:
         self, kernel: Kernel, loop: asyncio.AbstractEventLoop, limits: Limits, deadlines: Deadlines
     ) -> None:
         self.kernel = kernel
+        self.resume = kernel.resume
         self.loop = loop
+        self.time = loop.time
         self.limits = limits
         self.deadlines = deadlines
         self.connections: set[Connection] = set()
@@ -307,10 +319,14 @@ class StreamService:
         kernel.register_call(Op.UNLISTEN, self._unlisten)
 
     # -- yielding requests -----------------------------------------------------------------------
-    def _recv(self, task: Task, conn: Connection, out: bytes | None, _: object) -> object:
+    @staticmethod
+    def _recv(task: Task, conn: Connection, out: bytes | None, _: object) -> object:
         if out:
-            if not conn.send(out):
-                return _CLOSED_REPLY
+            if conn.closing or conn.write_paused:  # the uncommon cases
+                if not conn.send(out):
+                    return _CLOSED_REPLY
+            else:
+                conn.transport.write(out)  # type: ignore[union-attr]
             if conn.write_paused:
                 return conn.wait_writer(task, _AFTER_DRAIN_READ)
         return conn.wait_readable(task)

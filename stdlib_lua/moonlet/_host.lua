@@ -17,24 +17,46 @@ local next, tostring, xpcall = next, tostring, xpcall
 
 local M = { call = call, OP = OP, limits = privileged.limits }
 
-local dirty = {}  -- objects whose output has not been handed to the host
+-- Objects whose output has not been handed to the host: almost always one connection, kept in `first`
+-- so that marking and unmarking it costs no table operation; any others go in `more`.
+local first = nil
+local more = {}
+local nmore = 0
 
-function M.mark_dirty(obj) dirty[obj] = true end
-function M.unmark(obj) dirty[obj] = nil end
+function M.mark_dirty(obj)
+  if first == nil then
+    first = obj
+  elseif first ~= obj and not more[obj] then
+    more[obj] = true
+    nmore = nmore + 1
+  end
+end
+
+function M.unmark(obj)
+  if first == obj then
+    first = nil
+  elseif more[obj] then
+    more[obj] = nil
+    nmore = nmore - 1
+  end
+end
 
 local function sync_all()
-  local obj = next(dirty)
-  while obj ~= nil do
-    dirty[obj] = nil
+  local obj = first
+  first = nil
+  if obj ~= nil then obj:_sync() end
+  while nmore > 0 do
+    obj = next(more)
+    more[obj] = nil
+    nmore = nmore - 1
     obj:_sync()
-    obj = next(dirty)
   end
 end
 M.sync_all = sync_all
 
 --- Suspend the running coroutine until the host replies to request `op`.
 function M.request(op, a, b, c)
-  if next(dirty) ~= nil then sync_all() end
+  if first ~= nil or nmore > 0 then sync_all() end
   return raw_yield(op, a, b, c)
 end
 
@@ -45,7 +67,7 @@ end
 --- The body of every task: run fn(...) and report how it ended with an EXIT request.
 function M.body(fn, ...)
   local ok, err = xpcall(fn, on_error, ...)
-  if next(dirty) ~= nil then sync_all() end
+  if first ~= nil or nmore > 0 then sync_all() end
   if ok then return OP.EXIT, true, nil, nil end
   return OP.EXIT, false, err, nil
 end

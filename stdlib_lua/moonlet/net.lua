@@ -21,6 +21,7 @@ local huge = math.huge
 
 local RECV, SEND, SENDALL, WRITE, CLOSE = OP.RECV, OP.SEND, OP.SENDALL, OP.WRITE, OP.CLOSE
 local HIGH_WATER = host.limits.write_high_water
+local MIN_LINE_LIMIT = 256 -- setlimits refuses a smaller line limit
 
 local M = {}
 
@@ -33,7 +34,8 @@ M.Conn = Conn
 -- (buffered output parts, their count and size), _lim (shared {line=, read=} limits), _closed.
 
 local function new_conn(py, lim)
-  return setmetatable({ _py = py, _buf = "", _pos = 1, _out = {}, _outn = 0, _outb = 0, _lim = lim }, Conn)
+  return setmetatable(
+    { _py = py, _buf = "", _pos = 1, _out = {}, _outn = 0, _outb = 0, _lim = lim, _closed = false }, Conn)
 end
 
 -- Take the buffered output as one string (nil if none), leaving the buffer empty.
@@ -62,9 +64,11 @@ local function drain(self)
   return sub(buf, pos)
 end
 
--- Wait for more bytes and append them to the buffer.
+-- Wait for more bytes and append them to the buffer (sending the buffered output on the way).
 local function fill(self)
-  local data, err = request(RECV, self._py, take(self))
+  local out = nil
+  if self._outn > 0 then out = take(self) end
+  local data, err = request(RECV, self._py, out)
   if not data then return nil, err end
   local buf, pos = self._buf, self._pos
   if pos > #buf then
@@ -95,7 +99,8 @@ function Conn:readline()
     local buf, pos = self._buf, self._pos
     local i = find(buf, "\n", from, true)
     if i then
-      if i - pos > self._lim.line then
+      -- (the limit is looked up only for lines longer than any limit can be smaller than)
+      if i - pos > MIN_LINE_LIMIT and i - pos > self._lim.line then
         self._pos = i + 1
         return nil, "line too long", sub(buf, pos, i - 1)
       end
@@ -203,6 +208,15 @@ function Conn:write(...)
   if self._closed then return nil, "closed" end
   local out, n, size = self._out, self._outn, self._outb
   if n == 0 then mark_dirty(self) end
+  local s, nargs = ..., select("#", ...)
+  if nargs == 1 and type(s) == "string" then -- the common case, kept short
+    n = n + 1
+    out[n] = s
+    size = size + #s
+    self._outn, self._outb = n, size
+    if size >= HIGH_WATER then return self:flush() end
+    return true
+  end
   for i = 1, select("#", ...) do
     local v = select(i, ...)
     local tv = type(v)
@@ -310,6 +324,7 @@ function Conn:setlimits(limits)
   if type(limits) ~= "table" then error("bad argument #1 to 'setlimits' (table expected)", 2) end
   local line, read = limits.line or self._lim.line, limits.read or self._lim.read
   check_count(line, "setlimits"); check_count(read, "setlimits")
+  if line < MIN_LINE_LIMIT then error("setlimits: the line limit must be at least " .. MIN_LINE_LIMIT, 2) end
   self._lim = { line = line, read = read }
 end
 
@@ -339,6 +354,7 @@ function M.listen(opts)
   if type(handler) ~= "function" then error("listen: 'handler' must be a function", 2) end
   local lim = { line = opts.max_line or host.limits.max_line, read = opts.max_read or host.limits.max_read }
   check_count(lim.line, "listen"); check_count(lim.read, "listen")
+  if lim.line < MIN_LINE_LIMIT then error("listen: 'max_line' must be at least " .. MIN_LINE_LIMIT, 2) end
   local where, port
   if opts.path ~= nil then
     if type(opts.path) ~= "string" then error("listen: 'path' must be a string", 2) end

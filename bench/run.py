@@ -1,0 +1,201 @@
+"""moonlet benchmarks: one command, every figure measured in the same run against the raw baseline.
+
+    python bench/run.py pong     # redis-benchmark ping_inline -c 50, -P 1 and -P 16: kv.lua vs raw uvloop
+    python bench/run.py idle     # process memory per idle connection at 10,000 connections
+    python bench/run.py all
+
+Each server is pinned to CPU 0 and the load generator to CPU 1 (when the machine has two or more).
+"server CPU us/req" is the server process's user+system CPU time during the run divided by the requests
+served, read from /proc/PID/stat. Every figure is the median of --runs runs. Results are printed as a table
+and written as JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+PIN_SERVER, PIN_CLIENT = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if (
+    os.cpu_count() or 1) >= 2 and shutil.which("taskset") else ([], [])
+
+SERVERS = {
+    "moonlet kv.lua": lambda port: [PYTHON, "-m", "runtime", "run", "--log-level", "warning",
+                                    str(ROOT / "apps" / "kv.lua"), "--port", str(port)],
+    "raw uvloop": lambda port: [PYTHON, str(ROOT / "bench" / "raw_pong.py"), str(port)],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+@contextlib.contextmanager
+def server(name: str) -> Iterator[tuple[int, int]]:
+    port = free_port()
+    proc = subprocess.Popen([*PIN_SERVER, *SERVERS[name](port)], cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{name} did not start") from None
+                time.sleep(0.05)
+        yield proc.pid, port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def redis_benchmark(port: int, n: int, pipeline: int) -> float:
+    out = subprocess.run(
+        [*PIN_CLIENT, "redis-benchmark", "-p", str(port), "-t", "ping_inline", "-c", "50", "-n", str(n),
+         "-P", str(pipeline), "--csv"],
+        capture_output=True, text=True, check=True, timeout=300,
+    ).stdout
+    row = [line for line in out.splitlines() if line.startswith('"PING_INLINE"')][0]
+    return float(row.split(",")[1].strip('"'))
+
+
+def bench_pong(runs: int, n1: int, n16: int) -> list[dict[str, object]]:
+    rows = []
+    for pipeline, n in ((1, n1), (16, n16)):
+        for name in SERVERS:
+            rps, cpu = [], []
+            with server(name) as (pid, port):
+                redis_benchmark(port, max(n // 10, 1000), pipeline)  # warm-up
+                for _ in range(runs):
+                    before = cpu_seconds(pid)
+                    rps.append(redis_benchmark(port, n, pipeline))
+                    cpu.append((cpu_seconds(pid) - before) / n * 1e6)
+            rows.append({"workload": f"ping_inline -c 50 -P {pipeline}", "server": name,
+                         "requests_per_s": statistics.median(rps), "server_cpu_us_per_req": statistics.median(cpu),
+                         "runs": runs, "n": n})
+    return rows
+
+
+def hold_connections(port: int, count: int) -> list[socket.socket]:
+    socks = []
+    for i in range(count):
+        s = socket.socket()
+        s.bind((f"127.0.0.{2 + i % 200}", 0))  # many source addresses: no ephemeral port shortage
+        s.connect(("127.0.0.1", port))
+        socks.append(s)
+    return socks
+
+
+def check_served(socks: list[socket.socket], sample: int) -> None:
+    step = max(len(socks) // sample, 1)
+    for s in socks[::step]:
+        s.sendall(b"PING\r\n")
+        s.settimeout(10)
+        if s.recv(16) != b"+PONG\r\n":
+            raise RuntimeError("an idle connection was not served")
+
+
+def bench_idle(runs: int, count: int) -> list[dict[str, object]]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    rows = []
+    for name in SERVERS:
+        per_conn = []
+        for _ in range(runs):
+            with server(name) as (pid, port):
+                check_served(hold_connections(port, 10), 10)  # warm every code path once
+                time.sleep(0.3)
+                before = rss_bytes(pid)
+                socks = hold_connections(port, count)
+                try:
+                    check_served(socks, 100)
+                    time.sleep(0.5)
+                    per_conn.append((rss_bytes(pid) - before) / count)
+                finally:
+                    for s in socks:
+                        s.close()
+        rows.append({"workload": f"idle connections ({count})", "server": name,
+                     "bytes_per_connection": statistics.median(per_conn), "runs": runs})
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return rows
+
+
+def report(rows: list[dict[str, object]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="moonlet benchmarks (median of runs)")
+    for col in ("workload", "server", "req/s", "server CPU µs/req", "bytes/idle conn", "vs raw"):
+        table.add_column(col, justify="left" if col in ("workload", "server") else "right")
+    raw = {r["workload"]: r for r in rows if r["server"] == "raw uvloop"}
+    for r in rows:
+        base = raw.get(r["workload"])
+        if "requests_per_s" in r:
+            ratio = "" if base is None or base is r else (
+                f"{r['requests_per_s'] / base['requests_per_s']:.2f}x req/s, "  # type: ignore[operator]
+                f"{r['server_cpu_us_per_req'] / base['server_cpu_us_per_req']:.2f}x CPU")  # type: ignore[operator]
+            table.add_row(str(r["workload"]), str(r["server"]), f"{r['requests_per_s']:,.0f}",
+                          f"{r['server_cpu_us_per_req']:.2f}", "", ratio)
+        else:
+            ratio = "" if base is None or base is r else (
+                f"{r['bytes_per_connection'] / base['bytes_per_connection']:.2f}x")  # type: ignore[operator]
+            table.add_row(str(r["workload"]), str(r["server"]), "", "", f"{r['bytes_per_connection']:,.0f}",
+                          ratio)
+    Console().print(table)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["pong", "idle", "all"])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--n", type=int, default=200_000, help="requests per -P 1 run")
+    parser.add_argument("--n-pipelined", type=int, default=2_000_000, help="requests per -P 16 run")
+    parser.add_argument("--conns", type=int, default=10_000)
+    ns = parser.parse_args()
+    if shutil.which("redis-benchmark") is None:
+        sys.exit("redis-benchmark not found: apt-get install redis-tools")
+    rows: list[dict[str, object]] = []
+    if ns.what in ("pong", "all"):
+        rows += bench_pong(ns.runs, ns.n, ns.n_pipelined)
+    if ns.what in ("idle", "all"):
+        rows += bench_idle(ns.runs, ns.conns)
+    report(rows)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"{time.strftime('%Y%m%d-%H%M%S')}-{ns.what}.json"
+    path.write_text(json.dumps({"machine": os.uname().nodename, "cpus": os.cpu_count(), "rows": rows}, indent=2))
+    print(f"results: {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
