@@ -70,7 +70,7 @@ class Host:
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
-        kernel = self.kernel = Kernel()
+        kernel = self.kernel = Kernel(loop.call_soon)
         deadlines = Deadlines(loop)
         self.stream = StreamService(kernel, loop, self.limits, deadlines)
         ClockService(kernel, loop)

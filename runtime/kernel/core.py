@@ -11,6 +11,8 @@ Rules this module keeps:
 * A task is resumed only from a loop callback, never from inside another task's request or call, so at most
   one coroutine runs at a time and no coroutine is resumed while it is running. Services that wake a task
   from inside a request use ``loop.call_soon``.
+* Fairness: a task whose requests keep being answered at once (a loop of writes to a fast peer) is put
+  back in the loop's ready queue after ``MAX_IMMEDIATE`` of them, so it cannot starve other connections.
 * Lua errors never reach here as exceptions: every task body runs under ``xpcall`` in ``_host.lua`` and
   ends with an ``EXIT`` request carrying the traceback. A Python exception in a handler is a host bug: it is
   logged with its traceback and ends only that task.
@@ -38,6 +40,8 @@ class _Suspend:
 
 SUSPEND: Final = _Suspend()
 
+MAX_IMMEDIATE = 64  # immediate replies in a row before a task goes to the back of the ready queue
+
 RequestHandler = Callable[[Task, Any, Any, Any], object]
 CallHandler = Callable[[Any, Any, Any], object]
 
@@ -59,7 +63,8 @@ def one_line(traceback: bytes | str | None) -> str:
 
 
 class Kernel:
-    def __init__(self) -> None:
+    def __init__(self, call_soon: Callable[..., object]) -> None:
+        self._call_soon = call_soon
         self._handlers: list[RequestHandler | None] = [None] * (max(Op) + 1)
         self._calls: list[CallHandler | None] = [None] * (max(Op) + 1)
         self._body: LuaFunction | None = None
@@ -101,6 +106,7 @@ class Kernel:
             return
         send = co.send
         handlers = self._handlers
+        budget = MAX_IMMEDIATE
         try:
             while True:
                 req = send(value)
@@ -110,6 +116,10 @@ class Kernel:
                 handler = handlers[req[0]]
                 value = handler(task, req[1], req[2], req[3])  # type: ignore[misc]
                 if value is SUSPEND:
+                    return
+                budget -= 1
+                if budget == 0:
+                    self._call_soon(self.resume, task, value)
                     return
         except LuaError as e:  # only outside the task's xpcall: out of memory, or a stray resume
             self._end(task, ok=False, error=str(e).encode())

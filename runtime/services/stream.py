@@ -172,11 +172,10 @@ class Connection(asyncio.Protocol):
     # -- requests --------------------------------------------------------------------------------
     def send(self, out: bytes | None) -> bool:
         """Hand ``out`` to the transport; False if the connection is closed (or was closed by the cap)."""
-        if self.closing:
+        transport = self.transport
+        if self.closing or transport is None or transport.is_closing():
             return False
         if out:
-            transport = self.transport
-            assert transport is not None
             if self.write_paused:  # above the high-water mark: is the peer reading at all?
                 unsent = transport.get_write_buffer_size()
                 if unsent > self.svc.limits.max_output:

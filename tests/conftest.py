@@ -1,0 +1,168 @@
+"""Test helpers: run a real moonlet process on 127.0.0.1 and talk to it over real sockets."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = ROOT / "apps"
+LISTENING = re.compile(rb"listening on (\S+):(\d+)")
+
+
+class Server:
+    """A ``moonlet run`` process; its log (stderr) is collected line by line."""
+
+    def __init__(self, app: Path, args: list[str], options: list[str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime", "run", *(options or []), str(app), *args],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self.log_lines: list[bytes] = []
+        self.clients: list[Client] = []
+        self._partial = b""
+        self.port = 0
+        match = self.wait_log(LISTENING, timeout=15)
+        self.port = int(match.group(2))
+
+    def wait_log(self, pattern: re.Pattern[bytes] | bytes, timeout: float = 5) -> re.Match[bytes]:
+        """Wait until a log line matches ``pattern``; returns the match."""
+        regex = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for line in self.log_lines[seen:]:
+                if (m := regex.search(line)) is not None:
+                    return m
+            seen = len(self.log_lines)
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._read_log(left):
+                raise AssertionError(f"log never showed {regex.pattern!r}; log so far:\n{self.log_text()}")
+
+    def _read_log(self, timeout: float) -> bool:
+        """Read what stderr has (unbuffered: select must see everything); False at end of file."""
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+        if select.select([fd], [], [], min(timeout, 0.1))[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return False
+            self._partial += chunk
+            *lines, self._partial = self._partial.split(b"\n")
+            self.log_lines.extend(line + b"\n" for line in lines)
+        return True
+
+    def log_text(self) -> str:
+        while self.proc.stderr is not None and select.select([self.proc.stderr.fileno()], [], [], 0)[0]:
+            if not self._read_log(0):
+                break
+        return b"".join(self.log_lines).decode("utf-8", "replace")
+
+    def connect(self, timeout: float = 5) -> Client:
+        client = Client(socket.create_connection(("127.0.0.1", self.port), timeout=timeout))
+        self.clients.append(client)
+        return client
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        for client in self.clients:
+            client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        self.log_lines.extend(line + b"\n" for line in (self._partial + err).split(b"\n") if line)
+        self._partial = b""
+        return self.proc.returncode
+
+    def rss(self) -> int:
+        return int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Client:
+    """A blocking test client with line helpers."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"closed with {self.buf!r} unread")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+    def recv_exactly(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"closed after {len(self.buf)} of {n} bytes")
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def read_all(self) -> bytes:
+        """Everything until the server closes."""
+        data, self.buf = self.buf, b""
+        while chunk := self.sock.recv(65536):
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def run_app() -> Iterator:  # type: ignore[type-arg]
+    """run_app(path, *args, options=[...]) starts a server; all are stopped at the end of the test."""
+    servers: list[Server] = []
+
+    def start(app: Path | str, *args: str, options: list[str] | None = None) -> Server:
+        server = Server(Path(app), list(args), options)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def lua_server(tmp_path: Path, run_app) -> Iterator:  # type: ignore[no-untyped-def,type-arg]
+    """lua_server(source) runs a Lua snippet as an app; the snippet must listen (port 0 is fine)."""
+
+    def start(source: str, *args: str, options: list[str] | None = None) -> Server:
+        path = tmp_path / f"app{len(list(tmp_path.glob('app*.lua')))}.lua"
+        path.write_text(textwrap.dedent(source).lstrip("\n"))
+        return run_app(path, *args, options=options)
+
+    yield start
+
+
+def run_script(tmp_path: Path, source: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[bytes]:
+    """Run a Lua script that does not serve (``moonlet run`` as a script runner)."""
+    path = tmp_path / "script.lua"
+    path.write_text(textwrap.dedent(source).lstrip("\n"))
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", "run", str(path), *args],
+        cwd=ROOT, capture_output=True, timeout=timeout,
+    )

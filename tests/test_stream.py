@@ -1,0 +1,287 @@
+"""The connection API over real sockets: reads, writes, limits, timeouts, and faults."""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import time
+
+import pytest
+
+# A handler that answers every read call it is told to make: `readline`, `readn N`, `readuntil D`, `read`.
+PROBE = """
+local net = require "moonlet.net"
+net.listen { port = 0, handler = function(conn)
+  conn:settimeouts(nil, nil, %(timeout)s)
+  while true do
+    local cmd, err = conn:readline()
+    if not cmd then conn:write("END ", tostring(err), "\\n") return end
+    local data, e, partial
+    if cmd == "line" then data, e, partial = conn:readline()
+    elseif cmd:match("^n ") then data, e, partial = conn:readn(tonumber(cmd:sub(3)))
+    elseif cmd:match("^until ") then data, e, partial = conn:readuntil(cmd:sub(7))
+    elseif cmd == "any" then data, e = conn:read()
+    elseif cmd:match("^max ") then data, e = conn:read(tonumber(cmd:sub(5)))
+    end
+    if data then
+      conn:write(string.format("OK %%d\\n", #data), data, "\\n")
+    else
+      conn:write(string.format("ERR %%s %%d\\n", e, partial and #partial or -1), partial or "", "\\n")
+    end
+  end
+end }
+"""
+
+
+def probe(lua_server, timeout: str = "5"):  # type: ignore[no-untyped-def]
+    return lua_server(PROBE % {"timeout": timeout})
+
+
+def answer(client) -> tuple[bytes, bytes]:  # type: ignore[no-untyped-def]
+    head = client.line()
+    size = int(head.split()[-1])
+    body = client.recv_exactly(max(size, 0) + 1)[:-1]
+    return head, body
+
+
+SPLITS = ["whole", "per line", "per byte"]
+
+
+def send_split(client, data: bytes, how: str) -> None:  # type: ignore[no-untyped-def]
+    if how == "whole":
+        client.send(data)
+    elif how == "per line":
+        for piece in data.splitlines(keepends=True):
+            client.send(piece)
+            time.sleep(0.002)
+    else:
+        for i in range(len(data)):
+            client.send(data[i : i + 1])
+            time.sleep(0.0005)
+
+
+@pytest.mark.parametrize("how", SPLITS)
+def test_readline_strips_lf_and_crlf_however_the_bytes_arrive(lua_server, how: str) -> None:
+    server = probe(lua_server)
+    c = server.connect()
+    send_split(c, b"line\nfirst\r\nline\nsecond\nline\n\r\nline\nbare\rcr\n", how)
+    assert answer(c) == (b"OK 5", b"first")
+    assert answer(c) == (b"OK 6", b"second")
+    assert answer(c) == (b"OK 0", b"")
+    assert answer(c) == (b"OK 7", b"bare\rcr")
+
+
+@pytest.mark.parametrize("how", SPLITS)
+def test_readn_and_readuntil_and_read(lua_server, how: str) -> None:
+    server = probe(lua_server)
+    c = server.connect()
+    send_split(c, b"n 5\nab\ncdline\nx\nuntil --\nhello--line\nafter\n", how)
+    assert answer(c) == (b"OK 5", b"ab\ncd")
+    assert answer(c) == (b"OK 1", b"x")
+    assert answer(c) == (b"OK 5", b"hello")
+    assert answer(c) == (b"OK 5", b"after")
+    c.send(b"max 3\n")
+    time.sleep(0.05)
+    send_split(c, b"abcdef", how)
+    head, data = answer(c)  # whatever has arrived, at least one byte, at most 3
+    assert head == b"OK %d" % len(data) and 1 <= len(data) <= 3 and b"abc".startswith(data)
+
+
+def test_every_byte_value_passes_through_unchanged(lua_server) -> None:
+    server = probe(lua_server)
+    c = server.connect()
+    payload = bytes(range(256)) * 4
+    c.send(b"n %d\n" % len(payload) + payload)
+    assert answer(c) == (b"OK 1024", payload)
+
+
+def test_line_too_long_returns_error_and_partial_without_growing(lua_server) -> None:
+    server = probe(lua_server)
+    c = server.connect()
+    c.send(b"line\n" + b"x" * (200 * 1024))
+    head = c.line()
+    assert head.startswith(b"ERR line too long ")
+    partial = int(head.split()[-1])
+    assert 64 * 1024 < partial <= 64 * 1024 + 256 * 1024  # the limit plus at most one chunk
+    c.recv_exactly(partial + 1)
+
+
+def test_readn_above_the_read_limit_is_too_large_at_once(lua_server) -> None:
+    server = probe(lua_server)
+    c = server.connect()
+    before = server.rss()
+    c.send(b"n 2000000000\n")
+    assert answer(c) == (b"ERR too large -1", b"")
+    assert server.rss() - before < 8 * 1024 * 1024
+
+
+def test_readn_claiming_a_large_size_allocates_only_what_arrives(lua_server) -> None:
+    server = probe(lua_server)
+    c = server.connect()
+    before = server.rss()
+    c.send(b"n 1000000\n" + b"y" * 1000)  # claims ~1 MB, sends 1 kB, then vanishes
+    time.sleep(0.2)
+    assert server.rss() - before < 4 * 1024 * 1024
+    c.sock.shutdown(socket.SHUT_WR)
+    assert answer(c) == (b"ERR closed 1000", b"y" * 1000)
+
+
+def test_read_timeout_returns_timeout_with_partial(lua_server) -> None:
+    server = probe(lua_server, timeout="0.3")
+    c = server.connect()
+    started = time.monotonic()
+    c.send(b"line\nabc")
+    assert answer(c) == (b"ERR timeout 3", b"abc")
+    elapsed = time.monotonic() - started
+    assert 0.3 <= elapsed < 2.0
+
+
+def test_eof_gives_closed_after_buffered_data(lua_server) -> None:
+    server = probe(lua_server)
+    c = server.connect()
+    c.send(b"line\nlast\n")
+    c.sock.shutdown(socket.SHUT_WR)  # half-close: the server may still answer
+    assert answer(c) == (b"OK 4", b"last")
+    assert c.line() == b"END closed"
+
+
+def test_handler_error_ends_only_its_connection_and_logs_one_line_with_traceback(lua_server) -> None:
+    server = lua_server("""
+        local net = require "moonlet.net"
+        local function explode(what) error("boom: " .. what) end
+        net.listen { port = 0, handler = function(conn)
+          while true do
+            local line = conn:readline()
+            if not line then return end
+            if line == "explode" then explode(line) end
+            conn:write(line, "\\n")
+          end
+        end }
+    """)
+    good, bad = server.connect(), server.connect()
+    good.send(b"one\n")
+    assert good.line() == b"one"
+    bad.send(b"explode\n")
+    assert bad.read_all() == b""
+    match = server.wait_log(re.compile(rb"ERROR moonlet: handler error on connection 127\.0\.0\.1:\d+ .*"))
+    line = match.group(0)
+    assert b"boom: explode" in line and b"in upvalue 'explode'" in line and b"app0.lua:2" in line
+    good.send(b"two\n")
+    assert good.line() == b"two"
+
+
+def test_client_reset_mid_write_is_closed_not_a_traceback(lua_server) -> None:
+    server = lua_server("""
+        local net = require "moonlet.net"
+        local log = require "moonlet.log"
+        net.listen { port = 0, handler = function(conn)
+          conn:readline()
+          local chunk = string.rep("z", 65536)
+          while true do
+            local ok, err = conn:writen(chunk)
+            if not ok then log.info("writer stopped: " .. err) return end
+          end
+        end }
+    """)
+    c = server.connect()
+    c.send(b"go\n")
+    c.sock.recv(1000)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()  # RST
+    server.wait_log(b"writer stopped: closed")
+    assert "Traceback" not in server.log_text()
+
+
+def test_a_client_that_never_reads_cannot_grow_server_memory(lua_server) -> None:
+    server = lua_server("""
+        local net = require "moonlet.net"
+        local log = require "moonlet.log"
+        net.listen { port = 0, handler = function(conn)
+          conn:settimeouts(nil, 0.5, nil)
+          conn:readline()
+          local chunk = string.rep("w", 16384)
+          local sent = 0
+          while true do
+            local ok, err = conn:write(chunk)
+            if not ok then log.info("stopped after " .. sent .. ": " .. err) return end
+            sent = sent + #chunk
+          end
+        end }
+    """)
+    c = server.connect()
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    before = server.rss()
+    c.send(b"go\n")
+    match = server.wait_log(re.compile(rb"stopped after (\d+): closed"), timeout=10)
+    assert int(match.group(1)) < 32 * 1024 * 1024  # suspended at the high-water mark, then timed out
+    assert server.rss() - before < 16 * 1024 * 1024
+    c.close()
+
+
+def test_writen_waits_until_everything_is_sent(lua_server) -> None:
+    server = lua_server("""
+        local net = require "moonlet.net"
+        net.listen { port = 0, handler = function(conn)
+          conn:readline()
+          assert(conn:writen(string.rep("a", 3 * 1024 * 1024)))
+          local unread, unsent = conn:buffered()
+          conn:write("\\nunsent=", unsent, "\\n")
+        end }
+    """)
+    c = server.connect()
+    c.send(b"go\n")
+    data = c.read_all()
+    assert data.endswith(b"\nunsent=0\n") and data.count(b"a") == 3 * 1024 * 1024
+
+
+def test_peer_and_unix_socket(lua_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "s.sock"
+    server = lua_server(f"""
+        local net = require "moonlet.net"
+        local function h(conn) local a, b = conn:peer(); conn:write(tostring(a), " ", tostring(b), "\\n") end
+        net.listen {{ port = 0, handler = h }}
+        net.listen {{ path = "{path}", handler = h }}
+    """)
+    c = server.connect()
+    host, port = c.line().split()
+    assert host == b"127.0.0.1" and int(port) == c.sock.getsockname()[1]
+    server.wait_log(b"listening on " + str(path).encode())
+    with socket.socket(socket.AF_UNIX) as u:
+        u.connect(str(path))
+        u.settimeout(5)
+        assert u.recv(100) == str(path).encode() + b" nil\n"
+
+
+def test_misuse_raises_at_the_callers_line(lua_server) -> None:
+    server = lua_server("""
+        local net = require "moonlet.net"
+        net.listen { port = 0, handler = function(conn)
+          conn:readn(-1)
+        end }
+    """)
+    server.connect().read_all()
+    line = server.wait_log(re.compile(rb"handler error.*")).group(0)
+    assert b"app0.lua:3: bad argument #1 to 'readn'" in line
+
+
+def test_concurrent_connections_are_served_while_one_is_slow(lua_server) -> None:
+    server = lua_server("""
+        local net = require "moonlet.net"
+        net.listen { port = 0, handler = function(conn)
+          while true do
+            local line = conn:readline()
+            if not line then return end
+            if line == "slow" then sleep(1) end
+            conn:write(line, "\\n")
+          end
+        end }
+    """)
+    slow, fast = server.connect(), server.connect()
+    slow.send(b"slow\n")
+    started = time.monotonic()
+    for i in range(20):
+        fast.send(b"%d\n" % i)
+        assert fast.line() == b"%d" % i
+    assert time.monotonic() - started < 0.9
+    assert slow.line() == b"slow"
