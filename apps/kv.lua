@@ -9,7 +9,7 @@
 --
 -- Commands: PING ECHO SET(EX PX NX XX KEEPTTL) GET DEL EXISTS INCR INCRBY DECR DECRBY EXPIRE PEXPIRE TTL PTTL
 -- PERSIST KEYS DBSIZE FLUSHDB FLUSHALL SELECT(0) QUIT, plus the handshake commands clients send (COMMAND,
--- CONFIG GET, CLIENT, HELLO). Both RESP arrays and inline commands; pipelining is just reading the next one.
+-- CONFIG GET, CLIENT, HELLO 2|3). Both RESP arrays and inline commands; pipelining is just reading the next one.
 local net = require "moonlet.net"
 local log = require "moonlet.log"
 local time = require "moonlet.time"
@@ -313,9 +313,13 @@ commands.CLIENT = function(a)
   if sub_command == "GETNAME" then return NIL end
   return err("unsupported CLIENT subcommand")
 end
-commands.HELLO = function(a)
-  if a[2] and a[2] ~= "2" then return "-NOPROTO this server speaks RESP2 only\r\n" end
-  return "*4\r\n$6\r\nserver\r\n$7\r\nmoonlet\r\n$5\r\nproto\r\n:2\r\n"
+-- HELLO [2|3]: RESP3 differs from RESP2 here only in the null reply and the HELLO map (redis-py 5+ asks for 3).
+commands.HELLO = function(a, session)
+  local proto = a[2] or "2"
+  if proto ~= "2" and proto ~= "3" then return "-NOPROTO unsupported protocol version\r\n" end
+  session.resp3 = proto == "3"
+  local fields = "$6\r\nserver\r\n$7\r\nmoonlet\r\n$5\r\nproto\r\n:" .. proto .. "\r\n"
+  return (session.resp3 and "%2\r\n" or "*4\r\n") .. fields
 end
 
 ---------------------------------------------------------------------------------------------------------
@@ -356,6 +360,7 @@ local function read_command(conn)
 end
 
 local function serve(conn)
+  local session = { resp3 = false }
   conn:settimeouts(nil, nil, false) -- like Redis: idle clients may stay forever
   conn:setlimits { read = MAX_BULK + 2 }
   while true do
@@ -372,7 +377,8 @@ local function serve(conn)
         conn:write(err(format("unknown command '%s', with args beginning with: %s", args[1],
           #args > 1 and ("'" .. concat(args, "' '", 2, math.min(#args, 4)) .. "' ") or "")))
       else
-        local reply, close = command(args)
+        local reply, close = command(args, session)
+        if reply == NIL and session.resp3 then reply = "_\r\n" end
         conn:write(reply)
         if close then return end
       end

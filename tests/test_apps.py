@@ -1,0 +1,161 @@
+"""The example apps, driven by real clients: redis-py, redis-cli, redis-benchmark, and transcripts."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import redis
+
+from conftest import APPS
+
+
+def test_echo_transcript(run_app) -> None:  # type: ignore[no-untyped-def]
+    server = run_app(APPS / "echo.lua", "--port", "0")
+    c = server.connect()
+    c.send(b"hello\r\nw\x00rld \xff\nQUIT\n")
+    assert c.read_all() == b"hello\nw\x00rld \xff\nBYE\n"
+
+
+def login(c) -> None:  # type: ignore[no-untyped-def]
+    assert c.line() == b"HELLO moonlet-conversation 1"
+    c.send(b"LOGIN alice\n")
+    verb, nonce = c.line().split()
+    assert verb == b"CHALLENGE" and len(nonce) == 16
+    c.send(b"PROOF " + nonce[::-1] + b"\n")
+    assert c.line() == b"WELCOME alice"
+
+
+def test_conversation_happy_path_with_a_corrected_message(run_app) -> None:  # type: ignore[no-untyped-def]
+    server = run_app(APPS / "conversation.lua", "--port", "0")
+    c = server.connect()
+    login(c)
+    c.send(b"CHARGE acct-1 25\n")
+    assert c.line() == b"RECEIPT 1 25"
+    c.send(b"CHARGE acct-1 ten\n")
+    assert c.line() == b"ERR amount must be a positive integer"
+    c.send(b"CHARGE acct-1\n")
+    assert c.line() == b"ERR usage: CHARGE <account> <amount>"
+    c.send(b"CHARGE acct-1 10\nQUIT\n")  # the corrected message, then goodbye, in one packet
+    assert c.line() == b"RECEIPT 2 35"
+    assert c.read_all() == b"BYE\n"
+    d = server.connect()  # balances are shared across connections
+    login(d)
+    d.send(b"CHARGE acct-1 5\n")
+    assert d.line() == b"RECEIPT 3 40"
+
+
+def test_conversation_asks_again_and_gives_up_after_three_wrong_proofs(run_app) -> None:  # type: ignore[no-untyped-def]
+    server = run_app(APPS / "conversation.lua", "--port", "0")
+    c = server.connect()
+    assert c.line().startswith(b"HELLO")
+    c.send(b"CHARGE a 1\n")
+    assert c.line() == b"ERR expected LOGIN"
+    c.send(b"LOGIN bad name!\n")
+    assert c.line().startswith(b"ERR name must be")
+    c.send(b"LOGIN bob\n")
+    assert c.line().startswith(b"CHALLENGE ")
+    c.send(b"PROOF x\n")
+    assert c.line() == b"ERR wrong proof (2 tries left)"
+    c.send(b"PROOF y\n")
+    assert c.line() == b"ERR wrong proof (1 tries left)"
+    c.send(b"PROOF z\n")
+    assert c.read_all() == b"BYE too many failed proofs\n"
+
+
+@pytest.fixture
+def kv(run_app):  # type: ignore[no-untyped-def]
+    server = run_app(APPS / "kv.lua", "--port", "0")
+    client = redis.Redis(port=server.port, socket_timeout=5)
+    yield server, client
+    client.close()
+
+
+def test_kv_with_redis_py(kv) -> None:  # type: ignore[no-untyped-def]
+    _, r = kv
+    assert r.ping() is True
+    assert r.echo(b"\x00\xffbin") == b"\x00\xffbin"
+    assert r.set("k", "v") is True
+    assert r.get("k") == b"v"
+    assert r.get("missing") is None
+    assert r.set("k", "w", nx=True) is None
+    assert r.set("k2", "x", xx=True) is None
+    assert r.exists("k", "k2", "k") == 2
+    assert r.incr("n") == 1 and r.incrby("n", 41) == 42 and r.decr("n") == 41
+    with pytest.raises(redis.ResponseError, match="not an integer"):
+        r.incr("k")
+    assert r.set("t", "1", ex=100) and 99 <= r.ttl("t") <= 100
+    assert r.ttl("k") == -1 and r.ttl("missing") == -2
+    assert r.expire("k", 50) is True and r.ttl("k") == 50
+    assert sorted(r.keys("*")) == [b"k", b"n", b"t"] and r.keys("?") == [b"k", b"n", b"t"]
+    assert r.dbsize() == 3
+    assert r.delete("k", "missing") == 1
+    big = bytes(range(256)) * 4096  # 1 MiB with every byte value and CRLFs inside
+    r.set("big", big)
+    assert r.get("big") == big
+    with pytest.raises(redis.ResponseError, match="unknown command 'NOPE'"):
+        r.execute_command("NOPE", "x")
+    pipe = r.pipeline(transaction=False)
+    for i in range(100):
+        pipe.incr("p")
+    assert pipe.execute() == list(range(1, 101))
+    assert r.flushdb() is True and r.dbsize() == 0
+
+
+def test_kv_expiry_really_expires(kv) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    _, r = kv
+    r.set("short", "1", px=100)
+    assert r.get("short") == b"1"
+    time.sleep(0.25)
+    assert r.get("short") is None and r.exists("short") == 0
+
+
+def test_kv_protocol_error_answers_and_closes(kv) -> None:  # type: ignore[no-untyped-def]
+    server, r = kv
+    c = server.connect()
+    c.send(b"*1\r\n+oops\r\n")
+    assert c.read_all() == b"-ERR Protocol error: expected '$', got '+'\r\n"
+    assert r.ping() is True  # everyone else is still served
+
+
+needs_redis_tools = pytest.mark.skipif(
+    shutil.which("redis-cli") is None, reason="redis-tools is not installed (tests/run.sh installs it)"
+)
+
+
+@needs_redis_tools
+def test_kv_with_redis_cli_inline_and_resp(kv) -> None:  # type: ignore[no-untyped-def]
+    server, _ = kv
+
+    def cli(*args: str) -> str:
+        return subprocess.run(
+            ["redis-cli", "-p", str(server.port), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    assert cli("set", "greeting", "hello world") == "OK"
+    assert cli("get", "greeting") == "hello world"
+    assert cli("incrby", "c", "5") == "5"
+    assert cli("foo") == "ERR unknown command 'foo', with args beginning with:"
+    piped = subprocess.run(
+        ["redis-cli", "-p", str(server.port)], input="PING\nDBSIZE\n", capture_output=True, text=True,
+        timeout=10, check=True,
+    ).stdout.split()
+    assert piped == ["PONG", "2"]
+
+
+@needs_redis_tools
+def test_kv_with_redis_benchmark_pipelined(kv) -> None:  # type: ignore[no-untyped-def]
+    server, r = kv
+    out = subprocess.run(
+        ["redis-benchmark", "-p", str(server.port), "-t", "ping_inline,set,get,incr", "-n", "5000", "-c", "20",
+         "-P", "16", "--csv"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    rows = {line.split(",")[0].strip('"'): float(line.split(",")[1].strip('"'))
+            for line in out.splitlines()[1:] if line}
+    assert set(rows) == {"PING_INLINE", "SET", "GET", "INCR"} and all(v > 0 for v in rows.values())
+    # every INCR landed (redis-benchmark may round the last pipeline of each client up)
+    assert 5000 <= int(r.get("counter:__rand_int__")) <= 5000 + 20 * 16
