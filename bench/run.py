@@ -30,12 +30,24 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-PIN_SERVER, PIN_CLIENT = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if (
-    os.cpu_count() or 1) >= 2 and shutil.which("taskset") else ([], [])
+PIN_SERVER, PIN_CLIENT = (
+    (["taskset", "-c", "0"], ["taskset", "-c", "1"])
+    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset")
+    else ([], [])
+)
 
 SERVERS = {
-    "moonlet kv.lua": lambda port: [PYTHON, "-m", "runtime", "run", "--log-level", "warning",
-                                    str(ROOT / "apps" / "kv.lua"), "--port", str(port)],
+    "moonlet kv.lua": lambda port: [
+        PYTHON,
+        "-m",
+        "runtime",
+        "run",
+        "--log-level",
+        "warning",
+        str(ROOT / "apps" / "kv.lua"),
+        "--port",
+        str(port),
+    ],
     "raw uvloop": lambda port: [PYTHON, str(ROOT / "bench" / "raw_pong.py"), str(port)],
 }
 
@@ -80,9 +92,25 @@ def server(name: str) -> Iterator[tuple[int, int]]:
 
 def redis_benchmark(port: int, n: int, pipeline: int) -> float:
     out = subprocess.run(
-        [*PIN_CLIENT, "redis-benchmark", "-p", str(port), "-t", "ping_inline", "-c", "50", "-n", str(n),
-         "-P", str(pipeline), "--csv"],
-        capture_output=True, text=True, check=True, timeout=300,
+        [
+            *PIN_CLIENT,
+            "redis-benchmark",
+            "-p",
+            str(port),
+            "-t",
+            "ping_inline",
+            "-c",
+            "50",
+            "-n",
+            str(n),
+            "-P",
+            str(pipeline),
+            "--csv",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
     ).stdout
     row = [line for line in out.splitlines() if line.startswith('"PING_INLINE"')][0]
     return float(row.split(",")[1].strip('"'))
@@ -99,9 +127,16 @@ def bench_pong(runs: int, n1: int, n16: int) -> list[dict[str, object]]:
                     before = cpu_seconds(pid)
                     rps.append(redis_benchmark(port, n, pipeline))
                     cpu.append((cpu_seconds(pid) - before) / n * 1e6)
-            rows.append({"workload": f"ping_inline -c 50 -P {pipeline}", "server": name,
-                         "requests_per_s": statistics.median(rps), "server_cpu_us_per_req": statistics.median(cpu),
-                         "runs": runs, "n": n})
+            rows.append(
+                {
+                    "workload": f"ping_inline -c 50 -P {pipeline}",
+                    "server": name,
+                    "requests_per_s": statistics.median(rps),
+                    "server_cpu_us_per_req": statistics.median(cpu),
+                    "runs": runs,
+                    "n": n,
+                }
+            )
     return rows
 
 
@@ -143,8 +178,14 @@ def bench_idle(runs: int, count: int) -> list[dict[str, object]]:
                 finally:
                     for s in socks:
                         s.close()
-        rows.append({"workload": f"idle connections ({count})", "server": name,
-                     "bytes_per_connection": statistics.median(per_conn), "runs": runs})
+        rows.append(
+            {
+                "workload": f"idle connections ({count})",
+                "server": name,
+                "bytes_per_connection": statistics.median(per_conn),
+                "runs": runs,
+            }
+        )
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     return rows
 
@@ -160,21 +201,38 @@ def report(rows: list[dict[str, object]]) -> None:
     for r in rows:
         base = raw.get(r["workload"])
         if "requests_per_s" in r:
-            ratio = "" if base is None or base is r else (
-                f"{r['requests_per_s'] / base['requests_per_s']:.2f}x req/s, "  # type: ignore[operator]
-                f"{r['server_cpu_us_per_req'] / base['server_cpu_us_per_req']:.2f}x CPU")  # type: ignore[operator]
-            table.add_row(str(r["workload"]), str(r["server"]), f"{r['requests_per_s']:,.0f}",
-                          f"{r['server_cpu_us_per_req']:.2f}", "", ratio)
+            ratio = (
+                ""
+                if base is None or base is r
+                else (
+                    f"{r['requests_per_s'] / base['requests_per_s']:.2f}x req/s, "  # type: ignore[operator]
+                    f"{r['server_cpu_us_per_req'] / base['server_cpu_us_per_req']:.2f}x CPU"
+                )
+            )  # type: ignore[operator]
+            table.add_row(
+                str(r["workload"]),
+                str(r["server"]),
+                f"{r['requests_per_s']:,.0f}",
+                f"{r['server_cpu_us_per_req']:.2f}",
+                "",
+                ratio,
+            )
         else:
-            ratio = "" if base is None or base is r else (
-                f"{r['bytes_per_connection'] / base['bytes_per_connection']:.2f}x")  # type: ignore[operator]
-            table.add_row(str(r["workload"]), str(r["server"]), "", "", f"{r['bytes_per_connection']:,.0f}",
-                          ratio)
+            ratio = (
+                ""
+                if base is None or base is r
+                else (f"{r['bytes_per_connection'] / base['bytes_per_connection']:.2f}x")
+            )  # type: ignore[operator]
+            table.add_row(
+                str(r["workload"]), str(r["server"]), "", "", f"{r['bytes_per_connection']:,.0f}", ratio
+            )
     Console().print(table)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("what", choices=["pong", "idle", "all"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--n", type=int, default=200_000, help="requests per -P 1 run")
@@ -192,7 +250,9 @@ def main() -> int:
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     path = out / f"{time.strftime('%Y%m%d-%H%M%S')}-{ns.what}.json"
-    path.write_text(json.dumps({"machine": os.uname().nodename, "cpus": os.cpu_count(), "rows": rows}, indent=2))
+    path.write_text(
+        json.dumps({"machine": os.uname().nodename, "cpus": os.cpu_count(), "rows": rows}, indent=2)
+    )
     print(f"results: {path.relative_to(ROOT)}")
     return 0
 

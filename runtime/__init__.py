@@ -5,9 +5,9 @@ in Lua; Python code embeds it through :class:`Host`.
 """
 
 from runtime.config import Limits
-from runtime.errors import AppFailed, AppLoadError, MoonletError, StrayYield
+from runtime.errors import AppLoadError, MoonletError
 from runtime.host import Host
 
 __version__ = "0.1.0"
 
-__all__ = ["AppFailed", "AppLoadError", "Host", "Limits", "MoonletError", "StrayYield", "__version__"]
+__all__ = ["AppLoadError", "Host", "Limits", "MoonletError", "__version__"]

@@ -24,10 +24,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-json", action="store_true", help="log one JSON object per line")
-    run.add_argument("--drain-timeout", type=float, metavar="S",
-                     help="seconds handlers get to finish after SIGTERM (default 30)")
-    run.add_argument("--max-memory", type=int, metavar="BYTES",
-                     help="Lua heap limit (default: 1 GiB or half the RAM, whichever is less)")
+    run.add_argument(
+        "--drain-timeout",
+        type=float,
+        metavar="S",
+        help="seconds handlers get to finish after SIGTERM (default 30)",
+    )
+    run.add_argument(
+        "--max-memory",
+        type=int,
+        metavar="BYTES",
+        help="Lua heap limit (default: 1 GiB or half the RAM, whichever is less)",
+    )
     run.add_argument("app", metavar="APP.lua")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the app")
     return parser

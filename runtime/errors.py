@@ -13,12 +13,3 @@ class MoonletError(Exception):
 
 class AppLoadError(MoonletError):
     """The app file could not be found, read or compiled (raised by ``Host.run`` before serving)."""
-
-
-class AppFailed(MoonletError):
-    """The app's main chunk raised a Lua error; the message carries the Lua traceback."""
-
-
-class StrayYield(MoonletError):
-    """A coroutine yielded something that is not a host request (a bug in Lua code that called
-    ``coroutine.yield`` outside a coroutine it created itself)."""

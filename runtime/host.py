@@ -135,14 +135,16 @@ class Host:
     def _drain_expired(self) -> None:
         assert self.kernel is not None
         if self._done is not None and not self._done.done():
-            log.warning("drain timeout: closing %d connections still busy", len(self.stream.connections)
-                        if self.stream else 0)
+            log.warning(
+                "drain timeout: closing %d connections still busy",
+                len(self.stream.connections) if self.stream else 0,
+            )
             self._finish()
 
 
-def limits_from(**overrides: object) -> Limits:
+def limits_from(**overrides: float | None) -> Limits:
     """Limits with some fields overridden (ignores None values)."""
-    return dataclasses.replace(Limits(), **{k: v for k, v in overrides.items() if v is not None})
+    return dataclasses.replace(Limits(), **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
 
 
 __all__ = ["Host", "limits_from"]

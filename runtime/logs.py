@@ -10,8 +10,12 @@ import sys
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return json.dumps(
-            {"time": record.created, "level": record.levelname.lower(), "logger": record.name,
-             "message": record.getMessage()}
+            {
+                "time": record.created,
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
         )
 
 

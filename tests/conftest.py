@@ -27,7 +27,9 @@ class Server:
     def __init__(self, app: Path, args: list[str], options: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "runtime", "run", *(options or []), str(app), *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         self.log_lines: list[bytes] = []
         self.clients: list[Client] = []
@@ -80,10 +82,10 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            out, err = self.proc.communicate(timeout=timeout)
+            _, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
+            _, err = self.proc.communicate()
         self.log_lines.extend(line + b"\n" for line in (self._partial + err).split(b"\n") if line)
         self._partial = b""
         return self.proc.returncode
@@ -158,11 +160,16 @@ def lua_server(tmp_path: Path, run_app) -> Iterator:  # type: ignore[no-untyped-
     yield start
 
 
-def run_script(tmp_path: Path, source: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[bytes]:
+def run_script(
+    tmp_path: Path, source: str, *args: str, timeout: float = 20
+) -> subprocess.CompletedProcess[bytes]:
     """Run a Lua script that does not serve (``moonlet run`` as a script runner)."""
     path = tmp_path / "script.lua"
     path.write_text(textwrap.dedent(source).lstrip("\n"))
     return subprocess.run(
         [sys.executable, "-m", "runtime", "run", str(path), *args],
-        cwd=ROOT, capture_output=True, timeout=timeout,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
     )

@@ -97,7 +97,7 @@ def test_kv_with_redis_py(kv) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(redis.ResponseError, match="unknown command 'NOPE'"):
         r.execute_command("NOPE", "x")
     pipe = r.pipeline(transaction=False)
-    for i in range(100):
+    for _ in range(100):
         pipe.incr("p")
     assert pipe.execute() == list(range(1, 101))
     assert r.flushdb() is True and r.dbsize() == 0
@@ -132,7 +132,11 @@ def test_kv_with_redis_cli_inline_and_resp(kv) -> None:  # type: ignore[no-untyp
 
     def cli(*args: str) -> str:
         return subprocess.run(
-            ["redis-cli", "-p", str(server.port), *args], capture_output=True, text=True, timeout=10, check=True
+            ["redis-cli", "-p", str(server.port), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
 
     assert cli("set", "greeting", "hello world") == "OK"
@@ -140,8 +144,12 @@ def test_kv_with_redis_cli_inline_and_resp(kv) -> None:  # type: ignore[no-untyp
     assert cli("incrby", "c", "5") == "5"
     assert cli("foo") == "ERR unknown command 'foo', with args beginning with:"
     piped = subprocess.run(
-        ["redis-cli", "-p", str(server.port)], input="PING\nDBSIZE\n", capture_output=True, text=True,
-        timeout=10, check=True,
+        ["redis-cli", "-p", str(server.port)],
+        input="PING\nDBSIZE\n",
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
     ).stdout.split()
     assert piped == ["PONG", "2"]
 
@@ -150,12 +158,30 @@ def test_kv_with_redis_cli_inline_and_resp(kv) -> None:  # type: ignore[no-untyp
 def test_kv_with_redis_benchmark_pipelined(kv) -> None:  # type: ignore[no-untyped-def]
     server, r = kv
     out = subprocess.run(
-        ["redis-benchmark", "-p", str(server.port), "-t", "ping_inline,set,get,incr", "-n", "5000", "-c", "20",
-         "-P", "16", "--csv"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            "redis-benchmark",
+            "-p",
+            str(server.port),
+            "-t",
+            "ping_inline,set,get,incr",
+            "-n",
+            "5000",
+            "-c",
+            "20",
+            "-P",
+            "16",
+            "--csv",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
-    rows = {line.split(",")[0].strip('"'): float(line.split(",")[1].strip('"'))
-            for line in out.splitlines()[1:] if line}
+    rows = {
+        line.split(",")[0].strip('"'): float(line.split(",")[1].strip('"'))
+        for line in out.splitlines()[1:]
+        if line
+    }
     assert set(rows) == {"PING_INLINE", "SET", "GET", "INCR"} and all(v > 0 for v in rows.values())
     # every INCR landed (redis-benchmark may round the last pipeline of each client up)
     assert 5000 <= int(r.get("counter:__rand_int__")) <= 5000 + 20 * 16

@@ -71,13 +71,16 @@ def test_sandbox_escape_paths_are_closed(tmp_path) -> None:  # type: ignore[no-u
 
 
 def test_a_python_handle_held_by_lua_cannot_be_walked(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    result = run_script(tmp_path, """
+    result = run_script(
+        tmp_path,
+        """
         local net = require "moonlet.net"
         local server = assert(net.listen { port = 0, handler = function() end })
         print(pcall(function() return server._py.__class__ end))
         print(pcall(function() return server._py.server end))
         server:close()
-    """)
+    """,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().splitlines()
     assert [line.split("\t")[0] for line in lines] == ["false", "false"]

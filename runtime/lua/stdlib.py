@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import stdlib_lua  # a data package: only its location matters
 from runtime.kernel.ops import Op
 from runtime.lua.state import LuaRuntimeFacade
 
 
 def stdlib_dir() -> Path:
-    """``stdlib_lua/`` next to the ``runtime`` package: in the source tree, an editable install, or a wheel."""
-    import stdlib_lua  # a data package: only its location matters
-
+    """``stdlib_lua/``, installed beside the ``runtime`` package (source tree, editable install or wheel)."""
     return Path(stdlib_lua.__file__).parent
 
 

@@ -1,10 +1,10 @@
 """Byte streams: listening sockets, accepted connections, and the read/write requests on them.
 
-Hot path (see ``docs/design.md``): a connection is one :class:`Connection` protocol object, one Lua coroutine
-and its buffers; there is no asyncio Task per connection. Lua keeps the read buffer and splits lines itself,
-so a coroutine crosses into Python only when its buffer runs dry; it then yields ``RECV`` carrying whatever it
-wrote since the last crossing, and ``data_received`` resumes it directly with the next chunk. Bytes that arrive
-while nobody is reading wait here (reading pauses above ``max_pending_input``).
+Hot path (see ``docs/design.md``): a connection is one :class:`Connection` protocol object, one Lua
+coroutine and its buffers; there is no asyncio Task per connection. Lua keeps the read buffer and splits
+lines itself, so a coroutine crosses into Python only when its buffer runs dry; it then yields ``RECV``
+carrying whatever it wrote since the last crossing, and ``data_received`` resumes it directly with the next
+chunk. Bytes that arrive while nobody is reading wait here (reading pauses above ``max_pending_input``).
 
 Backpressure: a writer is suspended while more than ``write_high_water`` bytes are unsent, for at most
 ``send_timeout``; a connection whose unsent bytes pass ``max_output`` anyway (writes from tasks that never
@@ -23,7 +23,7 @@ import stat
 from typing import Any, cast
 
 from runtime.config import Limits
-from runtime.kernel.core import SUSPEND, Kernel
+from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
 from runtime.services.clock import TICK, Deadlines
@@ -181,7 +181,9 @@ class Connection(asyncio.Protocol):
                 if unsent > self.svc.limits.max_output:
                     log.warning(
                         "closing %s: %d bytes unsent and the peer is not reading (max_output %d)",
-                        self.describe(), unsent, self.svc.limits.max_output,
+                        self.describe(),
+                        unsent,
+                        self.svc.limits.max_output,
                     )
                     self.abort()
                     return False
@@ -431,8 +433,6 @@ class StreamService:
             conn.close()
 
     def log_task_error(self, conn: Connection, error: bytes | None) -> None:
-        from runtime.kernel.core import one_line
-
         log.error("handler error on %s: %s", conn.describe(), one_line(error))
 
 

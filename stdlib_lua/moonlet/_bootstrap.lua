@@ -14,11 +14,11 @@
 local host_call, OP, limits, stdlib_dir, app_path, app_args = ...
 
 local G = _G
-local io_open, load, setmetatable, rawget, rawset = io.open, load, setmetatable, rawget, rawset
-local error, type, pairs, tostring, select, next = error, type, pairs, tostring, select, next
+local io_open, load, setmetatable, rawset = io.open, load, setmetatable, rawset
+local error, type, pairs, tostring, select = error, type, pairs, tostring, select
 local getinfo, traceback = debug.getinfo, debug.traceback
 local raw_yield = coroutine.yield
-local gsub, find, sub, concat = string.gsub, string.find, string.sub, table.concat
+local gsub, find, concat = string.gsub, string.find, table.concat
 
 setmetatable(OP, { __index = function(_, name)
   error("unknown host op '" .. tostring(name) .. "' (see runtime/kernel/ops.py)", 2)

@@ -226,13 +226,13 @@ function Conn:write(...)
       v = tostring(v); n = n + 1; out[n] = v; size = size + #v
     elseif tv == "table" then
       for j = 1, #v do
-        local s = v[j]
-        if type(s) == "number" then s = tostring(s) end
-        if type(s) ~= "string" then
+        local part = v[j]
+        if type(part) == "number" then part = tostring(part) end
+        if type(part) ~= "string" then
           self._outn, self._outb = n, size
-          error("bad argument #" .. i .. " to 'write' (element " .. j .. " is a " .. type(s) .. ")", 2)
+          error("bad argument #" .. i .. " to 'write' (element " .. j .. " is a " .. type(part) .. ")", 2)
         end
-        n = n + 1; out[n] = s; size = size + #s
+        n = n + 1; out[n] = part; size = size + #part
       end
     else
       self._outn, self._outb = n, size
@@ -345,7 +345,8 @@ end
 --- connection (logged with its traceback). Returns a listener, or nil, err if the address cannot be bound.
 --- `port = 0` picks a free port (see `listener.port`).
 ---@async
----@param opts {host?: string, port?: integer, path?: string, handler: fun(conn: moonlet.Conn), max_line?: integer, max_read?: integer}
+---@param opts {host?: string, port?: integer, path?: string, handler: fun(conn: moonlet.Conn),
+---             max_line?: integer, max_read?: integer}
 ---@return moonlet.Listener? listener
 ---@return string? err
 function M.listen(opts)

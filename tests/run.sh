@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what the tests need on a fresh Debian machine, then runs them.
+#   bash tests/run.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# real clients and linters from Debian: redis-cli/redis-benchmark (redis-tools) and luacheck (lua-check)
+need=()
+command -v redis-benchmark >/dev/null || need+=(redis-tools)
+command -v luacheck >/dev/null || need+=(lua-check)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "tests/run.sh: missing ${need[*]}; install with: sudo apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+exec .venv/bin/python -m pytest "$@"
