@@ -226,7 +226,7 @@ def report(rows: list[dict[str, object]]) -> None:
             table.add_row(
                 str(r["workload"]), str(r["server"]), "", "", f"{r['bytes_per_connection']:,.0f}", ratio
             )
-    Console().print(table)
+    Console(width=150).print(table)
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """Byte streams: listening sockets, accepted connections, and the read/write requests on them.
 
-Hot path (see ``docs/design.md``): a connection is one :class:`Connection` protocol object, one Lua
+Hot path (see "How it works" in the README): a connection is one :class:`Connection` protocol object, one Lua
 coroutine and its buffers; there is no asyncio Task per connection. Lua keeps the read buffer and splits
 lines itself, so a coroutine crosses into Python only when its buffer runs dry; it then yields ``RECV``
 carrying whatever it wrote since the last crossing, and ``data_received`` resumes it directly with the next
