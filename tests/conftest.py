@@ -94,6 +94,20 @@ class Server:
         return int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+# A line server whose "slow" request takes a while: `SLOW_ECHO % seconds`. Answers "done <line>".
+SLOW_ECHO = """
+local net = require "moonlet.net"
+net.listen { port = 0, handler = function(conn)
+  while true do
+    local line = conn:readline()
+    if not line then return end
+    if line == "slow" then sleep(%s) end
+    conn:write("done ", line, "\\n")
+  end
+end }
+"""
+
+
 class Client:
     """A blocking test client with line helpers."""
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, run_script
+from conftest import ROOT, SLOW_ECHO, run_script
 
 
 def moonlet(*args: str) -> subprocess.CompletedProcess[str]:
@@ -85,17 +85,7 @@ def test_require_finds_app_modules_and_says_where_it_looked(tmp_path) -> None:  
 
 
 def test_sigterm_drains_finishes_in_flight_work_and_exits_0(lua_server) -> None:  # type: ignore[no-untyped-def]
-    server = lua_server("""
-        local net = require "moonlet.net"
-        net.listen { port = 0, handler = function(conn)
-          while true do
-            local line = conn:readline()
-            if not line then return end
-            if line == "slow" then sleep(0.5) end
-            conn:write("done ", line, "\\n")
-          end
-        end }
-    """)
+    server = lua_server(SLOW_ECHO % 0.5)
     busy, idle = server.connect(), server.connect()
     busy.send(b"slow\n")
     idle.send(b"x\n")

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from conftest import SLOW_ECHO
+
 # A handler that answers every read call it is told to make: `readline`, `readn N`, `readuntil D`, `read`.
 PROBE = """
 local net = require "moonlet.net"
@@ -266,22 +268,12 @@ def test_misuse_raises_at_the_callers_line(lua_server) -> None:
 
 
 def test_concurrent_connections_are_served_while_one_is_slow(lua_server) -> None:
-    server = lua_server("""
-        local net = require "moonlet.net"
-        net.listen { port = 0, handler = function(conn)
-          while true do
-            local line = conn:readline()
-            if not line then return end
-            if line == "slow" then sleep(1) end
-            conn:write(line, "\\n")
-          end
-        end }
-    """)
+    server = lua_server(SLOW_ECHO % 1)
     slow, fast = server.connect(), server.connect()
     slow.send(b"slow\n")
     started = time.monotonic()
     for i in range(20):
         fast.send(b"%d\n" % i)
-        assert fast.line() == b"%d" % i
+        assert fast.line() == b"done %d" % i
     assert time.monotonic() - started < 0.9
-    assert slow.line() == b"slow"
+    assert slow.line() == b"done slow"
