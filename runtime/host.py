@@ -133,12 +133,9 @@ class Host:
         self._check_idle()
 
     def _drain_expired(self) -> None:
-        assert self.kernel is not None
+        assert self.stream is not None
         if self._done is not None and not self._done.done():
-            log.warning(
-                "drain timeout: closing %d connections still busy",
-                len(self.stream.connections) if self.stream else 0,
-            )
+            log.warning("drain timeout: closing %d connections still busy", len(self.stream.connections))
             self._finish()
 
 
