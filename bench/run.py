@@ -2,6 +2,7 @@
 
     python bench/run.py pong     # redis-benchmark ping_inline -c 50, -P 1 and -P 16: kv.lua vs raw uvloop
     python bench/run.py idle     # process memory per idle connection at 10,000 connections
+    python bench/run.py tasks    # spawn+wait, queue round trip, wake-up lateness of 100,000 sleepers
     python bench/run.py all
 
 Each server is pinned to CPU 0 and the load generator to CPU 1 (when the machine has two or more).
@@ -190,6 +191,27 @@ def bench_idle(runs: int, count: int) -> list[dict[str, object]]:
     return rows
 
 
+def bench_tasks(runs: int, sleepers: int) -> list[dict[str, object]]:
+    """Run bench/lua/tasks.lua (pinned like a server) and take the median of each figure it prints."""
+    samples: dict[str, list[float]] = {}
+    for _ in range(runs):
+        proc = subprocess.run(
+            [*PIN_SERVER, PYTHON, "-m", "runtime", "run", "bench/lua/tasks.lua", "--sleepers", str(sleepers)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        for line in proc.stdout.splitlines():
+            name, value = line.split()
+            samples.setdefault(name, []).append(float(value))
+    return [
+        {"workload": "tasks", "figure": k, "value": statistics.median(v), "runs": runs}
+        for k, v in samples.items()
+    ]
+
+
 def report(rows: list[dict[str, object]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -197,8 +219,9 @@ def report(rows: list[dict[str, object]]) -> None:
     table = Table(title="moonlet benchmarks (median of runs)")
     for col in ("workload", "server", "req/s", "server CPU µs/req", "bytes/idle conn", "vs raw"):
         table.add_column(col, justify="left" if col in ("workload", "server") else "right")
-    raw = {r["workload"]: r for r in rows if r["server"] == "raw uvloop"}
-    for r in rows:
+    raw = {r["workload"]: r for r in rows if r.get("server") == "raw uvloop"}
+    figures = [r for r in rows if "figure" in r]
+    for r in (r for r in rows if "figure" not in r):
         base = raw.get(r["workload"])
         if "requests_per_s" in r:
             ratio = (
@@ -226,26 +249,38 @@ def report(rows: list[dict[str, object]]) -> None:
             table.add_row(
                 str(r["workload"]), str(r["server"]), "", "", f"{r['bytes_per_connection']:,.0f}", ratio
             )
-    Console(width=150).print(table)
+    console = Console(width=150)
+    if len(figures) < len(rows):
+        console.print(table)
+    if figures:
+        tasks = Table(title="moonlet tasks (bench/lua/tasks.lua, median of runs)")
+        tasks.add_column("figure")
+        tasks.add_column("value", justify="right")
+        for r in figures:
+            tasks.add_row(str(r["figure"]), f"{r['value']:,.3f}")
+        console.print(tasks)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["pong", "idle", "all"])
+    parser.add_argument("what", choices=["pong", "idle", "tasks", "all"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--n", type=int, default=200_000, help="requests per -P 1 run")
     parser.add_argument("--n-pipelined", type=int, default=2_000_000, help="requests per -P 16 run")
     parser.add_argument("--conns", type=int, default=10_000)
+    parser.add_argument("--sleepers", type=int, default=100_000, help="sleeping tasks in the tasks run")
     ns = parser.parse_args()
-    if shutil.which("redis-benchmark") is None:
+    if ns.what != "tasks" and shutil.which("redis-benchmark") is None:
         sys.exit("redis-benchmark not found: apt-get install redis-tools")
     rows: list[dict[str, object]] = []
     if ns.what in ("pong", "all"):
         rows += bench_pong(ns.runs, ns.n, ns.n_pipelined)
     if ns.what in ("idle", "all"):
         rows += bench_idle(ns.runs, ns.conns)
+    if ns.what in ("tasks", "all"):
+        rows += bench_tasks(ns.runs, ns.sleepers)
     report(rows)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)

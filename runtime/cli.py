@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="Lua heap limit (default: 1 GiB or half the RAM, whichever is less)",
     )
+    run.add_argument(
+        "--stall-budget",
+        type=float,
+        metavar="S",
+        help="seconds Lua code may run without yielding before it is stopped; 0 turns the check off "
+        "(default 1)",
+    )
     run.add_argument("app", metavar="APP.lua")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the app")
     return parser
@@ -51,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.host import Host, limits_from
 
     logs.setup(ns.log_level, ns.log_json)
-    limits = limits_from(drain_timeout=ns.drain_timeout, lua_max_memory=ns.max_memory)
+    limits = limits_from(
+        drain_timeout=ns.drain_timeout, lua_max_memory=ns.max_memory, stall_budget=ns.stall_budget
+    )
     try:
         return Host(ns.app, ns.args, limits).run()
     except MoonletError as e:

@@ -26,3 +26,6 @@ class Limits:
     backlog: int = 1024
     lua_max_memory: int = _default_lua_memory()
     drain_timeout: float = 30.0  # on SIGTERM, seconds handlers get to finish
+    stall_budget: float = 1.0  # seconds a coroutine may run without yielding before it is stopped (0: never)
+    max_timers: int = 100_000  # pending time.after/time.every timers
+    loop_lag_warn: float = 0.5  # seconds the event loop may be blocked before a warning is logged

@@ -26,11 +26,16 @@ from runtime.kernel.core import Kernel, one_line
 from runtime.kernel.task import Task
 from runtime.lua.state import new_lua_runtime
 from runtime.lua.stdlib import bootstrap
-from runtime.services.clock import ClockService, Deadlines
+from runtime.services.clock import ClockService, Deadlines, LagMonitor, TimerService
 from runtime.services.stream import StreamService
 from runtime.services.system import SystemService
+from runtime.services.tasks import TaskService
 
 log = logging.getLogger("moonlet")
+
+# Lua instructions between two stall checks: each check is one call into the host (~0.3 us), and the
+# first check of a run starts its clock, so the budget is overrun by at most this many instructions.
+STALL_CHECK_EVERY = 1_000_000
 
 
 class _Main:
@@ -48,6 +53,27 @@ class _Main:
             self._host.fail()
 
 
+@dataclasses.dataclass(frozen=True)
+class Services:
+    stream: StreamService
+    tasks: TaskService
+    timers: TimerService
+
+
+def wire_services(kernel: Kernel, loop: asyncio.AbstractEventLoop, limits: Limits) -> Services:
+    """Create every service, each registering the ops it serves; every op ends up with a handler."""
+    services = Services(
+        stream=StreamService(kernel, loop, limits, Deadlines(loop)),
+        tasks=TaskService(kernel, loop, limits),
+        timers=TimerService(kernel, loop, limits.max_timers),
+    )
+    ClockService(kernel, loop)
+    SystemService(kernel)
+    missing = kernel.missing_handlers()
+    assert not missing, f"ops without a handler: {missing}"
+    return services
+
+
 class Host:
     def __init__(self, app_path: str, app_args: list[str], limits: Limits | None = None) -> None:
         self.app_path = app_path
@@ -57,6 +83,7 @@ class Host:
         self._done: asyncio.Future[None] | None = None
         self._stopping = False
         self.stream: StreamService | None = None
+        self.timers: TimerService | None = None
         self.kernel: Kernel | None = None
 
     def run(self) -> int:
@@ -71,21 +98,21 @@ class Host:
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
         kernel = self.kernel = Kernel(loop.call_soon)
-        deadlines = Deadlines(loop)
-        self.stream = StreamService(kernel, loop, self.limits, deadlines)
-        ClockService(kernel, loop)
-        SystemService(kernel)
-        missing = kernel.missing_handlers()
-        assert not missing, f"ops without a handler: {missing}"
+        services = wire_services(kernel, loop, self.limits)
+        self.stream, self.timers, tasks = services.stream, services.timers, services.tasks
+        timers = services.timers
+        lag = LagMonitor(loop, self.limits.loop_lag_warn)
 
         lua = new_lua_runtime(self.limits.lua_max_memory)
         lua_limits = {
             "max_line": self.limits.max_line,
             "max_read": self.limits.max_read,
             "write_high_water": self.limits.write_high_water,
+            "stall_check_every": STALL_CHECK_EVERY if self.limits.stall_budget > 0 else 0,
         }
         boot = bootstrap(lua, kernel.call, lua_limits, self.app_path, self.app_args)
         kernel.set_body(boot[b"body"])
+        tasks.task_body = timers.task_body = boot[b"task_body"]
         main, error = boot[b"load_main"]()
         if main is None:
             raise AppLoadError((error or b"cannot load the app").decode("utf-8", "replace"))
@@ -93,19 +120,21 @@ class Host:
         kernel.on_idle = self._check_idle
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        lag.start()
         try:
             kernel.spawn(_Main(self), main, *(a.encode() for a in self.app_args))
             self._check_idle()
             await self._done
         finally:
+            lag.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             self.stream.close_all()
             await asyncio.sleep(0)  # let transports flush and close
 
     def _check_idle(self) -> None:
-        assert self.kernel is not None and self.stream is not None
-        if self.kernel.live == 0 and not self.stream.listeners:
+        assert self.kernel is not None and self.stream is not None and self.timers is not None
+        if self.kernel.live == 0 and not self.stream.listeners and not self.timers.active:
             self._finish()
 
     def _finish(self) -> None:
@@ -129,6 +158,8 @@ class Host:
             self.limits.drain_timeout,
         )
         self.stream.start_drain()
+        assert self.timers is not None
+        self.timers.cancel_all()
         asyncio.get_running_loop().call_later(self.limits.drain_timeout, self._drain_expired)
         self._check_idle()
 

@@ -175,13 +175,13 @@ def lua_server(tmp_path: Path, run_app) -> Iterator:  # type: ignore[no-untyped-
 
 
 def run_script(
-    tmp_path: Path, source: str, *args: str, timeout: float = 20
+    tmp_path: Path, source: str, *args: str, timeout: float = 20, options: list[str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     """Run a Lua script that does not serve (``moonlet run`` as a script runner)."""
     path = tmp_path / "script.lua"
     path.write_text(textwrap.dedent(source).lstrip("\n"))
     return subprocess.run(
-        [sys.executable, "-m", "runtime", "run", str(path), *args],
+        [sys.executable, "-m", "runtime", "run", *(options or []), str(path), *args],
         cwd=ROOT,
         capture_output=True,
         timeout=timeout,

@@ -32,16 +32,12 @@ def test_every_op_has_exactly_one_handler() -> None:
     import asyncio
 
     from runtime.config import Limits
-    from runtime.services.clock import ClockService, Deadlines
-    from runtime.services.stream import StreamService
-    from runtime.services.system import SystemService
+    from runtime.host import wire_services
 
     loop = asyncio.new_event_loop()
     try:
         kernel = Kernel(loop.call_soon)
-        StreamService(kernel, loop, Limits(), Deadlines(loop))
-        ClockService(kernel, loop)
-        SystemService(kernel)
+        wire_services(kernel, loop, Limits())  # asserts that no op is left without a handler
         assert kernel.missing_handlers() == []
     finally:
         loop.close()

@@ -14,8 +14,11 @@ Rules this module keeps:
 * Fairness: a task whose requests keep being answered at once (a loop of writes to a fast peer) is put
   back in the loop's ready queue after ``MAX_IMMEDIATE`` of them, so it cannot starve other connections.
 * Lua errors never reach here as exceptions: every task body runs under ``xpcall`` in ``_host.lua`` and
-  ends with an ``EXIT`` request carrying the traceback. A Python exception in a handler is a host bug: it is
-  logged with its traceback and ends only that task.
+  ends with an ``EXIT`` request carrying the traceback (the exceptions: running out of memory, and a task the
+  stall hook stops, whose error is made to escape every ``pcall``). A Python exception in a handler is a host
+  bug: it is logged with its traceback and ends only that task.
+* Ending a task (it returned, failed, or was killed) unregisters whatever it was waiting on, ends the tasks
+  in its scope, wakes the tasks waiting for it, and tells its owner.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from runtime.kernel.ops import CALLS, YIELDING, Op
-from runtime.kernel.task import Owner, Task
+from runtime.kernel.task import PARKED, Extra, Owner, Task
 from runtime.lua.state import LuaError, LuaFunction
 
 log = logging.getLogger("moonlet")
@@ -69,6 +72,8 @@ class Kernel:
         self._calls: list[CallHandler | None] = [None] * (max(Op) + 1)
         self._body: LuaFunction | None = None
         self.live = 0  # tasks started and not yet ended
+        self.current: Task | None = None  # the task being resumed, if any
+        self.resumes = 0  # how many resumes have started (the stall check tells runs apart by it)
         self.on_idle: Callable[[], None] | None = None  # called when `live` drops to zero
         self.register(Op.EXIT, self._exit)
 
@@ -91,12 +96,44 @@ class Kernel:
         self._body = body
 
     # -- tasks -----------------------------------------------------------------------------------
-    def spawn(self, owner: Owner, fn: object, *args: object) -> Task:
-        """Start ``fn(*args)`` as a new task and run it until its first wait."""
-        assert self._body is not None, "set_body() first"
-        task = Task(self._body.coroutine(fn, *args), owner)
+    def spawn(
+        self,
+        owner: Owner,
+        fn: object,
+        *args: object,
+        body: LuaFunction | None = None,
+        scope: bool = False,
+        extra: Extra | None = None,
+        soon: bool = False,
+    ) -> Task:
+        """Start ``body(fn, *args)`` as a new task (``body`` defaults to the one from ``set_body``).
+
+        The task runs until its first wait now, or on the next loop turn with ``soon``. With ``scope`` the
+        task bounds the lifetime of the tasks spawned under it (a connection's handler). A task started while
+        another runs belongs to that one's scope, if it has one.
+        """
+        body = body or self._body
+        assert body is not None, "set_body() first"
+        task = Task(body.coroutine(fn, *args), owner)
+        task.extra = extra
+        if scope:
+            task.root = task
+        else:
+            parent = self.current
+            root = parent.root if parent is not None else None
+            if root is not None and root.co is not None:
+                task.root = root
+                root_extra = root.extra
+                if root_extra is None:
+                    root.extra = root_extra = Extra()
+                if root_extra.children is None:
+                    root_extra.children = set()
+                root_extra.children.add(task)
         self.live += 1
-        self.resume(task, None)
+        if soon:
+            self._call_soon(self.resume, task, None)
+        else:
+            self.resume(task, None)
         return task
 
     def resume(self, task: Task, value: object) -> None:
@@ -107,6 +144,8 @@ class Kernel:
         send = co.send
         handlers = self._handlers
         budget = MAX_IMMEDIATE
+        self.current = task
+        self.resumes += 1
         try:
             while True:
                 req = send(value)
@@ -121,43 +160,103 @@ class Kernel:
                 if budget == 0:
                     self._call_soon(self.resume, task, value)
                     return
-        except LuaError as e:  # only outside the task's xpcall: out of memory, or a stray resume
-            self._end(task, ok=False, error=str(e).encode())
+        except LuaError as e:  # outside the task's xpcall: out of memory, a stall, or a stray resume
+            extra = task.extra
+            stall = extra.stall if extra is not None else None
+            error = stall or str(e).encode()
+            self._end(task, ok=False, error=error, results=error.split(b"\n", 1)[0])
         except Exception:
             log.exception("internal error while serving %s; ending that task", task.describe())
             self._end(task, ok=False, error=b"internal error in the host (see the log)")
+        finally:
+            self.current = None
 
-    def call(self, op: int, a: object = None, b: object = None, c: object = None) -> object:
-        """Entry point of ``host.call``: a synchronous request from Lua."""
+    def kill(self, task: Task, reason: bytes) -> bool:
+        """End ``task`` now; it is never resumed again and its owner is told. A task cannot kill itself."""
+        if task is self.current:
+            return False
+        if task.co is not None:
+            self._end(task, ok=False, error=reason)
+        return True
+
+    def check_idle(self) -> None:
+        """Tell the host when nothing is left to run (it may then end, see host.py)."""
+        if self.live == 0 and self.on_idle is not None:
+            self.on_idle()
+
+    def watch(self, task: Task, watcher: Task) -> None:
+        """Unpark ``watcher`` (see services/tasks.py) when ``task`` ends."""
+        extra = task.extra
+        if extra is None:
+            task.extra = extra = Extra()
+        if extra.watchers is None:
+            extra.watchers = []
+        extra.watchers.append(watcher)
+
+    def call(self, op: int, a: object = None, b: object = None, c: object = None, d: object = None) -> object:
+        """Entry point of ``host.call``: a synchronous request from Lua (a fourth value only where needed)."""
         try:
             handler = self._calls[op]
         except (IndexError, TypeError):
             handler = None
         if handler is None:
             raise ValueError(f"unknown host call {op!r}")
-        return handler(a, b, c)
-
-    def kill(self, task: Task, reason: bytes) -> None:
-        """End ``task`` now; it is never resumed again and its owner is told."""
-        if task.co is not None:
-            self._end(task, ok=False, error=reason)
+        if d is None:
+            return handler(a, b, c)
+        return handler(a, b, c, d)  # type: ignore[call-arg]
 
     # -- internals -------------------------------------------------------------------------------
-    def _exit(self, task: Task, ok: object, error: object, _: object) -> object:
-        self._end(task, ok=bool(ok), error=error if isinstance(error, bytes) else None)
+    def _exit(self, task: Task, ok: object, value: object, error_value: object) -> object:
+        # ok: value is the packed results (spawned tasks) or nil; failed: value is the traceback and
+        # error_value what the task raised (for wait() to return)
+        if ok:
+            self._end(task, ok=True, error=None, results=value)
+        else:
+            self._end(task, ok=False, error=value if isinstance(value, bytes) else None, results=error_value)
         return SUSPEND
 
-    def _end(self, task: Task, ok: bool, error: bytes | None) -> None:
+    def _end(self, task: Task, ok: bool, error: bytes | None, results: object = None) -> None:
         if task.co is None:
             return
         task.co = None
         self.live -= 1
+        waiting, timer = task.waiting, task.timer
+        task.waiting = task.timer = None
+        if waiting is not None:
+            waiting.forget(task)
+        if timer is not None:
+            timer.cancel()
+        root = task.root
+        if root is not None and root is not task and root.extra is not None and root.extra.children:
+            root.extra.children.discard(task)
+        extra = task.extra
+        if extra is not None:
+            extra.result = (ok, results if ok or results is not None else error)
+            if extra.children:
+                children, extra.children = extra.children, None
+                for child in children:
+                    self._end(child, ok=False, error=b"cancelled: " + task.describe().encode() + b" ended")
         owner: Owner = task.owner
         try:
-            owner.task_exited(task, ok, error)
+            owner.task_exited(task, ok, error)  # (before the watchers go: it may look at them)
         finally:
-            if self.live == 0 and self.on_idle is not None:
-                self.on_idle()
+            if extra is not None and extra.watchers:
+                watchers, extra.watchers = extra.watchers, None
+                for watcher in watchers:
+                    self.wake(watcher, True)
+            self.check_idle()
+
+    def wake(self, task: Task, value: object) -> bool:
+        """Resume a task parked in PARK with ``value`` on the next loop turn; False if it is not parked."""
+        if task.waiting is not PARKED:
+            return False
+        task.waiting = None
+        timer = task.timer
+        if timer is not None:
+            task.timer = None
+            timer.cancel()
+        self._call_soon(self.resume, task, value)
+        return True
 
     def _stray(self, task: Task, req: object) -> None:
         log.error(

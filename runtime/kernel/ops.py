@@ -25,6 +25,8 @@ class Op(enum.IntEnum):
     SENDALL = 3  # (conn, out): send `out`; wait until the kernel has taken every byte
     SLEEP = 4  # (seconds): reply true after that long
     LISTEN = 5  # (host_or_path, port, entry): reply a listener handle and its port, or nil, err
+    PARK = 6  # (timeout): sleep until UNPARK (reply its value) or the timeout (nil, "timeout")
+    JOIN = 7  # (task, timeout): wait until the task ends; reply as RESULT does, or nil, "timeout"
     # -- calls (synchronous, never suspend) --
     WRITE = 16  # (conn, out): hand `out` to the transport now
     CLOSE = 17  # (conn, out): send `out` and close
@@ -36,6 +38,18 @@ class Op(enum.IntEnum):
     PRINT = 23  # (text): write to standard output
     NOW = 24  # (): wall-clock seconds as a float
     MONOTONIC = 25  # (): monotonic seconds as a float
+    SPAWN = 26  # (job, where): start job (see _host.lua) as a task on the next loop turn; reply its handle
+    CURRENT = 27  # (): the running task's handle
+    UNPARK = 28  # (task, value): wake a parked task with value; false if it was not parked
+    CANCEL = 29  # (task): end a task now; it is never resumed again
+    DETACH = 30  # (task): the task outlives the connection that started it
+    RESULT = 31  # (task): 0 while running; 1, packed results; 2, error
+    WATCH = 32  # (task): unpark the running task when `task` ends
+    UNWATCH = 33  # (task): undo WATCH
+    TIMER = 34  # (delay, interval, job, where): run job as a task later (and every interval)
+    TIMER_CANCEL = 35  # (timer)
+    STALL_CHECK = 36  # (): from the count hook: a message if this run has used up its CPU budget
+    STALLED = 37  # (traceback): the running task is being stopped for stalling; remember where
 
     @property
     def yields(self) -> bool:

@@ -1,4 +1,4 @@
-"""Time: sleeping tasks, and the deadline wheel that times out waits on connections.
+"""Time: sleeping tasks, timers, the deadline wheel that times out waits on connections, the lag monitor.
 
 Timeouts on reads and writes use a coarse wheel rather than one loop timer per wait: a wait only records its
 deadline and, at most once per tick, appends its owner to a bucket. A busy connection that waits a hundred
@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import math
 import time
 from typing import Protocol
 
-from runtime.kernel.core import SUSPEND, Kernel
+from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
+from runtime.lua.state import LuaFunction
+
+log = logging.getLogger("moonlet")
 
 TICK = 0.05  # seconds between the buckets of the deadline wheel
 
@@ -87,6 +91,129 @@ class ClockService:
         delay = float(seconds) if isinstance(seconds, int | float) else 0.0
         if delay <= 0:
             self._loop.call_soon(self._kernel.resume, task, True)
-        else:
-            self._loop.call_later(delay, self._kernel.resume, task, True)
+        elif delay != math.inf:
+            task.timer = self._loop.call_later(delay, self._kernel.resume, task, True)
         return SUSPEND
+
+
+class Timer:
+    """A ``time.after``/``time.every`` timer: runs its Lua function as a new task each time it fires."""
+
+    __slots__ = ("handle", "interval", "job", "service", "when", "where")
+
+    def __init__(self, service: TimerService, job: int, interval: float, where: str) -> None:
+        self.service = service
+        self.job = job  # what to run, kept on the Lua side (see _host.lua)
+        self.interval = interval  # 0 for a one-shot timer
+        self.where = where
+        self.when = 0.0
+        self.handle: asyncio.TimerHandle | None = None
+
+    def describe(self) -> str:
+        kind = f"every {self.interval:g}s" if self.interval else "after"
+        return f"timer ({kind}) set at {self.where}"
+
+    def task_exited(self, task: Task, ok: bool, error: bytes | None) -> None:
+        if not ok:
+            log.error("%s failed: %s", self.describe(), one_line(error))
+
+    def fire(self) -> None:
+        service = self.service
+        if self.interval:
+            # fixed rate; after a stall, skip the missed beats rather than run them back to back
+            now = service.loop.time()
+            self.when += self.interval
+            if self.when < now:
+                self.when = now + self.interval
+            self.handle = service.loop.call_at(self.when, self.fire)
+        else:
+            self.handle = None
+            service.active.discard(self)
+        service.kernel.spawn(self, self.job, bool(self.interval), body=service.task_body)
+        if not service.active:
+            service.kernel.check_idle()
+
+    def cancel(self) -> bool:
+        if self.handle is None:
+            return False
+        self.handle.cancel()
+        self.handle = None
+        self.service.active.discard(self)
+        if not self.service.active:
+            self.service.kernel.check_idle()
+        return True
+
+
+class TimerService:
+    """``TIMER`` and ``TIMER_CANCEL``: at most ``max_timers`` pending at once."""
+
+    def __init__(self, kernel: Kernel, loop: asyncio.AbstractEventLoop, max_timers: int) -> None:
+        self.kernel = kernel
+        self.loop = loop
+        self.max_timers = max_timers
+        self.active: set[Timer] = set()  # pending timers: they keep an app without listeners running
+        self.task_body: LuaFunction | None = None  # set at bootstrap, like TaskService.task_body
+        kernel.register_call(Op.TIMER, self._timer)
+        kernel.register_call(Op.TIMER_CANCEL, self._cancel)
+
+    def _timer(self, delay: object, interval: object, job: object, where: object = None) -> object:
+        if len(self.active) >= self.max_timers:
+            return (None, f"too many timers ({self.max_timers} pending; see Limits.max_timers)".encode())
+        if (
+            not isinstance(delay, int | float)
+            or not isinstance(interval, int | float)
+            or not isinstance(job, int)
+        ):
+            raise TypeError("timer: bad arguments")
+        name = where.decode("utf-8", "replace") if isinstance(where, bytes) else "?"
+        timer = Timer(self, job, float(interval), name)
+        timer.when = self.loop.time() + float(delay)
+        timer.handle = self.loop.call_at(timer.when, timer.fire)
+        self.active.add(timer)
+        return timer
+
+    def _cancel(self, timer: object, _b: object, _c: object) -> bool:
+        if not isinstance(timer, Timer):
+            raise TypeError("not a timer")
+        return timer.cancel()
+
+    def cancel_all(self) -> None:
+        """On drain: timers stop firing, so the app can finish."""
+        for timer in list(self.active):
+            timer.cancel()
+
+
+class LagMonitor:
+    """Warns when the event loop was blocked (a long C call, blocking work on the loop thread)."""
+
+    PERIOD = 0.1
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, warn_after: float) -> None:
+        self._loop = loop
+        self._warn_after = warn_after
+        self._expected = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+        self.worst = 0.0  # the longest block seen, in seconds
+
+    def start(self) -> None:
+        if self._warn_after > 0:
+            self._expected = self._loop.time() + self.PERIOD
+            self._handle = self._loop.call_at(self._expected, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        lag = now - self._expected
+        self.worst = max(self.worst, lag)
+        if lag >= self._warn_after:
+            log.warning(
+                "event loop blocked for %.2fs: every connection waited (a long C call or blocking work on "
+                "the loop thread; Lua code is stopped by the stall budget instead)",
+                lag,
+            )
+        self._expected = now + self.PERIOD
+        self._handle = self._loop.call_at(self._expected, self._tick)

@@ -109,7 +109,7 @@ class Connection(asyncio.Protocol):
         hwm = svc.limits.write_high_water
         transport.set_write_buffer_limits(high=hwm, low=hwm // 4)
         svc.connections.add(self)
-        self.task = svc.kernel.spawn(self, self.listener.entry, self)
+        self.task = svc.kernel.spawn(self, self.listener.entry, self, scope=True)
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
@@ -205,6 +205,7 @@ class Connection(asyncio.Protocol):
         if self.reader is not None:
             return _BUSY_REPLY
         self.reader = task
+        task.waiting = self
         timeout = self.read_timeout
         if timeout != math.inf:
             svc = self.svc
@@ -218,12 +219,21 @@ class Connection(asyncio.Protocol):
         if self.writer is not None:
             return _BUSY_REPLY
         self.writer = task
+        task.waiting = self
         self.writer_then = then
         timeout = self.send_timeout
         if timeout != math.inf:
             self.write_deadline = deadline = self.svc.time() + timeout
             self.svc.deadlines.add(self, deadline)
         return SUSPEND
+
+    def forget(self, task: Task) -> None:
+        """``task`` was killed while waiting here: the connection may be read and written by others."""
+        if self.reader is task:
+            self.reader = None
+        if self.writer is task:
+            self.writer = None
+            self._restore_write_limits()
 
     def on_deadline(self, now: float) -> None:
         if self.reader is not None:

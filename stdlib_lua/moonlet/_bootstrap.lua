@@ -159,7 +159,13 @@ do
   local chunk = assert(load(assert(read_file(path), "cannot read " .. path), "@" .. path, "t", stdlib_env))
   loaded["moonlet._host"] = chunk({
     call = host_call, OP = OP, yield = raw_yield, limits = limits, traceback = traceback,
+    create = coroutine.create, resume = coroutine.resume, isyieldable = coroutine.isyieldable,
+    running = coroutine.running, stdlib_dir = stdlib_dir,
+    coroutine = coroutine, sethook = debug.sethook, getinfo = getinfo,
   })
+  -- both environments see the coroutine library that lets host requests through app coroutines
+  stdlib_env.coroutine = loaded["moonlet._host"].coroutine
+  app_env.coroutine = loaded["moonlet._host"].coroutine
 end
 
 strict(stdlib_env)
@@ -167,6 +173,7 @@ strict(stdlib_env)
 -- common calls as globals of the app
 local time = stdlib_env.require("moonlet.time")
 rawset(app_env, "sleep", time.sleep)
+rawset(app_env, "spawn", stdlib_env.require("moonlet.task").spawn)
 
 local args = { [0] = app_path }
 if app_args then for i = 1, #app_args do args[i] = app_args[i] end end
@@ -174,7 +181,7 @@ rawset(app_env, "arg", args)
 strict(app_env)
 
 local host = loaded["moonlet._host"]
-local M = { body = host.body }
+local M = { body = host.body, task_body = host.task_body }
 
 -- compile the app's main chunk; the host runs it as the first task
 function M.load_main()

@@ -10,12 +10,28 @@
 -- `mark_dirty`; `request` hands their output over (`obj:_sync()`) before it yields. A connection that is
 -- about to yield RECV carries its own output in the request instead, so the common echo cycle crosses into
 -- Python once.
+--
+-- Yields work everywhere Lua allows them: in pcall/xpcall, metamethods, required modules' top levels, and the
+-- app's own coroutines. The `coroutine` library apps see is wrapped: a host request made inside an app
+-- coroutine travels out through the app's `resume` to the task and the reply comes back in, while the app's
+-- own yields still reach the app's resume. Where Lua cannot yield at all (a table.sort comparator, a
+-- string.gsub callback, __gc, __tostring called by tostring) a request fails with an error that says so.
+--
+-- Stall protection: every coroutine gets a count hook that asks the host, every `stall_check_every`
+-- instructions, whether this run has used up its CPU budget; if so the coroutine is doomed: every later
+-- instruction raises, so `while true do pcall(f) end` ends too (see runtime/services/tasks.py).
 
 local privileged = ...
 local call, OP, raw_yield, traceback = privileged.call, privileged.OP, privileged.yield, privileged.traceback
-local next, tostring, xpcall = next, tostring, xpcall
+local raw_create, raw_resume, isyieldable = privileged.create, privileged.resume, privileged.isyieldable
+local running, setmetatable = privileged.running, setmetatable
+local sethook, getinfo = privileged.sethook, privileged.getinfo
+local next, pairs, tostring, xpcall, error = next, pairs, tostring, xpcall, error
+local pack, unpack = table.pack, table.unpack
 
 local M = { call = call, OP = OP, limits = privileged.limits }
+local EXIT, STALL_CHECK, STALLED = OP.EXIT, OP.STALL_CHECK, OP.STALLED
+local STALL_EVERY = privileged.limits.stall_check_every
 
 -- Objects whose output has not been handed to the host: almost always one connection, kept in `first`
 -- so that marking and unmarking it costs no table operation; any others go in `more`.
@@ -54,22 +70,156 @@ local function sync_all()
 end
 M.sync_all = sync_all
 
+-- How many app coroutines are running inside our `resume` right now: 0 means a request is surely made from
+-- a task's own coroutine; otherwise `app_cos` (the app's coroutines) says whether it is.
+local depth = 0
+local app_cos = setmetatable({}, { __mode = "k" })
+local PASS = {} -- first value yielded by a host request made inside an app coroutine
+
+local CANNOT_YIELD = "cannot wait here: this code runs inside a C function that Lua cannot yield across "
+  .. "(a table.sort comparator, a string.gsub callback, __gc, __tostring via tostring, or outside any task)"
+
+local STDLIB_SOURCE = "@" .. privileged.stdlib_dir .. "/"
+
+-- The stack level (counted from the caller of this function) of the first frame outside the stdlib.
+local function app_level(level)
+  while true do
+    local info = getinfo(level + 1, "S")
+    if info == nil then return 1 end
+    if info.source:sub(1, #STDLIB_SOURCE) ~= STDLIB_SOURCE then return level end
+    level = level + 1
+  end
+end
+M.app_level = app_level
+
 --- Suspend the running coroutine until the host replies to request `op`.
 function M.request(op, a, b, c)
   if first ~= nil or nmore > 0 then sync_all() end
+  if not isyieldable() then error(CANNOT_YIELD, app_level(2)) end
+  if depth > 0 then
+    if app_cos[running()] then return raw_yield(PASS, op, a, b, c) end
+    depth = 0 -- (left too high by an error between our resume's two counts: a stall or out of memory)
+  end
   return raw_yield(op, a, b, c)
 end
+local request = M.request
+
+---------------------------------------------------------------------------------------------------------
+-- stall protection
+
+local function on_count()
+  local msg = call(STALL_CHECK)
+  if msg then
+    call(STALLED, traceback(msg, 2))
+    sethook(function() error(msg, 0) end, "", 1) -- doomed: no pcall can catch this for long
+    error(msg, 0)
+  end
+end
+
+local function guard(co)
+  if STALL_EVERY > 0 then
+    if co then sethook(co, on_count, "", STALL_EVERY) else sethook(on_count, "", STALL_EVERY) end
+  end
+end
+
+---------------------------------------------------------------------------------------------------------
+-- the coroutine library apps see
+
+local function create(fn)
+  local co = raw_create(fn)
+  app_cos[co] = true
+  guard(co)
+  return co
+end
+
+local function resume(co, ...)
+  depth = depth + 1
+  local r = pack(raw_resume(co, ...))
+  depth = depth - 1
+  if r[1] == false and STALL_EVERY > 0 then -- did co die of a stall? then so does the code resuming it
+    local msg = call(STALL_CHECK)
+    if msg then
+      sethook(function() error(msg, 0) end, "", 1)
+      error(msg, 0)
+    end
+  end
+  while r[1] == true and r[2] == PASS do -- a host request from inside co: make it, and hand the reply in
+    local reply = pack(request(r[3], r[4], r[5], r[6]))
+    depth = depth + 1
+    r = pack(raw_resume(co, unpack(reply, 1, reply.n)))
+    depth = depth - 1
+  end
+  return unpack(r, 1, r.n)
+end
+
+local function wrap(fn)
+  local co = create(fn)
+  return function(...)
+    local r = pack(resume(co, ...))
+    if r[1] then return unpack(r, 2, r.n) end
+    error(r[2], 0)
+  end
+end
+
+M.coroutine = {}
+for name, f in pairs(privileged.coroutine) do M.coroutine[name] = f end
+M.coroutine.create, M.coroutine.resume, M.coroutine.wrap = create, resume, wrap
+
+---------------------------------------------------------------------------------------------------------
+-- task bodies
 
 local function on_error(err)
   return traceback(tostring(err), 2)
 end
 
---- The body of every task: run fn(...) and report how it ended with an EXIT request.
+--- The body of a connection handler and of the main chunk: run fn(...) and report how it ended.
 function M.body(fn, ...)
+  guard()
   local ok, err = xpcall(fn, on_error, ...)
   if first ~= nil or nmore > 0 then sync_all() end
-  if ok then return OP.EXIT, true, nil, nil end
-  return OP.EXIT, false, err, nil
+  if ok then return EXIT, true, nil, nil end
+  return EXIT, false, err, nil
+end
+
+-- What spawned tasks and timers will run, by id: {fn, args..., n=}. The host holds only the id. (A Lua
+-- table handed to a Python call is wrapped with a pointer to the calling coroutine, which may be collected
+-- before the wrapper: only plain values cross in calls.)
+local jobs, last_job = {}, 0
+
+--- Keep `packed` for a later task_body; returns its id.
+function M.job(packed)
+  last_job = last_job + 1
+  jobs[last_job] = packed
+  return last_job
+end
+
+--- Forget a job (a cancelled timer).
+function M.drop_job(id)
+  jobs[id] = nil
+end
+
+--- The body of a spawned task or timer callback: runs job `id` (kept if `keep`: a repeating timer).
+--- wait() gets the results, or the value the task raised; the log gets the traceback.
+function M.task_body(id, keep)
+  guard()
+  local packed = jobs[id]
+  if not keep then jobs[id] = nil end
+  if packed == nil then return EXIT, true, pack(), nil end -- (a timer cancelled as it fired)
+  local trace
+  local r = pack(xpcall(packed[1], function(err)
+    trace = traceback(tostring(err), 2)
+    return err
+  end, unpack(packed, 2, packed.n)))
+  if first ~= nil or nmore > 0 then sync_all() end
+  if r[1] then return EXIT, true, r, nil end
+  return EXIT, false, trace, r[2]
+end
+
+--- "file:line" of the caller `level` frames up (for naming tasks and timers in the log).
+function M.where(level)
+  local info = getinfo(level + 1, "Sl")
+  if info == nil then return "?" end
+  return info.short_src .. ":" .. (info.currentline or 0)
 end
 
 return M

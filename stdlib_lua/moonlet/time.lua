@@ -1,8 +1,8 @@
---- Time: sleeping and clocks.
+--- Time: sleeping, clocks and timers.
 -- @module moonlet.time
 local host = require "moonlet._host"
-local request, call, OP = host.request, host.call, host.OP
-local type, error = type, error
+local request, call, OP, where = host.request, host.call, host.OP, host.where
+local type, error, setmetatable, pack = type, error, setmetatable, table.pack
 
 local M = {}
 
@@ -28,6 +28,60 @@ end
 ---@return number
 function M.monotonic()
   return call(OP.MONOTONIC)
+end
+
+---@class moonlet.Timer
+local Timer = {}
+Timer.__index = Timer
+
+local function check_delay(s, what)
+  if type(s) ~= "number" or s ~= s or s < 0 or s == math.huge then
+    error("bad argument #1 to '" .. what .. "' (finite number of seconds >= 0 expected)", 3)
+  end
+end
+
+local function timer(delay, interval, fn, ...)
+  if type(fn) ~= "function" then error("bad argument #2 (function expected, got " .. type(fn) .. ")", 3) end
+  local id = host.job(pack(fn, ...))
+  local py, err = call(OP.TIMER, delay, interval, id, where(3))
+  if py == nil then
+    host.drop_job(id)
+    return nil, err
+  end
+  return setmetatable({ _py = py, _job = id }, Timer)
+end
+
+--- Run `fn(...)` once, `seconds` from now, as a task of its own (so it may wait). Returns a timer, or
+--- nil, "too many timers ..." past the limit on pending timers (100,000). Pending timers keep the app running.
+---@param seconds number
+---@param fn async fun(...)
+---@return moonlet.Timer? timer
+---@return string? err
+function M.after(seconds, fn, ...)
+  check_delay(seconds, "after")
+  local t, err = timer(seconds, 0, fn, ...) -- (not a tail call: `where` counts this frame)
+  return t, err
+end
+
+--- Run `fn(...)` every `seconds` (first after `seconds`), each time as a task of its own. A beat missed
+--- because the server was busy is skipped, not run late twice. Returns a timer, or nil, err.
+---@param seconds number
+---@param fn async fun(...)
+---@return moonlet.Timer? timer
+---@return string? err
+function M.every(seconds, fn, ...)
+  check_delay(seconds, "every")
+  if seconds == 0 then error("bad argument #1 to 'every' (seconds > 0 expected)", 2) end
+  local t, err = timer(seconds, seconds, fn, ...)
+  return t, err
+end
+
+--- Stop the timer. Returns true if it was pending (a callback already running goes on).
+---@return boolean
+function Timer:cancel()
+  local pending = call(OP.TIMER_CANCEL, self._py)
+  if pending then host.drop_job(self._job) end
+  return pending
 end
 
 return M

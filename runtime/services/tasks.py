@@ -1,0 +1,177 @@
+"""Light tasks, parking, and the stall check: the host half of ``moonlet.task`` and ``moonlet.sync``.
+
+The Lua side keeps the data (queue items, semaphore counts, a task's results table); the host keeps only
+what must not be forgeable or lost: which coroutine runs, which are parked, which have ended and how. Every
+blocking primitive in Lua is built from two requests:
+
+* ``PARK(timeout)`` suspends the running task until somebody calls ``UNPARK(task, value)`` (the reply is
+  ``value``) or the timeout passes (``nil, "timeout"``). A task is woken at most once per park, and a killed
+  task cannot be woken at all (``UNPARK`` returns false, so a queue hands its item to the next getter).
+* ``WATCH(task)`` parks-on-end: the watcher is unparked when ``task`` ends.
+
+Stall protection: ``_host.lua`` sets a count hook in every coroutine; each time it fires it asks
+``STALL_CHECK`` whether the current run (one resume, told apart by ``Kernel.resumes``) has lasted longer than
+the budget. If so the hook records the traceback (``STALLED``) and makes every later instruction of that
+coroutine raise, so no ``pcall`` loop can keep it alive; the task ends with that traceback as its error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+
+from runtime.config import Limits
+from runtime.kernel.core import SUSPEND, Kernel, one_line
+from runtime.kernel.ops import Op
+from runtime.kernel.task import PARKED, Extra, Task
+from runtime.lua.state import LuaFunction
+
+log = logging.getLogger("moonlet")
+
+_TIMEOUT_REPLY = (None, b"timeout")
+RUNNING, DONE, FAILED = 0, 1, 2  # RESULT's first value
+CANCELLED = b"cancelled"
+
+
+class TaskService:
+    """Owner of the tasks Lua spawns; serves the task, park and stall requests."""
+
+    def __init__(self, kernel: Kernel, loop: asyncio.AbstractEventLoop, limits: Limits) -> None:
+        self.kernel = kernel
+        self.loop = loop
+        self.stall_budget = limits.stall_budget
+        self.task_body: LuaFunction | None = None  # _host.lua's task_body(packed), set at bootstrap
+        self._run = -1  # Kernel.resumes when the stall check last saw a new run
+        self._run_since = 0.0
+        kernel.register(Op.PARK, self._park)
+        kernel.register(Op.JOIN, self._join)
+        kernel.register_call(Op.SPAWN, self._spawn)
+        kernel.register_call(Op.CURRENT, lambda a, b, c: kernel.current)
+        kernel.register_call(Op.UNPARK, self._unpark)
+        kernel.register_call(Op.CANCEL, self._cancel)
+        kernel.register_call(Op.DETACH, self._detach)
+        kernel.register_call(Op.RESULT, self._result)
+        kernel.register_call(Op.WATCH, self._watch)
+        kernel.register_call(Op.UNWATCH, self._unwatch)
+        kernel.register_call(Op.STALL_CHECK, self._stall_check)
+        kernel.register_call(Op.STALLED, self._stalled)
+
+    # -- owner of spawned tasks ------------------------------------------------------------------
+    def describe(self) -> str:
+        return "task"
+
+    def task_exited(self, task: Task, ok: bool, error: bytes | None) -> None:
+        if ok or error is None or error.startswith(CANCELLED):
+            return
+        extra = task.extra
+        if extra is not None and extra.stall is None and extra.watchers:
+            return  # somebody is waiting: wait() returns the error to them
+        log.error("%s failed: %s", task.describe(), one_line(error))
+
+    # -- requests --------------------------------------------------------------------------------
+    def _spawn(self, job: object, where: object, _c: object) -> Task:
+        assert self.task_body is not None
+        if not isinstance(job, int):
+            raise TypeError("spawn: bad job id")
+        name = "task spawned at " + (where.decode("utf-8", "replace") if isinstance(where, bytes) else "?")
+        return self.kernel.spawn(self, job, False, body=self.task_body, extra=Extra(name), soon=True)
+
+    def _park(self, task: Task, timeout: object, _b: object, _c: object) -> object:
+        if timeout is not None:
+            delay = float(timeout) if isinstance(timeout, int | float) else 0.0
+            if delay <= 0:
+                return _TIMEOUT_REPLY
+            if delay != math.inf:
+                task.timer = self.loop.call_later(delay, self._park_expired, task)
+        task.waiting = PARKED
+        return SUSPEND
+
+    def _join(self, task: Task, target: object, timeout: object, _c: object) -> object:
+        if not isinstance(target, Task):
+            raise TypeError("wait: not a task")
+        if target.co is None:
+            return self._result(target, None, None)
+        if target is task:
+            raise ValueError("a task cannot wait for itself")
+        self.kernel.watch(target, task)
+        return self._park(task, timeout, None, None)
+
+    def _park_expired(self, task: Task) -> None:
+        if task.waiting is PARKED:
+            task.waiting = task.timer = None
+            self.kernel.resume(task, _TIMEOUT_REPLY)
+
+    def _unpark(self, task: object, value: object, _c: object) -> bool:
+        if not isinstance(task, Task):
+            raise TypeError("unpark: not a task")
+        return self.kernel.wake(task, True if value is None else value)
+
+    def _cancel(self, task: object, _b: object, _c: object) -> object:
+        if not isinstance(task, Task):
+            raise TypeError("cancel: not a task")
+        if not self.kernel.kill(task, CANCELLED):
+            return (None, b"a task cannot cancel itself (return from it instead)")
+        return True
+
+    def _detach(self, task: object, _b: object, _c: object) -> bool:
+        if not isinstance(task, Task):
+            raise TypeError("detach: not a task")
+        root = task.root
+        if root is not None and root is not task:
+            task.root = None
+            if root.extra is not None and root.extra.children:
+                root.extra.children.discard(task)
+        return True
+
+    def _result(self, task: object, _b: object, _c: object) -> object:
+        if not isinstance(task, Task):
+            raise TypeError("not a task")
+        extra = task.extra
+        if task.co is not None or extra is None or extra.result is None:
+            return RUNNING
+        ok, value = extra.result
+        return (DONE, value) if ok else (FAILED, value)
+
+    def _watch(self, task: object, _b: object, _c: object) -> bool:
+        watcher = self.kernel.current
+        if not isinstance(task, Task) or watcher is None:
+            raise TypeError("watch: not a task")
+        if task is watcher:
+            raise ValueError("a task cannot wait for itself")
+        if task.co is None:
+            return False
+        self.kernel.watch(task, watcher)
+        return True
+
+    def _unwatch(self, task: object, _b: object, _c: object) -> None:
+        watcher = self.kernel.current
+        if isinstance(task, Task) and task.extra is not None and task.extra.watchers:
+            watchers = task.extra.watchers
+            if watcher in watchers:
+                watchers.remove(watcher)
+
+    def _stall_check(self, _a: object, _b: object, _c: object) -> bytes | None:
+        kernel = self.kernel
+        if kernel.current is None or self.stall_budget <= 0:
+            return None
+        now = time.monotonic()
+        if kernel.resumes != self._run:
+            self._run, self._run_since = kernel.resumes, now
+            return None
+        used = now - self._run_since
+        if used < self.stall_budget:
+            return None
+        return (
+            f"stalled: ran {used:.2f}s without yielding (the CPU budget is {self.stall_budget:g}s)".encode()
+        )
+
+    def _stalled(self, traceback: object, _b: object, _c: object) -> None:
+        task = self.kernel.current
+        if task is None:
+            return
+        if task.extra is None:
+            task.extra = Extra()
+        if task.extra.stall is None and isinstance(traceback, bytes):
+            task.extra.stall = traceback
