@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from runtime import __version__
+from runtime import __version__, hostfn
 from runtime.errors import MoonletError
+from runtime.services.pool import PoolConfig, default_pools
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,9 +44,56 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds Lua code may run without yielding before it is stopped; 0 turns the check off "
         "(default 1)",
     )
+    run.add_argument(
+        "--db", metavar="PATH", help="the SQLite file of moonlet.db (default: APP.db beside the app)"
+    )
+    run.add_argument(
+        "--db-timeout",
+        type=float,
+        metavar="S",
+        help="seconds a query may run before it is interrupted (default 30)",
+    )
+    run.add_argument(
+        "--db-busy-timeout",
+        type=float,
+        metavar="S",
+        help="seconds to wait for a database lock held by another process (default 5)",
+    )
+    run.add_argument(
+        "--pool",
+        action="append",
+        default=[],
+        metavar="NAME=SIZE[:QUEUE]",
+        help="size a thread pool (defaults: cpu=<cores>, io=32) and the jobs that may wait beyond it",
+    )
+    run.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="import a Python file that registers host functions (runtime.hostfn.host_function)",
+    )
     run.add_argument("app", metavar="APP.lua")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the app")
     return parser
+
+
+def parse_pools(specs: list[str]) -> dict[str, PoolConfig]:
+    """``--pool NAME=SIZE[:QUEUE]`` options over the default pools."""
+    pools = default_pools()
+    for spec in specs:
+        name, _, size_queue = spec.partition("=")
+        size_text, _, queue_text = size_queue.partition(":")
+        try:
+            size = int(size_text)
+            queue = int(queue_text) if queue_text else 64 * size
+        except ValueError:
+            raise MoonletError(f"--pool {spec}: expected NAME=SIZE or NAME=SIZE:QUEUE") from None
+        if not name or size < 1 or queue < 0:
+            raise MoonletError(f"--pool {spec}: expected a name, a size >= 1 and a queue >= 0")
+        timeout = pools[name].timeout if name in pools else 60.0
+        pools[name] = PoolConfig(name, size, queue, timeout)
+    return pools
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,10 +107,18 @@ def main(argv: list[str] | None = None) -> int:
 
     logs.setup(ns.log_level, ns.log_json)
     limits = limits_from(
-        drain_timeout=ns.drain_timeout, lua_max_memory=ns.max_memory, stall_budget=ns.stall_budget
+        drain_timeout=ns.drain_timeout,
+        lua_max_memory=ns.max_memory,
+        stall_budget=ns.stall_budget,
+        db_path=ns.db,
+        db_query_timeout=ns.db_timeout,
+        db_busy_timeout=ns.db_busy_timeout,
     )
     try:
-        return Host(ns.app, ns.args, limits).run()
+        pools = parse_pools(ns.pool)
+        for file in ns.python:
+            hostfn.load_file(file)
+        return Host(ns.app, ns.args, limits, pools).run()
     except MoonletError as e:
         print(f"moonlet: {e}", file=sys.stderr)
         return 1

@@ -27,6 +27,8 @@ from runtime.kernel.task import Task
 from runtime.lua.state import new_lua_runtime
 from runtime.lua.stdlib import bootstrap
 from runtime.services.clock import ClockService, Deadlines, LagMonitor, TimerService
+from runtime.services.db import DatabaseService
+from runtime.services.pool import PoolConfig, PoolService
 from runtime.services.stream import StreamService
 from runtime.services.system import SystemService
 from runtime.services.tasks import TaskService
@@ -58,14 +60,25 @@ class Services:
     stream: StreamService
     tasks: TaskService
     timers: TimerService
+    pools: PoolService
+    db: DatabaseService
 
 
-def wire_services(kernel: Kernel, loop: asyncio.AbstractEventLoop, limits: Limits) -> Services:
+def wire_services(
+    kernel: Kernel,
+    loop: asyncio.AbstractEventLoop,
+    limits: Limits,
+    app_path: str | None = None,
+    pools: dict[str, PoolConfig] | None = None,
+) -> Services:
     """Create every service, each registering the ops it serves; every op ends up with a handler."""
+    app = Path(app_path) if app_path else Path("app.lua")
     services = Services(
         stream=StreamService(kernel, loop, limits, Deadlines(loop)),
         tasks=TaskService(kernel, loop, limits),
         timers=TimerService(kernel, loop, limits.max_timers),
+        pools=PoolService(kernel, loop, limits, app_path, pools),
+        db=DatabaseService(kernel, loop, limits, limits.db_path or str(app.with_suffix(".db"))),
     )
     ClockService(kernel, loop)
     SystemService(kernel)
@@ -75,8 +88,15 @@ def wire_services(kernel: Kernel, loop: asyncio.AbstractEventLoop, limits: Limit
 
 
 class Host:
-    def __init__(self, app_path: str, app_args: list[str], limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        app_path: str,
+        app_args: list[str],
+        limits: Limits | None = None,
+        pools: dict[str, PoolConfig] | None = None,
+    ) -> None:
         self.app_path = app_path
+        self.pools = pools
         self.app_args = app_args
         self.limits = limits or Limits()
         self.exit_code = 0
@@ -98,7 +118,7 @@ class Host:
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
         kernel = self.kernel = Kernel(loop.call_soon)
-        services = wire_services(kernel, loop, self.limits)
+        services = wire_services(kernel, loop, self.limits, self.app_path, self.pools)
         self.stream, self.timers, tasks = services.stream, services.timers, services.tasks
         timers = services.timers
         lag = LagMonitor(loop, self.limits.loop_lag_warn)
@@ -112,6 +132,7 @@ class Host:
         }
         boot = bootstrap(lua, kernel.call, lua_limits, self.app_path, self.app_args)
         kernel.set_body(boot[b"body"])
+        services.pools.lua = services.db.lua = lua
         tasks.task_body = timers.task_body = boot[b"task_body"]
         main, error = boot[b"load_main"]()
         if main is None:
@@ -130,6 +151,8 @@ class Host:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             self.stream.close_all()
+            services.pools.stop()
+            await services.db.close()
             await asyncio.sleep(0)  # let transports flush and close
 
     def _check_idle(self) -> None:
@@ -170,7 +193,7 @@ class Host:
             self._finish()
 
 
-def limits_from(**overrides: float | None) -> Limits:
+def limits_from(**overrides: float | str | None) -> Limits:
     """Limits with some fields overridden (ignores None values)."""
     return dataclasses.replace(Limits(), **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
 

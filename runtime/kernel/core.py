@@ -232,6 +232,8 @@ class Kernel:
         extra = task.extra
         if extra is not None:
             extra.result = (ok, results if ok or results is not None else error)
+            for cleanup in extra.on_end:
+                cleanup()
             if extra.children:
                 children, extra.children = extra.children, None
                 for child in children:

@@ -27,6 +27,12 @@ class Op(enum.IntEnum):
     LISTEN = 5  # (host_or_path, port, entry): reply a listener handle and its port, or nil, err
     PARK = 6  # (timeout): sleep until UNPARK (reply its value) or the timeout (nil, "timeout")
     JOIN = 7  # (task, timeout): wait until the task ends; reply as RESULT does, or nil, "timeout"
+    POOL_RUN = 8  # (pool "\0" timeout, module "\0" function, packed args): run a Lua function in a pool
+    POOL_CALL = 9  # (pool "\0" timeout, host function name, packed args): run a Python host function
+    DB_QUERY = 10  # (tx, sql, params): rows
+    DB_EXEC = 11  # (tx, sql, params): {changes=, last_id=}
+    DB_BEGIN = 12  # (): a transaction handle once the writer is ours
+    DB_END = 13  # (tx, commit): commit or roll back, and let the writer go
     # -- calls (synchronous, never suspend) --
     WRITE = 16  # (conn, out): hand `out` to the transport now
     CLOSE = 17  # (conn, out): send `out` and close

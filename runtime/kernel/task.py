@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 from runtime.lua.state import LuaThread
@@ -38,7 +39,7 @@ PARKED = _Parked()  # Task.waiting while the task sleeps in PARK
 class Extra:
     """What only spawned tasks and tasks with children need; kept apart so a connection stays small."""
 
-    __slots__ = ("children", "name", "result", "stall", "watchers")
+    __slots__ = ("children", "name", "on_end", "result", "stall", "watchers")
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name
@@ -46,6 +47,7 @@ class Extra:
         self.result: tuple[bool, object] | None = None  # set when the task ends
         self.watchers: list[Task] | None = None  # tasks parked until this one ends
         self.stall: bytes | None = None  # traceback recorded when the stall hook stopped it
+        self.on_end: list[Callable[[], None]] = []  # cleanups when it ends (a transaction to roll back)
 
 
 class Task:

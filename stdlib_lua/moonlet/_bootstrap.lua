@@ -154,34 +154,43 @@ app_env.require = function(name)
 end
 
 -- The door is built here, from the privileged values, and registered before anything can require it.
-do
+-- A pool thread's state (no host_call) has no door: it runs plain Lua jobs and cannot wait on the host.
+local host = nil
+if host_call then
   local path = stdlib_dir .. "/moonlet/_host.lua"
   local chunk = assert(load(assert(read_file(path), "cannot read " .. path), "@" .. path, "t", stdlib_env))
-  loaded["moonlet._host"] = chunk({
+  host = chunk({
     call = host_call, OP = OP, yield = raw_yield, limits = limits, traceback = traceback,
     create = coroutine.create, resume = coroutine.resume, isyieldable = coroutine.isyieldable,
     running = coroutine.running, stdlib_dir = stdlib_dir,
     coroutine = coroutine, sethook = debug.sethook, getinfo = getinfo,
   })
+  loaded["moonlet._host"] = host
   -- both environments see the coroutine library that lets host requests through app coroutines
-  stdlib_env.coroutine = loaded["moonlet._host"].coroutine
-  app_env.coroutine = loaded["moonlet._host"].coroutine
+  stdlib_env.coroutine = host.coroutine
+  app_env.coroutine = host.coroutine
+else
+  loaded["moonlet._host"] = setmetatable({}, { __index = function()
+    error("this moonlet module needs the server's event loop, which a pool job does not have", 2)
+  end })
 end
 
 strict(stdlib_env)
 
 -- common calls as globals of the app
-local time = stdlib_env.require("moonlet.time")
-rawset(app_env, "sleep", time.sleep)
-rawset(app_env, "spawn", stdlib_env.require("moonlet.task").spawn)
+if host then
+  local time = stdlib_env.require("moonlet.time")
+  rawset(app_env, "sleep", time.sleep)
+  rawset(app_env, "spawn", stdlib_env.require("moonlet.task").spawn)
+end
 
 local args = { [0] = app_path }
 if app_args then for i = 1, #app_args do args[i] = app_args[i] end end
 rawset(app_env, "arg", args)
 strict(app_env)
 
-local host = loaded["moonlet._host"]
-local M = { body = host.body, task_body = host.task_body }
+local M = {}
+if host then M.body, M.task_body = host.body, host.task_body end
 
 -- compile the app's main chunk; the host runs it as the first task
 function M.load_main()
@@ -189,6 +198,26 @@ function M.load_main()
   if not src then return nil, "cannot read " .. app_path end
   local main, err = load(src, "@" .. app_path, "t", app_env)
   return main, err  -- always two values: lupa hands Python a tuple
+end
+
+--- In a pool thread: run module.fname(args[1..n]); returns true, results... or false, traceback.
+--- `expired()` (from the host) says whether the job's time is up: the count hook then fails every
+--- instruction (no pcall hides it) until the host says otherwise, after the job.
+function M.run_job(module, fname, job_args, n, expired)
+  local sethook = debug.sethook
+  sethook(function()
+    if expired() then
+      sethook(function() if expired() then error("timeout", 0) end end, "", 1)
+      error("timeout", 0)
+    end
+  end, "", 100000)
+  local found, mod = pcall(app_env.require, module)
+  if not found then return false, mod end
+  local f = type(mod) == "table" and mod[fname]
+  if type(f) ~= "function" then return false, "module '" .. module .. "' has no function '" .. fname .. "'" end
+  local on_error = function(err) return traceback(tostring(err), 2) end
+  local r = table.pack(xpcall(f, on_error, table.unpack(job_args, 1, n)))
+  return table.unpack(r, 1, r.n)
 end
 
 return M

@@ -1,0 +1,104 @@
+-- The dialog shared by apps/conversation.lua and apps/billing.lua: greeting, LOGIN, CHALLENGE/PROOF, and a
+-- loop of requests. Written as straight-line code over one connection; a malformed message gets
+-- `ERR <reason>` and the dialog waits for the corrected one.
+local log = require "moonlet.log"
+
+local M = {}
+
+M.MAX_TRIES = 3
+M.MAX_AMOUNT = 1000000000
+
+local function nonce()
+  local digits = {}
+  for i = 1, 16 do digits[i] = string.format("%x", math.random(0, 15)) end
+  return table.concat(digits)
+end
+
+--- Ask until the client sends `VERB args...` for one of `verbs` ({VERB = parse}) that its parse accepts.
+--- parse(rest) returns the parsed value, or nil and the reason to send back. Returns verb, value; or nil
+--- and "quit" or the connection's error.
+function M.expect(conn, verbs)
+  while true do
+    local line, err = conn:readline()
+    if not line then return nil, err end
+    local word, rest = line:match("^(%S+)%s*(.-)%s*$")
+    if word == "QUIT" then return nil, "quit" end
+    local parse = verbs[word]
+    if parse == nil then
+      local names = {}
+      for verb in pairs(verbs) do names[#names + 1] = verb end
+      table.sort(names)
+      conn:write("ERR expected ", table.concat(names, " or "), "\n")
+    else
+      local value, reason = parse(rest)
+      if value ~= nil then return word, value end
+      conn:write("ERR ", reason, "\n")
+    end
+  end
+end
+
+function M.parse_name(rest)
+  if rest:match("^[%w_%-%.]+$") and #rest <= 64 then return rest end
+  return nil, "name must be 1-64 letters, digits, '_', '-' or '.'"
+end
+
+function M.parse_charge(rest)
+  local account, amount = rest:match("^(%S+)%s+(%S+)$")
+  if not account then return nil, "usage: CHARGE <account> <amount>" end
+  local n = math.tointeger(tonumber(amount))
+  if not amount:match("^%d+$") or n == nil or n <= 0 or n > M.MAX_AMOUNT then
+    return nil, "amount must be a positive integer"
+  end
+  return { account = account, amount = n }
+end
+
+local function parse_proof(rest)
+  if rest == "" then return nil, "usage: PROOF <answer>" end
+  return rest
+end
+
+--- Greeting, LOGIN, CHALLENGE and up to three PROOFs. Returns the user's name, or nil after saying BYE.
+function M.login(conn, greeting)
+  conn:write(greeting, "\n")
+  local _, name = M.expect(conn, { LOGIN = M.parse_name })
+  if not name then
+    conn:write("BYE\n")
+    return nil
+  end
+  local challenge = nonce()
+  conn:write("CHALLENGE ", challenge, "\n")
+  local wanted = challenge:reverse()
+  for try = 1, M.MAX_TRIES do
+    local _, proof = M.expect(conn, { PROOF = parse_proof })
+    if not proof then
+      conn:write("BYE\n")
+      return nil
+    end
+    if proof == wanted then break end
+    if try == M.MAX_TRIES then
+      log.info("login failed for " .. name)
+      conn:write("BYE too many failed proofs\n")
+      return nil
+    end
+    conn:write("ERR wrong proof (", M.MAX_TRIES - try, " tries left)\n")
+  end
+  conn:write("WELCOME ", name, "\n")
+  return name
+end
+
+--- Serve requests until QUIT or the connection ends: handlers is {VERB = {parse = f, run = g}} and
+--- run(conn, value) writes the answer.
+function M.serve(conn, handlers)
+  local verbs = {}
+  for verb, h in pairs(handlers) do verbs[verb] = h.parse end
+  while true do
+    local verb, value = M.expect(conn, verbs)
+    if not verb then
+      conn:write("BYE\n")
+      return
+    end
+    handlers[verb].run(conn, value)
+  end
+end
+
+return M

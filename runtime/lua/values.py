@@ -1,0 +1,68 @@
+"""Plain values: the only Lua values that may leave a Lua state (for a pool thread, a database, Python).
+
+Plain means nil, booleans, numbers, strings (bytes) and tables of these. A table whose keys are exactly
+1..n becomes a list, any other a dict; functions, coroutines and userdata are refused with a clear error,
+as are cycles and nesting deeper than ``MAX_DEPTH``. Python ``str`` coming back is encoded as UTF-8, since
+Lua strings are bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lupa.lua54 as _lupa  # type: ignore[import-untyped]
+
+from runtime.lua.state import LuaRuntimeFacade
+
+MAX_DEPTH = 64
+Plain = None | bool | int | float | bytes | list["Plain"] | dict[Any, "Plain"]
+
+
+class NotPlainError(ValueError):
+    """A value that cannot cross between Lua states."""
+
+
+def to_plain(value: object, depth: int = 0) -> Plain:
+    """A Lua value (as lupa hands it to Python) as plain Python data."""
+    if value is None or isinstance(value, bool | int | float | bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if _lupa.lua_type(value) != "table":
+        kind = _lupa.lua_type(value) or type(value).__name__
+        raise NotPlainError(
+            f"a {kind} cannot cross (only nil, booleans, numbers, strings and tables of these)"
+        )
+    if depth >= MAX_DEPTH:
+        raise NotPlainError(f"tables nested deeper than {MAX_DEPTH} levels (or a cycle) cannot cross")
+    table: Any = value
+    items = [(k, to_plain(v, depth + 1)) for k, v in table.items()]
+    if all(type(k) is int for k, _ in items) and sorted(k for k, _ in items) == list(
+        range(1, len(items) + 1)
+    ):
+        return [v for _, v in sorted(items, key=lambda kv: kv[0])]
+    out: dict[Any, Plain] = {}
+    for k, v in items:
+        if not isinstance(k, bool | int | float | bytes):
+            raise NotPlainError("table keys must be numbers, strings or booleans to cross")
+        out[k] = v
+    return out
+
+
+def from_plain(lua: LuaRuntimeFacade, value: object, depth: int = 0) -> object:
+    """Plain Python data as a Lua value of ``lua`` (lists and tuples become arrays, dicts tables)."""
+    if value is None or isinstance(value, bool | int | float | bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    if depth >= MAX_DEPTH:
+        raise NotPlainError(f"data nested deeper than {MAX_DEPTH} levels cannot cross")
+    if isinstance(value, list | tuple):
+        return lua.table_from([from_plain(lua, v, depth + 1) for v in value])
+    if isinstance(value, dict):
+        return lua.table_from(
+            {from_plain(lua, k, depth + 1): from_plain(lua, v, depth + 1) for k, v in value.items()}
+        )
+    raise NotPlainError(f"a Python {type(value).__name__} cannot cross into Lua (only plain data)")
