@@ -3,6 +3,7 @@
     python bench/run.py pong     # redis-benchmark ping_inline -c 50, -P 1 and -P 16: kv.lua vs raw uvloop
     python bench/run.py idle     # process memory per idle connection at 10,000 connections
     python bench/run.py tasks    # spawn+wait, queue round trip, wake-up lateness of 100,000 sleepers
+    python bench/run.py blocking # echo p99 beside slow queries and CPU jobs; 10 ms blocking calls vs sleep
     python bench/run.py all
 
 Each server is pinned to CPU 0 and the load generator to CPU 1 (when the machine has two or more).
@@ -212,6 +213,128 @@ def bench_tasks(runs: int, sleepers: int) -> list[dict[str, object]]:
     ]
 
 
+async def _clients(port: int, count: int, request: bytes, seconds: float) -> int:
+    """``count`` connections each sending ``request`` and awaiting the reply, for ``seconds``; replies."""
+    import asyncio
+
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def one() -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.monotonic() < stop:
+            writer.write(request)
+            await reader.readline()
+            done += 1
+        writer.close()
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return done
+
+
+def _echo_p99(port: int, count: int = 1000) -> float:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        f = sock.makefile("rwb")
+        times = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            f.write(b"ping\n")
+            f.flush()
+            f.readline()
+            times.append(time.perf_counter() - t0)
+            time.sleep(0.001)
+    return statistics.quantiles(times, n=100)[98]
+
+
+def bench_blocking(seconds: float) -> list[dict[str, object]]:
+    """bench/lua/mixed.lua, not pinned (its pools use every core): latency and blocking throughput."""
+    import asyncio
+    import tempfile
+    import threading
+
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        cmd = [PYTHON, "-m", "runtime", "run", "--log-level", "warning", "--db", f"{tmp}/mixed.db"]
+        cmd += ["--pool", "io=64", "--python", str(ROOT / "bench" / "hostfns.py")]
+        spin = ["--spin", "35000000"]  # about one second of CPU here
+        proc = subprocess.Popen(
+            [*cmd, str(ROOT / "bench" / "lua" / "mixed.lua"), "--port", str(port), *spin], cwd=ROOT
+        )
+        try:
+            _wait_port(port)
+            unloaded = _echo_p99(port)
+            stop = threading.Event()
+            slow: list[float] = []
+
+            def load(kind: bytes) -> None:
+                with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+                    f = sock.makefile("rwb")
+                    while not stop.is_set():
+                        t0 = time.perf_counter()
+                        f.write(kind)
+                        f.flush()
+                        f.readline()
+                        if kind == b"slow\n":
+                            slow.append(time.perf_counter() - t0)
+
+            workers = [threading.Thread(target=load, args=(k,)) for k in [b"slow\n"] * 4 + [b"cpu\n"] * 2]
+            for w in workers:
+                w.start()
+            time.sleep(0.5)
+            loaded = _echo_p99(port)
+            stop.set()
+            for w in workers:
+                w.join(60)
+            rows.append({"workload": "blocking", "figure": "echo_p99_unloaded_ms", "value": unloaded * 1e3})
+            rows.append({"workload": "blocking", "figure": "echo_p99_loaded_ms", "value": loaded * 1e3})
+            rows.append(
+                {
+                    "workload": "blocking",
+                    "figure": "slow_query_median_ms",
+                    "value": statistics.median(slow) * 1e3,
+                }
+            )
+            one = _timed_requests(port, [b"cpu\n"])
+            two = _timed_requests(port, [b"cpu\n", b"cpu\n"])
+            rows.append({"workload": "blocking", "figure": "one_cpu_job_s", "value": one})
+            rows.append({"workload": "blocking", "figure": "two_cpu_jobs_at_once_s", "value": two})
+            blocked = asyncio.run(_clients(port, 50, b"block\n", seconds)) / seconds
+            slept = asyncio.run(_clients(port, 50, b"sleep\n", seconds)) / seconds
+            rows.append({"workload": "blocking", "figure": "block_10ms_req_per_s", "value": blocked})
+            rows.append({"workload": "blocking", "figure": "sleep_10ms_req_per_s", "value": slept})
+            rows.append({"workload": "blocking", "figure": "block_vs_sleep_ratio", "value": blocked / slept})
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return rows
+
+
+def _timed_requests(port: int, requests: list[bytes]) -> float:
+    """Wall time for ``requests`` sent at once, each on its own connection, until every reply is in."""
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in requests]
+    t0 = time.perf_counter()
+    for sock, req in zip(socks, requests, strict=True):
+        sock.sendall(req)
+    for sock in socks:
+        sock.makefile("rb").readline()
+        sock.close()
+    return time.perf_counter() - t0
+
+
+def _wait_port(port: int) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def report(rows: list[dict[str, object]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -253,7 +376,7 @@ def report(rows: list[dict[str, object]]) -> None:
     if len(figures) < len(rows):
         console.print(table)
     if figures:
-        tasks = Table(title="moonlet tasks (bench/lua/tasks.lua, median of runs)")
+        tasks = Table(title="moonlet figures (tasks: median of runs; blocking: one run)")
         tasks.add_column("figure")
         tasks.add_column("value", justify="right")
         for r in figures:
@@ -265,14 +388,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["pong", "idle", "tasks", "all"])
+    parser.add_argument("what", choices=["pong", "idle", "tasks", "blocking", "all"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--n", type=int, default=200_000, help="requests per -P 1 run")
     parser.add_argument("--n-pipelined", type=int, default=2_000_000, help="requests per -P 16 run")
     parser.add_argument("--conns", type=int, default=10_000)
     parser.add_argument("--sleepers", type=int, default=100_000, help="sleeping tasks in the tasks run")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each blocking throughput run")
     ns = parser.parse_args()
-    if ns.what != "tasks" and shutil.which("redis-benchmark") is None:
+    if ns.what in ("pong", "idle", "all") and shutil.which("redis-benchmark") is None:
         sys.exit("redis-benchmark not found: apt-get install redis-tools")
     rows: list[dict[str, object]] = []
     if ns.what in ("pong", "all"):
@@ -281,6 +405,8 @@ def main() -> int:
         rows += bench_idle(ns.runs, ns.conns)
     if ns.what in ("tasks", "all"):
         rows += bench_tasks(ns.runs, ns.sleepers)
+    if ns.what in ("blocking", "all"):
+        rows += bench_blocking(ns.seconds)
     report(rows)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)

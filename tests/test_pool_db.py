@@ -330,24 +330,6 @@ def test_every_acknowledged_charge_survives_sigterm(run_app, tmp_path: Path) -> 
 
 
 # -- nothing stops the server ------------------------------------------------------------------------
-MIXED = """
-local net = require "moonlet.net"
-local db = require "moonlet.db"
-local pool = require "moonlet.pool"
-local SLOW = [[WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 600000)
-              SELECT count(*) AS n FROM c]]
-net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
-  while true do
-    local line = conn:readline()
-    if not line then return end
-    if line == "slow" then conn:write(db.query(SLOW)[1].n, "\\n")
-    elseif line == "cpu" then conn:write(pool.run("heavy", "spin", 3000000), "\\n")
-    else conn:write(line, "\\n") end
-  end
-end }
-"""
-
-
 def echo_p99(server, count: int = 300) -> float:  # type: ignore[no-untyped-def]
     c = server.connect()
     times = []
@@ -361,10 +343,10 @@ def echo_p99(server, count: int = 300) -> float:  # type: ignore[no-untyped-def]
     return statistics.quantiles(times, n=100)[98]
 
 
-def test_echo_latency_holds_while_slow_queries_and_cpu_jobs_run(lua_server, tmp_path: Path) -> None:
-    (tmp_path / "lib").mkdir()
-    (tmp_path / "lib" / "heavy.lua").write_text(HEAVY)
-    server = lua_server(MIXED, options=["--db", str(tmp_path / "mixed.db"), "--pool", "cpu=1"])
+def test_echo_latency_holds_while_slow_queries_and_cpu_jobs_run(run_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = run_app(
+        "bench/lua/mixed.lua", "--port", "0", options=["--db", str(tmp_path / "mixed.db"), "--pool", "cpu=1"]
+    )
     unloaded = echo_p99(server)
     stop = threading.Event()
     done = {"slow": 0, "cpu": 0}
@@ -392,3 +374,35 @@ def test_echo_latency_holds_while_slow_queries_and_cpu_jobs_run(lua_server, tmp_
     assert statistics.median(slow_times) >= 0.2  # the queries really were slow
     # "within a few milliseconds": generous here for a shared 2-core CI machine; bench/ reports the figures
     assert loaded < unloaded + 0.030, f"echo p99 {loaded * 1e3:.1f} ms loaded vs {unloaded * 1e3:.1f} ms"
+
+
+def test_deleting_the_database_file_gives_errors_not_a_stop(lua_server, tmp_path: Path) -> None:
+    path = tmp_path / "gone.db"
+    server = lua_server(
+        """
+        local net = require "moonlet.net"
+        local db = require "moonlet.db"
+        assert(db.exec("CREATE TABLE t (x)"))
+        net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
+          while true do
+            local line = conn:readline()
+            if not line then return end
+            local r, err = db.exec("INSERT INTO t VALUES (?)", line)
+            local rows, qerr = db.query("SELECT count(*) AS n FROM t")
+            conn:write(r and "ok" or err, " ", rows and rows[1].n or qerr, "\\n")
+          end
+        end }
+        """,
+        options=["--db", str(path)],
+    )
+    c = server.connect()
+    c.send(b"one\n")
+    assert c.line() == b"ok 1"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    # the writer goes on with the unlinked file; readers, whose shared memory file is gone, report an error
+    c.send(b"two\n")
+    assert c.line() == b"ok database error: disk I/O error"
+    other = server.connect()  # and the server keeps serving
+    other.send(b"three\n")
+    assert other.line() == b"ok database error: disk I/O error"

@@ -29,6 +29,7 @@ from runtime.kernel.core import SUSPEND, Kernel
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Extra, Task
 from runtime.lua.values import NotPlainError, from_plain, to_plain
+from runtime.threads import LowPrioritySQLite
 
 log = logging.getLogger("moonlet")
 
@@ -241,14 +242,14 @@ class DatabaseService:
     async def _connect(self) -> None:
         busy_ms = int(self.limits.db_busy_timeout * 1000)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        writer = await aiosqlite.connect(self.path, isolation_level=None)
+        writer = await aiosqlite.connect(self.path, isolation_level=None, factory=LowPrioritySQLite)
         self._writer = writer
         writer.text_factory = bytes
         await writer.execute(f"PRAGMA busy_timeout = {busy_ms}")
         await writer.execute("PRAGMA journal_mode = WAL")
         await writer.execute("PRAGMA synchronous = NORMAL")  # with WAL: a commit survives a process crash
         for _ in range(self.limits.db_readers):
-            reader = await aiosqlite.connect(self.path, isolation_level=None)
+            reader = await aiosqlite.connect(self.path, isolation_level=None, factory=LowPrioritySQLite)
             reader.text_factory = bytes
             await reader.execute(f"PRAGMA busy_timeout = {busy_ms}")
             await reader.execute("PRAGMA query_only = ON")

@@ -32,6 +32,7 @@ from runtime.kernel.task import Task
 from runtime.lua.state import LuaError, new_lua_runtime
 from runtime.lua.stdlib import bootstrap
 from runtime.lua.values import NotPlainError, from_plain, to_plain
+from runtime.threads import lower_this_thread
 
 log = logging.getLogger("moonlet")
 
@@ -140,6 +141,7 @@ class Pool:
         return True
 
     def _work(self) -> None:
+        lower_this_thread()
         worker = _Worker(self)
         call_soon = self.service.loop.call_soon_threadsafe
         while (job := self.jobs.get()) is not None:
