@@ -1,5 +1,6 @@
 -- luacheck configuration for the stdlib and the example apps
 std = "lua54"
 max_line_length = 120
-files["apps/"] = { read_globals = { "arg", "sleep" } }
+files["apps/"] = { read_globals = { "arg", "sleep", "spawn" } }
+files["bench/lua/"] = { read_globals = { "arg", "sleep", "spawn" } }
 files["stdlib_lua/moonlet/_bootstrap.lua"] = { globals = { "_G" } }

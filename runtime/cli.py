@@ -75,7 +75,56 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("app", metavar="APP.lua")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the app")
+
+    bench = commands.add_parser(
+        "bench",
+        help="generate load with a Lua script (any protocol, any conversation)",
+        description="Run SCRIPT.lua's session against its target from many connections (Lua coroutines) "
+        "and report transactions/s, latency percentiles and errors. See docs/reference.md (moonlet bench).",
+    )
+    bench.add_argument(
+        "-c", "--connections", type=int, default=50, metavar="N", help="connections (default 50)"
+    )
+    bench.add_argument("-d", "--duration", type=float, metavar="S", help="seconds to run (default 10)")
+    bench.add_argument("-n", "--requests", type=int, metavar="N", help="stop after N transactions")
+    bench.add_argument("-r", "--rate", type=float, metavar="R", help="transactions/s in total, open loop")
+    bench.add_argument("-w", "--workers", type=int, default=1, metavar="W", help="processes (default 1)")
+    bench.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="connect timeout (default 10)"
+    )
+    bench.add_argument("--json", action="store_true", help="print the summary as JSON")
+    bench.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    bench.add_argument("script", metavar="SCRIPT.lua")
+    bench.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the script")
     return parser
+
+
+def _bench(ns: argparse.Namespace) -> int:
+    from runtime import loadgen, logs
+    from runtime.host import Host
+
+    duration = ns.duration if ns.duration is not None else (None if ns.requests else 10.0)
+    if ns.connections < 1 or ns.workers < 1 or (ns.rate is not None and ns.rate <= 0):
+        print("moonlet bench: --connections, --workers and --rate must be positive", file=sys.stderr)
+        return 2
+    if ns.worker:  # one process of the load: the host runs stdlib_lua/moonlet/loadgen.lua over the script
+        logs.setup("warning", False)
+        load = {
+            "connections": ns.connections,
+            "duration": duration,
+            "requests": ns.requests,
+            "rate": ns.rate,
+            "timeout": ns.timeout,
+        }
+        try:
+            return Host(ns.script, ns.args, load=load).run()
+        except MoonletError as e:
+            print(f"moonlet: {e}", file=sys.stderr)
+            return 1
+    options = loadgen.Options(
+        ns.script, ns.args, ns.connections, duration, ns.requests, ns.rate, ns.workers, ns.timeout, ns.json
+    )
+    return loadgen.run(options)
 
 
 def parse_pools(specs: list[str]) -> dict[str, PoolConfig]:
@@ -105,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     from runtime import logs
     from runtime.host import Host, limits_from
 
+    if ns.command == "bench":
+        return _bench(ns)
     logs.setup(ns.log_level, ns.log_json)
     limits = limits_from(
         drain_timeout=ns.drain_timeout,

@@ -20,6 +20,7 @@ class Limits:
     max_read: int = 1024 * 1024  # readn(n) with n above this is nil, "too large"
     read_timeout: float = 60.0  # seconds a read may wait for bytes (conn:settimeouts)
     send_timeout: float = 60.0  # seconds a writer may wait for the peer to drain
+    connect_timeout: float = 10.0  # seconds net.connect (and a TLS handshake) may take
     write_high_water: int = 64 * 1024  # unsent bytes above which a writer is suspended
     max_output: int = 1024 * 1024  # unsent bytes above which a connection that does not drain is closed
     max_pending_input: int = 256 * 1024  # bytes received but not yet read above which reading pauses

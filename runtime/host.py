@@ -27,6 +27,7 @@ from runtime.kernel.task import Task
 from runtime.lua.state import new_lua_runtime
 from runtime.lua.stdlib import bootstrap
 from runtime.services.clock import ClockService, Deadlines, LagMonitor, TimerService
+from runtime.services.datagram import DatagramService
 from runtime.services.db import DatabaseService
 from runtime.services.pool import PoolConfig, PoolService
 from runtime.services.stream import StreamService
@@ -62,6 +63,7 @@ class Services:
     timers: TimerService
     pools: PoolService
     db: DatabaseService
+    udp: DatagramService
 
 
 def wire_services(
@@ -79,6 +81,7 @@ def wire_services(
         timers=TimerService(kernel, loop, limits.max_timers),
         pools=PoolService(kernel, loop, limits, app_path, pools),
         db=DatabaseService(kernel, loop, limits, limits.db_path or str(app.with_suffix(".db"))),
+        udp=DatagramService(kernel, loop),
     )
     ClockService(kernel, loop)
     SystemService(kernel)
@@ -94,9 +97,11 @@ class Host:
         app_args: list[str],
         limits: Limits | None = None,
         pools: dict[str, PoolConfig] | None = None,
+        load: dict[str, float | int | None] | None = None,
     ) -> None:
         self.app_path = app_path
         self.pools = pools
+        self.load = load  # options of a load-generator worker (moonlet bench), else None
         self.app_args = app_args
         self.limits = limits or Limits()
         self.exit_code = 0
@@ -104,6 +109,7 @@ class Host:
         self._stopping = False
         self.stream: StreamService | None = None
         self.timers: TimerService | None = None
+        self.udp: DatagramService | None = None
         self.kernel: Kernel | None = None
 
     def run(self) -> int:
@@ -120,6 +126,7 @@ class Host:
         kernel = self.kernel = Kernel(loop.call_soon)
         services = wire_services(kernel, loop, self.limits, self.app_path, self.pools)
         self.stream, self.timers, tasks = services.stream, services.timers, services.tasks
+        self.udp = services.udp
         timers = services.timers
         lag = LagMonitor(loop, self.limits.loop_lag_warn)
 
@@ -132,7 +139,7 @@ class Host:
         }
         boot = bootstrap(lua, kernel.call, lua_limits, self.app_path, self.app_args)
         kernel.set_body(boot[b"body"])
-        services.pools.lua = services.db.lua = lua
+        services.pools.lua = services.db.lua = services.stream.lua = services.udp.lua = lua
         tasks.task_body = timers.task_body = boot[b"task_body"]
         main, error = boot[b"load_main"]()
         if main is None:
@@ -143,7 +150,13 @@ class Host:
             loop.add_signal_handler(sig, self._on_signal, sig)
         lag.start()
         try:
-            kernel.spawn(_Main(self), main, *(a.encode() for a in self.app_args))
+            args = [a.encode() for a in self.app_args]
+            if self.load is None:
+                kernel.spawn(_Main(self), main, *args)
+            else:  # moonlet bench: the script's table drives stdlib_lua/moonlet/loadgen.lua
+                engine = boot[b"stdlib"](b"moonlet.loadgen")[b"main"]
+                options = lua.table_from({k.encode(): v for k, v in self.load.items() if v is not None})
+                kernel.spawn(_Main(self), engine, main, options, *args)
             self._check_idle()
             await self._done
         finally:
@@ -152,12 +165,15 @@ class Host:
                 loop.remove_signal_handler(sig)
             self.stream.close_all()
             services.pools.stop()
+            services.udp.close_all()
             await services.db.close()
             await asyncio.sleep(0)  # let transports flush and close
 
     def _check_idle(self) -> None:
         assert self.kernel is not None and self.stream is not None and self.timers is not None
-        if self.kernel.live == 0 and not self.stream.listeners and not self.timers.active:
+        assert self.udp is not None
+        serving_udp = any(sock.entry is not None for sock in self.udp.sockets)
+        if self.kernel.live == 0 and not self.stream.listeners and not self.timers.active and not serving_udp:
             self._finish()
 
     def _finish(self) -> None:
@@ -183,6 +199,10 @@ class Host:
         self.stream.start_drain()
         assert self.timers is not None
         self.timers.cancel_all()
+        assert self.udp is not None
+        for sock in list(self.udp.sockets):
+            if sock.entry is not None:
+                self.udp._close(sock, None, None)
         asyncio.get_running_loop().call_later(self.limits.drain_timeout, self._drain_expired)
         self._check_idle()
 

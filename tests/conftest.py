@@ -24,7 +24,13 @@ LISTENING = re.compile(rb"listening on (\S+):(\d+)")
 class Server:
     """A ``moonlet run`` process; its log (stderr) is collected line by line."""
 
-    def __init__(self, app: Path, args: list[str], options: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        app: Path,
+        args: list[str],
+        options: list[str] | None = None,
+        ready: re.Pattern[bytes] = LISTENING,
+    ) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "runtime", "run", *(options or []), str(app), *args],
             cwd=ROOT,
@@ -35,7 +41,7 @@ class Server:
         self.clients: list[Client] = []
         self._partial = b""
         self.port = 0
-        match = self.wait_log(LISTENING, timeout=15)
+        match = self.wait_log(ready, timeout=15)  # (the pattern's second group is the port)
         self.port = int(match.group(2))
 
     def wait_log(self, pattern: re.Pattern[bytes] | bytes, timeout: float = 5) -> re.Match[bytes]:
@@ -152,8 +158,10 @@ def run_app() -> Iterator:  # type: ignore[type-arg]
     """run_app(path, *args, options=[...]) starts a server; all are stopped at the end of the test."""
     servers: list[Server] = []
 
-    def start(app: Path | str, *args: str, options: list[str] | None = None) -> Server:
-        server = Server(Path(app), list(args), options)
+    def start(
+        app: Path | str, *args: str, options: list[str] | None = None, ready: re.Pattern[bytes] = LISTENING
+    ) -> Server:
+        server = Server(Path(app), list(args), options, ready)
         servers.append(server)
         return server
 

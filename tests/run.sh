@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# real clients and linters from Debian: redis-cli/redis-benchmark (redis-tools) and luacheck (lua-check)
+# real clients, peers and linters from Debian: redis-cli/redis-benchmark (redis-tools), redis-server, luacheck
 need=()
 command -v redis-benchmark >/dev/null || need+=(redis-tools)
 command -v luacheck >/dev/null || need+=(lua-check)
+command -v redis-server >/dev/null || need+=(redis-server)   # a real peer for the client tests
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -167,6 +167,7 @@ def test_db_query_exec_types_parameters_and_transactions(tmp_path: Path) -> None
         print("count", db.query("SELECT count(*) AS n FROM t")[1].n)
         print("error", db.query("SELEC 1"))
         print("array", db.query("SELECT ? AS a, ? AS b", { 1, "x" })[1].b)
+        print("named n", db.query("SELECT :n AS v", { n = 5 })[1].v)
         print("table param", db.query("SELECT ?", { { 1 } }))
         """,
     )
@@ -180,6 +181,7 @@ def test_db_query_exec_types_parameters_and_transactions(tmp_path: Path) -> None
         "count\t3",
         'error\tnil\tdatabase error: near "SELEC": syntax error',
         "array\tx",
+        "named n\t5",
         "table param\tnil\ta table cannot be bound as a query parameter (use db.blob(s) for bytes)",
     ]
 

@@ -1,6 +1,6 @@
 -- One process serving cheap and expensive requests side by side (bench/run.py blocking, and a test):
 --   ping  -> ping                 (the echo whose latency must not suffer)
---   slow  -> a SQLite query of ~0.2-0.5 s, in the database's reader threads
+--   slow  -> a SQLite query (~0.3 s here with the default --slow), in the database's reader threads
 --   cpu   -> a CPU-heavy Lua job in the "cpu" pool
 --   block -> a 10 ms blocking Python call in the "io" pool   (needs --python bench/hostfns.py)
 --   sleep -> a 10 ms non-blocking sleep, for comparison
@@ -8,9 +8,10 @@ local net = require "moonlet.net"
 local db = require "moonlet.db"
 local pool = require "moonlet.pool"
 local log = require "moonlet.log"
-local opts = require("moonlet.args").parse(arg, { port = 7003, host = "127.0.0.1", spin = 3000000 })
+local opts = require("moonlet.args").parse(arg,
+  { port = 7003, host = "127.0.0.1", spin = 3000000, slow = 1000000 })
 
-local SLOW = [[WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 600000)
+local SLOW = [[WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < :n)
               SELECT count(*) AS n FROM c]]
 
 local function answer(conn, ...)
@@ -23,7 +24,7 @@ local server = assert(net.listen { host = opts.host, port = opts.port, handler =
     local line = conn:readline()
     if not line then return end
     if line == "slow" then
-      local rows, err = db.query(SLOW)
+      local rows, err = db.query(SLOW, { n = opts.slow })
       answer(conn, rows and rows[1].n, err)
     elseif line == "cpu" then answer(conn, pool.run("heavy", "spin", opts.spin))
     elseif line == "block" then answer(conn, pool.call("nap", 0.01))

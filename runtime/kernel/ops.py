@@ -33,29 +33,39 @@ class Op(enum.IntEnum):
     DB_EXEC = 11  # (tx, sql, params): {changes=, last_id=}
     DB_BEGIN = 12  # (): a transaction handle once the writer is ours
     DB_END = 13  # (tx, commit): commit or roll back, and let the writer go
+    CONNECT = 14  # (host_or_path, port, opts): an outgoing connection, or nil, err
+    STARTTLS = 15  # (conn, opts): upgrade the connection to TLS
+    RESOLVE = 16  # (name, timeout): the addresses of a host name
+    UDP_OPEN = 17  # (host, port, entry): a UDP socket (serving datagrams with entry if given) and its port
+    UDP_RECV = 18  # (sock, timeout): data, host, port of the next datagram
     # -- calls (synchronous, never suspend) --
-    WRITE = 16  # (conn, out): hand `out` to the transport now
-    CLOSE = 17  # (conn, out): send `out` and close
-    PEER = 18  # (conn): host, port of the peer (or the socket path)
-    SETTIMEOUTS = 19  # (conn, send, read): seconds; math.huge or false means never
-    BUFFERED = 20  # (conn): bytes received but not handed to Lua, bytes not yet sent
-    UNLISTEN = 21  # (listener): stop accepting on it
-    LOG = 22  # (level, message)
-    PRINT = 23  # (text): write to standard output
-    NOW = 24  # (): wall-clock seconds as a float
-    MONOTONIC = 25  # (): monotonic seconds as a float
-    SPAWN = 26  # (job, where): start job (see _host.lua) as a task on the next loop turn; reply its handle
-    CURRENT = 27  # (): the running task's handle
-    UNPARK = 28  # (task, value): wake a parked task with value; false if it was not parked
-    CANCEL = 29  # (task): end a task now; it is never resumed again
-    DETACH = 30  # (task): the task outlives the connection that started it
-    RESULT = 31  # (task): 0 while running; 1, packed results; 2, error
-    WATCH = 32  # (task): unpark the running task when `task` ends
-    UNWATCH = 33  # (task): undo WATCH
-    TIMER = 34  # (delay, interval, job, where): run job as a task later (and every interval)
-    TIMER_CANCEL = 35  # (timer)
-    STALL_CHECK = 36  # (): from the count hook: a message if this run has used up its CPU budget
-    STALLED = 37  # (traceback): the running task is being stopped for stalling; remember where
+    WRITE = 32  # (conn, out): hand `out` to the transport now
+    CLOSE = 33  # (conn, out): send `out` and close
+    PEER = 34  # (conn): host, port of the peer (or the socket path)
+    SETTIMEOUTS = 35  # (conn, send, read): seconds; math.huge or false means never
+    BUFFERED = 36  # (conn): bytes received but not handed to Lua, bytes not yet sent
+    UNLISTEN = 37  # (listener): stop accepting on it
+    LOG = 38  # (level, message)
+    PRINT = 39  # (text): write to standard output
+    NOW = 40  # (): wall-clock seconds as a float
+    MONOTONIC = 41  # (): monotonic seconds as a float
+    SPAWN = 42  # (job, where): start job (see _host.lua) as a task on the next loop turn; reply its handle
+    CURRENT = 43  # (): the running task's handle
+    UNPARK = 44  # (task, value): wake a parked task with value; false if it was not parked
+    CANCEL = 45  # (task): end a task now; it is never resumed again
+    DETACH = 46  # (task): the task outlives the connection that started it
+    RESULT = 47  # (task): 0 while running; 1, packed results; 2, error
+    WATCH = 48  # (task): unpark the running task when `task` ends
+    UNWATCH = 49  # (task): undo WATCH
+    TIMER = 50  # (delay, interval, job, where): run job as a task later (and every interval)
+    TIMER_CANCEL = 51  # (timer)
+    STALL_CHECK = 52  # (): from the count hook: a message if this run has used up its CPU budget
+    STALLED = 53  # (traceback): the running task is being stopped for stalling; remember where
+    UDP_SEND = 54  # (sock, data, host, port): send one datagram
+    UDP_CLOSE = 55  # (sock)
+    REUSABLE = 56  # (conn): true if an idle connection may be reused (open, nothing unread from the peer)
+    SHUTDOWN = 57  # (conn, out): send `out`, then end the sending direction (half-close)
+    REPORT = 58  # (kind, plain data): one machine-readable line on standard output (moonlet bench)
 
     @property
     def yields(self) -> bool:

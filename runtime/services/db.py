@@ -65,13 +65,13 @@ def _bind(value: Any) -> Any:
 
 
 def _params(plain: Any) -> tuple[Any, ...] | dict[str, Any]:
-    """Lua's parameters: table.pack(...) for positional ``?``, or one table of names for ``:name``."""
+    """Lua's parameters: counted positional values or one array for ``?``, a table of names for ``:name``."""
     if isinstance(plain, list):  # one array of values: positional
         return tuple(_bind(v) for v in plain)
     if not isinstance(plain, dict):
         return ()
-    if b"n" in plain and all(isinstance(k, int) or k == b"n" for k in plain):
-        count = int(plain[b"n"])
+    if b"#" in plain:  # positional values, counted (see db.lua)
+        count = int(plain[b"#"])
         return tuple(_bind(plain.get(i)) for i in range(1, count + 1))
     return {(k.decode() if isinstance(k, bytes) else str(k)): _bind(v) for k, v in plain.items()}
 

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import socket
+import ssl
 import stat
 from typing import Any, cast
 
@@ -26,6 +27,7 @@ from runtime.config import Limits
 from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
+from runtime.lua.values import from_plain, to_plain
 from runtime.services.clock import TICK, Deadlines
 
 log = logging.getLogger("moonlet")
@@ -65,6 +67,7 @@ class Connection(asyncio.Protocol):
         "closing",
         "deadline_key",
         "eof",
+        "label",
         "listener",
         "pending",
         "pending_size",
@@ -82,9 +85,10 @@ class Connection(asyncio.Protocol):
         "writer_then",
     )
 
-    def __init__(self, svc: StreamService, listener: Listener) -> None:
+    def __init__(self, svc: StreamService, listener: Listener | None, label: str = "") -> None:
         self.svc = svc
-        self.listener = listener
+        self.listener = listener  # None for an outgoing connection (net.connect)
+        self.label = label
         self.transport: asyncio.Transport | None = None  # None once the connection is lost
         self.closing = False  # no more output may be sent
         self.task: Task | None = None
@@ -109,7 +113,8 @@ class Connection(asyncio.Protocol):
         hwm = svc.limits.write_high_water
         transport.set_write_buffer_limits(high=hwm, low=hwm // 4)
         svc.connections.add(self)
-        self.task = svc.kernel.spawn(self, self.listener.entry, self, scope=True)
+        if self.listener is not None:
+            self.task = svc.kernel.spawn(self, self.listener.entry, self, scope=True)
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
@@ -162,6 +167,8 @@ class Connection(asyncio.Protocol):
 
     # -- owner of the handler task ---------------------------------------------------------------
     def describe(self) -> str:
+        if self.listener is None:
+            return f"connection to {self.label}"
         return f"connection {self.peer_label()} on {self.listener.label}"
 
     def task_exited(self, task: Task, ok: bool, error: bytes | None) -> None:
@@ -200,8 +207,8 @@ class Connection(asyncio.Protocol):
                 self.read_paused = False
                 self.transport.resume_reading()
             return pending[0] if len(pending) == 1 else b"".join(pending)
-        if self.eof or self.svc.draining:
-            return _CLOSED_REPLY
+        if self.eof or (self.svc.draining and self.listener is not None):
+            return _CLOSED_REPLY  # (a draining server still reads the replies of the servers it called)
         if self.reader is not None:
             return _BUSY_REPLY
         self.reader = task
@@ -318,10 +325,17 @@ class StreamService:
         self.connections: set[Connection] = set()
         self.listeners: set[Listener] = set()
         self.draining = False
+        self.lua: Any = None  # the main Lua state, to build replies in (set by the host)
+        self._jobs: set[asyncio.Task[None]] = set()
         kernel.register(Op.RECV, self._recv)
         kernel.register(Op.SEND, self._send)
         kernel.register(Op.SENDALL, self._sendall)
         kernel.register(Op.LISTEN, self._listen)
+        kernel.register(Op.CONNECT, self._connect)
+        kernel.register(Op.STARTTLS, self._starttls)
+        kernel.register(Op.RESOLVE, self._resolve)
+        kernel.register_call(Op.REUSABLE, self._reusable)
+        kernel.register_call(Op.SHUTDOWN, self._shutdown)
         kernel.register_call(Op.WRITE, self._write)
         kernel.register_call(Op.CLOSE, self._close)
         kernel.register_call(Op.PEER, self._peer)
@@ -393,7 +407,107 @@ class StreamService:
         log.info("listening on %s", listener.label)
         self.kernel.resume(task, (listener, bound))
 
+    def _connect(self, task: Task, where: bytes, port: int | None, opts: object) -> object:
+        self._run(self._open_connection(task, where.decode(), port, to_plain(opts) or {}))
+        return SUSPEND
+
+    async def _open_connection(self, task: Task, where: str, port: int | None, opts: Any) -> None:
+        timeout = float(opts.get(b"timeout") or self.limits.connect_timeout)
+        label = where if port is None else f"{where}:{port}"
+        try:
+            tls = opts.get(b"tls")
+            ctx, server_name = tls_context(tls, where) if tls else (None, None)
+            conn: Connection
+            if port is None:
+                _, conn = await asyncio.wait_for(
+                    self.loop.create_unix_connection(
+                        lambda: Connection(self, None, label), where, ssl=ctx, server_hostname=server_name
+                    ),
+                    timeout,
+                )
+            else:
+                _, conn = await asyncio.wait_for(
+                    self.loop.create_connection(
+                        lambda: Connection(self, None, label),
+                        where,
+                        port,
+                        ssl=ctx,
+                        server_hostname=server_name,
+                    ),
+                    timeout,
+                )
+        except Exception as e:  # every failure to connect is an answer to the task, never a crash
+            self.kernel.resume(task, (None, connect_error(e)))
+            return
+        if task.co is None:  # the task ended while connecting
+            conn.close()
+            return
+        self.kernel.resume(task, conn)
+
+    def _starttls(self, task: Task, conn: Connection, opts: object, _c: object) -> object:
+        self._run(self._upgrade(task, conn, to_plain(opts) or {}))
+        return SUSPEND
+
+    async def _upgrade(self, task: Task, conn: Connection, opts: Any) -> None:
+        transport = conn.transport
+        if transport is None or conn.closing:
+            self.kernel.resume(task, _CLOSED_REPLY)
+            return
+        timeout = float(opts.get(b"timeout") or self.limits.connect_timeout)
+        host = conn.label.rsplit(":", 1)[0]
+        try:
+            ctx, server_name = tls_context(opts.get(b"tls", True), host)
+            new = await asyncio.wait_for(
+                self.loop.start_tls(transport, conn, ctx, server_side=False, server_hostname=server_name),
+                timeout,
+            )
+        except Exception as e:
+            conn.abort()
+            self.kernel.resume(task, (None, connect_error(e)))
+            return
+        conn.transport = cast(asyncio.Transport, new)
+        self.kernel.resume(task, True)
+
+    def _resolve(self, task: Task, name: bytes, timeout: object, _c: object) -> object:
+        self._run(
+            self._lookup(task, name.decode(), float(timeout) if isinstance(timeout, int | float) else 10.0)
+        )
+        return SUSPEND
+
+    async def _lookup(self, task: Task, name: str, timeout: float) -> None:
+        try:
+            infos = await asyncio.wait_for(
+                self.loop.getaddrinfo(name, None, type=socket.SOCK_STREAM), timeout
+            )
+        except Exception as e:
+            self.kernel.resume(task, (None, connect_error(e)))
+            return
+        addresses: list[bytes] = []
+        for info in infos:
+            address = str(info[4][0]).encode()
+            if address not in addresses:
+                addresses.append(address)
+        self.kernel.resume(task, from_plain(self.lua, addresses))
+
+    def _run(self, work: Any) -> None:
+        job = self.loop.create_task(work)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
     # -- calls -----------------------------------------------------------------------------------
+    def _reusable(self, conn: Connection, _a: object, _b: object) -> bool:
+        transport = conn.transport
+        return not (conn.closing or conn.eof or conn.pending or transport is None or transport.is_closing())
+
+    def _shutdown(self, conn: Connection, out: bytes | None, _: object) -> object:
+        if not conn.send(out):
+            return _CLOSED_REPLY
+        transport = conn.transport
+        assert transport is not None
+        if transport.can_write_eof():
+            transport.write_eof()  # after what is buffered
+        return True
+
     def _write(self, conn: Connection, out: bytes | None, _: object) -> object:
         return True if conn.send(out) else _CLOSED_REPLY
 
@@ -435,7 +549,7 @@ class StreamService:
         for listener in list(self.listeners):
             self.close_listener(listener)
         for conn in list(self.connections):
-            if conn.reader is not None:
+            if conn.reader is not None and conn.listener is not None:
                 conn._wake_reader(_CLOSED_REPLY)
 
     def close_all(self) -> None:
@@ -444,6 +558,36 @@ class StreamService:
 
     def log_task_error(self, conn: Connection, error: bytes | None) -> None:
         log.error("handler error on %s: %s", conn.describe(), one_line(error))
+
+
+def tls_context(tls: object, host: str) -> tuple[ssl.SSLContext, str | None]:
+    """The client TLS context for ``opts.tls``: ``true`` (verify against the system's CAs) or a table with
+    ``verify`` (default true), ``cafile`` and ``server_name``."""
+    options = tls if isinstance(tls, dict) else {}
+    cafile = options.get(b"cafile")
+    ctx = ssl.create_default_context(cafile=cafile.decode() if isinstance(cafile, bytes) else None)
+    if options.get(b"verify", True) is False:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    name = options.get(b"server_name")
+    return ctx, name.decode() if isinstance(name, bytes) else host
+
+
+def connect_error(e: BaseException) -> bytes:
+    """A failure to connect, resolve or handshake as the short error string Lua receives."""
+    if isinstance(e, TimeoutError):
+        return TIMEOUT
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"tls: certificate verify failed: {e.verify_message}".encode()
+    if isinstance(e, ssl.SSLError):
+        return f"tls: {e.reason or e}".encode()
+    if isinstance(e, socket.gaierror):
+        return f"resolve: {e.strerror}".encode()
+    if isinstance(e, ConnectionRefusedError):
+        return b"connection refused"
+    if isinstance(e, OSError):
+        return (e.strerror or str(e)).lower().encode()
+    return f"{type(e).__name__}: {e}".encode()
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from typing import Any
 
 from runtime.kernel.core import Kernel
 from runtime.kernel.ops import Op
+from runtime.lua.values import to_plain
 
 app_log = logging.getLogger("moonlet.app")
+
+REPORT_PREFIX = b"@moonlet-report "
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {(k.decode() if isinstance(k, bytes) else str(k)): _jsonable(v) for k, v in value.items()}
+    return value
+
 
 _LEVELS = {b"debug": logging.DEBUG, b"info": logging.INFO, b"warn": logging.WARNING, b"error": logging.ERROR}
 
@@ -17,9 +33,18 @@ class SystemService:
     def __init__(self, kernel: Kernel) -> None:
         kernel.register_call(Op.LOG, self._log)
         kernel.register_call(Op.PRINT, self._print)
+        kernel.register_call(Op.REPORT, self._report)
 
     def _log(self, level: bytes, message: bytes, _: object) -> object:
         app_log.log(_LEVELS.get(level, logging.INFO), "%s", message.decode("utf-8", "replace"))
+        return True
+
+    def _report(self, kind: bytes, data: object, _: object) -> object:
+        """A record for a parent process (the load generator's workers report to ``moonlet bench``)."""
+        record = {"kind": kind.decode(), "data": _jsonable(to_plain(data))}
+        out = sys.stdout.buffer
+        out.write(REPORT_PREFIX + json.dumps(record).encode() + b"\n")
+        out.flush()
         return True
 
     def _print(self, text: bytes, _a: object, _b: object) -> object:

@@ -192,6 +192,11 @@ strict(app_env)
 local M = {}
 if host then M.body, M.task_body = host.body, host.task_body end
 
+--- A stdlib module, for the host (the load generator's engine).
+function M.stdlib(name)
+  return stdlib_env.require(name)
+end
+
 -- compile the app's main chunk; the host runs it as the first task
 function M.load_main()
   local src = read_file(app_path)

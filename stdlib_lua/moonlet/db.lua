@@ -34,10 +34,13 @@ function M.blob(s)
   return { [BLOB] = s }
 end
 
+-- Positional values travel as {[1] = ..., ["#"] = count} ("#" cannot be a parameter name, unlike "n").
 local function params(...)
   local first = ...
   if select("#", ...) == 1 and type(first) == "table" and first[BLOB] == nil then return first end
-  return pack(...)
+  local t = { ... }
+  t["#"] = select("#", ...)
+  return t
 end
 
 local function check_sql(sql, what)

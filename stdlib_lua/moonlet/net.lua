@@ -21,9 +21,26 @@ local huge = math.huge
 
 local RECV, SEND, SENDALL, WRITE, CLOSE = OP.RECV, OP.SEND, OP.SENDALL, OP.WRITE, OP.CLOSE
 local HIGH_WATER = host.limits.write_high_water
+local host_limits = host.limits
 local MIN_LINE_LIMIT = 256 -- setlimits refuses a smaller line limit
 
 local M = {}
+
+-- Connection pools of the client side (see net.connect): per destination key, the idle connections kept
+-- by setkeepalive, and with `pool_size` the count of open ones and the tasks waiting for one.
+local idle = {}      -- key -> stack of {conn =, expires =}
+local open = {}      -- key -> open connections (idle or in use), when bounded by pool_size
+local waiting = {}   -- key -> tasks waiting for a connection
+local handoff = {}   -- key -> sync.queue passing a connection (or `true`: room to open one) to a waiter
+
+-- A bounded pool loses one open connection: give its room to a waiter, or free it.
+local function release_slot(key)
+  if (waiting[key] or 0) > 0 then
+    handoff[key]:put(true)
+  else
+    open[key] = open[key] - 1
+  end
+end
 
 ---@class moonlet.Conn
 local Conn = {}
@@ -274,7 +291,20 @@ function Conn:close()
   if self._closed then return nil, "closed" end
   self._closed = true
   call(CLOSE, self._py, take(self))
+  if self._counted then
+    self._counted = false
+    release_slot(self._key)
+  end
   return true
+end
+
+--- Send what is buffered, then end the sending direction (half-close): the peer reads end-of-stream while
+--- this side can still read its answer.
+---@return true? ok
+---@return string? err
+function Conn:shutdown()
+  if self._closed then return nil, "closed" end
+  return call(OP.SHUTDOWN, self._py, take(self))
 end
 
 local function check_timeout(v, i, what)
@@ -376,6 +406,201 @@ function M.listen(opts)
   if not py then return nil, bound end
   return setmetatable({ _py = py, host = port and where or nil, port = bound, path = not port and where or nil },
     Listener)
+end
+
+---------------------------------------------------------------------------------------------------------
+-- the client side
+
+local DEFAULT_IDLE_TIMEOUT, DEFAULT_IDLE_SIZE = 60, 30
+
+local function check_opts(opts, what)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument to '" .. what .. "' (options table expected)", 3)
+  end
+  return opts or {}
+end
+
+-- An idle pooled connection to `key` that is still usable, or nil (expired or broken ones are closed).
+local function take_idle(key)
+  local stack = idle[key]
+  local now = call(OP.MONOTONIC)
+  while stack and #stack > 0 do
+    local entry = stack[#stack]
+    stack[#stack] = nil
+    local conn = entry.conn
+    if entry.expires > now and call(OP.REUSABLE, conn._py) then
+      conn._idle = false
+      return conn
+    end
+    conn:close()
+  end
+  return nil
+end
+
+--- Connect to `host`, `port` (TCP) or to a Unix socket `path` (`net.connect(path)`); the connection has the
+--- same API as an accepted one. A healthy connection kept by `setkeepalive` for the same destination is
+--- reused first. Options: `timeout` (seconds for connecting and the TLS handshake, default 10), `tls`
+--- (`true`: TLS verified against the system's CAs; or {verify = false, cafile = , server_name = }),
+--- `pool_size` (at most that many open connections to this destination; more connects wait, up to
+--- `pool_timeout` seconds, then nil, "busy"), `pool` (a name for the destination's pool instead of host:port).
+--- Errors: "connection refused", "timeout", "resolve: ...", "tls: certificate verify failed: ...".
+---@async
+---@param dest string  host name or address, or a Unix socket path
+---@param port? integer
+---@param opts? {timeout?: number, tls?: boolean|table, pool_size?: integer, pool_timeout?: number, pool?: string}
+---@return moonlet.Conn? conn
+---@return string? err
+function M.connect(dest, port, opts)
+  if type(port) == "table" then port, opts = nil, port end
+  opts = check_opts(opts, "connect")
+  if type(dest) ~= "string" then error("bad argument #1 to 'connect' (host or socket path expected)", 2) end
+  if port ~= nil and (type(port) ~= "number" or port < 1 or port > 65535 or floor(port) ~= port) then
+    error("bad argument #2 to 'connect' (port from 1 to 65535 expected)", 2)
+  end
+  local key = opts.pool or (dest .. ":" .. tostring(port) .. (opts.tls and ":tls" or ""))
+  local conn = take_idle(key)
+  if conn then return conn end
+  local size = opts.pool_size
+  if size then
+    if (open[key] or 0) >= size then -- full: wait for a connection to come back, or for room
+      local q = handoff[key]
+      if q == nil then
+        q = require("moonlet.sync").queue()
+        handoff[key] = q
+      end
+      waiting[key] = (waiting[key] or 0) + 1
+      local got = q:get(opts.pool_timeout or opts.timeout or 10)
+      waiting[key] = waiting[key] - 1
+      if got == nil then
+        got = q:get(0) -- (handed over just as we timed out)
+        if got == nil then return nil, "busy" end
+      end
+      if got ~= true then return got end -- a connection, handed over by setkeepalive
+    else
+      open[key] = (open[key] or 0) + 1
+    end
+  end
+  local py, err = request(OP.CONNECT, dest, port, opts)
+  if not py then
+    if size then release_slot(key) end
+    return nil, err
+  end
+  conn = new_conn(py, { line = host_limits.max_line, read = host_limits.max_read })
+  conn._key, conn._counted = key, size ~= nil
+  return conn
+end
+
+--- Upgrade this connection to TLS (for protocols that start in the clear: STARTTLS). Options as for
+--- `net.connect`'s `tls` (plus `timeout`). Returns true, or nil, err (the connection is then closed).
+---@async
+---@param opts? {verify?: boolean, cafile?: string, server_name?: string, timeout?: number}
+function Conn:starttls(opts)
+  opts = check_opts(opts, "starttls")
+  if self._closed then return nil, "closed" end
+  if self._pos <= #self._buf then return nil, "unread data before the TLS handshake" end
+  local out = take(self)
+  if out then call(WRITE, self._py, out) end
+  return request(OP.STARTTLS, self._py, { tls = opts, timeout = opts.timeout })
+end
+
+--- Put this outgoing connection in its destination's pool for reuse by a later `net.connect`, for at most
+--- `idle_timeout` seconds (default 60); at most `size` idle connections are kept per destination (default
+--- 30). The connection must not be used afterwards. Buffered output is sent first; a connection with
+--- unread bytes, or closed by the peer, is closed instead (nil, err).
+---@param idle_timeout? number
+---@param size? integer
+---@return true? ok
+---@return string? err
+function Conn:setkeepalive(idle_timeout, size)
+  if self._key == nil then error("setkeepalive: only connections made with net.connect can be pooled", 2) end
+  if self._closed then return nil, "closed" end
+  local out = take(self)
+  if out then call(WRITE, self._py, out) end
+  if self._pos <= #self._buf then
+    self:close()
+    return nil, "unread data"
+  end
+  if not call(OP.REUSABLE, self._py) then
+    self:close()
+    return nil, "closed"
+  end
+  if self._counted and (waiting[self._key] or 0) > 0 then -- somebody waits for this destination: hand it over
+    handoff[self._key]:put(self)
+    return true
+  end
+  local stack = idle[self._key]
+  if stack == nil then
+    stack = {}
+    idle[self._key] = stack
+  end
+  if #stack >= (size or DEFAULT_IDLE_SIZE) then
+    self:close()
+    return true
+  end
+  self._idle = true
+  stack[#stack + 1] = { conn = self, expires = call(OP.MONOTONIC) + (idle_timeout or DEFAULT_IDLE_TIMEOUT) }
+  return true
+end
+
+--- The addresses of a host name, without blocking the server. Returns an array of address strings, or
+--- nil, "resolve: ..." / "timeout" (default 10 s).
+---@async
+---@param name string
+---@param timeout? number
+---@return string[]? addresses
+---@return string? err
+function M.resolve(name, timeout)
+  if type(name) ~= "string" then error("bad argument #1 to 'resolve' (string expected)", 2) end
+  return request(OP.RESOLVE, name, timeout or 10)
+end
+
+---@class moonlet.Udp
+---@field port integer
+local Udp = {}
+Udp.__index = Udp
+
+--- Send one datagram to `host` (an IP address; see net.resolve) and `port`.
+---@param data string
+---@param dest string  host name or address, or a Unix socket path
+---@param port integer
+function Udp:sendto(data, host_, port)
+  if type(data) ~= "string" or type(host_) ~= "string" or type(port) ~= "number" then
+    error("bad arguments to 'sendto' (data, host, port expected)", 2)
+  end
+  return call(OP.UDP_SEND, self._py, data, host_, port)
+end
+
+--- Wait for the next datagram: returns data, host, port; or nil, "timeout" / "closed".
+---@async
+---@param timeout? number
+function Udp:recvfrom(timeout)
+  return request(OP.UDP_RECV, self._py, timeout)
+end
+
+function Udp:close()
+  return call(OP.UDP_CLOSE, self._py)
+end
+
+--- A UDP socket. With `handler`, it serves datagrams: `handler(data, peer, sock)` runs in its own coroutine
+--- for each one (`peer` is {host =, port =}; answer with `sock:sendto(reply, peer.host, peer.port)`).
+--- Without, it is a client socket (`:sendto`, `:recvfrom`, `:close`). `host` defaults to 127.0.0.1, `port`
+--- to 0 (any free port; see `sock.port`). Returns the socket, or nil, err.
+---@async
+---@param opts? {host?: string, port?: integer, handler?: fun(data: string, peer: table, sock: moonlet.Udp)}
+---@return moonlet.Udp? sock
+---@return string? err
+function M.udp(opts)
+  opts = check_opts(opts, "udp")
+  local handler = opts.handler
+  if handler ~= nil and type(handler) ~= "function" then error("udp: 'handler' must be a function", 2) end
+  local sock = setmetatable({}, Udp)
+  local entry = handler and function(_, data, peer_host, peer_port)
+    handler(data, { host = peer_host, port = peer_port }, sock)
+  end
+  local py, port = request(OP.UDP_OPEN, opts.host or "127.0.0.1", opts.port or 0, entry)
+  if not py then return nil, port end
+  sock._py, sock.port = py, port
+  return sock
 end
 
 return M

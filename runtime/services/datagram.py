@@ -1,0 +1,155 @@
+"""UDP: sockets that serve datagrams (each handled in its own task) or that a task sends and receives on.
+
+A served socket spawns its Lua entry for every datagram, like a listener for every connection; a client
+socket queues what arrives (at most ``MAX_QUEUED`` datagrams: UDP may drop, and so do we, rather than grow)
+until a task asks with ``UDP_RECV``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+from typing import Any, cast
+
+from runtime.kernel.core import SUSPEND, Kernel, one_line
+from runtime.kernel.ops import Op
+from runtime.kernel.task import Task
+from runtime.services.stream import connect_error
+
+log = logging.getLogger("moonlet")
+
+MAX_QUEUED = 1024
+_TIMEOUT = (None, b"timeout")
+_CLOSED = (None, b"closed")
+
+
+class Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, svc: DatagramService, entry: object) -> None:
+        self.svc = svc
+        self.entry = entry  # Lua function spawned per datagram, or None for a client socket
+        self.transport: asyncio.DatagramTransport | None = None
+        self.label = "udp"
+        self.queue: collections.deque[tuple[bytes, bytes, int]] = collections.deque(maxlen=MAX_QUEUED)
+        self.reader: Task | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- protocol ----------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        host, port = str(addr[0]).encode(), int(addr[1])
+        if self.entry is not None:
+            self.svc.kernel.spawn(self, self.entry, self, data, host, port)
+            return
+        reader = self.reader
+        if reader is not None:
+            self._stop_waiting()
+            self.svc.kernel.resume(reader, (data, host, port))
+        else:
+            self.queue.append((data, host, port))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp %s: %s", self.label, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        reader = self.reader
+        if reader is not None:
+            self._stop_waiting()
+            self.svc.loop.call_soon(self.svc.kernel.resume, reader, _CLOSED)
+
+    # -- owner of the per-datagram tasks -------------------------------------------------------------
+    def describe(self) -> str:
+        return f"udp handler on {self.label}"
+
+    def task_exited(self, task: Task, ok: bool, error: bytes | None) -> None:
+        if not ok:
+            log.error("handler error on %s: %s", self.describe(), one_line(error))
+
+    def forget(self, task: Task) -> None:
+        if self.reader is task:
+            self._stop_waiting()
+
+    def _stop_waiting(self) -> None:
+        self.reader = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expire(self) -> None:
+        reader = self.reader
+        if reader is not None:
+            self.reader, self.timer = None, None
+            self.svc.kernel.resume(reader, _TIMEOUT)
+
+
+class DatagramService:
+    def __init__(self, kernel: Kernel, loop: asyncio.AbstractEventLoop) -> None:
+        self.kernel = kernel
+        self.loop = loop
+        self.lua: Any = None
+        self.sockets: set[Datagrams] = set()
+        self._jobs: set[asyncio.Task[None]] = set()
+        kernel.register(Op.UDP_OPEN, self._open)
+        kernel.register(Op.UDP_RECV, self._recv)
+        kernel.register_call(Op.UDP_SEND, self._send)
+        kernel.register_call(Op.UDP_CLOSE, self._close)
+
+    def _open(self, task: Task, host: object, port: object, entry: object) -> object:
+        job = self.loop.create_task(self._bind(task, host, port, entry))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+        return SUSPEND
+
+    async def _bind(self, task: Task, host: object, port: object, entry: object) -> None:
+        name = host.decode() if isinstance(host, bytes) else "127.0.0.1"
+        local = (name, port if isinstance(port, int) else 0)
+        try:
+            _, sock = await self.loop.create_datagram_endpoint(
+                lambda: Datagrams(self, entry), local_addr=local
+            )
+        except Exception as e:
+            self.kernel.resume(task, (None, connect_error(e)))
+            return
+        assert sock.transport is not None
+        bound = sock.transport.get_extra_info("sockname")
+        sock.label = f"{bound[0]}:{bound[1]}"
+        self.sockets.add(sock)
+        if entry is not None:
+            log.info("serving udp on %s", sock.label)
+        self.kernel.resume(task, (sock, int(bound[1])))
+
+    def _recv(self, task: Task, sock: Datagrams, timeout: object, _c: object) -> object:
+        if sock.queue:
+            return sock.queue.popleft()
+        if sock.transport is None:
+            return _CLOSED
+        if sock.reader is not None:
+            return (None, b"busy")
+        sock.reader = task
+        task.waiting = sock
+        delay = float(timeout) if isinstance(timeout, int | float) else math.inf
+        if delay != math.inf:
+            sock.timer = self.loop.call_later(max(delay, 0.0), sock._expire)
+        return SUSPEND
+
+    def _send(self, sock: Datagrams, data: object, host: object, port: object = None) -> object:
+        if sock.transport is None:
+            return _CLOSED
+        if not isinstance(data, bytes) or not isinstance(host, bytes) or not isinstance(port, int):
+            raise TypeError("sendto(data, host, port)")
+        sock.transport.sendto(data, (host.decode(), port))
+        return True
+
+    def _close(self, sock: Datagrams, _b: object, _c: object) -> object:
+        if sock.transport is not None:
+            sock.transport.close()
+        self.sockets.discard(sock)
+        return True
+
+    def close_all(self) -> None:
+        for sock in list(self.sockets):
+            self._close(sock, None, None)
