@@ -29,6 +29,7 @@ from runtime.lua.stdlib import bootstrap
 from runtime.services.clock import ClockService, Deadlines, LagMonitor, TimerService
 from runtime.services.datagram import DatagramService
 from runtime.services.db import DatabaseService
+from runtime.services.httpserver import HttpService
 from runtime.services.pool import PoolConfig, PoolService
 from runtime.services.stream import StreamService
 from runtime.services.system import SystemService
@@ -64,6 +65,7 @@ class Services:
     pools: PoolService
     db: DatabaseService
     udp: DatagramService
+    http: HttpService
 
 
 def wire_services(
@@ -75,13 +77,15 @@ def wire_services(
 ) -> Services:
     """Create every service, each registering the ops it serves; every op ends up with a handler."""
     app = Path(app_path) if app_path else Path("app.lua")
+    deadlines = Deadlines(loop)
     services = Services(
-        stream=StreamService(kernel, loop, limits, Deadlines(loop)),
+        stream=StreamService(kernel, loop, limits, deadlines),
         tasks=TaskService(kernel, loop, limits),
         timers=TimerService(kernel, loop, limits.max_timers),
         pools=PoolService(kernel, loop, limits, app_path, pools),
         db=DatabaseService(kernel, loop, limits, limits.db_path or str(app.with_suffix(".db"))),
         udp=DatagramService(kernel, loop),
+        http=HttpService(kernel, loop, deadlines, limits.backlog),
     )
     ClockService(kernel, loop)
     SystemService(kernel)
@@ -110,6 +114,7 @@ class Host:
         self.stream: StreamService | None = None
         self.timers: TimerService | None = None
         self.udp: DatagramService | None = None
+        self.http: HttpService | None = None
         self.kernel: Kernel | None = None
 
     def run(self) -> int:
@@ -126,7 +131,7 @@ class Host:
         kernel = self.kernel = Kernel(loop.call_soon)
         services = wire_services(kernel, loop, self.limits, self.app_path, self.pools)
         self.stream, self.timers, tasks = services.stream, services.timers, services.tasks
-        self.udp = services.udp
+        self.udp, self.http = services.udp, services.http
         timers = services.timers
         lag = LagMonitor(loop, self.limits.loop_lag_warn)
 
@@ -139,7 +144,9 @@ class Host:
         }
         boot = bootstrap(lua, kernel.call, lua_limits, self.app_path, self.app_args)
         kernel.set_body(boot[b"body"])
-        services.pools.lua = services.db.lua = services.stream.lua = services.udp.lua = lua
+        services.pools.lua = services.db.lua = services.stream.lua = services.udp.lua = services.http.lua = (
+            lua
+        )
         tasks.task_body = timers.task_body = boot[b"task_body"]
         main, error = boot[b"load_main"]()
         if main is None:
@@ -164,6 +171,7 @@ class Host:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             self.stream.close_all()
+            services.http.close_all()
             services.pools.stop()
             services.udp.close_all()
             await services.db.close()
@@ -171,8 +179,8 @@ class Host:
 
     def _check_idle(self) -> None:
         assert self.kernel is not None and self.stream is not None and self.timers is not None
-        assert self.udp is not None
-        serving_udp = any(sock.entry is not None for sock in self.udp.sockets)
+        assert self.udp is not None and self.http is not None
+        serving_udp = any(sock.entry is not None for sock in self.udp.sockets) or bool(self.http.listeners)
         if self.kernel.live == 0 and not self.stream.listeners and not self.timers.active and not serving_udp:
             self._finish()
 
@@ -197,6 +205,8 @@ class Host:
             self.limits.drain_timeout,
         )
         self.stream.start_drain()
+        assert self.http is not None
+        self.http.start_drain()
         assert self.timers is not None
         self.timers.cancel_all()
         assert self.udp is not None

@@ -174,10 +174,12 @@ def run_app() -> Iterator:  # type: ignore[type-arg]
 def lua_server(tmp_path: Path, run_app) -> Iterator:  # type: ignore[no-untyped-def,type-arg]
     """lua_server(source) runs a Lua snippet as an app; the snippet must listen (port 0 is fine)."""
 
-    def start(source: str, *args: str, options: list[str] | None = None) -> Server:
+    def start(
+        source: str, *args: str, options: list[str] | None = None, ready: re.Pattern[bytes] = LISTENING
+    ) -> Server:
         path = tmp_path / f"app{len(list(tmp_path.glob('app*.lua')))}.lua"
         path.write_text(textwrap.dedent(source).lstrip("\n"))
-        return run_app(path, *args, options=options)
+        return run_app(path, *args, options=options, ready=ready)
 
     yield start
 

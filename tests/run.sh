@@ -9,6 +9,7 @@ need=()
 command -v redis-benchmark >/dev/null || need+=(redis-tools)
 command -v luacheck >/dev/null || need+=(lua-check)
 command -v redis-server >/dev/null || need+=(redis-server)   # a real peer for the client tests
+command -v wrk >/dev/null || need+=(wrk)                     # a real HTTP client under load
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

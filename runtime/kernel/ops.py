@@ -38,6 +38,9 @@ class Op(enum.IntEnum):
     RESOLVE = 16  # (name, timeout): the addresses of a host name
     UDP_OPEN = 17  # (host, port, entry): a UDP socket (serving datagrams with entry if given) and its port
     UDP_RECV = 18  # (sock, timeout): data, host, port of the next datagram
+    HTTP_LISTEN = 19  # (host, port, {entry, limits...}): an HTTP listener and its port
+    HTTP_BODY = 20  # (req): the next piece of the request body, nil at its end
+    HTTP_NEXT = 21  # (listener): this request task is free: resume it with the next request, or nil to end
     # -- calls (synchronous, never suspend) --
     WRITE = 32  # (conn, out): hand `out` to the transport now
     CLOSE = 33  # (conn, out): send `out` and close
@@ -66,6 +69,8 @@ class Op(enum.IntEnum):
     REUSABLE = 56  # (conn): true if an idle connection may be reused (open, nothing unread from the peer)
     SHUTDOWN = 57  # (conn, out): send `out`, then end the sending direction (half-close)
     REPORT = 58  # (kind, plain data): one machine-readable line on standard output (moonlet bench)
+    HTTP_SEND = 59  # (req, data, final): send response bytes; final = 1 ends the response, 2 also closes
+    HTTP_ERROR = 60  # (traceback): a request handler failed (logged in one line; its task goes on)
 
     @property
     def yields(self) -> bool:

@@ -29,7 +29,7 @@ local sethook, getinfo = privileged.sethook, privileged.getinfo
 local next, pairs, tostring, xpcall, error = next, pairs, tostring, xpcall, error
 local pack, unpack = table.pack, table.unpack
 
-local M = { call = call, OP = OP, limits = privileged.limits }
+local M = { call = call, OP = OP, limits = privileged.limits, traceback = traceback }
 local EXIT, STALL_CHECK, STALLED = OP.EXIT, OP.STALL_CHECK, OP.STALLED
 local STALL_EVERY = privileged.limits.stall_check_every
 

@@ -1,5 +1,14 @@
---- An HTTP/1.1 client over moonlet.net: keep-alive through the connection pool, chunked bodies, redirects
---- on request, HTTPS, and streaming of large bodies.
+--- HTTP/1.1: a server (`http.serve`, a small router) and a client (`http.request`).
+--
+-- Server: the host parses requests (httptools) and runs the handler as a new task per request, so an idle
+-- keep-alive connection holds no coroutine. Keep-alive, pipelining, 100-continue, chunked bodies both ways.
+--
+--     http.serve { port = 8080, handler = function(req, res)
+--       return 200, { ["content-type"] = "text/plain" }, "hello " .. (req.query.name or "world") .. "\n"
+--     end }
+--
+-- Client: keep-alive through the connection pool, chunked bodies, redirects on request, HTTPS, and
+-- streaming of large bodies.
 --
 --     local http = require "moonlet.http"
 --     local res, err = http.request { url = "http://127.0.0.1:8080/users?id=7", timeout = 5 }
@@ -13,7 +22,10 @@
 -- "resolve: ...", "tls: certificate verify failed: ...", "http: bad status line", "http: body too large", ...
 -- @module moonlet.http
 local net = require "moonlet.net"
+local door = require "moonlet._host"
+local request, call, OP, traceback = door.request, door.call, door.OP, door.traceback
 local type, error, tonumber, tostring, pairs, setmetatable = type, error, tonumber, tostring, pairs, setmetatable
+local xpcall, ipairs, char, gsub, upper = xpcall, ipairs, string.char, string.gsub, string.upper
 local concat, lower, find, sub, format = table.concat, string.lower, string.find, string.sub, string.format
 
 local M = {}
@@ -285,6 +297,321 @@ function M.get(url, opts)
   for k, v in pairs(opts or {}) do o[k] = v end
   o.url = url
   return M.request(o)
+end
+
+---------------------------------------------------------------------------------------------------------
+-- the server
+
+M.STATUS = { [100] = "Continue", [200] = "OK", [201] = "Created", [202] = "Accepted", [204] = "No Content",
+  [301] = "Moved Permanently", [302] = "Found", [303] = "See Other", [304] = "Not Modified",
+  [307] = "Temporary Redirect", [308] = "Permanent Redirect", [400] = "Bad Request", [401] = "Unauthorized",
+  [403] = "Forbidden", [404] = "Not Found", [405] = "Method Not Allowed", [408] = "Request Timeout",
+  [409] = "Conflict", [413] = "Content Too Large", [415] = "Unsupported Media Type",
+  [422] = "Unprocessable Content", [429] = "Too Many Requests", [500] = "Internal Server Error",
+  [502] = "Bad Gateway", [503] = "Service Unavailable", [504] = "Gateway Timeout" }
+
+local HTTP_SEND, HTTP_BODY = OP.HTTP_SEND, OP.HTTP_BODY
+local date_text, date_second = "", -1
+
+local function http_date()
+  local t = os.time()
+  if t ~= date_second then
+    date_second, date_text = t, os.date("!%a, %d %b %Y %H:%M:%S GMT", t)
+  end
+  return date_text
+end
+
+--- Decode `%XX` escapes and `+` (as in a query string).
+function M.unescape(s)
+  s = gsub(s, "+", " ")
+  return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
+end
+
+local function parse_query(q)
+  local t = {}
+  for pair in q:gmatch("[^&]+") do
+    local k, v = pair:match("^([^=]*)=?(.*)$")
+    t[M.unescape(k)] = M.unescape(v)
+  end
+  return t
+end
+
+-- headers: lower-case names; looking up "Content-Type" finds "content-type"
+local HEADERS = { __index = function(t, k) if type(k) == "string" then return rawget(t, lower(k)) end end }
+
+---@class moonlet.HttpRequest
+---@field method string
+---@field path string
+---@field query table<string, string>
+---@field headers table<string, string>
+---@field peer string
+---@field params table<string, string>  captures of the router's pattern
+local Request = {}
+
+--- The next piece of the request body as it arrives; nil at its end (or nil, err).
+---@async
+function Request:read()
+  if self._ended then return nil end
+  local piece, err
+  repeat -- (true: more has arrived, ask again)
+    piece, err = request(HTTP_BODY, self._py)
+  until piece ~= true
+  if piece == nil then self._ended = true end
+  return piece, err
+end
+
+--- The whole request body (at most `max` bytes, default the server's max_body): a string, or nil, err
+--- ("too large", "timeout", "closed").
+---@async
+---@param max? integer
+function Request:body(max)
+  if self._body then return self._body end
+  local parts, size = {}, 0
+  while true do
+    local piece, err = self:read()
+    if piece == nil then
+      if err then return nil, err end
+      break
+    end
+    size = size + #piece
+    if max and size > max then return nil, "too large" end
+    parts[#parts + 1] = piece
+  end
+  self._body = concat(parts)
+  return self._body
+end
+
+---@class moonlet.HttpResponse
+local Reply = {}
+Reply.__index = Reply
+
+--- Set the status code (default 200).
+function Reply:status(code)
+  self._status = code
+  return self
+end
+
+--- Set a response header (a later call with the same name replaces it).
+function Reply:header(name, value)
+  self._headers[lower(name)] = tostring(value)
+  return self
+end
+
+local function head(self, length)
+  local status = self._status
+  local parts = { "HTTP/1.1 ", status, " ", M.STATUS[status] or "Status", "\r\nDate: ", http_date(), "\r\n" }
+  local h = self._headers
+  for name, value in pairs(h) do
+    if name ~= "content-length" and name ~= "transfer-encoding" then
+      parts[#parts + 1] = name .. ": " .. value .. "\r\n"
+    end
+  end
+  if not h["content-type"] then parts[#parts + 1] = "content-type: text/plain; charset=utf-8\r\n" end
+  if length then
+    parts[#parts + 1] = "content-length: " .. length .. "\r\n"
+  else
+    parts[#parts + 1] = "transfer-encoding: chunked\r\n"
+  end
+  if not self._keep_alive then
+    parts[#parts + 1] = "connection: close\r\n"
+  elseif self._http10 then
+    parts[#parts + 1] = "connection: keep-alive\r\n"
+  end
+  parts[#parts + 1] = "\r\n"
+  return concat(parts)
+end
+
+--- Send a piece of the body now (the response is chunked unless a content-length header was set).
+function Reply:write(chunk)
+  if self._done then return nil, "finished" end
+  chunk = tostring(chunk)
+  local out = ""
+  if not self._started then
+    self._started = true
+    local length = self._headers["content-length"]
+    self._chunked = length == nil
+    out = head(self, length)
+  end
+  if not self._head_only and #chunk > 0 then
+    out = out .. (self._chunked and (format("%x\r\n", #chunk) .. chunk .. "\r\n") or chunk)
+  end
+  return call(HTTP_SEND, self._py, out, 0)
+end
+
+--- End the response, with `body` as all of it (or its last piece after write calls).
+function Reply:finish(body)
+  if self._done then return nil, "finished" end
+  self._done = true
+  body = body and tostring(body) or ""
+  local out
+  if not self._started then
+    self._started = true
+    out = head(self, #body) .. (self._head_only and "" or body)
+  elseif self._chunked then
+    out = (self._head_only or #body == 0) and "0\r\n\r\n" or (format("%x\r\n", #body) .. body .. "\r\n0\r\n\r\n")
+  else
+    out = self._head_only and "" or body
+  end
+  return call(HTTP_SEND, self._py, out, self._keep_alive and 1 or 2)
+end
+
+-- The traceback of the handler's error, kept by the message handler (one shared function, no closure).
+local last_trace
+local function keep_trace(e)
+  last_trace = traceback(tostring(e), 2)
+  return e
+end
+
+local function run_handler(handler, req, res)
+  local ok, status, headers, body = xpcall(handler, keep_trace, req, res)
+  if not ok then
+    if not res._started then
+      res._status, res._headers, res._keep_alive = 500, {}, false
+      res:finish("500 Internal Server Error\n")
+    elseif not res._done then
+      res._done = true
+      call(HTTP_SEND, res._py, "", 2)
+    end
+    call(OP.HTTP_ERROR, last_trace)
+    return
+  end
+  if not res._done then
+    if status ~= nil then
+      res._status = status
+      if headers then for name, value in pairs(headers) do res._headers[lower(name)] = tostring(value) end end
+    end
+    res:finish(body)
+  end
+end
+
+-- req.headers and req.query are built when first used (a hello handler never pays for them)
+Request.__index = function(req, key)
+  if key == "headers" then
+    local h = setmetatable({}, HEADERS)
+    local raw = req._raw
+    local i = 1
+    while i <= #raw do
+      local a = find(raw, "\0", i, true)
+      local b = find(raw, "\0", a + 1, true) or (#raw + 1)
+      local name, value = sub(raw, i, a - 1), sub(raw, a + 1, b - 1)
+      h[name] = h[name] and (h[name] .. ", " .. value) or value
+      i = b + 1
+    end
+    req.headers = h
+    return h
+  elseif key == "query" then
+    local q = req._query
+    local t = q ~= "" and parse_query(q) or {}
+    req.query = t
+    return t
+  end
+  return Request[key]
+end
+
+local function serve_one(handler, py, method, url, headers, peer, keep_alive, http10)
+  local path, q = url:match("^([^?]*)%??(.*)$")
+  if find(path, "%", 1, true) then path = gsub(path, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end) end
+  local req = setmetatable({ _py = py, method = method, path = path, _query = q, _raw = headers, peer = peer,
+    params = {} }, Request)
+  local res = setmetatable({ _py = py, _status = 200, _headers = {}, _started = false, _done = false,
+    _head_only = method == "HEAD", _keep_alive = keep_alive, _http10 = http10 }, Reply)
+  run_handler(handler, req, res)
+end
+
+-- The body of a request task: serve a request, then offer to serve the next one (the host keeps a few such
+-- tasks waiting, so a request usually costs no new coroutine).
+local function worker_for(handler, listener)
+  return function(...)
+    serve_one(handler, ...)
+    while true do
+      local py, method, url, headers, peer, keep_alive, http10 = request(OP.HTTP_NEXT, listener[1])
+      if py == nil then return end
+      serve_one(handler, py, method, url, headers, peer, keep_alive, http10)
+    end
+  end
+end
+
+---@class moonlet.HttpServer
+---@field host string
+---@field port integer
+
+--- Serve HTTP on host:port. `handler(req, res)` runs as its own task per request; it answers with
+--- `return status, headers, body`, or through `res` (`res:status`, `res:header`, `res:write`, `res:finish`).
+--- An error in it answers 500 (if nothing was sent yet) and is logged with its traceback.
+--- Limits (with their defaults): max_request_line (8 KiB, 414), max_header_bytes (16 KiB, 431), max_headers
+--- (100, 431), max_body (1 MiB, 413), header_timeout (30 s, 408), body_timeout (60 s, 408),
+--- keepalive_timeout (75 s), max_requests (1000 per connection).
+---@async
+---@param opts {host?: string, port: integer, handler: fun(req: moonlet.HttpRequest, res: moonlet.HttpResponse)}
+---@return moonlet.HttpServer? server
+---@return string? err
+function M.serve(opts)
+  if type(opts) ~= "table" then error("bad argument #1 to 'serve' (table expected)", 2) end
+  local handler = opts.handler
+  if type(handler) ~= "function" and not (type(handler) == "table" and getmetatable(handler)
+    and getmetatable(handler).__call) then
+    error("serve: 'handler' must be a function or a router", 2)
+  end
+  local listener = {} -- [1]: the host's handle, once listening
+  local spec = { worker_for(handler, listener), max_request_line = opts.max_request_line,
+    max_header_bytes = opts.max_header_bytes, max_headers = opts.max_headers, max_body = opts.max_body,
+    header_timeout = opts.header_timeout, body_timeout = opts.body_timeout,
+    keepalive_timeout = opts.keepalive_timeout, max_requests = opts.max_requests }
+  local where = opts.host or "127.0.0.1"
+  local py, port = request(OP.HTTP_LISTEN, where, opts.port or 0, spec)
+  if not py then return nil, port end
+  listener[1] = py
+  return { host = where, port = port, _py = py }
+end
+
+---@class moonlet.Router
+local Router = {}
+Router.__index = Router
+
+--- A router: `r:get("/users/:id", fn)`, `r:post(...)`, ...; `:name` captures one path segment into
+--- `req.params.name`, a trailing `*` captures the rest into `req.params.rest`. Unknown paths get 404, known
+--- paths with another method 405. Pass the router as the server's handler.
+---@return moonlet.Router
+function M.router()
+  return setmetatable({ _routes = {} }, Router)
+end
+
+--- Add a route for `method` ("GET", ... or "*" for any) and `pattern`.
+function Router:route(method, pattern, fn)
+  if type(pattern) ~= "string" or sub(pattern, 1, 1) ~= "/" then
+    error("bad argument #2 to 'route' (a path pattern starting with '/' expected)", 2)
+  end
+  local names = {}
+  local lua_pattern = "^" .. gsub(gsub(pattern, "[%-%.%+%[%]%(%)%$%^%%%?]", "%%%0"), ":([%w_]+)", function(name)
+    names[#names + 1] = name
+    return "([^/]+)"
+  end)
+  if sub(lua_pattern, -1) == "*" then
+    names[#names + 1] = "rest"
+    lua_pattern = sub(lua_pattern, 1, -2) .. "(.*)"
+  end
+  self._routes[#self._routes + 1] = { method = upper(method), pattern = lua_pattern .. "$", names = names, fn = fn }
+  return self
+end
+
+for _, m in ipairs { "get", "post", "put", "delete", "patch" } do
+  Router[m] = function(self, pattern, fn) return self:route(m, pattern, fn) end
+end
+
+Router.__call = function(self, req, res)
+  local allowed = false
+  for _, r in ipairs(self._routes) do
+    local caps = { req.path:match(r.pattern) }
+    if caps[1] ~= nil or req.path:match(r.pattern) then
+      if r.method == "*" or r.method == req.method or (r.method == "GET" and req.method == "HEAD") then
+        for i, name in ipairs(r.names) do req.params[name] = caps[i] end
+        return r.fn(req, res)
+      end
+      allowed = true
+    end
+  end
+  if allowed then return 405, nil, "405 Method Not Allowed\n" end
+  return 404, nil, "404 Not Found\n"
 end
 
 return M

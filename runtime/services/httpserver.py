@@ -1,0 +1,475 @@
+"""The HTTP/1.1 server: parsing in the host (httptools), one Lua task per request.
+
+* A connection is an :class:`HttpConnection` protocol; httptools parses what arrives. When a request's
+  headers are complete the request is handed to Lua as a new task (``stdlib_lua/moonlet/http.lua`` builds
+  ``req`` and ``res``). An idle keep-alive connection holds no coroutine and no parser (the parser is made
+  again when bytes arrive), so thousands of idle clients stay cheap.
+* Pipelining: requests are answered one at a time, in order; later ones wait parsed.
+* The response is built in Lua and handed over with ``HTTP_SEND``; the last piece ends the request, and the
+  connection then serves the next request, waits idle, or closes (``Connection: close``, HTTP/1.0 without
+  keep-alive, ``max_requests`` reached, draining).
+* Limits, each answered with its status, a log line and a close: request line (414), header size and count
+  (431), body size (413), malformed input (400), header or body arriving too slowly (408, slowloris); an idle
+  keep-alive connection is closed after ``keepalive_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, cast
+
+import httptools
+
+from runtime.kernel.core import SUSPEND, Kernel, one_line
+from runtime.kernel.ops import Op
+from runtime.kernel.task import Task
+from runtime.services.clock import TICK, Deadlines
+
+log = logging.getLogger("moonlet")
+
+REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+}
+_CLOSED = (None, b"closed")
+_TOO_LARGE = (None, b"too large")
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_request_line: int = 8 * 1024  # bytes of method + target: longer is 414
+    max_header_bytes: int = 16 * 1024  # bytes of all header lines: more is 431
+    max_headers: int = 100  # header lines: more is 431
+    max_body: int = 1024 * 1024  # request body bytes: more is 413 (req:body(max) may ask less)
+    header_timeout: float = 30.0  # seconds from a request's first byte to its last header line: 408
+    body_timeout: float = 60.0  # seconds between two pieces of a body being read: 408
+    keepalive_timeout: float = 75.0  # seconds an idle keep-alive connection is kept
+    max_requests: int = 1000  # requests per connection before it is closed
+
+
+class _RejectError(Exception):
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+class HttpRequest:
+    __slots__ = (
+        "answered",
+        "body",
+        "body_size",
+        "complete",
+        "conn",
+        "continue_sent",
+        "expect_continue",
+        "header_bytes",
+        "headers",
+        "keep_alive",
+        "method",
+        "reader",
+        "url",
+    )
+
+    def __init__(self, conn: HttpConnection) -> None:
+        self.conn = conn
+        self.url = b""
+        self.method = b""
+        self.headers: list[bytes] = []  # name, value, name, value... (names lower-case)
+        self.header_bytes = 0
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.complete = False
+        self.keep_alive = True
+        self.expect_continue = False
+        self.continue_sent = False
+        self.reader: Task | None = None
+        self.answered = False  # the response is complete (the rest of the body, if any, is discarded)
+
+
+class HttpListener:
+    """A listening socket; its request tasks are reused: a task that has answered waits in ``idle`` for the
+    next request (at most ``MAX_IDLE_WORKERS`` wait), so a request costs no new coroutine."""
+
+    __slots__ = ("entry", "idle", "label", "limits", "server")
+
+    def __init__(self, entry: object, label: str, limits: HttpLimits) -> None:
+        self.entry = entry
+        self.label = label
+        self.limits = limits
+        self.server: asyncio.Server | None = None
+        self.idle: list[Task] = []
+
+    def forget(self, task: Task) -> None:
+        """An idle request task was killed: it no longer waits here."""
+        if task in self.idle:
+            self.idle.remove(task)
+
+
+MAX_IDLE_WORKERS = 64
+
+
+class HttpConnection(asyncio.Protocol):
+    __slots__ = (
+        "deadline",
+        "deadline_key",
+        "handled",
+        "listener",
+        "parser",
+        "peer",
+        "pending_error",
+        "queue",
+        "reading",
+        "svc",
+        "transport",
+        "why",
+    )
+
+    def __init__(self, svc: HttpService, listener: HttpListener) -> None:
+        self.svc = svc
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.parser: Any = None  # made when bytes arrive, dropped when idle
+        self.queue: list[HttpRequest] = []  # parsed (or being parsed) requests; queue[0] is being answered
+        self.reading: HttpRequest | None = None  # the request the parser is filling
+        self.handled = 0
+        self.deadline = math.inf
+        self.deadline_key = 0
+        self.why = ""  # what the deadline is for
+        self.pending_error = 0  # a status to answer once the response in progress is done
+        self.peer = b""
+
+    # -- protocol ------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.svc.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}".encode() if isinstance(peer, tuple) else b""
+        self._expect(self.listener.limits.keepalive_timeout, "idle")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.svc.connections.discard(self)
+        for req in self.queue:
+            if req.reader is not None:
+                task, req.reader = req.reader, None
+                self.svc.loop.call_soon(self.svc.kernel.resume, task, _CLOSED)
+
+    def data_received(self, data: bytes) -> None:
+        if self.parser is None:
+            self.parser = httptools.HttpRequestParser(self)
+        try:
+            self.parser.feed_data(data)
+        except _RejectError as e:
+            self._reject(e.status, str(e))
+        except httptools.HttpParserUpgrade:
+            self._reject(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as e:
+            cause = e.__context__
+            if isinstance(cause, _RejectError):
+                self._reject(cause.status, str(cause))
+            else:
+                self._reject(400, f"malformed request: {e}")
+
+    # -- parser callbacks ----------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.reading = req = HttpRequest(self)
+        self.queue.append(req)
+        if len(self.queue) == 1:
+            self._expect(self.listener.limits.header_timeout, "header")
+
+    def on_url(self, part: bytes) -> None:
+        req = self.reading
+        assert req is not None
+        req.url += part
+        if len(req.url) > self.listener.limits.max_request_line:
+            raise _RejectError(414, f"request line over {self.listener.limits.max_request_line} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.reading
+        assert req is not None
+        limits = self.listener.limits
+        req.header_bytes += len(name) + len(value) + 4
+        req.headers.append(name.lower())
+        req.headers.append(value)
+        if req.header_bytes > limits.max_header_bytes or len(req.headers) > 2 * limits.max_headers:
+            raise _RejectError(
+                431, f"headers over {limits.max_header_bytes} bytes or {limits.max_headers} lines"
+            )
+
+    def on_headers_complete(self) -> None:
+        req = self.reading
+        assert req is not None and self.parser is not None
+        req.method = self.parser.get_method()
+        req.keep_alive = bool(self.parser.should_keep_alive())
+        headers = req.headers
+        for i in range(0, len(headers), 2):
+            name = headers[i]
+            if name == b"content-length":
+                try:
+                    size = int(headers[i + 1])
+                except ValueError:
+                    raise _RejectError(400, "bad Content-Length") from None
+                if size > self.listener.limits.max_body:
+                    raise _RejectError(413, f"body of {size} bytes over {self.listener.limits.max_body}")
+            elif name == b"expect" and headers[i + 1].lower() == b"100-continue":
+                req.expect_continue = True
+        if req is self.queue[0]:
+            self._start(req)
+
+    def on_body(self, chunk: bytes) -> None:
+        req = self.reading
+        assert req is not None
+        req.body_size += len(chunk)
+        if req.body_size > self.listener.limits.max_body:
+            raise _RejectError(413, f"body over {self.listener.limits.max_body} bytes")
+        if req.answered:
+            return  # nobody will read it
+        req.body.append(chunk)
+        if req.reader is not None:
+            self._wake_reader(req)
+
+    def on_message_complete(self) -> None:
+        req = self.reading
+        assert req is not None
+        req.complete = True
+        self.reading = None
+        if req.reader is not None:
+            self._wake_reader(req)
+        if req.answered and self.queue and self.queue[0] is req:
+            self._next()
+
+    # -- requests and responses ----------------------------------------------------------------------
+    def _start(self, req: HttpRequest) -> None:
+        if self.transport is None:
+            return
+        if req.complete:
+            self._expect(math.inf, "")
+        else:
+            self._expect(self.listener.limits.body_timeout, "body")
+        svc = self.svc
+        http10 = self.parser is not None and self.parser.get_http_version() == "1.0"
+        args = (req, req.method, req.url, b"\0".join(req.headers), self.peer, req.keep_alive, http10)
+        idle = self.listener.idle
+        if idle:
+            svc.kernel.resume(idle.pop(), args)
+        else:
+            svc.kernel.spawn(svc, self.listener.entry, *args)
+
+    def finished(self, req: HttpRequest, close: bool) -> None:
+        """The response to ``req`` is complete: serve the next request, wait idle, or close."""
+        if not self.queue or self.queue[0] is not req or req.answered:
+            return
+        req.answered = True
+        transport = self.transport
+        if transport is None:
+            return
+        if close or not req.keep_alive:
+            transport.close()
+        elif req.complete:
+            self._next()
+        # else: the rest of the request body is discarded as it arrives; on_message_complete goes on
+
+    def _next(self) -> None:
+        self.queue.pop(0)
+        self.handled += 1
+        if self.queue:
+            nxt = self.queue[0]
+            if nxt.method:  # its headers are complete: start it on the next loop turn (never inside a task)
+                self.svc.loop.call_soon(self._start, nxt)
+            else:
+                self._expect(self.listener.limits.header_timeout, "header")
+        else:
+            if self.reading is None:
+                self.parser = None  # idle: nothing of a next request has arrived
+            self._expect(self.listener.limits.keepalive_timeout, "idle")
+
+    def _wake_reader(self, req: HttpRequest) -> None:
+        task, req.reader = req.reader, None
+        assert task is not None
+        self.svc.loop.call_soon(self.svc.kernel.resume, task, True)
+
+    def _reject(self, status: int, why: str) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        transport.pause_reading()
+        log.info("http %d on %s from %s: %s", status, self.listener.label, self._peer(), why)
+        current = self.queue[0] if self.queue else None
+        if current is not None and current.method and current is not self.reading:
+            self.queue = [current]  # answer after the response in progress, in order
+            current.keep_alive = False
+            self.pending_error = status
+            return
+        transport.write(error_response(status))
+        transport.close()
+
+    def _peer(self) -> str:
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
+
+    # -- deadlines (the clock's wheel) ---------------------------------------------------------------
+    def _expect(self, seconds: float, why: str) -> None:
+        self.why = why
+        if seconds == math.inf:
+            self.deadline = math.inf
+            return
+        self.deadline = deadline = self.svc.loop.time() + seconds
+        key = self.deadline_key
+        if key == 0 or deadline < key * TICK:
+            self.svc.deadlines.add(self, deadline)
+
+    def on_deadline(self, now: float) -> None:
+        if self.deadline == math.inf or self.transport is None:
+            return
+        if self.deadline > now:
+            self.svc.deadlines.add(self, self.deadline)
+            return
+        if self.why == "idle":
+            self.transport.close()
+        elif self.why in ("header", "body"):
+            req = self.queue[0] if self.queue else None
+            if req is not None and req.reader is not None:  # a handler waits for the body: it gets "timeout"
+                task, req.reader = req.reader, None
+                self.svc.kernel.resume(task, (None, b"timeout"))
+            else:
+                self._reject(408, f"the request's {self.why} did not arrive in time")
+
+
+def error_response(status: int) -> bytes:
+    reason = REASONS.get(status, b"Error")
+    body = b"%d %s\n" % (status, reason)
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+        % (status, reason, len(body), body)
+    )
+
+
+class HttpService:
+    """HTTP_LISTEN, HTTP_BODY (yielding); HTTP_SEND (call). Owner of the per-request tasks."""
+
+    def __init__(
+        self, kernel: Kernel, loop: asyncio.AbstractEventLoop, deadlines: Deadlines, backlog: int
+    ) -> None:
+        self.kernel = kernel
+        self.loop = loop
+        self.deadlines = deadlines
+        self.backlog = backlog
+        self.lua: Any = None
+        self.listeners: set[HttpListener] = set()
+        self.connections: set[HttpConnection] = set()
+        self.draining = False
+        self._jobs: set[asyncio.Task[None]] = set()
+        kernel.register(Op.HTTP_LISTEN, self._listen)
+        kernel.register(Op.HTTP_BODY, self._body)
+        kernel.register(Op.HTTP_NEXT, self._next_request)
+        kernel.register_call(Op.HTTP_SEND, self._send)
+        kernel.register_call(Op.HTTP_ERROR, self._error)
+
+    # -- owner of request tasks ----------------------------------------------------------------------
+    def describe(self) -> str:
+        return "http handler"
+
+    def task_exited(self, task: Task, ok: bool, error: bytes | None) -> None:
+        if not ok:
+            log.error("http handler error: %s", one_line(error))
+
+    # -- requests ------------------------------------------------------------------------------------
+    def _listen(self, task: Task, where: bytes, port: object, spec: object) -> object:
+        job = self.loop.create_task(self._open(task, where.decode(), port, spec))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+        return SUSPEND
+
+    async def _open(self, task: Task, host: str, port: object, spec: Any) -> None:
+        entry = spec[1]
+        given = {k.decode(): v for k, v in spec.items() if isinstance(k, bytes) and v is not None}
+        limits = HttpLimits(**{k: v for k, v in given.items() if k in HttpLimits.__dataclass_fields__})
+        listener = HttpListener(entry, f"{host}:{port}", limits)
+        try:
+            server = await self.loop.create_server(
+                lambda: HttpConnection(self, listener),
+                host,
+                int(port),  # type: ignore[call-overload]
+                reuse_address=True,
+                backlog=self.backlog,
+            )
+        except OSError as e:
+            self.kernel.resume(task, (None, (e.strerror or str(e)).lower().encode()))
+            return
+        bound = server.sockets[0].getsockname()[1]
+        listener.label = f"{host}:{bound}"
+        listener.server = server
+        self.listeners.add(listener)
+        log.info("listening on %s (http)", listener.label)
+        self.kernel.resume(task, (listener, bound))
+
+    def _next_request(self, task: Task, listener: object, _b: object, _c: object) -> object:
+        if not isinstance(listener, HttpListener) or self.draining or len(listener.idle) >= MAX_IDLE_WORKERS:
+            return None  # the task ends
+        listener.idle.append(task)
+        task.waiting = listener
+        return SUSPEND
+
+    @staticmethod
+    def _error(traceback: object, _b: object, _c: object) -> object:
+        log.error("http handler error: %s", one_line(traceback if isinstance(traceback, bytes) else None))
+        return True
+
+    def _body(self, task: Task, req: HttpRequest, _b: object, _c: object) -> object:
+        """Reply with the body pieces that arrived (joined), nil at its end, or wait for more."""
+        conn = req.conn
+        if req.body:
+            data = req.body[0] if len(req.body) == 1 else b"".join(req.body)
+            req.body = []
+            return data
+        if req.complete:
+            return None
+        if conn.transport is None:
+            return _CLOSED
+        if req.expect_continue and not req.continue_sent:
+            req.continue_sent = True
+            conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        req.reader = task
+        conn._expect(conn.listener.limits.body_timeout, "body")
+        return SUSPEND
+
+    def _send(self, req: HttpRequest, data: object, final: object) -> object:
+        conn = req.conn
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            return _CLOSED
+        if isinstance(data, bytes) and data:
+            transport.write(data)
+        if final:
+            close = final == 2 or self.draining or conn.handled + 1 >= conn.listener.limits.max_requests
+            pending = conn.pending_error
+            conn.finished(req, close or pending != 0)
+            if pending and conn.transport is not None:
+                conn.transport.write(error_response(pending))
+        return True
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start_drain(self) -> None:
+        self.draining = True
+        for listener in list(self.listeners):
+            idle, listener.idle = listener.idle, []
+            for task in idle:  # free request tasks end
+                self.loop.call_soon(self.kernel.resume, task, None)
+            if listener.server is not None:
+                listener.server.close()
+            self.listeners.discard(listener)
+        for conn in list(self.connections):
+            if not conn.queue and conn.transport is not None:
+                conn.transport.close()  # idle keep-alive connections go at once
+
+    def close_all(self) -> None:
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()

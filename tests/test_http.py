@@ -1,0 +1,224 @@
+"""The HTTP server with real clients (curl, http.client, wrk), a conformance list, and fuzzing."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+HTTP_READY = re.compile(rb"listening on (\S+):(\d+) \(http\)")
+
+APP = """
+local http = require "moonlet.http"
+local json = require "moonlet.json"
+local r = http.router()
+r:get("/hello", function(req) return 200, { ["content-type"] = "text/plain" }, "hello world\\n" end)
+r:get("/users/:id", function(req)
+  return 200, nil, "user " .. req.params.id .. " q=" .. (req.query.q or "")
+end)
+r:get("/headers", function(req) return 200, nil, req.headers["X-Test"] or "none" end)
+r:post("/echo", function(req)
+  local body, err = req:body()
+  if not body then return 400, nil, err end
+  return 200, nil, "got " .. #body .. ": " .. body:sub(1, 20)
+end)
+r:get("/stream", function(req, res)
+  res:header("content-type", "text/plain")
+  for i = 1, 3 do res:write("part " .. i .. "\\n") sleep(0.001) end
+  res:finish()
+end)
+r:get("/boom", function() error("handler exploded") end)
+r:get("/slow", function() sleep(0.2) return 200, nil, "slow" end)
+r:get("/json", function()
+  return 200, { ["content-type"] = "application/json" }, json.encode({ ok = true })
+end)
+assert(http.serve { host = "127.0.0.1", port = 0, handler = r, header_timeout = 0.5,
+  body_timeout = 0.5, max_body = 1000, max_request_line = 200, max_header_bytes = 2000, max_headers = 20 })
+"""
+
+
+@pytest.fixture
+def server(lua_server):  # type: ignore[no-untyped-def]
+    return lua_server(APP, ready=HTTP_READY)
+
+
+def raw(port: int, data: bytes, wait: float = 5) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes (or ``wait`` passes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except TimeoutError:
+            pass
+    return out
+
+
+def test_curl_gets_hello_with_correct_headers(server) -> None:  # type: ignore[no-untyped-def]
+    if shutil.which("curl") is None:
+        pytest.skip("curl missing")
+    out = subprocess.run(
+        ["curl", "-si", f"http://127.0.0.1:{server.port}/hello"], capture_output=True, check=True, timeout=10
+    ).stdout
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert b"content-length: 12" in head.lower() and b"date: " in head.lower()
+    assert body == b"hello world\n"
+
+
+def test_keepalive_head_router_query_headers_and_errors(server) -> None:  # type: ignore[no-untyped-def]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    for _ in range(3):  # one connection, several requests
+        conn.request("GET", "/hello")
+        res = conn.getresponse()
+        assert res.status == 200 and res.read() == b"hello world\n"
+    conn.request("HEAD", "/hello")
+    res = conn.getresponse()
+    assert res.status == 200 and res.getheader("content-length") == "12" and res.read() == b""
+    conn.request("GET", "/users/42?q=a%20b")
+    assert conn.getresponse().read() == b"user 42 q=a b"
+    conn.request("GET", "/headers", headers={"x-test": "Yes"})
+    assert conn.getresponse().read() == b"Yes"
+    conn.request("GET", "/nowhere")
+    res = conn.getresponse()
+    assert res.status == 404 and res.read() == b"404 Not Found\n"
+    conn.request("DELETE", "/hello")
+    res = conn.getresponse()
+    assert res.status == 405
+    res.read()
+    conn.request("GET", "/boom")
+    res = conn.getresponse()
+    assert res.status == 500 and res.getheader("connection") == "close"
+    res.read()
+    server.wait_log(b"http handler error: ")
+    assert "handler exploded" in server.log_text()
+    conn.close()
+
+
+def test_pipelined_requests_are_answered_in_order(server) -> None:  # type: ignore[no-untyped-def]
+    reqs = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /users/1 HTTP/1.1\r\nHost: x\r\n\r\n"
+    reqs += b"GET /users/2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    out = raw(server.port, reqs)
+    bodies = re.findall(rb"\r\n\r\n(slow|user \d q=)", out)
+    assert bodies == [b"slow", b"user 1 q=", b"user 2 q="]
+
+
+def test_chunked_request_and_response_and_100_continue(server) -> None:  # type: ignore[no-untyped-def]
+    chunked = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    chunked += b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    assert raw(server.port, chunked).endswith(b"got 11: hello world")
+    out = raw(server.port, b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert b"transfer-encoding: chunked" in out.lower()
+    assert out.endswith(b"7\r\npart 1\n\r\n7\r\npart 2\n\r\n7\r\npart 3\n\r\n0\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"data")
+        assert s.recv(1000).endswith(b"got 4: data")
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"NONSENSE\r\n\r\n", 400),
+        (b"GET /" + b"a" * 300 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET /hello HTTP/1.1\r\n" + b"X-Big: " + b"b" * 3000 + b"\r\n\r\n", 431),
+        (b"GET /hello HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(30)) + b"\r\n", 431),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", 413),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"800\r\n"
+            + b"z" * 2048,
+            413,
+        ),
+        (b"GET /hello HTTP/1.1\r\nHost: x\r\n", 408),  # slowloris: the headers never end
+    ],
+)
+def test_each_violation_gets_its_status_and_a_log_line(server, request_bytes: bytes, status: int) -> None:  # type: ignore[no-untyped-def]
+    out = raw(server.port, request_bytes)
+    assert out.startswith(b"HTTP/1.1 %d " % status), out[:80]
+    server.wait_log(b"http %d on " % status)
+    assert raw(server.port, b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n").endswith(b"hello world\n")
+
+
+def test_a_body_arriving_too_slowly_times_out(server) -> None:  # type: ignore[no-untyped-def]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        out = s.recv(1000)
+    assert out.startswith(b"HTTP/1.1 400") and out.endswith(b"timeout")
+
+
+def test_every_split_of_a_valid_request_is_understood(server) -> None:  # type: ignore[no-untyped-def]
+    request = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+    for cut in range(1, len(request)):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(request[:cut])
+            time.sleep(0.001)
+            s.sendall(request[cut:])
+            out = b""
+            while chunk := s.recv(4096):
+                out += chunk
+        assert out.endswith(b"got 5: hello"), (cut, out)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(junk=st.binary(min_size=1, max_size=300))
+def test_random_bytes_never_crash_the_server(server, junk: bytes) -> None:  # type: ignore[no-untyped-def]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(junk + b"\r\n\r\n")
+        s.settimeout(0.3)
+        with contextlib.suppress(TimeoutError):
+            s.recv(1000)
+    assert server.proc.poll() is None
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert s.recv(1000).endswith(b"hello world\n")
+
+
+def test_wrk_sees_only_successful_responses(server) -> None:  # type: ignore[no-untyped-def]
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk missing (tests/run.sh installs it)")
+    out = subprocess.run(
+        ["wrk", "-t1", "-c10", "-d1s", f"http://127.0.0.1:{server.port}/hello"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    assert "Non-2xx" not in out
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    assert requests > 100
+
+
+def test_json_api_crud(run_app, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    server = run_app(
+        "apps/json_api.lua", "--port", "0", options=["--db", str(tmp_path / "notes.db")], ready=HTTP_READY
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+
+    def call(method: str, path: str, body: object = None) -> tuple[int, object]:
+        conn.request(method, path, body=None if body is None else json.dumps(body))
+        res = conn.getresponse()
+        data = res.read()
+        return res.status, json.loads(data) if data else None
+
+    assert call("POST", "/notes", {"title": "milk"}) == (201, {"id": 1, "title": "milk", "done": False})
+    assert call("PUT", "/notes/1", {"done": True}) == (200, {"id": 1, "title": "milk", "done": True})
+    assert call("GET", "/notes") == (200, [{"id": 1, "title": "milk", "done": True}])
+    assert call("POST", "/notes", {"title": ""})[0] == 422
+    conn.request("POST", "/notes", body="not json")
+    res = conn.getresponse()
+    assert res.status == 400 and b"json:" in res.read()
+    assert call("DELETE", "/notes/1") == (204, None)
+    assert call("GET", "/notes/1")[0] == 404
+    conn.close()
