@@ -5,6 +5,7 @@
     python bench/run.py tasks    # spawn+wait, queue round trip, wake-up lateness of 100,000 sleepers
     python bench/run.py blocking # echo p99 beside slow queries and CPU jobs; 10 ms blocking calls vs sleep
     python bench/run.py loadgen  # moonlet bench vs redis-benchmark on the pong workload: req/s, client CPU
+    python bench/run.py http     # wrk: hello_http.lua vs nginx + Lua vs raw uvloop; idle keep-alive memory
     python bench/run.py all
 
 Each server is pinned to CPU 0 and the load generator to CPU 1 (when the machine has two or more).
@@ -62,8 +63,16 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+    """User + system CPU seconds of ``pid`` and its live child processes (nginx's worker is a child)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # itself, or its parent is pid
+            total += (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+    return total
 
 
 def rss_bytes(pid: int) -> int:
@@ -380,6 +389,128 @@ def bench_loadgen(seconds: float) -> list[dict[str, object]]:
     return rows
 
 
+def _wrk(port: int, seconds: float) -> float:
+    out = subprocess.run(
+        [*PIN_CLIENT, "wrk", "-t1", "-c50", f"-d{seconds:g}s", f"http://127.0.0.1:{port}/"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    ).stdout
+    return float(out.split("Requests/sec:")[1].split()[0])
+
+
+@contextlib.contextmanager
+def http_server(kind: str, tmp: str) -> Iterator[tuple[int, int]]:
+    port = free_port()
+    if kind == "moonlet hello_http.lua":
+        cmd = [
+            PYTHON,
+            "-m",
+            "runtime",
+            "run",
+            "--log-level",
+            "warning",
+            str(ROOT / "apps" / "hello_http.lua"),
+            "--port",
+            str(port),
+        ]
+    elif kind == "raw uvloop":
+        cmd = [PYTHON, str(ROOT / "bench" / "raw_http.py"), str(port)]
+    else:
+        conf = Path(tmp) / "nginx.conf"
+        text = (ROOT / "bench" / "nginx" / "hello.conf.in").read_text()
+        conf.write_text(text.replace("@PORT@", str(port)).replace("@DIR@", tmp))
+        cmd = ["nginx", "-c", str(conf), "-p", tmp]
+    proc = subprocess.Popen([*PIN_SERVER, *cmd], cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        _wait_port(port)
+        yield proc.pid, port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _idle_keepalive(port: int, pid: int, count: int) -> float:
+    """Bytes of server RSS per idle keep-alive connection (each has made one request)."""
+    before = rss_bytes(pid)
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        socks.append(s)
+    for s in socks:
+        s.settimeout(10)
+        got = b""
+        while b"hello" not in got:
+            got += s.recv(4096)
+    time.sleep(1)
+    per = (rss_bytes(pid) - before) / count
+    for s in socks:
+        s.close()
+    return per
+
+
+def bench_http(seconds: float, conns: int) -> list[dict[str, object]]:
+    import tempfile
+
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install wrk")
+    kinds = ["moonlet hello_http.lua", "raw uvloop"]
+    if shutil.which("nginx") and Path("/usr/lib/nginx/modules/ngx_http_lua_module.so").exists():
+        kinds.append("nginx + lua (1 worker)")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    rows: list[dict[str, object]] = []
+    for kind in kinds:
+        with tempfile.TemporaryDirectory() as tmp, http_server(kind, tmp) as (pid, port):
+            _wrk(port, 1)  # warm-up
+            before = cpu_seconds(pid)
+            rps = _wrk(port, seconds)
+            cpu = (cpu_seconds(pid) - before) / (rps * seconds) * 1e6
+            idle = _idle_keepalive(port, pid, conns) if kind != "nginx + lua (1 worker)" else None
+            if kind == "moonlet hello_http.lua":
+                load = subprocess.run(
+                    [
+                        *PIN_CLIENT,
+                        PYTHON,
+                        "-m",
+                        "runtime",
+                        "bench",
+                        "--json",
+                        "-c",
+                        "50",
+                        "-d",
+                        str(seconds),
+                        "bench/load/http_hello.lua",
+                        "--port",
+                        str(port),
+                    ],
+                    cwd=ROOT,
+                    capture_output=True,
+                    check=True,
+                    timeout=seconds + 60,
+                )
+                rows.append(
+                    {
+                        "workload": "http",
+                        "figure": "moonlet bench vs hello_http req/s",
+                        "value": json.loads(load.stdout)["transactions_per_s"],
+                    }
+                )
+            rows.append({"workload": "http", "figure": f"{kind}: wrk req/s", "value": rps})
+            rows.append({"workload": "http", "figure": f"{kind}: server CPU µs/req", "value": cpu})
+            if idle is not None:
+                rows.append(
+                    {"workload": "http", "figure": f"{kind}: bytes per idle keep-alive conn", "value": idle}
+                )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return rows
+
+
 def _timed_requests(port: int, requests: list[bytes]) -> float:
     """Wall time for ``requests`` sent at once, each on its own connection, until every reply is in."""
     socks = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in requests]
@@ -457,7 +588,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["pong", "idle", "tasks", "blocking", "loadgen", "all"])
+    parser.add_argument("what", choices=["pong", "idle", "tasks", "blocking", "loadgen", "http", "all"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--n", type=int, default=200_000, help="requests per -P 1 run")
     parser.add_argument("--n-pipelined", type=int, default=2_000_000, help="requests per -P 16 run")
@@ -478,6 +609,8 @@ def main() -> int:
         rows += bench_blocking(ns.seconds)
     if ns.what in ("loadgen", "all"):
         rows += bench_loadgen(ns.seconds)
+    if ns.what in ("http", "all"):
+        rows += bench_http(ns.seconds * 2, min(ns.conns, 5000))
     report(rows)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
