@@ -73,8 +73,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE.py",
         help="import a Python file that registers host functions (runtime.hostfn.host_function)",
     )
+    run.add_argument("--no-console", action="store_true", help="open no console socket (moonlet repl)")
     run.add_argument("app", metavar="APP.lua")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the app")
+
+    repl = commands.add_parser(
+        "repl",
+        help="attach a Lua console to a running server",
+        description="Attach to the console of a running moonlet server (by pid, app name or socket path; "
+        "the only one if omitted). Lua typed there runs inside the server.",
+    )
+    repl.add_argument("-e", "--eval", metavar="CODE", help="evaluate one chunk, print the result and exit")
+    repl.add_argument("target", nargs="?", metavar="TARGET", help="pid, app name or console socket path")
 
     bench = commands.add_parser(
         "bench",
@@ -156,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if ns.command == "bench":
         return _bench(ns)
+    if ns.command == "repl":
+        from runtime import repl as console
+
+        return console.main(ns.target, ns.eval)
     logs.setup(ns.log_level, ns.log_json)
     limits = limits_from(
         drain_timeout=ns.drain_timeout,
@@ -169,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         pools = parse_pools(ns.pool)
         for file in ns.python:
             hostfn.load_file(file)
-        return Host(ns.app, ns.args, limits, pools).run()
+        return Host(ns.app, ns.args, limits, pools=pools, console=not ns.no_console).run()
     except MoonletError as e:
         print(f"moonlet: {e}", file=sys.stderr)
         return 1

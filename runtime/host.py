@@ -27,6 +27,7 @@ from runtime.kernel.task import Task
 from runtime.lua.state import new_lua_runtime
 from runtime.lua.stdlib import bootstrap
 from runtime.services.clock import ClockService, Deadlines, LagMonitor, TimerService
+from runtime.services.console import ConsoleService
 from runtime.services.datagram import DatagramService
 from runtime.services.db import DatabaseService
 from runtime.services.httpserver import HttpService
@@ -100,9 +101,12 @@ class Host:
         app_path: str,
         app_args: list[str],
         limits: Limits | None = None,
+        *,
         pools: dict[str, PoolConfig] | None = None,
         load: dict[str, float | int | None] | None = None,
+        console: bool = True,
     ) -> None:
+        self.console_wanted = console
         self.app_path = app_path
         self.pools = pools
         self.load = load  # options of a load-generator worker (moonlet bench), else None
@@ -155,6 +159,16 @@ class Host:
         kernel.on_idle = self._check_idle
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        console = None
+        if self.console_wanted and self.load is None:
+            console = ConsoleService(kernel, loop, self.app_path)
+            console.boot, console.task_body, console.services = boot, boot[b"task_body"], services
+            console.lag, console.lua = lag, lua
+            try:
+                await console.start()
+            except OSError as e:
+                log.warning("no console: %s", e)
+                console = None
         lag.start()
         try:
             args = [a.encode() for a in self.app_args]
@@ -168,6 +182,8 @@ class Host:
             await self._done
         finally:
             lag.stop()
+            if console is not None:
+                console.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             self.stream.close_all()

@@ -64,6 +64,8 @@ class Listener:
 
 class Connection(asyncio.Protocol):
     __slots__ = (
+        "bytes_in",
+        "bytes_out",
         "closing",
         "deadline_key",
         "eof",
@@ -76,6 +78,7 @@ class Connection(asyncio.Protocol):
         "read_timeout",
         "reader",
         "send_timeout",
+        "since",
         "svc",
         "task",
         "transport",
@@ -105,6 +108,9 @@ class Connection(asyncio.Protocol):
         self.read_deadline = 0.0
         self.write_deadline = 0.0
         self.deadline_key = 0
+        self.since = svc.loop.time()
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     # -- protocol callbacks ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -117,6 +123,7 @@ class Connection(asyncio.Protocol):
             self.task = svc.kernel.spawn(self, self.listener.entry, self, scope=True)
 
     def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         reader = self.reader
         if reader is not None:
             self.reader = None
@@ -195,6 +202,7 @@ class Connection(asyncio.Protocol):
                     self.abort()
                     return False
             transport.write(out)
+            self.bytes_out += len(out)
         return True
 
     def wait_readable(self, task: Task) -> object:
@@ -352,6 +360,7 @@ class StreamService:
                     return _CLOSED_REPLY
             else:
                 conn.transport.write(out)  # type: ignore[union-attr]
+                conn.bytes_out += len(out)
             if conn.write_paused:
                 return conn.wait_writer(task, _AFTER_DRAIN_READ)
         return conn.wait_readable(task)

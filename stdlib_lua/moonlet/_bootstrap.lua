@@ -205,6 +205,79 @@ function M.load_main()
   return main, err  -- always two values: lupa hands Python a tuple
 end
 
+---------------------------------------------------------------------------------------------------------
+-- the console (runtime/services/console.py)
+
+--- A session's environment: its own globals, reading through to the app's.
+function M.console_env()
+  return setmetatable({}, { __index = function(_, name) return rawget(app_env, name) end })
+end
+
+--- Compile `code` typed at the console: an expression prints its value (`1 + 1`), a statement runs. Returns
+--- a job id for the host to run as a task; or nil, err, incomplete (true when more lines may complete it).
+function M.console_compile(env, code)
+  local fn = load("return " .. code, "=console", "t", env)
+  local err
+  if not fn then fn, err = load(code, "=console", "t", env) end
+  if not fn then return nil, err, (err:find("<eof>$") ~= nil) end
+  return host.job(table.pack(fn))
+end
+
+--- Names for completing `text` (a dotted or colon path) in a session: globals, module fields, methods.
+function M.console_complete(env, text)
+  local base, sep, prefix = text:match("^(.-)([%.:]?)([%w_]*)$")
+  local scope
+  if sep == "" then
+    scope = { env, app_env }
+  else
+    local value = env
+    for part in base:gmatch("[^%.:]+") do
+      if type(value) ~= "table" then return {} end
+      value = value[part]
+    end
+    if type(value) ~= "table" then return {} end
+    scope = { value }
+    local mt = getmetatable(value)
+    if type(mt) == "table" and type(mt.__index) == "table" then scope[2] = mt.__index end
+  end
+  local names, seen = {}, {}
+  for _, t in ipairs(scope) do
+    for k, v in next, t do
+      if type(k) == "string" and k:sub(1, #prefix) == prefix and not seen[k] and k:sub(1, 1) ~= "_" then
+        if sep ~= ":" or type(v) == "function" then
+          seen[k] = true
+          names[#names + 1] = base .. sep .. k
+        end
+      end
+    end
+  end
+  table.sort(names)
+  return names
+end
+
+--- Load a module again (console \reload): later requires get the new version; code that already holds
+--- the old one keeps it, and no connection is dropped.
+function M.reload(name)
+  local old = loaded[name]
+  loaded[name] = nil
+  local ok, value = pcall(app_env.require, name)
+  if not ok then
+    loaded[name] = old
+    error(value, 0)
+  end
+  return value
+end
+
+--- Forget a compiled chunk that will not run (the console only checked it).
+function M.console_drop(id)
+  host.drop_job(id)
+end
+
+--- reload(name) as a job for the host to run as a task (a module's top level may wait).
+function M.reload_job(name)
+  return host.job(table.pack(M.reload, name))
+end
+
 --- In a pool thread: run module.fname(args[1..n]); returns true, results... or false, traceback.
 --- `expired()` (from the host) says whether the job's time is up: the count hook then fails every
 --- instruction (no pcall hides it) until the host says otherwise, after the job.

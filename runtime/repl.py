@@ -1,0 +1,227 @@
+"""``moonlet repl``: attach to a running server's console (runtime/services/console.py).
+
+    moonlet repl                 # the only running server (or a list of them)
+    moonlet repl 12345           # by pid;  moonlet repl kv  # by app name;  or a socket path
+    moonlet repl -e 'return 1 + 1' kv
+    echo 'return db.query("SELECT 1")' | moonlet repl kv
+
+Interactively: line editing and history (readline, ~/.moonlet_history), multi-line input that continues while
+the chunk is incomplete, Tab completion from the live server, results pretty-printed with rich; Ctrl-C
+cancels the running chunk (not the server); backslash commands (\\help).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import readline
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.pretty import Pretty
+
+from runtime.services.console import runtime_dir
+
+HISTORY = Path.home() / ".moonlet_history"
+
+
+class ReplError(Exception):
+    pass
+
+
+def servers() -> list[dict[str, Any]]:
+    """The running servers with a console (stale entries of dead processes are skipped)."""
+    found = []
+    for info_path in sorted(runtime_dir().glob("*.json")):
+        try:
+            info = json.loads(info_path.read_text())
+            os.kill(int(info["pid"]), 0)
+        except (OSError, ValueError, KeyError):
+            continue
+        info["socket"] = str(info_path.with_suffix(".sock"))
+        found.append(info)
+    return found
+
+
+def find_socket(target: str | None) -> str:
+    if target and ("/" in target or target.endswith(".sock")):
+        return target
+    running = servers()
+    if target:
+        chosen = [s for s in running if str(s["pid"]) == target or target in Path(s["app"]).name]
+    else:
+        chosen = running
+    if len(chosen) == 1:
+        return str(chosen[0]["socket"])
+    listing = "\n".join(f"  {s['pid']}  {s['app']}" for s in running) or "  (none)"
+    if not chosen:
+        raise ReplError(f"no running moonlet server matches {target!r}; running:\n{listing}")
+    raise ReplError(f"several moonlet servers run; name one (pid or app):\n{listing}")
+
+
+class Session:
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.connect(path)
+        except OSError as e:
+            self.sock.close()
+            raise ReplError(f"cannot attach to {path}: {e.strerror or e}") from None
+        self.file = self.sock.makefile("rwb")
+        self.console = Console()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send a request and wait for its reply (log lines that arrive meanwhile are printed)."""
+        self.file.write(json.dumps(request).encode() + b"\n")
+        self.file.flush()
+        while True:
+            try:
+                line = self.file.readline()
+            except KeyboardInterrupt:  # Ctrl-C cancels the running chunk; its reply still comes
+                self.file.write(b'{"op": "cancel"}\n')
+                self.file.flush()
+                continue
+            if not line:
+                raise ReplError("the server closed the console")
+            reply: dict[str, Any] = json.loads(line)
+            if "log" in reply:
+                self.console.print(reply["log"], markup=False, highlight=False)
+                continue
+            return reply
+
+    def show(self, reply: dict[str, Any]) -> bool:
+        """Print a reply; False if it was an error."""
+        if "text" in reply:
+            self.console.print(reply["text"], markup=False, highlight=False, soft_wrap=True)
+            return True
+        if not reply.get("ok"):
+            self.console.print(
+                reply.get("error", "error"), style="red", markup=False, highlight=False, soft_wrap=True
+            )
+            return False
+        for value in reply.get("values", []):
+            shown = to_python(value)
+            if isinstance(shown, str):
+                self.console.print(shown, markup=False, highlight=False, soft_wrap=True)
+            else:
+                self.console.print(Pretty(shown, max_length=50, max_string=2000))
+        return True
+
+    def run(self, code: str) -> bool:
+        if code.startswith("\\"):
+            return self.show(self.ask({"op": "command", "line": code[1:]}))
+        return self.show(self.ask({"op": "eval", "code": code}))
+
+
+class _Shown:
+    """A value shown as-is (a function, a truncation note)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def to_python(value: Any) -> Any:
+    """The console's rendering of a Lua value as Python data rich can pretty-print."""
+    if not isinstance(value, dict):
+        return value
+    if "string" in value:
+        more = value.get("more", 0)
+        return value["string"] + (f"... ({more} more bytes)" if more else "")
+    if "other" in value:
+        return _Shown(f"<{value['other']}>")
+    items = value["table"]
+    if isinstance(items, str):
+        return _Shown(items)
+    keys = [k for k, _ in items]
+    if keys == list(range(1, len(keys) + 1)):
+        out: Any = [to_python(v) for _, v in items]
+        if value.get("more"):
+            out.append(_Shown(f"... {value['more']} more"))
+        return out
+    table = {(_key(k)): to_python(v) for k, v in items}
+    if value.get("more"):
+        table[_Shown("...")] = _Shown(f"{value['more']} more")
+    return table
+
+
+def _key(k: Any) -> Any:
+    shown = to_python(k)
+    return shown if isinstance(shown, str | int | float | bool) else repr(shown)
+
+
+def interactive(session: Session) -> int:
+    with contextlib.suppress(OSError):
+        readline.read_history_file(HISTORY)
+    readline.set_history_length(1000)
+    matches: list[str] = []
+
+    def complete(text: str, state: int) -> str | None:
+        nonlocal matches
+        if state == 0:
+            line = readline.get_line_buffer()[: readline.get_endidx()]
+            word = line.split()[-1] if line.split() else ""
+            matches = session.ask({"op": "complete", "text": word}).get("names", [])
+            prefix = word[: len(word) - len(text)]
+            matches = [m[len(prefix) :] for m in matches]
+        return matches[state] if state < len(matches) else None
+
+    readline.set_completer_delims(" \t\n()[]{},=+-*/%^#~<>'\"")
+    readline.set_completer(complete)
+    readline.parse_and_bind("tab: complete")
+    session.console.print("moonlet console: Lua runs inside the server; \\help for commands, Ctrl-D to leave")
+    buffer = ""
+    try:
+        while True:
+            try:
+                line = input(".. " if buffer else "> ")
+            except KeyboardInterrupt:
+                print()
+                buffer = ""
+                continue
+            except EOFError:
+                print()
+                return 0
+            if not buffer and line.startswith("\\"):
+                session.run(line)
+                continue
+            buffer = f"{buffer}\n{line}" if buffer else line
+            if not buffer.strip():
+                buffer = ""
+                continue
+            if not session.ask({"op": "check", "code": buffer}).get("complete", True):
+                continue
+            session.run(buffer)
+            buffer = ""
+    finally:
+        with contextlib.suppress(OSError):
+            readline.write_history_file(HISTORY)
+
+
+def main(target: str | None, code: str | None) -> int:
+    try:
+        session = Session(find_socket(target))
+    except ReplError as e:
+        print(f"moonlet repl: {e}", file=sys.stderr)
+        return 2
+    try:
+        if code is not None:
+            return 0 if session.run(code) else 1
+        if not sys.stdin.isatty():
+            return 0 if session.run(sys.stdin.read()) else 1
+        return interactive(session)
+    except ReplError as e:
+        print(f"moonlet repl: {e}", file=sys.stderr)
+        return 1
+    finally:
+        session.close()

@@ -1,0 +1,344 @@
+"""The console: a Lua REPL inside the live server, reached by ``moonlet repl``.
+
+Where: a Unix socket ``<runtime dir>/<pid>.sock`` (runtime dir: ``$XDG_RUNTIME_DIR/moonlet`` or
+``/tmp/moonlet-<uid>``, mode 0700), the socket mode 0600 whatever the umask, and beside it ``<pid>.json``
+saying which app runs there (``moonlet repl`` lists and picks them). A peer whose uid (``SO_PEERCRED``) is
+not the server's is refused and logged. Every request is logged with the peer's uid and pid.
+
+Protocol: one JSON object per line each way. Requests: ``{"op": "eval", "code": ...}``, ``{"op": "check",
+"code": ...}`` (is the chunk complete?), ``{"op": "complete", "text": ...}``, ``{"op": "cancel"}``,
+``{"op": "command", "line": "connections"}``. Replies: ``{"ok": true, "values": [...]}`` (values
+rendered for display: see :func:`render`), ``{"ok": false, "error": traceback}``, or a command's text.
+
+A chunk runs as a task (so it may wait: ``db.query``, ``sleep``, ``net.connect`` work at the prompt), in an
+environment per session that reads through to the app's globals; the stall budget stops one that spins;
+``cancel`` ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lupa.lua54 as _lupa  # type: ignore[import-untyped]
+
+from runtime.kernel.core import Kernel
+from runtime.kernel.task import Extra, Task
+
+if TYPE_CHECKING:
+    from runtime.host import Services
+
+log = logging.getLogger("moonlet")
+
+MAX_ITEMS = 50  # per table level shown
+MAX_DEPTH = 4
+MAX_STRING = 2000
+
+
+def runtime_dir() -> Path:
+    """The per-user directory of console sockets (created 0700 on first use)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    path = Path(base) / "moonlet" if base else Path(tempfile.gettempdir()) / f"moonlet-{os.getuid()}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)  # whatever the umask or an older directory said
+    if path.stat().st_uid != os.getuid():
+        raise PermissionError(f"{path} belongs to another user")
+    return path
+
+
+def render(value: Any, depth: int = 0) -> Any:
+    """A Lua value as JSON-able data for display: tables nested (truncated with a count), strings safe."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, bytes):
+        text = value[:MAX_STRING].decode("utf-8", "backslashreplace")
+        return {"string": text, "more": max(len(value) - MAX_STRING, 0)}
+    kind = _lupa.lua_type(value)
+    if kind == "table":
+        if depth >= MAX_DEPTH:
+            return {"table": "{...}"}
+        items: list[list[Any]] = []
+        count = 0
+        for k, v in value.items():
+            count += 1
+            if len(items) < MAX_ITEMS:
+                items.append([render(k, MAX_DEPTH), render(v, depth + 1)])
+        return {"table": items, "more": max(count - MAX_ITEMS, 0)}
+    return {"other": kind or type(value).__name__}
+
+
+class ConsoleSession(asyncio.Protocol):
+    """One attached ``moonlet repl``; also the owner of the chunks it runs."""
+
+    def __init__(self, console: ConsoleService) -> None:
+        self.console = console
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.env: Any = None
+        self.running: Task | None = None
+        self.peer = "?"
+        self.following_log = False
+
+    # -- protocol ------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        self.peer = f"uid {uid} pid {pid}"
+        if uid != os.getuid():
+            log.warning("console: refused a peer with %s (the server runs as uid %d)", self.peer, os.getuid())
+            transport.close()
+            self.transport = None
+            return
+        log.info("console: attached (%s)", self.peer)
+        self.env = self.console.boot[b"console_env"]()
+        self.console.sessions.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.console.sessions.discard(self)
+        if self.running is not None:
+            self.console.kernel.kill(self.running, b"cancelled: the console went away")
+        log.info("console: detached (%s)", self.peer)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            if line.strip():
+                try:
+                    self.handle(json.loads(line))
+                except (ValueError, KeyError, TypeError) as e:
+                    self.send({"ok": False, "error": f"bad console request: {e}"})
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.transport is not None:
+            self.transport.write(json.dumps(message).encode() + b"\n")
+
+    # -- requests ------------------------------------------------------------------------------------
+    def handle(self, req: dict[str, Any]) -> None:
+        op = req["op"]
+        boot = self.console.boot
+        if op == "cancel":
+            if self.running is not None:
+                self.console.kernel.kill(self.running, b"cancelled at the console")
+            return
+        if op == "check":
+            job, err, incomplete = self._compile(req["code"])
+            if job is not None:
+                boot[b"console_drop"](job)
+            self.send({"complete": not incomplete})
+            return
+        if op == "complete":
+            names = boot[b"console_complete"](self.env, req["text"].encode())
+            self.send({"names": [n.decode() for n in names.values()]})
+            return
+        log.info("console (%s): %s", self.peer, (req.get("code") or req.get("line") or op)[:200])
+        if self.running is not None:
+            self.send({"ok": False, "error": "a chunk is still running (cancel it with Ctrl-C)"})
+            return
+        if op == "eval":
+            job, err, _ = self._compile(req["code"])
+            if job is None:
+                self.send({"ok": False, "error": err})
+                return
+            self._run(job)
+        elif op == "command":
+            self.console.command(self, req["line"])
+        else:
+            self.send({"ok": False, "error": f"unknown op {op!r}"})
+
+    def _compile(self, code: str) -> tuple[int | None, str, bool]:
+        r = self.console.boot[b"console_compile"](self.env, code.encode())
+        if isinstance(r, tuple):
+            return None, (r[1] or b"").decode("utf-8", "replace"), bool(r[2]) if len(r) > 2 else False
+        return int(r), "", False
+
+    def _run(self, job: int) -> None:
+        kernel = self.console.kernel
+        task = kernel.spawn(self, job, False, body=self.console.task_body, extra=Extra("console chunk"))
+        self.running = task if task.co is not None else None  # (it may have ended already)
+
+    # -- owner of the chunks -------------------------------------------------------------------------
+    def describe(self) -> str:
+        return f"console chunk ({self.peer})"
+
+    def task_exited(self, task: Task, ok: bool, error: bytes | None) -> None:
+        self.running = None
+        result = task.extra.result if task.extra is not None else None
+        if ok and result is not None and result[1] is not None:
+            packed: Any = result[1]
+            count = int(packed[b"n"])
+            self.send({"ok": True, "values": [render(packed[i]) for i in range(2, count + 1)]})
+        else:
+            text = error.decode("utf-8", "replace") if isinstance(error, bytes) else "failed"
+            self.send({"ok": False, "error": text})
+
+
+class _LogForwarder(logging.Handler):
+    def __init__(self, console: ConsoleService) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {record.levelname} {record.name}: {record.getMessage()}"
+        for session in list(self.console.sessions):
+            if session.following_log:
+                session.send({"log": line})
+
+
+class ConsoleService:
+    def __init__(self, kernel: Kernel, loop: asyncio.AbstractEventLoop, app_path: str) -> None:
+        self.kernel = kernel
+        self.loop = loop
+        self.app_path = app_path
+        self.boot: Any = None  # the bootstrap's table (console_env, console_compile, ...)
+        self.task_body: Any = None
+        self.services: Services | None = None
+        self.lag: Any = None
+        self.lua: Any = None
+        self.sessions: set[ConsoleSession] = set()
+        self.server: asyncio.AbstractServer | None = None
+        self.path: Path | None = None
+        self.started = time.time()
+        self._forwarder = _LogForwarder(self)
+
+    async def start(self) -> None:
+        directory = runtime_dir()
+        self.path = directory / f"{os.getpid()}.sock"
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        old = os.umask(0o177)  # the socket is created 0600 whatever the umask ...
+        try:
+            self.server = await self.loop.create_unix_server(lambda: ConsoleSession(self), str(self.path))
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)  # ... and stays so
+        info = {"pid": os.getpid(), "app": self.app_path, "started": self.started}
+        directory.joinpath(f"{os.getpid()}.json").write_text(json.dumps(info))
+        logging.getLogger("moonlet").addHandler(self._forwarder)
+        log.info("console on %s (moonlet repl %d)", self.path, os.getpid())
+
+    def stop(self) -> None:
+        logging.getLogger("moonlet").removeHandler(self._forwarder)
+        if self.server is not None:
+            self.server.close()
+        if self.path is not None:
+            for p in (self.path, self.path.with_suffix(".json")):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.close()
+
+    # -- backslash commands --------------------------------------------------------------------------
+    def command(self, session: ConsoleSession, line: str) -> None:
+        name, _, arg = line.strip().partition(" ")
+        handler = getattr(self, f"_cmd_{name}", None)
+        if handler is None:
+            session.send({"ok": False, "error": f"unknown command \\{name} (\\help lists them)"})
+            return
+        handler(session, arg.strip())
+
+    def _cmd_help(self, session: ConsoleSession, _arg: str) -> None:
+        session.send({"text": HELP})
+
+    def _cmd_connections(self, session: ConsoleSession, _arg: str) -> None:
+        assert self.services is not None
+        now = self.loop.time()
+        rows = []
+        for conn in list(self.services.stream.connections):
+            waiting = (
+                "reading" if conn.reader is not None else "writing" if conn.writer is not None else "running"
+            )
+            left = conn.read_deadline - now if conn.reader is not None and conn.read_deadline else None
+            rows.append(
+                f"{id(conn):x}  {conn.describe()}  age {now - conn.since:.1f}s  in {conn.bytes_in}B out "
+                f"{conn.bytes_out}B  {waiting}" + (f" (timeout in {left:.1f}s)" if left is not None else "")
+            )
+        for hconn in list(self.services.http.connections):
+            state = "idle" if not hconn.queue else f"{len(hconn.queue)} request(s)"
+            rows.append(f"{id(hconn):x}  http {hconn.peer.decode()} on {hconn.listener.label}  {state}")
+        session.send({"text": "\n".join(rows) or "no connections"})
+
+    def _cmd_tasks(self, session: ConsoleSession, _arg: str) -> None:
+        assert self.services is not None
+        rows = []
+        for task in list(self.kernel.tasks):
+            waiting = (
+                type(task.waiting).__name__
+                if task.waiting is not None
+                else ("sleep" if task.timer is not None else "ready/running")
+            )
+            rows.append(f"{id(task):x}  {task.describe()}  waiting on {waiting}")
+        for timer in list(self.services.timers.active):
+            rows.append(f"timer  {timer.describe()}  next in {timer.when - self.loop.time():.2f}s")
+        session.send({"text": "\n".join(rows) or "no tasks"})
+
+    def _cmd_pools(self, session: ConsoleSession, _arg: str) -> None:
+        assert self.services is not None
+        rows = [
+            f"{name}: {len(p.threads)}/{p.config.size} threads, {p.pending} queued or running (max "
+            f"{p.config.size + p.config.queue})"
+            for name, p in self.services.pools.pools.items()
+        ]
+        session.send({"text": "\n".join(rows)})
+
+    def _cmd_stats(self, session: ConsoleSession, _arg: str) -> None:
+        assert self.services is not None
+        rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        stats = {
+            "uptime_s": round(time.time() - self.started, 1),
+            "tasks": self.kernel.live,
+            "connections": len(self.services.stream.connections) + len(self.services.http.connections),
+            "timers": len(self.services.timers.active),
+            "lua_memory_bytes": self.lua.get_memory_used() if self.lua is not None else None,
+            "process_memory_bytes": rss,
+            "worst_loop_lag_ms": round(self.lag.worst * 1000, 1) if self.lag is not None else None,
+        }
+        session.send({"text": "\n".join(f"{k}: {v}" for k, v in stats.items())})
+
+    def _cmd_kill(self, session: ConsoleSession, arg: str) -> None:
+        assert self.services is not None
+        for conn in list(self.services.stream.connections):
+            if f"{id(conn):x}" == arg:
+                conn.abort()
+                session.send({"text": f"closed {conn.describe()}"})
+                return
+        for task in list(self.kernel.tasks):
+            if f"{id(task):x}" == arg:
+                self.kernel.kill(task, b"cancelled at the console")
+                session.send({"text": f"cancelled {task.describe()}"})
+                return
+        session.send({"ok": False, "error": f"no connection or task {arg!r} (see \\connections, \\tasks)"})
+
+    def _cmd_reload(self, session: ConsoleSession, arg: str) -> None:
+        if not arg:
+            session.send({"ok": False, "error": "usage: \\reload MODULE"})
+            return
+        session._run(int(self.boot[b"reload_job"](arg.encode())))
+
+    def _cmd_log(self, session: ConsoleSession, arg: str) -> None:
+        session.following_log = arg != "off"
+        session.send(
+            {"text": "following the server log (\\log off to stop)" if session.following_log else "ok"}
+        )
+
+
+HELP = """\\connections      every connection: peer, age, bytes, what its coroutine waits on
+\\tasks            tasks and timers
+\\pools            thread pools and their queues
+\\stats            uptime, tasks, connections, memory (Lua and process), worst loop lag
+\\kill ID          close a connection or cancel a task (ids from \\connections, \\tasks)
+\\reload MODULE    load a Lua module again (later requires get it; connections stay)
+\\log [off]        follow the server log
+Anything else is Lua, run in the server: `expr` and `return expr` print; waiting calls work."""

@@ -1,0 +1,209 @@
+"""The console (moonlet repl): protocol transcripts, -e, stdin, security, stalls, and a pty session."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+APP = """
+local net = require "moonlet.net"
+counter = 0
+net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
+  while true do
+    local line = conn:readline()
+    if not line then return end
+    counter = counter + 1
+    conn:write(line, "\\n")
+  end
+end }
+spawn(function() sleep(3600) end)
+"""
+
+
+def repl(server, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", "repl", *args, str(server.proc.pid)],
+        cwd=ROOT,
+        input=stdin.decode() if stdin else None,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def console_dir() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(base) / "moonlet" if base else Path("/tmp") / f"moonlet-{os.getuid()}"
+
+
+def test_eval_prints_values_runs_waiting_code_and_reports_errors(lua_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "greet.lua").write_text('return { word = "hello" }\n')
+    server = lua_server(APP)
+    c = server.connect()
+    c.send(b"one\n")
+    assert c.line() == b"one"
+    assert repl(server, "-e", "1 + 1").stdout == "2\n"
+    assert repl(server, "-e", "return counter, 'x', {1, 2, k = true}").stdout.splitlines() == [
+        "1",
+        "x",
+        "{1: 1, 2: 2, 'k': True}",
+    ]
+    waited = repl(
+        server,
+        "-e",
+        "local t = require('moonlet.time') local a = t.monotonic() sleep(0.1) "
+        "return t.monotonic() - a >= 0.09",
+    )
+    assert waited.stdout == "True\n"
+    assert repl(server, "-e", "return require('greet').word").stdout == "hello\n"
+    failed = repl(server, "-e", "error('boom')")
+    assert (
+        failed.returncode == 1 and "console:1: boom" in failed.stdout and "stack traceback" in failed.stdout
+    )
+    assert repl(server, stdin=b"local x = 20\nreturn x + 1\n").stdout == "21\n"
+    server.wait_log(re.compile(rb"console \(uid \d+ pid \d+\): return counter"))
+
+
+def test_backslash_commands(lua_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "mod.lua").write_text("return { version = 1 }\n")
+    server = lua_server(APP)
+    c = server.connect()
+    c.send(b"hi\n")
+    assert c.line() == b"hi"
+    assert "\\connections" in repl(server, "-e", "\\help").stdout
+    conns = repl(server, "-e", "\\connections").stdout
+    assert "reading" in conns and "in 3B out 3B" in conns
+    tasks = repl(server, "-e", "\\tasks").stdout
+    assert "task spawned at" not in tasks or "sleep" in tasks
+    assert "connection" in tasks
+    stats = repl(server, "-e", "\\stats").stdout
+    assert "lua_memory_bytes" in stats and "worst_loop_lag_ms" in stats
+    assert "cpu:" in repl(server, "-e", "\\pools").stdout
+    conn_id = conns.split()[0]
+    assert "closed connection" in repl(server, "-e", f"\\kill {conn_id}").stdout
+    assert c.read_all() == b""
+    assert repl(server, "-e", "return require('mod').version").stdout == "1\n"
+    (tmp_path / "mod.lua").write_text("return { version = 2 }\n")
+    repl(server, "-e", "\\reload mod")
+    assert repl(server, "-e", "return require('mod').version").stdout == "2\n"
+    assert "unknown command" in repl(server, "-e", "\\nonsense").stdout
+
+
+def test_a_spinning_chunk_is_stopped_while_clients_are_served(lua_server) -> None:  # type: ignore[no-untyped-def]
+    server = lua_server(APP, options=["--stall-budget", "0.3"])
+    c = server.connect()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime", "repl", "-e", "while true do end", str(server.proc.pid)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "stalled" in out
+    c.send(b"still served\n")
+    assert c.line() == b"still served"
+
+
+def test_socket_and_directory_modes_hold_under_umask_000(run_app) -> None:  # type: ignore[no-untyped-def]
+    old = os.umask(0)
+    try:
+        server = run_app("apps/echo.lua", "--port", "0")
+    finally:
+        os.umask(old)
+    sock = console_dir() / f"{server.proc.pid}.sock"
+    assert stat.S_IMODE(console_dir().stat().st_mode) == 0o700
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another user")
+def test_a_peer_with_another_uid_is_refused_and_logged(run_app) -> None:  # type: ignore[no-untyped-def]
+    server = run_app("apps/echo.lua", "--port", "0")
+    sock = console_dir() / f"{server.proc.pid}.sock"
+    os.chmod(console_dir(), 0o755)  # let the other user reach the socket: the uid check must still refuse
+    os.chmod(sock, 0o666)
+    try:
+        code = "\n".join(
+            [
+                "import os, socket",
+                "try:",
+                " os.setgid(65534); os.setuid(65534); s = socket.socket(socket.AF_UNIX)",
+                f' s.connect({str(sock)!r}); s.sendall(b\'{{"op": "eval", "code": "1"}}\\n\')',
+                " print(repr(s.recv(100)))",
+                "except (ConnectionResetError, BrokenPipeError):",
+                " print('refused')",
+            ]
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=10, check=False
+        )
+        assert out.returncode == 0, out.stderr
+    finally:
+        os.chmod(console_dir(), 0o700)
+    assert out.stdout.strip() in ("b''", "refused")
+    server.wait_log(b"console: refused a peer with uid 65534")
+
+
+def test_interactive_session_through_a_pty(lua_server) -> None:  # type: ignore[no-untyped-def]
+    server = lua_server(APP)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: moonlet repl on the pty
+        os.chdir(ROOT)
+        os.environ["HOME"] = "/tmp"
+        os.environ["NO_COLOR"] = "1"
+        os.execv(sys.executable, [sys.executable, "-m", "runtime", "repl", str(server.proc.pid)])
+    output = b""
+
+    def expect(pattern: bytes, timeout: float = 10) -> None:
+        nonlocal output
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, re.sub(rb"\x1b\[[0-9;]*m", b"", output)):
+            left = deadline - time.monotonic()
+            assert left > 0, f"never saw {pattern!r} in {output[-500:]!r}"
+            if select.select([fd], [], [], left)[0]:
+                try:
+                    output += os.read(fd, 4096)
+                except OSError:
+                    break
+
+    def send(data: bytes) -> None:
+        os.write(fd, data)
+
+    try:
+        expect(rb"> $")
+        send(b"return 6 * 7\r")
+        expect(rb"42\r\n> $")
+        send(b"for i = 1, 2 do\r")  # incomplete: continues
+        expect(rb"\.\. $")
+        send(b"counter = counter + i end\r")
+        expect(rb"> $")
+        send(b"return counter\r")
+        expect(rb"\r\n3\r\n> $")
+        send(b"string.for\t")  # completion from the live server
+        expect(rb"string\.format")
+        send(b"\x15")  # clear the line
+        send(b"sleep(30)\r")
+        time.sleep(0.3)
+        send(b"\x03")  # Ctrl-C cancels the chunk, not the server
+        expect(rb"cancelled at the console")
+        expect(rb"> $")
+        send(b"\x04")  # Ctrl-D leaves
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(fd)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"alive\n")
+        assert s.recv(100) == b"alive\n"
