@@ -109,20 +109,35 @@ class Session:
             return False
         for value in reply.get("values", []):
             shown = to_python(value)
-            if isinstance(shown, str):
-                self.console.print(shown, markup=False, highlight=False, soft_wrap=True)
+            if isinstance(shown, str | _Shown):
+                self.console.print(str(shown), markup=False, highlight=False, soft_wrap=True)
             else:
                 self.console.print(Pretty(shown, max_length=50, max_string=2000))
         return True
 
     def run(self, code: str) -> bool:
         if code.startswith("\\"):
-            return self.show(self.ask({"op": "command", "line": code[1:]}))
+            ok = self.show(self.ask({"op": "command", "line": code[1:]}))
+            if ok and code.split() == ["\\log"]:
+                self.follow_log()
+            return ok
+
         return self.show(self.ask({"op": "eval", "code": code}))
+
+    def follow_log(self) -> None:
+        """Print the server's log lines until Ctrl-C (or the server goes away)."""
+        try:
+            while line := self.file.readline():
+                reply = json.loads(line)
+                if "log" in reply:
+                    self.console.print(reply["log"], markup=False, highlight=False, soft_wrap=True)
+        except KeyboardInterrupt:
+            print()
+        self.ask({"op": "command", "line": "log off"})
 
 
 class _Shown:
-    """A value shown as-is (a function, a truncation note)."""
+    """A value shown as-is (nil, a boolean, a function, a truncation note)."""
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -130,9 +145,16 @@ class _Shown:
     def __repr__(self) -> str:
         return self.text
 
+    __str__ = __repr__
+
 
 def to_python(value: Any) -> Any:
-    """The console's rendering of a Lua value as Python data rich can pretty-print."""
+    """The console's rendering of a Lua value as Python data rich can pretty-print (nil, true, false
+    spelled as in Lua)."""
+    if value is None:
+        return _Shown("nil")
+    if isinstance(value, bool):
+        return _Shown("true" if value else "false")
     if not isinstance(value, dict):
         return value
     if "string" in value:

@@ -59,7 +59,7 @@ def test_eval_prints_values_runs_waiting_code_and_reports_errors(lua_server, tmp
     assert repl(server, "-e", "return counter, 'x', {1, 2, k = true}").stdout.splitlines() == [
         "1",
         "x",
-        "{1: 1, 2: 2, 'k': True}",
+        "{1: 1, 2: 2, 'k': true}",
     ]
     waited = repl(
         server,
@@ -67,7 +67,7 @@ def test_eval_prints_values_runs_waiting_code_and_reports_errors(lua_server, tmp
         "local t = require('moonlet.time') local a = t.monotonic() sleep(0.1) "
         "return t.monotonic() - a >= 0.09",
     )
-    assert waited.stdout == "True\n"
+    assert waited.stdout == "true\n"
     assert repl(server, "-e", "return require('greet').word").stdout == "hello\n"
     failed = repl(server, "-e", "error('boom')")
     assert (
