@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from runtime import __version__, hostfn
@@ -74,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
         help="import a Python file that registers host functions (runtime.hostfn.host_function)",
     )
     run.add_argument("--no-console", action="store_true", help="open no console socket (moonlet repl)")
+    run.add_argument(
+        "--workers",
+        default="1",
+        metavar="N",
+        help="worker processes sharing the listening ports (SO_REUSEPORT), supervised; 'auto': one per "
+        "core (default 1)",
+    )
     run.add_argument("app", metavar="APP.lua")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the app")
 
@@ -137,6 +145,22 @@ def _bench(ns: argparse.Namespace) -> int:
     return loadgen.run(options)
 
 
+def _without_workers(args: list[str], app: str) -> list[str]:
+    """A worker's command line: the supervisor's run options less --workers, then the app and its args."""
+    at = args.index(app)
+    options, rest = args[:at], args[at:]
+    out: list[str] = []
+    skip = False
+    for a in options:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            out.append(a)
+    return out + rest
+
+
 def parse_pools(specs: list[str]) -> dict[str, PoolConfig]:
     """``--pool NAME=SIZE[:QUEUE]`` options over the default pools."""
     pools = default_pools()
@@ -171,6 +195,21 @@ def main(argv: list[str] | None = None) -> int:
 
         return console.main(ns.target, ns.eval)
     logs.setup(ns.log_level, ns.log_json)
+    workers = (
+        (os.cpu_count() or 1) if ns.workers == "auto" else int(ns.workers) if ns.workers.isdigit() else 0
+    )
+    if workers < 1:
+        print(f"moonlet: --workers must be a positive number or 'auto', not {ns.workers!r}", file=sys.stderr)
+        return 2
+    if os.environ.get("MOONLET_WORKER"):
+        from runtime.supervisor import die_with_supervisor
+
+        die_with_supervisor()
+    if workers > 1:
+        from runtime.supervisor import Supervisor
+
+        args = list(argv if argv is not None else sys.argv[1:])
+        return Supervisor(_without_workers(args[args.index("run") + 1 :], ns.app), workers).run()
     limits = limits_from(
         drain_timeout=ns.drain_timeout,
         lua_max_memory=ns.max_memory,

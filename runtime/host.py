@@ -13,8 +13,10 @@ there is nothing left to do or a signal arrives, and drains gracefully:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import resource
 import signal
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from runtime.services.datagram import DatagramService
 from runtime.services.db import DatabaseService
 from runtime.services.httpserver import HttpService
 from runtime.services.pool import PoolConfig, PoolService
+from runtime.services.shared import SharedService
 from runtime.services.stream import StreamService
 from runtime.services.system import SystemService
 from runtime.services.tasks import TaskService
@@ -67,6 +70,7 @@ class Services:
     db: DatabaseService
     udp: DatagramService
     http: HttpService
+    shared: SharedService
 
 
 def wire_services(
@@ -87,6 +91,7 @@ def wire_services(
         db=DatabaseService(kernel, loop, limits, limits.db_path or str(app.with_suffix(".db"))),
         udp=DatagramService(kernel, loop),
         http=HttpService(kernel, loop, deadlines, limits.backlog),
+        shared=SharedService(kernel),
     )
     ClockService(kernel, loop)
     SystemService(kernel)
@@ -123,6 +128,7 @@ class Host:
 
     def run(self) -> int:
         """Serve the app until it ends or is stopped; return the process exit status."""
+        raise_file_limit()
         if not Path(self.app_path).is_file():
             raise AppLoadError(f"no such app file: {self.app_path}")
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -148,9 +154,15 @@ class Host:
         }
         boot = bootstrap(lua, kernel.call, lua_limits, self.app_path, self.app_args)
         kernel.set_body(boot[b"body"])
-        services.pools.lua = services.db.lua = services.stream.lua = services.udp.lua = services.http.lua = (
-            lua
-        )
+        for service in (
+            services.pools,
+            services.db,
+            services.stream,
+            services.udp,
+            services.http,
+            services.shared,
+        ):
+            service.lua = lua  # replies are built in the main Lua state
         tasks.task_body = timers.task_body = boot[b"task_body"]
         main, error = boot[b"load_main"]()
         if main is None:
@@ -189,6 +201,7 @@ class Host:
             self.stream.close_all()
             services.http.close_all()
             services.pools.stop()
+            services.shared.close()
             services.udp.close_all()
             await services.db.close()
             await asyncio.sleep(0)  # let transports flush and close
@@ -237,6 +250,14 @@ class Host:
         if self._done is not None and not self._done.done():
             log.warning("drain timeout: closing %d connections still busy", len(self.stream.connections))
             self._finish()
+
+
+def raise_file_limit() -> None:
+    """Every connection is a file descriptor: allow as many as the hard limit does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def limits_from(**overrides: float | str | None) -> Limits:

@@ -71,6 +71,11 @@ class Op(enum.IntEnum):
     REPORT = 58  # (kind, plain data): one machine-readable line on standard output (moonlet bench)
     HTTP_SEND = 59  # (req, data, final): send response bytes; final = 1 ends the response, 2 also closes
     HTTP_ERROR = 60  # (traceback): a request handler failed (logged in one line; its task goes on)
+    SHARED_GET = 61  # (dict, key): the value, or nil
+    SHARED_SET = 62  # (dict, key, value, {ttl=, mode=}): true, or false, "exists" / "not found"
+    SHARED_INCR = 63  # (dict, key, by, init): the new value, or nil, err
+    SHARED_DELETE = 64  # (dict, key)
+    SHARED_KEYS = 65  # (dict, limit): the live keys
 
     @property
     def yields(self) -> bool:

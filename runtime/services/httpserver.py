@@ -26,6 +26,7 @@ import httptools
 from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
+from runtime.listeners import shared_listener
 from runtime.services.clock import TICK, Deadlines
 
 log = logging.getLogger("moonlet")
@@ -393,13 +394,17 @@ class HttpService:
         limits = HttpLimits(**{k: v for k, v in given.items() if k in HttpLimits.__dataclass_fields__})
         listener = HttpListener(entry, f"{host}:{port}", limits)
         try:
-            server = await self.loop.create_server(
-                lambda: HttpConnection(self, listener),
-                host,
-                int(port),  # type: ignore[call-overload]
-                reuse_address=True,
-                backlog=self.backlog,
-            )
+            shared = shared_listener(host, int(port), self.backlog)  # type: ignore[call-overload]
+            if shared is not None:  # (under a supervisor)
+                server = await self.loop.create_server(lambda: HttpConnection(self, listener), sock=shared)
+            else:
+                server = await self.loop.create_server(
+                    lambda: HttpConnection(self, listener),
+                    host,
+                    int(port),  # type: ignore[call-overload]
+                    reuse_address=True,
+                    backlog=self.backlog,
+                )
         except OSError as e:
             self.kernel.resume(task, (None, (e.strerror or str(e)).lower().encode()))
             return

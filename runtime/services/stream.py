@@ -27,6 +27,7 @@ from runtime.config import Limits
 from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
+from runtime.listeners import shared_listener
 from runtime.lua.values import from_plain, to_plain
 from runtime.services.clock import TICK, Deadlines
 
@@ -398,13 +399,17 @@ class StreamService:
                 )
                 bound: object = None
             else:
-                server = await self.loop.create_server(
-                    lambda: Connection(self, listener),
-                    where_s,
-                    port,
-                    reuse_address=True,
-                    backlog=self.limits.backlog,
-                )
+                shared = shared_listener(where_s, port, self.limits.backlog)  # (under a supervisor)
+                if shared is not None:
+                    server = await self.loop.create_server(lambda: Connection(self, listener), sock=shared)
+                else:
+                    server = await self.loop.create_server(
+                        lambda: Connection(self, listener),
+                        where_s,
+                        port,
+                        reuse_address=True,
+                        backlog=self.limits.backlog,
+                    )
                 bound = server.sockets[0].getsockname()[1]
                 listener.label = f"{where_s}:{bound}"
         except OSError as e:

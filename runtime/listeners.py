@@ -1,0 +1,89 @@
+"""Listening sockets held by the supervisor and handed to workers (SCM_RIGHTS over a Unix socket).
+
+For each address the supervisor binds one SO_REUSEPORT socket per worker slot: the kernel spreads new
+connections over the slots, and worker N of every generation gets slot N's socket. On SIGHUP the new worker
+N shares the socket with the old one, so when the old one stops listening (it only closes its own copy) the
+connections waiting in that queue are accepted by its successor instead of being reset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+
+log = logging.getLogger("moonlet")
+
+ENV = "MOONLET_SUPERVISOR"  # the supervisor's socket path, in a worker's environment
+
+
+def shared_listener(host: str, port: int, backlog: int) -> socket.socket | None:
+    """In a worker: the supervisor's listening socket for host:port (bound on first request); None when
+    this process has no supervisor. Raises OSError with the bind error otherwise."""
+    path = os.environ.get(ENV)
+    if not path:
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path)
+        slot = int(os.environ.get("MOONLET_WORKER", "1"))
+        request = {"host": host, "port": port, "backlog": backlog, "slot": slot}
+        s.sendall(json.dumps(request).encode() + b"\n")
+        message, fds, _, _ = socket.recv_fds(s, 4096, 1)
+    if not fds:
+        raise OSError(0, message.decode() or "the supervisor could not bind")
+    sock = socket.socket(fileno=fds[0])
+    sock.setblocking(False)
+    return sock
+
+
+class ListenerRegistry:
+    """In the supervisor: binds addresses on request and keeps them for every worker generation."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = str(Path(directory) / "listeners.sock")
+        self.sockets: dict[tuple[str, int, int], socket.socket] = {}  # (host, port, slot)
+        self.bound: dict[tuple[str, int], int] = {}  # (host, 0) -> the port chosen for it
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(self.path)
+        os.chmod(self.path, 0o600)
+        self._server.listen(64)
+        threading.Thread(target=self._serve, name="moonlet-listeners", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError, ValueError, KeyError):
+                request = json.loads(conn.makefile("rb").readline())
+                self._answer(
+                    conn,
+                    str(request["host"]),
+                    int(request["port"]),
+                    int(request["backlog"]),
+                    int(request["slot"]),
+                )
+
+    def _answer(self, conn: socket.socket, host: str, port: int, backlog: int, slot: int) -> None:
+        port = self.bound.get((host, port), port)  # port 0: every slot shares the port chosen first
+        sock = self.sockets.get((host, port, slot))
+        if sock is None:
+            try:
+                sock = socket.create_server((host, port), backlog=backlog, reuse_port=True)
+            except OSError as e:
+                conn.sendall((e.strerror or str(e)).encode())
+                return
+            if port == 0:
+                self.bound[(host, 0)] = port = sock.getsockname()[1]
+            self.sockets[(host, port, slot)] = sock
+        socket.send_fds(conn, [b"ok"], [sock.fileno()])
+
+    def close(self) -> None:
+        self._server.close()
+        for sock in set(self.sockets.values()):
+            sock.close()

@@ -1,0 +1,150 @@
+"""``moonlet.shared``: dictionaries shared by every worker of a server (like OpenResty's ``ngx.shared``).
+
+Built on LMDB (a memory-mapped, transactional key-value store): every operation is one LMDB transaction,
+and write transactions are serialised across processes, so ``incr`` and ``add`` are atomic across workers.
+Operations take microseconds and run on the loop thread as calls. Values are strings, numbers or booleans,
+stored with their type and an optional expiry; an expired key reads as absent.
+
+Where: ``$MOONLET_SHARED_DIR`` (set by the supervisor for all its workers), or a directory of this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import struct
+import tempfile
+import time
+from typing import Any
+
+import lmdb
+
+from runtime.kernel.core import Kernel
+from runtime.kernel.ops import Op
+
+MAP_SIZE = 1 << 30  # address space reserved for the store (the file grows with use)
+_HEAD = struct.Struct("<dc")  # expiry (0: never), type
+
+
+def _encode(value: object, ttl: object) -> bytes:
+    expires = time.time() + ttl if isinstance(ttl, int | float) and ttl > 0 else 0.0
+    if isinstance(value, bool):
+        return _HEAD.pack(expires, b"b") + (b"1" if value else b"0")
+    if isinstance(value, int):
+        return _HEAD.pack(expires, b"i") + str(value).encode()
+    if isinstance(value, float):
+        return _HEAD.pack(expires, b"f") + repr(value).encode()
+    if isinstance(value, bytes):
+        return _HEAD.pack(expires, b"s") + value
+    raise TypeError("shared dictionaries hold strings, numbers and booleans")
+
+
+def _decode(raw: bytes | None) -> tuple[object, bool]:
+    """(value, present): absent or expired keys are (None, False)."""
+    if raw is None:
+        return None, False
+    expires, kind = _HEAD.unpack_from(raw)
+    if expires and expires <= time.time():
+        return None, False
+    body = raw[_HEAD.size :]
+    if kind == b"b":
+        return body == b"1", True
+    if kind == b"i":
+        return int(body), True
+    if kind == b"f":
+        return float(body), True
+    return bytes(body), True
+
+
+class SharedService:
+    def __init__(self, kernel: Kernel) -> None:
+        given = os.environ.get("MOONLET_SHARED_DIR")
+        self._own = given is None
+        self.path = given or tempfile.mkdtemp(prefix="moonlet-shared-")
+        self.env: Any = None
+        self.dbs: dict[bytes, Any] = {}
+        kernel.register_call(Op.SHARED_GET, self._get)
+        kernel.register_call(Op.SHARED_SET, self._set)
+        kernel.register_call(Op.SHARED_INCR, self._incr)
+        kernel.register_call(Op.SHARED_DELETE, self._delete)
+        kernel.register_call(Op.SHARED_KEYS, self._keys)
+
+    def _db(self, name: object) -> Any:
+        if not isinstance(name, bytes):
+            raise TypeError("shared: bad dictionary name")
+        db = self.dbs.get(name)
+        if db is None:
+            if self.env is None:
+                self.env = lmdb.open(self.path, map_size=MAP_SIZE, max_dbs=256, subdir=True, lock=True)
+            db = self.dbs[name] = self.env.open_db(name)
+        return db
+
+    def _get(self, name: object, key: object, _c: object) -> object:
+        db = self._db(name)
+        with self.env.begin(db=db) as txn:
+            value, present = _decode(txn.get(key))
+        return value if present else None
+
+    def _set(self, name: object, key: object, value: object, how: object = None) -> object:
+        """how: b"MODE:TTL" (mode set, add or replace; ttl seconds, 0 for none); value nil deletes."""
+        db = self._db(name)
+        mode_text, _, ttl_text = how.partition(b":") if isinstance(how, bytes) else (b"set", b"", b"")
+        mode, ttl = mode_text, float(ttl_text or 0)
+        with self.env.begin(db=db, write=True) as txn:
+            _, present = _decode(txn.get(key))
+            if mode == b"add" and present:
+                return (False, b"exists")
+            if mode == b"replace" and not present:
+                return (False, b"not found")
+            if value is None:
+                txn.delete(key)
+            else:
+                txn.put(key, _encode(value, ttl))
+        return True
+
+    def _incr(self, name: object, key: object, by: object, init: object = None) -> object:
+        db = self._db(name)
+        if not isinstance(by, int | float):
+            raise TypeError("shared: incr needs a number")
+        with self.env.begin(db=db, write=True) as txn:
+            raw = txn.get(key)
+            current, present = _decode(raw)
+            expires = _HEAD.unpack_from(raw)[0] if present and raw is not None else 0.0
+            if not present:
+                if init is None:
+                    return (None, b"not found")
+                current = init
+            if not isinstance(current, int | float) or isinstance(current, bool):
+                return (None, b"not a number")
+            new = current + by
+            ttl = expires - time.time() if expires else None
+            txn.put(key, _encode(new, ttl))
+        return new
+
+    def _delete(self, name: object, key: object, _c: object) -> object:
+        db = self._db(name)
+        with self.env.begin(db=db, write=True) as txn:
+            txn.delete(key)
+        return True
+
+    def _keys(self, name: object, limit: object, _c: object) -> object:
+        db = self._db(name)
+        out: list[bytes] = []
+        most = int(limit) if isinstance(limit, int) and limit > 0 else 1024
+        with self.env.begin(db=db) as txn:
+            for key, raw in txn.cursor():
+                if _decode(raw)[1]:
+                    out.append(bytes(key))
+                    if len(out) >= most:
+                        break
+        return self.lua.table_from(out)
+
+    lua: Any = None
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+        if self._own:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self.path)
