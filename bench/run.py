@@ -80,19 +80,11 @@ def rss_bytes(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def server(name: str) -> Iterator[tuple[int, int]]:
-    port = free_port()
-    proc = subprocess.Popen([*PIN_SERVER, *SERVERS[name](port)], cwd=ROOT, stdout=subprocess.DEVNULL)
+def running(cmd: list[str], port: int) -> Iterator[tuple[int, int]]:
+    """Start a server (pinned like every server here), wait for its port; yield its pid and port."""
+    proc = subprocess.Popen([*PIN_SERVER, *cmd], cwd=ROOT, stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"{name} did not start") from None
-                time.sleep(0.05)
+        _wait_port(port, proc)
         yield proc.pid, port
     finally:
         proc.terminate()
@@ -100,6 +92,13 @@ def server(name: str) -> Iterator[tuple[int, int]]:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextlib.contextmanager
+def server(name: str) -> Iterator[tuple[int, int]]:
+    port = free_port()
+    with running(SERVERS[name](port), port) as started:
+        yield started
 
 
 def redis_benchmark(port: int, n: int, pipeline: int) -> float:
@@ -422,16 +421,8 @@ def http_server(kind: str, tmp: str) -> Iterator[tuple[int, int]]:
         text = (ROOT / "bench" / "nginx" / "hello.conf.in").read_text()
         conf.write_text(text.replace("@PORT@", str(port)).replace("@DIR@", tmp))
         cmd = ["nginx", "-c", str(conf), "-p", tmp]
-    proc = subprocess.Popen([*PIN_SERVER, *cmd], cwd=ROOT, stdout=subprocess.DEVNULL)
-    try:
-        _wait_port(port)
-        yield proc.pid, port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with running(cmd, port) as started:
+        yield started
 
 
 def _idle_keepalive(port: int, pid: int, count: int) -> float:
@@ -523,15 +514,15 @@ def _timed_requests(port: int, requests: list[bytes]) -> float:
     return time.perf_counter() - t0
 
 
-def _wait_port(port: int) -> None:
+def _wait_port(port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + 15
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
-            if time.monotonic() > deadline:
-                raise
+            if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
+                raise RuntimeError(f"the server on port {port} did not start") from None
             time.sleep(0.05)
 
 

@@ -16,6 +16,7 @@ from typing import Any, cast
 from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
+from runtime.services.background import Background
 from runtime.services.stream import connect_error
 
 log = logging.getLogger("moonlet")
@@ -92,16 +93,14 @@ class DatagramService:
         self.loop = loop
         self.lua: Any = None
         self.sockets: set[Datagrams] = set()
-        self._jobs: set[asyncio.Task[None]] = set()
+        self.background = Background(loop)
         kernel.register(Op.UDP_OPEN, self._open)
         kernel.register(Op.UDP_RECV, self._recv)
         kernel.register_call(Op.UDP_SEND, self._send)
         kernel.register_call(Op.UDP_CLOSE, self._close)
 
     def _open(self, task: Task, host: object, port: object, entry: object) -> object:
-        job = self.loop.create_task(self._bind(task, host, port, entry))
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
+        self.background.run(self._bind(task, host, port, entry))
         return SUSPEND
 
     async def _bind(self, task: Task, host: object, port: object, entry: object) -> None:

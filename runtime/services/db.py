@@ -29,6 +29,7 @@ from runtime.kernel.core import SUSPEND, Kernel
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Extra, Task
 from runtime.lua.values import NotPlainError, from_plain, to_plain
+from runtime.services.background import Background
 from runtime.threads import LowPrioritySQLite
 
 log = logging.getLogger("moonlet")
@@ -89,7 +90,7 @@ class DatabaseService:
         self._write_lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
         self._ready = False
-        self._jobs: set[asyncio.Task[Any]] = set()
+        self.background = Background(loop)
         kernel.register(Op.DB_QUERY, self._query)
         kernel.register(Op.DB_EXEC, self._exec)
         kernel.register(Op.DB_BEGIN, self._begin)
@@ -111,9 +112,7 @@ class DatabaseService:
         return self._start(task, self._finish(tx, bool(commit)))
 
     def _start(self, task: Task, work: Any) -> object:
-        job = self.loop.create_task(self._reply(task, work))
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
+        self.background.run(self._reply(task, work))
         return SUSPEND
 
     async def _reply(self, task: Task, work: Any) -> None:
@@ -179,9 +178,7 @@ class DatabaseService:
         """The task ended inside its transaction: roll it back and free the writer."""
         if tx.open:
             log.warning("rolling back a transaction left open by %s", tx.task.describe())
-            job = self.loop.create_task(self._finish(tx, commit=False))
-            self._jobs.add(job)
-            job.add_done_callback(self._jobs.discard)
+            self.background.run(self._finish(tx, commit=False))
 
     # -- helpers -----------------------------------------------------------------------------------
     @staticmethod
@@ -264,6 +261,6 @@ class DatabaseService:
 
     async def close(self) -> None:
         """At shutdown: finish what is running, then close every connection."""
-        if self._jobs:
-            await asyncio.wait(list(self._jobs), timeout=self.limits.db_query_timeout)
+        if self.background.jobs:
+            await asyncio.wait(list(self.background.jobs), timeout=self.limits.db_query_timeout)
         await self._close_all()

@@ -27,6 +27,7 @@ from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
 from runtime.listeners import shared_listener
+from runtime.services.background import Background
 from runtime.services.clock import TICK, Deadlines
 
 log = logging.getLogger("moonlet")
@@ -366,7 +367,7 @@ class HttpService:
         self.listeners: set[HttpListener] = set()
         self.connections: set[HttpConnection] = set()
         self.draining = False
-        self._jobs: set[asyncio.Task[None]] = set()
+        self.background = Background(loop)
         kernel.register(Op.HTTP_LISTEN, self._listen)
         kernel.register(Op.HTTP_BODY, self._body)
         kernel.register(Op.HTTP_NEXT, self._next_request)
@@ -383,9 +384,7 @@ class HttpService:
 
     # -- requests ------------------------------------------------------------------------------------
     def _listen(self, task: Task, where: bytes, port: object, spec: object) -> object:
-        job = self.loop.create_task(self._open(task, where.decode(), port, spec))
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
+        self.background.run(self._open(task, where.decode(), port, spec))
         return SUSPEND
 
     async def _open(self, task: Task, host: str, port: object, spec: Any) -> None:
@@ -471,8 +470,8 @@ class HttpService:
                 listener.server.close()
             self.listeners.discard(listener)
         for conn in list(self.connections):
-            if not conn.queue and conn.transport is not None:
-                conn.transport.close()  # idle keep-alive connections go at once
+            if not conn.queue and conn.handled and conn.transport is not None:
+                conn.transport.close()  # idle keep-alive connections go at once (new ones get one answer)
 
     def close_all(self) -> None:
         for conn in list(self.connections):

@@ -29,6 +29,7 @@ from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
 from runtime.listeners import shared_listener
 from runtime.lua.values import from_plain, to_plain
+from runtime.services.background import Background
 from runtime.services.clock import TICK, Deadlines
 
 log = logging.getLogger("moonlet")
@@ -216,8 +217,10 @@ class Connection(asyncio.Protocol):
                 self.read_paused = False
                 self.transport.resume_reading()
             return pending[0] if len(pending) == 1 else b"".join(pending)
-        if self.eof or (self.svc.draining and self.listener is not None):
-            return _CLOSED_REPLY  # (a draining server still reads the replies of the servers it called)
+        if self.eof or (self.svc.draining and self.listener is not None and self.bytes_in):
+            # a draining server still reads the replies of the servers it called, and the first request of
+            # a connection it accepted just before draining
+            return _CLOSED_REPLY
         if self.reader is not None:
             return _BUSY_REPLY
         self.reader = task
@@ -335,7 +338,7 @@ class StreamService:
         self.listeners: set[Listener] = set()
         self.draining = False
         self.lua: Any = None  # the main Lua state, to build replies in (set by the host)
-        self._jobs: set[asyncio.Task[None]] = set()
+        self.background = Background(loop)
         kernel.register(Op.RECV, self._recv)
         kernel.register(Op.SEND, self._send)
         kernel.register(Op.SENDALL, self._sendall)
@@ -384,7 +387,7 @@ class StreamService:
         return conn.wait_writer(task, _AFTER_FLUSH_TRUE)
 
     def _listen(self, task: Task, where: bytes, port: int | None, entry: object) -> object:
-        self.loop.create_task(self._open_listener(task, where, port, entry))
+        self.background.run(self._open_listener(task, where, port, entry))
         return SUSPEND
 
     async def _open_listener(self, task: Task, where: bytes, port: int | None, entry: object) -> None:
@@ -422,7 +425,7 @@ class StreamService:
         self.kernel.resume(task, (listener, bound))
 
     def _connect(self, task: Task, where: bytes, port: int | None, opts: object) -> object:
-        self._run(self._open_connection(task, where.decode(), port, to_plain(opts) or {}))
+        self.background.run(self._open_connection(task, where.decode(), port, to_plain(opts) or {}))
         return SUSPEND
 
     async def _open_connection(self, task: Task, where: str, port: int | None, opts: Any) -> None:
@@ -459,7 +462,7 @@ class StreamService:
         self.kernel.resume(task, conn)
 
     def _starttls(self, task: Task, conn: Connection, opts: object, _c: object) -> object:
-        self._run(self._upgrade(task, conn, to_plain(opts) or {}))
+        self.background.run(self._upgrade(task, conn, to_plain(opts) or {}))
         return SUSPEND
 
     async def _upgrade(self, task: Task, conn: Connection, opts: Any) -> None:
@@ -483,7 +486,7 @@ class StreamService:
         self.kernel.resume(task, True)
 
     def _resolve(self, task: Task, name: bytes, timeout: object, _c: object) -> object:
-        self._run(
+        self.background.run(
             self._lookup(task, name.decode(), float(timeout) if isinstance(timeout, int | float) else 10.0)
         )
         return SUSPEND
@@ -502,11 +505,6 @@ class StreamService:
             if address not in addresses:
                 addresses.append(address)
         self.kernel.resume(task, from_plain(self.lua, addresses))
-
-    def _run(self, work: Any) -> None:
-        job = self.loop.create_task(work)
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
 
     # -- calls -----------------------------------------------------------------------------------
     def _reusable(self, conn: Connection, _a: object, _b: object) -> bool:
@@ -563,7 +561,7 @@ class StreamService:
         for listener in list(self.listeners):
             self.close_listener(listener)
         for conn in list(self.connections):
-            if conn.reader is not None and conn.listener is not None:
+            if conn.reader is not None and conn.listener is not None and conn.bytes_in:
                 conn._wake_reader(_CLOSED_REPLY)
 
     def close_all(self) -> None:
