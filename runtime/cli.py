@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-console", action="store_true", help="open no console socket (moonlet repl)")
     run.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another directory to find Lua modules in (after the app's own and its lib/; repeatable)",
+    )
+    run.add_argument(
         "--workers",
         default="1",
         metavar="N",
@@ -93,6 +100,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     repl.add_argument("-e", "--eval", metavar="CODE", help="evaluate one chunk, print the result and exit")
     repl.add_argument("target", nargs="?", metavar="TARGET", help="pid, app name or console socket path")
+
+    new = commands.add_parser(
+        "new",
+        help="start an app or a module (example, test, editor config)",
+        description="Create NAME/: a working example, a test for moonlet test, .luarc.json, .luacheckrc.",
+    )
+    new.add_argument("kind", choices=["app", "module"])
+    new.add_argument("name", metavar="NAME")
+
+    test = commands.add_parser(
+        "test",
+        help="run Lua tests (*_test.lua, test_*.lua) with moonlet.testing",
+        description="Run Lua test files inside a real moonlet runtime (docs/reference.md: moonlet.testing).",
+    )
+    test.add_argument("paths", nargs="*", metavar="PATH", help="test files or directories (default .)")
+    test.add_argument("-k", "--filter", metavar="TEXT", help="run only tests whose full name contains TEXT")
+    test.add_argument("-v", "--verbose", action="store_true", help="a line for every test")
+    test.add_argument("--one", metavar="FILE", help=argparse.SUPPRESS)
 
     bench = commands.add_parser(
         "bench",
@@ -117,6 +142,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _test(ns: argparse.Namespace) -> int:
+    from runtime import logs, testrunner
+    from runtime.host import Host
+
+    if ns.one:  # one file, in this process: report each test on standard output
+        logs.setup("warning", False)
+        try:
+            return Host(ns.one, [], engine=("moonlet.testing", {"filter": ns.filter}), console=False).run()
+        except MoonletError as e:
+            print(f"moonlet: {e}", file=sys.stderr)
+            return 1
+    return testrunner.run(ns.paths, ns.filter, ns.verbose)
+
+
 def _bench(ns: argparse.Namespace) -> int:
     from runtime import loadgen, logs
     from runtime.host import Host
@@ -135,7 +174,7 @@ def _bench(ns: argparse.Namespace) -> int:
             "timeout": ns.timeout,
         }
         try:
-            return Host(ns.script, ns.args, load=load).run()
+            return Host(ns.script, ns.args, engine=("moonlet.loadgen", load)).run()
         except MoonletError as e:
             print(f"moonlet: {e}", file=sys.stderr)
             return 1
@@ -190,11 +229,34 @@ def main(argv: list[str] | None = None) -> int:
 
     if ns.command == "bench":
         return _bench(ns)
+    if ns.command == "test":
+        return _test(ns)
+    if ns.command == "new":
+        from pathlib import Path
+
+        from runtime import scaffold
+
+        try:
+            files = scaffold.create(ns.kind, ns.name, Path.cwd())
+        except (ValueError, FileExistsError) as e:
+            print(f"moonlet new: {e}", file=sys.stderr)
+            return 1
+        for f in files:
+            print(f"created {f.relative_to(Path.cwd())}")
+        print(
+            f"next: cd {ns.name} && moonlet test"
+            + (f" && moonlet run {ns.name}.lua" if ns.kind == "app" else "")
+        )
+        return 0
     if ns.command == "repl":
         from runtime import repl as console
 
         return console.main(ns.target, ns.eval)
     logs.setup(ns.log_level, ns.log_json)
+    if ns.path:  # (an environment variable, so that workers and pool threads see it too)
+        os.environ["MOONLET_PATH"] = os.pathsep.join([*ns.path, os.environ.get("MOONLET_PATH", "")]).strip(
+            os.pathsep
+        )
     workers = (
         (os.cpu_count() or 1) if ns.workers == "auto" else int(ns.workers) if ns.workers.isdigit() else 0
     )

@@ -59,6 +59,8 @@ class _Main:
         if not ok:
             log.error("app failed: %s", one_line(error))
             self._host.fail()
+        elif self._host.engine is not None:  # the load generator or test runner is done: so is the process
+            self._host.finish()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,13 +110,15 @@ class Host:
         limits: Limits | None = None,
         *,
         pools: dict[str, PoolConfig] | None = None,
-        load: dict[str, float | int | None] | None = None,
+        engine: tuple[str, dict[str, float | int | str | None]] | None = None,
         console: bool = True,
     ) -> None:
         self.console_wanted = console
         self.app_path = app_path
         self.pools = pools
-        self.load = load  # options of a load-generator worker (moonlet bench), else None
+        # a stdlib module whose main(script_main, options, ...) runs the app's main chunk and then does its
+        # job (moonlet bench's load generator, moonlet test's runner); None to serve the app itself
+        self.engine = engine
         self.app_args = app_args
         self.limits = limits or Limits()
         self.exit_code = 0
@@ -172,7 +176,7 @@ class Host:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         console = None
-        if self.console_wanted and self.load is None:
+        if self.console_wanted and self.engine is None:
             console = ConsoleService(kernel, loop, self.app_path)
             console.boot, console.task_body, console.services = boot, boot[b"task_body"], services
             console.lag, console.lua = lag, lua
@@ -184,11 +188,18 @@ class Host:
         lag.start()
         try:
             args = [a.encode() for a in self.app_args]
-            if self.load is None:
+            if self.engine is None:
                 kernel.spawn(_Main(self), main, *args)
-            else:  # moonlet bench: the script's table drives stdlib_lua/moonlet/loadgen.lua
-                engine = boot[b"stdlib"](b"moonlet.loadgen")[b"main"]
-                options = lua.table_from({k.encode(): v for k, v in self.load.items() if v is not None})
+            else:
+                module, given = self.engine
+                engine = boot[b"stdlib"](module.encode())[b"_main"]
+                options = lua.table_from(
+                    {
+                        k.encode(): v.encode() if isinstance(v, str) else v
+                        for k, v in given.items()
+                        if v is not None
+                    }
+                )
                 kernel.spawn(_Main(self), engine, main, options, *args)
             self._check_idle()
             await self._done
@@ -212,6 +223,9 @@ class Host:
         serving_udp = any(sock.entry is not None for sock in self.udp.sockets) or bool(self.http.listeners)
         if self.kernel.live == 0 and not self.stream.listeners and not self.timers.active and not serving_udp:
             self._finish()
+
+    def finish(self) -> None:
+        self._finish()
 
     def _finish(self) -> None:
         if self._done is not None and not self._done.done():

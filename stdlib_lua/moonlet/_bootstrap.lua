@@ -110,10 +110,14 @@ local function is_private(name)
 end
 
 local STDLIB_PATH = { stdlib_dir .. "/?.lua", stdlib_dir .. "/?/init.lua" }
+-- the app's directory and its lib/, then limits.module_dirs: --path directories, the stdlib, Debian's lua-*
 local APP_PATH = {
   app_dir .. "/?.lua", app_dir .. "/?/init.lua", app_dir .. "/lib/?.lua", app_dir .. "/lib/?/init.lua",
-  stdlib_dir .. "/?.lua", stdlib_dir .. "/?/init.lua",
 }
+for _, dir in ipairs(limits.module_dirs or { stdlib_dir }) do
+  APP_PATH[#APP_PATH + 1] = dir .. "/?.lua"
+  APP_PATH[#APP_PATH + 1] = dir .. "/?/init.lua"
+end
 
 local function load_module(name, templates, env)
   local value = loaded[name]

@@ -143,7 +143,7 @@ function M.run(spec, opts)
 end
 
 --- Entry point used by the host: run the script's main chunk for its table, then the load.
-function M.main(script_main, opts, ...)
+function M._main(script_main, opts, ...)
   local spec = script_main(...)
   M.run(spec, opts)
 end

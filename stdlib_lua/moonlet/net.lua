@@ -577,6 +577,7 @@ function Udp:recvfrom(timeout)
   return request(OP.UDP_RECV, self._py, timeout)
 end
 
+--- Close the socket.
 function Udp:close()
   return call(OP.UDP_CLOSE, self._py)
 end
