@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-console", action="store_true", help="open no console socket (moonlet repl)")
     run.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="connections served at once; more are accepted and closed (default: the descriptor limit - 256)",
+    )
+    run.add_argument(
         "--path",
         action="append",
         default=[],
@@ -279,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         db_path=ns.db,
         db_query_timeout=ns.db_timeout,
         db_busy_timeout=ns.db_busy_timeout,
+        max_connections=ns.max_connections,
     )
     try:
         pools = parse_pools(ns.pool)

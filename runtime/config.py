@@ -25,6 +25,9 @@ class Limits:
     max_output: int = 1024 * 1024  # unsent bytes above which a connection that does not drain is closed
     max_pending_input: int = 256 * 1024  # bytes received but not yet read above which reading pauses
     backlog: int = 1024
+    max_connections: int = (
+        0  # accepted connections at once (0: the file-descriptor limit less 256 for the rest)
+    )
     lua_max_memory: int = _default_lua_memory()
     drain_timeout: float = 30.0  # on SIGTERM, seconds handlers get to finish
     stall_budget: float = 1.0  # seconds a coroutine may run without yielding before it is stopped (0: never)

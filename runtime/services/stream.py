@@ -18,6 +18,7 @@ import contextlib
 import logging
 import math
 import os
+import resource
 import socket
 import ssl
 import stat
@@ -120,6 +121,9 @@ class Connection(asyncio.Protocol):
         svc = self.svc
         hwm = svc.limits.write_high_water
         transport.set_write_buffer_limits(high=hwm, low=hwm // 4)
+        if self.listener is not None and svc.over_capacity():
+            transport.abort()  # accept-and-close: the descriptors left are for the console, the database, ...
+            return
         svc.connections.add(self)
         if self.listener is not None:
             self.task = svc.kernel.spawn(self, self.listener.entry, self, scope=True)
@@ -339,6 +343,9 @@ class StreamService:
         self.draining = False
         self.lua: Any = None  # the main Lua state, to build replies in (set by the host)
         self.background = Background(loop)
+        self.max_connections = limits.max_connections or default_max_connections()
+        self.refused = 0
+        self._refusal_logged = -math.inf
         kernel.register(Op.RECV, self._recv)
         kernel.register(Op.SEND, self._send)
         kernel.register(Op.SENDALL, self._sendall)
@@ -354,6 +361,22 @@ class StreamService:
         kernel.register_call(Op.SETTIMEOUTS, self._settimeouts)
         kernel.register_call(Op.BUFFERED, self._buffered)
         kernel.register_call(Op.UNLISTEN, self._unlisten)
+
+    def over_capacity(self) -> bool:
+        """Past max_connections? (then the new connection is closed; one log line per 10 s says so)"""
+        if len(self.connections) < self.max_connections:
+            return False
+        self.refused += 1
+        now = self.loop.time()
+        if now - self._refusal_logged >= 10:
+            log.warning(
+                "refusing connections: %d open (max_connections %d); %d refused since the last report",
+                len(self.connections),
+                self.max_connections,
+                self.refused,
+            )
+            self._refusal_logged, self.refused = now, 0
+        return True
 
     # -- yielding requests -----------------------------------------------------------------------
     @staticmethod
@@ -570,6 +593,12 @@ class StreamService:
 
     def log_task_error(self, conn: Connection, error: bytes | None) -> None:
         log.error("handler error on %s: %s", conn.describe(), one_line(error))
+
+
+def default_max_connections() -> int:
+    """The file-descriptor limit less room for the console, the database, pool threads, outgoing calls."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(soft - 256, 16) if soft != resource.RLIM_INFINITY else 1_000_000
 
 
 def tls_context(tls: object, host: str) -> tuple[ssl.SSLContext, str | None]:
