@@ -238,3 +238,38 @@ def redis_server(tmp_path: Path) -> Iterator[int]:
     yield port
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def _servers_once() -> Iterator[dict[str, Server]]:
+    servers: dict[str, Server] = {}
+    yield servers
+    for server in servers.values():
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def lua_server_once(_servers_once: dict[str, Server], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Like lua_server, but one server per source for the whole module (hypothesis runs many examples)."""
+
+    def start(source: str) -> Server:
+        if source not in _servers_once:
+            path = tmp_path_factory.mktemp("app") / "app.lua"
+            path.write_text(textwrap.dedent(source).lstrip("\n"))
+            _servers_once[source] = Server(path, [])
+        return _servers_once[source]
+
+    return start
+
+
+@pytest.fixture
+def run_app_once(_servers_once: dict[str, Server]):  # type: ignore[no-untyped-def]
+    """Like run_app, but one server per command line for the whole module."""
+
+    def start(app: str, *args: str) -> Server:
+        key = " ".join([app, *args])
+        if key not in _servers_once:
+            _servers_once[key] = Server(Path(app), list(args))
+        return _servers_once[key]
+
+    return start
