@@ -40,7 +40,7 @@ class Op(enum.IntEnum):
     UDP_RECV = 18  # (sock, timeout): data, host, port of the next datagram
     HTTP_LISTEN = 19  # (host, port, {entry, limits...}): an HTTP listener and its port
     HTTP_BODY = 20  # (req): the next piece of the request body, nil at its end
-    HTTP_NEXT = 21  # (listener): this request task is free: resume it with the next request, or nil to end
+    HTTP_NEXT = 21  # (req, last bytes, mode): end req's answer; resume with the next request, or nil to end
     # -- calls (synchronous, never suspend) --
     WRITE = 32  # (conn, out): hand `out` to the transport now
     CLOSE = 33  # (conn, out): send `out` and close

@@ -414,8 +414,15 @@ class HttpService:
         log.info("listening on %s (http)", listener.label)
         self.kernel.resume(task, (listener, bound))
 
-    def _next_request(self, task: Task, listener: object, _b: object, _c: object) -> object:
-        if not isinstance(listener, HttpListener) or self.draining or len(listener.idle) >= MAX_IDLE_WORKERS:
+    def _next_request(self, task: Task, req: object, final: object, mode: object) -> object:
+        """A request task is done with ``req``: send its answer's last bytes (if given), then wait for the
+        next request of the listener (or end, when enough tasks wait already or the server drains)."""
+        if not isinstance(req, HttpRequest):
+            return None
+        if mode:
+            self._send(req, final, mode)
+        listener = req.conn.listener
+        if self.draining or len(listener.idle) >= MAX_IDLE_WORKERS:
             return None  # the task ends
         listener.idle.append(task)
         task.waiting = listener

@@ -438,21 +438,23 @@ function Reply:write(chunk)
   return call(HTTP_SEND, self._py, out, 0)
 end
 
+-- The last bytes of the response (ending it).
+local function last_bytes(self, body)
+  self._done = true
+  body = body and tostring(body) or ""
+  if not self._started then
+    self._started = true
+    return head(self, #body) .. (self._head_only and "" or body)
+  elseif self._chunked then
+    return (self._head_only or #body == 0) and "0\r\n\r\n" or (format("%x\r\n", #body) .. body .. "\r\n0\r\n\r\n")
+  end
+  return self._head_only and "" or body
+end
+
 --- End the response, with `body` as all of it (or its last piece after write calls).
 function Reply:finish(body)
   if self._done then return nil, "finished" end
-  self._done = true
-  body = body and tostring(body) or ""
-  local out
-  if not self._started then
-    self._started = true
-    out = head(self, #body) .. (self._head_only and "" or body)
-  elseif self._chunked then
-    out = (self._head_only or #body == 0) and "0\r\n\r\n" or (format("%x\r\n", #body) .. body .. "\r\n0\r\n\r\n")
-  else
-    out = self._head_only and "" or body
-  end
-  return call(HTTP_SEND, self._py, out, self._keep_alive and 1 or 2)
+  return call(HTTP_SEND, self._py, last_bytes(self, body), self._keep_alive and 1 or 2)
 end
 
 -- The traceback of the handler's error, kept by the message handler (one shared function, no closure).
@@ -475,12 +477,12 @@ local function run_handler(handler, req, res)
     call(OP.HTTP_ERROR, last_trace)
     return
   end
-  if not res._done then
+  if not res._done then -- the handler returned its answer: it travels with the wait for the next request
     if status ~= nil then
       res._status = status
       if headers then for name, value in pairs(headers) do res._headers[lower(name)] = tostring(value) end end
     end
-    res:finish(body)
+    res._final = last_bytes(res, body)
   end
 end
 
@@ -516,17 +518,21 @@ local function serve_one(handler, py, method, url, headers, peer, keep_alive, ht
   local res = setmetatable({ _py = py, _status = 200, _headers = {}, _started = false, _done = false,
     _head_only = method == "HEAD", _keep_alive = keep_alive, _http10 = http10 }, Reply)
   run_handler(handler, req, res)
+  return res
 end
 
 -- The body of a request task: serve a request, then offer to serve the next one (the host keeps a few such
 -- tasks waiting, so a request usually costs no new coroutine).
-local function worker_for(handler, listener)
+local function worker_for(handler)
   return function(...)
-    serve_one(handler, ...)
+    local res = serve_one(handler, ...)
     while true do
-      local py, method, url, headers, peer, keep_alive, http10 = request(OP.HTTP_NEXT, listener[1])
+      -- one crossing: the answer's last bytes (when the handler returned it) and the wait for the next request
+      local final = res._final
+      local py, method, url, headers, peer, keep_alive, http10 = request(OP.HTTP_NEXT, res._py, final,
+        final and (res._keep_alive and 1 or 2) or 0)
       if py == nil then return end
-      serve_one(handler, py, method, url, headers, peer, keep_alive, http10)
+      res = serve_one(handler, py, method, url, headers, peer, keep_alive, http10)
     end
   end
 end
@@ -552,15 +558,13 @@ function M.serve(opts)
     and getmetatable(handler).__call) then
     error("serve: 'handler' must be a function or a router", 2)
   end
-  local listener = {} -- [1]: the host's handle, once listening
-  local spec = { worker_for(handler, listener), max_request_line = opts.max_request_line,
+  local spec = { worker_for(handler), max_request_line = opts.max_request_line,
     max_header_bytes = opts.max_header_bytes, max_headers = opts.max_headers, max_body = opts.max_body,
     header_timeout = opts.header_timeout, body_timeout = opts.body_timeout,
     keepalive_timeout = opts.keepalive_timeout, max_requests = opts.max_requests }
   local where = opts.host or "127.0.0.1"
   local py, port = request(OP.HTTP_LISTEN, where, opts.port or 0, spec)
   if not py then return nil, port end
-  listener[1] = py
   return { host = where, port = port, _py = py }
 end
 
