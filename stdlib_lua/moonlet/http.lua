@@ -397,27 +397,40 @@ function Reply:header(name, value)
   return self
 end
 
+-- "HTTP/1.1 <status> <reason>\r\nDate: <date>\r\n", kept per status for the current second
+local status_lines, status_second = {}, -1
+
 local function head(self, length)
   local status = self._status
-  local parts = { "HTTP/1.1 ", status, " ", M.STATUS[status] or "Status", "\r\nDate: ", http_date(), "\r\n" }
+  local date = http_date()
+  if date_second ~= status_second then status_lines, status_second = {}, date_second end
+  local first = status_lines[status]
+  if first == nil then
+    first = "HTTP/1.1 " .. status .. " " .. (M.STATUS[status] or "Status") .. "\r\nDate: " .. date .. "\r\n"
+    status_lines[status] = first
+  end
+  local parts, n = { first }, 1
   local h = self._headers
   for name, value in pairs(h) do
     if name ~= "content-length" and name ~= "transfer-encoding" then
-      parts[#parts + 1] = name .. ": " .. value .. "\r\n"
+      n = n + 1
+      parts[n] = name .. ": " .. value .. "\r\n"
     end
   end
-  if not h["content-type"] then parts[#parts + 1] = "content-type: text/plain; charset=utf-8\r\n" end
-  if length then
-    parts[#parts + 1] = "content-length: " .. length .. "\r\n"
-  else
-    parts[#parts + 1] = "transfer-encoding: chunked\r\n"
+  if not h["content-type"] then
+    n = n + 1
+    parts[n] = "content-type: text/plain; charset=utf-8\r\n"
   end
+  n = n + 1
+  parts[n] = length and ("content-length: " .. length .. "\r\n") or "transfer-encoding: chunked\r\n"
   if not self._keep_alive then
-    parts[#parts + 1] = "connection: close\r\n"
+    n = n + 1
+    parts[n] = "connection: close\r\n"
   elseif self._http10 then
-    parts[#parts + 1] = "connection: keep-alive\r\n"
+    n = n + 1
+    parts[n] = "connection: keep-alive\r\n"
   end
-  parts[#parts + 1] = "\r\n"
+  parts[n + 1] = "\r\n"
   return concat(parts)
 end
 
