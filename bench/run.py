@@ -6,6 +6,7 @@
     python bench/run.py blocking # echo p99 beside slow queries and CPU jobs; 10 ms blocking calls vs sleep
     python bench/run.py loadgen  # moonlet bench vs redis-benchmark on the pong workload: req/s, client CPU
     python bench/run.py http     # wrk: hello_http.lua vs nginx + Lua vs raw uvloop; idle keep-alive memory
+    python bench/run.py peers    # the pong workload also against 2 moonlet workers, redis-server, Node.js
     python bench/run.py all
 
 Each server is pinned to CPU 0 and the load generator to CPU 1 (when the machine has two or more).
@@ -54,6 +55,24 @@ SERVERS = {
     ],
     "raw uvloop": lambda port: [PYTHON, str(ROOT / "bench" / "raw_pong.py"), str(port)],
 }
+PEERS = {  # `bench/run.py peers`: the same pong workload against other servers, where installed
+    "moonlet kv.lua, 2 workers": lambda port: [
+        PYTHON,
+        "-m",
+        "runtime",
+        "run",
+        "--log-level",
+        "warning",
+        "--no-console",
+        "--workers",
+        "2",
+        str(ROOT / "apps" / "kv.lua"),
+        "--port",
+        str(port),
+    ],
+    "redis-server": lambda port: ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+    "node": lambda port: ["node", str(ROOT / "bench" / "node_pong.js"), str(port)],
+}
 
 
 def free_port() -> int:
@@ -97,7 +116,7 @@ def running(cmd: list[str], port: int) -> Iterator[tuple[int, int]]:
 @contextlib.contextmanager
 def server(name: str) -> Iterator[tuple[int, int]]:
     port = free_port()
-    with running(SERVERS[name](port), port) as started:
+    with running({**SERVERS, **PEERS}[name](port), port) as started:
         yield started
 
 
@@ -127,10 +146,10 @@ def redis_benchmark(port: int, n: int, pipeline: int) -> float:
     return float(row.split(",")[1].strip('"'))
 
 
-def bench_pong(runs: int, n1: int, n16: int) -> list[dict[str, object]]:
+def bench_pong(runs: int, n1: int, n16: int, names: list[str] | None = None) -> list[dict[str, object]]:
     rows = []
     for pipeline, n in ((1, n1), (16, n16)):
-        for name in SERVERS:
+        for name in names or list(SERVERS):
             rps, cpu = [], []
             with server(name) as (pid, port):
                 redis_benchmark(port, max(n // 10, 1000), pipeline)  # warm-up
@@ -579,7 +598,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["pong", "idle", "tasks", "blocking", "loadgen", "http", "all"])
+    parser.add_argument(
+        "what", choices=["pong", "idle", "tasks", "blocking", "loadgen", "http", "peers", "all"]
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--n", type=int, default=200_000, help="requests per -P 1 run")
     parser.add_argument("--n-pipelined", type=int, default=2_000_000, help="requests per -P 16 run")
@@ -600,6 +621,9 @@ def main() -> int:
         rows += bench_blocking(ns.seconds)
     if ns.what in ("loadgen", "all"):
         rows += bench_loadgen(ns.seconds)
+    if ns.what in ("peers", "all"):
+        installed = [n for n in PEERS if n.startswith("moonlet") or shutil.which(PEERS[n](0)[0])]
+        rows += bench_pong(ns.runs, ns.n, ns.n_pipelined, [*SERVERS, *installed])
     if ns.what in ("http", "all"):
         rows += bench_http(ns.seconds * 2, min(ns.conns, 5000))
     report(rows)

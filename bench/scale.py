@@ -1,0 +1,159 @@
+"""Idle connections at scale: N connections to `moonlet run --workers W apps/echo.lua`, held by several
+holder processes, each on its own loopback source address (127.0.0.2, .3, ...) and under the 20,000
+descriptors a process may have here.
+
+    python bench/scale.py --connections 100000 --workers 6
+
+Reports the accept rate, the server's process memory per connection (all workers together, RSS), that a
+sample of connections still echo, and the time to close them all. Stops early (and says why) if the server or
+a holder cannot go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PER_HOLDER = 15_000
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+HOLDER = r"""
+import socket, sys, time, resource
+port, count, source = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+socks = []
+try:
+    for i in range(count):
+        s = socket.socket()
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        socks.append(s)
+except OSError as e:
+    print(f"stopped at {len(socks)}: {e}", flush=True)
+print(f"held {len(socks)}", flush=True)
+sys.stdin.readline()          # sample: echo on a few, then hold until told to close
+ok = 0
+for s in socks[:: max(1, len(socks) // 20)]:
+    s.settimeout(10)
+    s.sendall(b"ping\n")
+    ok += s.recv(100) == b"ping\n"
+print(f"echoed {ok}", flush=True)
+sys.stdin.readline()
+t0 = time.monotonic()
+for s in socks:
+    s.close()
+print(f"closed in {time.monotonic() - t0:.2f}", flush=True)
+"""
+
+
+def server_rss(pid: int) -> int:
+    """RSS of the supervisor and its workers together."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if stat.parent.name == str(pid) or fields[1] == str(pid):
+                total += int((stat.parent / "statm").read_text().split()[1]) * PAGE
+        except (OSError, IndexError):
+            continue
+    return total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--connections", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=6)
+    ns = parser.parse_args()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runtime",
+            "run",
+            "--log-level",
+            "warning",
+            "--no-console",
+            "--workers",
+            str(ns.workers),
+            "apps/echo.lua",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    print("the server did not start")
+                    return 1
+                time.sleep(0.1)
+        time.sleep(1)
+        base = server_rss(server.pid)
+        holders = []
+        left, source = ns.connections, 2
+        t0 = time.monotonic()
+        while left > 0:
+            count = min(PER_HOLDER, left)
+            holders.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", HOLDER, str(port), str(count), f"127.0.0.{source}"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            left -= count
+            source += 1
+        held = 0
+        for h in holders:
+            line = h.stdout.readline()  # type: ignore[union-attr]
+            while not line.startswith("held"):
+                print(f"holder: {line.strip()}")
+                line = h.stdout.readline()  # type: ignore[union-attr]
+            held += int(line.split()[1])
+        accept_s = time.monotonic() - t0
+        time.sleep(2)
+        rss = server_rss(server.pid)
+        for h in holders:
+            h.stdin.write("\n")  # type: ignore[union-attr]
+            h.stdin.flush()  # type: ignore[union-attr]
+        echoed = sum(int(h.stdout.readline().split()[1]) for h in holders)  # type: ignore[union-attr]
+        for h in holders:
+            h.stdin.write("\n")  # type: ignore[union-attr]
+            h.stdin.flush()  # type: ignore[union-attr]
+        closes = [float(h.stdout.readline().split()[2]) for h in holders]  # type: ignore[union-attr]
+        print(
+            f"connections held: {held} of {ns.connections} by {len(holders)} holders; workers: {ns.workers}"
+        )
+        print(f"accept rate: {held / accept_s:,.0f}/s ({accept_s:.1f}s)")
+        print(
+            f"server memory: {(rss - base) / max(held, 1):,.0f} B per connection (RSS {rss / 2**20:,.0f} MiB)"
+        )
+        print(f"sample echoed: {echoed}")
+        print(f"close all: {max(closes):.2f}s")
+        for h in holders:
+            h.wait(60)
+    finally:
+        server.terminate()
+        server.wait(60)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
