@@ -541,7 +541,9 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
             return
         except OSError:
             if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
-                raise RuntimeError(f"the server on port {port} did not start") from None
+                raise RuntimeError(
+                    f"the server on port {port} did not start ({proc.args if proc else ''})"
+                ) from None
             time.sleep(0.05)
 
 
