@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-console", action="store_true", help="open no console socket (moonlet repl)")
     run.add_argument(
+        "--console-tcp",
+        type=int,
+        metavar="PORT",
+        help="also open the console on 127.0.0.1:PORT (0: any), guarded by a token written beside the socket",
+    )
+    run.add_argument(
         "--max-connections",
         type=int,
         metavar="N",
@@ -105,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         "the only one if omitted). Lua typed there runs inside the server.",
     )
     repl.add_argument("-e", "--eval", metavar="CODE", help="evaluate one chunk, print the result and exit")
+    repl.add_argument("--token", help="the token of a TCP console (TARGET tcp://127.0.0.1:PORT)")
     repl.add_argument("target", nargs="?", metavar="TARGET", help="pid, app name or console socket path")
 
     new = commands.add_parser(
@@ -257,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command == "repl":
         from runtime import repl as console
 
-        return console.main(ns.target, ns.eval)
+        return console.main(ns.target, ns.eval, ns.token)
     logs.setup(ns.log_level, ns.log_json)
     if ns.path:  # (an environment variable, so that workers and pool threads see it too)
         os.environ["MOONLET_PATH"] = os.pathsep.join([*ns.path, os.environ.get("MOONLET_PATH", "")]).strip(
@@ -291,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         pools = parse_pools(ns.pool)
         for file in ns.python:
             hostfn.load_file(file)
-        return Host(ns.app, ns.args, limits, pools=pools, console=not ns.no_console).run()
+        return Host(
+            ns.app, ns.args, limits, pools=pools, console=not ns.no_console, console_tcp=ns.console_tcp
+        ).run()
     except MoonletError as e:
         print(f"moonlet: {e}", file=sys.stderr)
         return 1

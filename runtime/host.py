@@ -112,7 +112,9 @@ class Host:
         pools: dict[str, PoolConfig] | None = None,
         engine: tuple[str, dict[str, float | int | str | None]] | None = None,
         console: bool = True,
+        console_tcp: int | None = None,
     ) -> None:
+        self.console_tcp = console_tcp
         self.console_wanted = console
         self.app_path = app_path
         self.pools = pools
@@ -180,6 +182,7 @@ class Host:
             console = ConsoleService(kernel, loop, self.app_path)
             console.boot, console.task_body, console.services = boot, boot[b"task_body"], services
             console.lag, console.lua = lag, lua
+            console.tcp_port = self.console_tcp
             try:
                 await console.start()
             except OSError as e:

@@ -48,7 +48,7 @@ def servers() -> list[dict[str, Any]]:
 
 
 def find_socket(target: str | None) -> str:
-    if target and ("/" in target or target.endswith(".sock")):
+    if target and ("/" in target or target.endswith(".sock") or target.startswith("tcp://")):
         return target
     running = servers()
     if target:
@@ -64,15 +64,27 @@ def find_socket(target: str | None) -> str:
 
 
 class Session:
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    def __init__(self, path: str, token: str | None = None) -> None:
+        tcp = path.startswith("tcp://")
+        self.sock = socket.socket(socket.AF_INET if tcp else socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.sock.connect(path)
-        except OSError as e:
+            if tcp:
+                host, _, port = path[len("tcp://") :].rpartition(":")
+                self.sock.connect((host or "127.0.0.1", int(port)))
+            else:
+                self.sock.connect(path)
+        except (OSError, ValueError) as e:
             self.sock.close()
-            raise ReplError(f"cannot attach to {path}: {e.strerror or e}") from None
+            raise ReplError(f"cannot attach to {path}: {getattr(e, 'strerror', None) or e}") from None
         self.file = self.sock.makefile("rwb")
         self.console = Console()
+        if tcp:
+            if not token:
+                raise ReplError("a TCP console needs --token (the server wrote it beside its socket)")
+            with contextlib.suppress(ReplError):
+                self.ask({"op": "auth", "token": token})
+                return
+            raise ReplError("the console refused the token")
 
     def close(self) -> None:
         self.file.close()
@@ -230,9 +242,9 @@ def interactive(session: Session) -> int:
             readline.write_history_file(HISTORY)
 
 
-def main(target: str | None, code: str | None) -> int:
+def main(target: str | None, code: str | None, token: str | None = None) -> int:
     try:
-        session = Session(find_socket(target))
+        session = Session(find_socket(target), token)
     except ReplError as e:
         print(f"moonlet repl: {e}", file=sys.stderr)
         return 2

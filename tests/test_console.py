@@ -207,3 +207,34 @@ def test_interactive_session_through_a_pty(lua_server) -> None:  # type: ignore[
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
         s.sendall(b"alive\n")
         assert s.recv(100) == b"alive\n"
+
+
+def test_a_tcp_console_needs_the_token(run_app) -> None:  # type: ignore[no-untyped-def]
+    server = run_app("apps/echo.lua", "--port", "0", options=["--console-tcp", "0"])
+    m = server.wait_log(re.compile(rb"console also on tcp 127\.0\.0\.1:(\d+) \(token in (\S+)\)"))
+    port, token_path = int(m.group(1)), Path(m.group(2).decode())
+    assert stat.S_IMODE(token_path.stat().st_mode) == 0o600
+    token = token_path.read_text()
+    target = f"tcp://127.0.0.1:{port}"
+    good = subprocess.run(
+        [sys.executable, "-m", "runtime", "repl", "--token", token, "-e", "6 * 7", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert good.stdout == "42\n", good.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "runtime", "repl", "--token", "nope", "-e", "1", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert bad.returncode != 0 and "refused" in bad.stderr
+    server.wait_log(re.compile(rb"console: refused tcp 127\.0\.0\.1:\d+ \(no valid token\)"))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:  # no auth first: closed
+        s.sendall(b'{"op": "eval", "code": "1"}\n')
+        assert s.recv(100) == b""

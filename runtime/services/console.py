@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import socket
 import struct
 import tempfile
@@ -79,8 +80,10 @@ def render(value: Any, depth: int = 0) -> Any:
 class ConsoleSession(asyncio.Protocol):
     """One attached ``moonlet repl``; also the owner of the chunks it runs."""
 
-    def __init__(self, console: ConsoleService) -> None:
+    def __init__(self, console: ConsoleService, tcp: bool = False) -> None:
         self.console = console
+        self.tcp = tcp  # a TCP session must first send {"op": "auth", "token": ...}
+        self.authenticated = not tcp
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.env: Any = None
@@ -91,6 +94,12 @@ class ConsoleSession(asyncio.Protocol):
     # -- protocol ------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.tcp:
+            peer = transport.get_extra_info("peername")
+            self.peer = f"tcp {peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "tcp"
+            self.env = self.console.boot[b"console_env"]()
+            self.console.sessions.add(self)
+            return
         sock = transport.get_extra_info("socket")
         pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         self.peer = f"uid {uid} pid {pid}"
@@ -128,6 +137,16 @@ class ConsoleSession(asyncio.Protocol):
     def handle(self, req: dict[str, Any]) -> None:
         op = req["op"]
         boot = self.console.boot
+        if not self.authenticated:
+            if op == "auth" and secrets.compare_digest(str(req.get("token", "")), self.console.token):
+                self.authenticated = True
+                log.info("console: attached (%s, token accepted)", self.peer)
+                self.send({"ok": True, "values": []})
+            else:
+                log.warning("console: refused %s (no valid token)", self.peer)
+                if self.transport is not None:
+                    self.transport.close()
+            return
         if op == "cancel":
             if self.running is not None:
                 self.console.kernel.kill(self.running, b"cancelled at the console")
@@ -211,6 +230,9 @@ class ConsoleService:
         self.path: Path | None = None
         self.started = time.time()
         self._forwarder = _LogForwarder(self)
+        self.tcp_port: int | None = None  # --console-tcp: also listen on 127.0.0.1 (with a token)
+        self.token = secrets.token_hex(16)
+        self.tcp_server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         directory = runtime_dir()
@@ -223,7 +245,18 @@ class ConsoleService:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)  # ... and stays so
-        info = {"pid": os.getpid(), "app": self.app_path, "started": self.started}
+        info: dict[str, Any] = {"pid": os.getpid(), "app": self.app_path, "started": self.started}
+        if self.tcp_port is not None:
+            self.tcp_server = await self.loop.create_server(
+                lambda: ConsoleSession(self, tcp=True), "127.0.0.1", self.tcp_port
+            )
+            bound = self.tcp_server.sockets[0].getsockname()[1]
+            token_path = directory / f"{os.getpid()}.token"
+            fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.token)
+            info["tcp"] = bound
+            log.info("console also on tcp 127.0.0.1:%d (token in %s)", bound, token_path)
         directory.joinpath(f"{os.getpid()}.json").write_text(json.dumps(info))
         logging.getLogger("moonlet").addHandler(self._forwarder)
         log.info("console on %s (moonlet repl %d)", self.path, os.getpid())
@@ -232,8 +265,10 @@ class ConsoleService:
         logging.getLogger("moonlet").removeHandler(self._forwarder)
         if self.server is not None:
             self.server.close()
+        if self.tcp_server is not None:
+            self.tcp_server.close()
         if self.path is not None:
-            for p in (self.path, self.path.with_suffix(".json")):
+            for p in (self.path, self.path.with_suffix(".json"), self.path.with_suffix(".token")):
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
         for session in list(self.sessions):
