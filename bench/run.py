@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -339,6 +340,32 @@ def bench_blocking(seconds: float) -> list[dict[str, object]]:
     return rows
 
 
+def moonlet_bench(seconds: float, script: str, *args: str) -> dict[str, Any]:
+    """`moonlet bench --json -c 50` for `seconds` with a load script, pinned like every load generator."""
+    proc = subprocess.run(
+        [
+            *PIN_CLIENT,
+            PYTHON,
+            "-m",
+            "runtime",
+            "bench",
+            "--json",
+            "-c",
+            "50",
+            "-d",
+            str(seconds),
+            script,
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=seconds + 120,
+    )
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -364,31 +391,10 @@ def bench_loadgen(seconds: float) -> list[dict[str, object]]:
                 }
             )
             before = _children_cpu()
-            proc = subprocess.run(
-                [
-                    *PIN_CLIENT,
-                    PYTHON,
-                    "-m",
-                    "runtime",
-                    "bench",
-                    "--json",
-                    "-c",
-                    "50",
-                    "-d",
-                    str(seconds),
-                    "bench/load/pong.lua",
-                    "--port",
-                    str(port),
-                    "--pipeline",
-                    str(pipeline),
-                ],
-                cwd=ROOT,
-                capture_output=True,
-                check=True,
-                timeout=120,
+            result = moonlet_bench(
+                seconds, "bench/load/pong.lua", "--port", str(port), "--pipeline", str(pipeline)
             )
             cpu = _children_cpu() - before
-            result = json.loads(proc.stdout)
             requests = result["transactions"] * pipeline
             rows.append(
                 {
@@ -483,32 +489,12 @@ def bench_http(seconds: float, conns: int) -> list[dict[str, object]]:
             cpu = (cpu_seconds(pid) - before) / (rps * seconds) * 1e6
             idle = _idle_keepalive(port, pid, conns) if kind != "nginx + lua (1 worker)" else None
             if kind == "moonlet hello_http.lua":
-                load = subprocess.run(
-                    [
-                        *PIN_CLIENT,
-                        PYTHON,
-                        "-m",
-                        "runtime",
-                        "bench",
-                        "--json",
-                        "-c",
-                        "50",
-                        "-d",
-                        str(seconds),
-                        "bench/load/http_hello.lua",
-                        "--port",
-                        str(port),
-                    ],
-                    cwd=ROOT,
-                    capture_output=True,
-                    check=True,
-                    timeout=seconds + 60,
-                )
+                load = moonlet_bench(seconds, "bench/load/http_hello.lua", "--port", str(port))
                 rows.append(
                     {
                         "workload": "http",
                         "figure": "moonlet bench vs hello_http req/s",
-                        "value": json.loads(load.stdout)["transactions_per_s"],
+                        "value": load["transactions_per_s"],
                     }
                 )
             rows.append({"workload": "http", "figure": f"{kind}: wrk req/s", "value": rps})

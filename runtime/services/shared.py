@@ -63,6 +63,7 @@ class SharedService:
         self._own = given is None
         self.path = given or tempfile.mkdtemp(prefix="moonlet-shared-")
         self.env: Any = None
+        self.lua: Any = None  # the main Lua state, to build replies in (set by the host)
         self.dbs: dict[bytes, Any] = {}
         kernel.register_call(Op.SHARED_GET, self._get)
         kernel.register_call(Op.SHARED_SET, self._set)
@@ -139,8 +140,6 @@ class SharedService:
                     if len(out) >= most:
                         break
         return self.lua.table_from(out)
-
-    lua: Any = None
 
     def close(self) -> None:
         if self.env is not None:
