@@ -3,7 +3,7 @@
 -- `HISTORY <account>` runs a deliberately heavy query. Queries run in the database's own threads, so a slow
 -- HISTORY never stops the other clients.
 --
--- Run:   moonlet run [--db billing.db] apps/billing.lua [--port 7002] [--host 127.0.0.1] [--heavy 200000]
+-- Run:   moonlet run [--db billing.db | --db postgresql://...] apps/billing.lua [--port 7002] [--heavy 200000]
 -- Session (C: client, S: server):
 --   S: HELLO moonlet-billing 1
 --   C: LOGIN alice
@@ -25,18 +25,21 @@ local dialog = require "dialog" -- apps/lib/dialog.lua
 local opts = require("moonlet.args").parse(arg,
   { port = 7002, host = "127.0.0.1", timeout = 300, heavy = 200000 })
 
+-- The same statements run on SQLite and PostgreSQL (`--db postgresql://...`); only the id column differs.
+local id_column = db.dialect() == "postgresql" and "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+  or "id INTEGER PRIMARY KEY"
 assert(db.exec [[CREATE TABLE IF NOT EXISTS accounts (
   name TEXT PRIMARY KEY, balance INTEGER NOT NULL)]])
-assert(db.exec [[CREATE TABLE IF NOT EXISTS receipts (
-  id INTEGER PRIMARY KEY, account TEXT NOT NULL, amount INTEGER NOT NULL, user TEXT NOT NULL)]])
+assert(db.exec([[CREATE TABLE IF NOT EXISTS receipts (
+  ]] .. id_column .. [[, account TEXT NOT NULL, amount INTEGER NOT NULL, "user" TEXT NOT NULL)]]))
 
 local function charge(user)
   return function(conn, c)
     local receipt, balance = db.transaction(function(tx)
       assert(tx:exec([[INSERT INTO accounts (name, balance) VALUES (?, ?)
-        ON CONFLICT (name) DO UPDATE SET balance = balance + excluded.balance]], c.account, c.amount))
+        ON CONFLICT (name) DO UPDATE SET balance = accounts.balance + excluded.balance]], c.account, c.amount))
       local row = assert(tx:query("SELECT balance FROM accounts WHERE name = ?", c.account))[1]
-      local r = assert(tx:exec("INSERT INTO receipts (account, amount, user) VALUES (?, ?, ?)",
+      local r = assert(tx:exec([[INSERT INTO receipts (account, amount, "user") VALUES (?, ?, ?) RETURNING id]],
         c.account, c.amount, user))
       return r.last_id, row.balance
     end)
@@ -58,11 +61,11 @@ local function history(conn, account)
   local rows, err = db.query([[
     WITH RECURSIVE steps(i, h) AS (SELECT 1, 7 UNION ALL SELECT i + 1, (h * 31 + i) % 1000003
                                    FROM steps WHERE i < :heavy)
-    SELECT r.id, r.amount, r.user,
+    SELECT r.id, r.amount, r."user",
            (SELECT count(*) FROM receipts WHERE account = :account) AS n,
            (SELECT coalesce(sum(amount), 0) FROM receipts WHERE account = :account) AS total,
            (SELECT h FROM steps ORDER BY i DESC LIMIT 1) AS score
-    FROM (SELECT 1) LEFT JOIN receipts r ON r.account = :account ORDER BY r.id]],
+    FROM (SELECT 1 AS one) AS one LEFT JOIN receipts r ON r.account = :account ORDER BY r.id]],
     { account = account, heavy = opts.heavy })
   if not rows then return conn:write("ERR history failed: ", err, "\n") end
   local first = rows[1]

@@ -1,8 +1,10 @@
 -- A line-based chat room across several moonlet nodes: a message typed on any node reaches every client
--- of every node through Redis pub/sub; the last messages are kept in a Redis list and shown on joining.
+-- of every node through Redis pub/sub. The history lives in the SQL database that all nodes share
+-- (PostgreSQL: `--db postgresql://...`); a joining client is shown the last messages of the room.
 --
--- Run two nodes:  moonlet run apps/chat.lua --port 7010 --redis-port 6379
---                 moonlet run apps/chat.lua --port 7011 --redis-port 6379
+-- Run two nodes:  moonlet run --db postgresql://chat@127.0.0.1/chat apps/chat.lua --port 7010
+--                 moonlet run --db postgresql://chat@127.0.0.1/chat apps/chat.lua --port 7011
+-- (options: --redis-host, --redis-port 6379, --room moonlet-chat, --history 20)
 -- Session:
 --   S: WELCOME, your name?
 --   C: ann
@@ -13,16 +15,28 @@
 local net = require "moonlet.net"
 local redis = require "moonlet.redis"
 local log = require "moonlet.log"
+local db = require "moonlet.db"
 local opts = require("moonlet.args").parse(arg, { port = 7010, host = "127.0.0.1", redis_host = "127.0.0.1",
   redis_port = 6379, room = "moonlet-chat", history = 20 })
 
 local r = redis.new { host = opts.redis_host, port = opts.redis_port }
-local HISTORY = opts.room .. ":history"
 local clients = {} -- conn -> name, on this node
 
+assert(db.exec([[CREATE TABLE IF NOT EXISTS chat_messages (]]
+  .. (db.dialect() == "postgresql" and "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+    or "id INTEGER PRIMARY KEY")
+  .. [[, room TEXT NOT NULL, body TEXT NOT NULL)]]))
+
+-- Kept first, then published: a client that joins in between sees it in the history rather than not at all.
 local function publish(text)
-  r:pipeline { { "PUBLISH", opts.room, text }, { "RPUSH", HISTORY, text },
-    { "LTRIM", HISTORY, -opts.history, -1 } }
+  local ok, err = db.exec("INSERT INTO chat_messages (room, body) VALUES (?, ?)", opts.room, text)
+  if not ok then log.warn("chat: history not kept: " .. err) end
+  r:call("PUBLISH", opts.room, text)
+end
+
+local function history()
+  return db.query([[SELECT body FROM (SELECT id, body FROM chat_messages WHERE room = :room
+    ORDER BY id DESC LIMIT :n) AS recent ORDER BY id]], { room = opts.room, n = opts.history })
 end
 
 -- One subscription per node: every message of the room goes to this node's clients.
@@ -43,10 +57,7 @@ local server = assert(net.listen { host = opts.host, port = opts.port, handler =
   conn:write("WELCOME, your name?\n")
   local name = conn:readline()
   if not name or not name:match("^[%w_%-]+$") then return conn:write("BYE names are letters and digits\n") end
-  local past = r:call("LRANGE", HISTORY, 0, -1)
-  if type(past) == "table" then
-    for _, line in ipairs(past) do conn:write(line, "\n") end
-  end
+  for _, row in ipairs(history() or {}) do conn:write(row.body, "\n") end
   local count = 0
   for _ in pairs(clients) do count = count + 1 end
   clients[conn] = name

@@ -46,7 +46,10 @@ def _parser() -> argparse.ArgumentParser:
         "(default 1)",
     )
     run.add_argument(
-        "--db", metavar="PATH", help="the SQLite file of moonlet.db (default: APP.db beside the app)"
+        "--db",
+        metavar="PATH|URL",
+        help="moonlet.db's default database: a SQLite file, sqlite:PATH or postgresql://user@host/name "
+        "(default: APP.db beside the app)",
     )
     run.add_argument(
         "--db-timeout",

@@ -31,7 +31,7 @@ from runtime.lua.stdlib import bootstrap
 from runtime.services.clock import ClockService, Deadlines, LagMonitor, TimerService
 from runtime.services.console import ConsoleService
 from runtime.services.datagram import DatagramService
-from runtime.services.db import DatabaseService
+from runtime.services.db import DatabaseService, default_database
 from runtime.services.httpserver import HttpService
 from runtime.services.pool import PoolConfig, PoolService
 from runtime.services.shared import SharedService
@@ -90,7 +90,7 @@ def wire_services(
         tasks=TaskService(kernel, loop, limits),
         timers=TimerService(kernel, loop, limits.max_timers),
         pools=PoolService(kernel, loop, limits, app_path, pools),
-        db=DatabaseService(kernel, loop, limits, limits.db_path or str(app.with_suffix(".db"))),
+        db=DatabaseService(kernel, loop, limits, default_database(limits, app)),
         udp=DatagramService(kernel, loop),
         http=HttpService(kernel, loop, deadlines, limits.backlog),
         shared=SharedService(kernel),

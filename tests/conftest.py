@@ -208,8 +208,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[int]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server missing (tests/run.sh installs it)")
+    _need("redis-server", shutil.which("redis-server") is not None)
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -273,3 +272,44 @@ def run_app_once(_servers_once: dict[str, Server]):  # type: ignore[no-untyped-d
         return _servers_once[key]
 
     return start
+
+
+def _need(tool: str, ok: bool) -> None:
+    """Skip a test whose peer is missing; in CI (tests/run.sh installs them all) that is a failure."""
+    if not ok:
+        message = f"{tool} missing (tests/run.sh installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[object]:
+    from postgres import Cluster, bindir
+
+    _need("PostgreSQL", bindir() is not None)
+    cluster = Cluster()
+    yield cluster
+    cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def _pg_shared(pg_cluster) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    server = pg_cluster.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(_pg_shared, request) -> str:  # type: ignore[no-untyped-def]
+    """A fresh, empty database on the session's PostgreSQL server."""
+    name = "t_" + re.sub(r"\W", "_", request.node.name)[:50].lower()
+    return str(_pg_shared.new_database(name))
+
+
+@pytest.fixture
+def pg_server(pg_cluster) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    """A PostgreSQL server of the test's own, to stop and restart."""
+    server = pg_cluster.start()
+    yield server
+    server.stop()

@@ -4,12 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# real clients, peers and linters from Debian: redis-cli/redis-benchmark (redis-tools), redis-server, luacheck
+# real clients, peers and linters from Debian: redis-cli/redis-benchmark (redis-tools), redis-server,
+# PostgreSQL, luacheck
 need=()
 command -v redis-benchmark >/dev/null || need+=(redis-tools)
 command -v luacheck >/dev/null || need+=(lua-check)
 command -v redis-server >/dev/null || need+=(redis-server)   # a real peer for the client tests
 command -v wrk >/dev/null || need+=(wrk)                     # a real HTTP client under load
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)  # a real server (tests/postgres.py)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -48,24 +48,3 @@ def test_commands_pipelines_errors_and_pubsub(tmp_path: Path, redis_server: int)
         "true\t50",
         "nil\tconnection refused",
     ]
-
-
-def test_chat_across_two_nodes_through_redis(run_app, redis_server: int) -> None:  # type: ignore[no-untyped-def]
-    room = ["--redis-port", str(redis_server), "--room", "test-room"]
-    node_a = run_app("apps/chat.lua", "--port", "0", *room)
-    node_b = run_app("apps/chat.lua", "--port", "0", *room)
-    ann = node_a.connect()
-    assert ann.line() == b"WELCOME, your name?"
-    ann.send(b"ann\n")
-    assert ann.line() == b"* ann joined (0 here before you)"
-    bob = node_b.connect()
-    assert bob.line() == b"WELCOME, your name?"
-    bob.send(b"bob\n")
-    assert bob.line() == b"* ann joined (0 here before you)"  # the history, from Redis
-    assert bob.line() == b"* bob joined (0 here before you)"
-    assert ann.line() == b"* bob joined (0 here before you)"  # across nodes, through pub/sub
-    ann.send(b"hello from a\n")
-    assert bob.line() == b"<ann> hello from a"
-    assert ann.line() == b"<ann> hello from a"
-    bob.send(b"/quit\n")
-    assert ann.line() == b"* bob left"

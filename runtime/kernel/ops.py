@@ -29,9 +29,9 @@ class Op(enum.IntEnum):
     JOIN = 7  # (task, timeout): wait until the task ends; reply as RESULT does, or nil, "timeout"
     POOL_RUN = 8  # (pool "\0" timeout, module "\0" function, packed args): run a Lua function in a pool
     POOL_CALL = 9  # (pool "\0" timeout, host function name, packed args): run a Python host function
-    DB_QUERY = 10  # (tx, sql, params): rows
-    DB_EXEC = 11  # (tx, sql, params): {changes=, last_id=}
-    DB_BEGIN = 12  # (): a transaction handle once the writer is ours
+    DB_QUERY = 10  # (target, sql, params): rows; target: a transaction, a database, or nil (the default)
+    DB_EXEC = 11  # (target, sql, params): {changes=, last_id=}
+    DB_BEGIN = 12  # (database or nil): a transaction handle once a connection (SQLite: the writer) is ours
     DB_END = 13  # (tx, commit): commit or roll back, and let the writer go
     CONNECT = 14  # (host_or_path, port, opts): an outgoing connection, or nil, err
     STARTTLS = 15  # (conn, opts): upgrade the connection to TLS
@@ -76,6 +76,7 @@ class Op(enum.IntEnum):
     SHARED_INCR = 63  # (dict, key, by, init): the new value, or nil, err
     SHARED_DELETE = 64  # (dict, key)
     SHARED_KEYS = 65  # (dict, limit): the live keys
+    DB_OPEN = 66  # (url or nil, opts): a database handle and its dialect, or nil, err; connects on first use
 
     @property
     def yields(self) -> bool:

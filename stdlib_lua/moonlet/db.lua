@@ -1,4 +1,4 @@
---- The embedded SQL database (SQLite): queries run in their own threads, never stopping the server.
+--- SQL databases: the embedded SQLite file, or PostgreSQL; every statement suspends only its own task.
 --
 --     local db = require "moonlet.db"
 --     db.exec("CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, body TEXT)")
@@ -9,25 +9,31 @@
 --       assert(tx:exec("UPDATE accounts SET balance = balance - ? WHERE name = ?", 5, "ann"))
 --       assert(tx:exec("INSERT INTO receipts (account, amount) VALUES (?, ?)", "ann", 5))
 --     end)                                      -- committed; any error inside rolls it back
+--     local pg = assert(db.open("postgresql://app@127.0.0.1/app", { pool_size = 20 }))
+--     local rows = pg:query("SELECT now() AS t")                           -- the same calls on a handle
 --
--- Parameters: positional `?` (the values after the SQL) or named `:name` (one table). A string that is valid
--- UTF-8 is bound as TEXT, any other as a BLOB; `db.blob(s)` forces a BLOB. Results keep SQLite's types:
--- integers and reals are numbers, text and blobs strings, NULL is nil (absent from the row table).
--- Failures return nil, err: "timeout" (the query was interrupted after the per-query timeout, 30 s by
--- default), or "database error: ..." (e.g. "database is locked" after the busy timeout, 5 s).
+-- The module's own functions use the app's default database: `--db PATH|URL` (default: `APP.db` beside
+-- the app). `db.open(url)` opens another: `sqlite:PATH` or `postgresql://user:password@host:port/name`.
+-- Parameters: positional `?` (the values after the SQL) or named `:name` (one table), on either engine
+-- (PostgreSQL's own `$1` works too). A string that is valid UTF-8 is bound as text, any other as bytes;
+-- `db.blob(s)` forces bytes. NULL is nil (absent from the row table).
+-- Failures return nil, err: "timeout" (the statement was stopped after the per-query timeout, 30 s by
+-- default), or "database error: ..." (e.g. "database is locked" after SQLite's busy timeout, a constraint
+-- violated, or "unavailable (...)" while a PostgreSQL server cannot be reached: connecting is retried
+-- with backoff and the pool recovers by itself once the server is back).
 -- @module moonlet.db
 local host = require "moonlet._host"
-local request, OP = host.request, host.OP
-local type, error, select, setmetatable, pack, unpack, pcall = type, error, select, setmetatable, table.pack,
-  table.unpack, pcall
+local request, call, OP = host.request, host.call, host.OP
+local type, error, select, setmetatable, pack, unpack, pcall, tostring = type, error, select, setmetatable,
+  table.pack, table.unpack, pcall, tostring
 
-local DB_QUERY, DB_EXEC = OP.DB_QUERY, OP.DB_EXEC
+local DB_QUERY, DB_EXEC, DB_BEGIN, DB_END = OP.DB_QUERY, OP.DB_EXEC, OP.DB_BEGIN, OP.DB_END
 
 local M = {}
 
 local BLOB = "__moonlet_blob"
 
---- Mark `s` to be bound as a BLOB even if it is valid UTF-8.
+--- Mark `s` to be bound as a BLOB (bytea) even if it is valid UTF-8.
 ---@param s string
 function M.blob(s)
   if type(s) ~= "string" then error("bad argument #1 to 'blob' (string expected)", 2) end
@@ -45,26 +51,6 @@ end
 
 local function check_sql(sql, what)
   if type(sql) ~= "string" then error("bad argument #1 to '" .. what .. "' (SQL string expected)", 3) end
-end
-
---- Run a query; returns an array of rows, each a table keyed by column name; or nil, err.
----@async
----@param sql string
----@return table[]? rows
----@return string? err
-function M.query(sql, ...)
-  check_sql(sql, "query")
-  return request(DB_QUERY, nil, sql, params(...))
-end
-
---- Run a statement that changes data; returns {changes = n, last_id = rowid}; or nil, err.
----@async
----@param sql string
----@return {changes: integer, last_id: integer?}? result
----@return string? err
-function M.exec(sql, ...)
-  check_sql(sql, "exec")
-  return request(DB_EXEC, nil, sql, params(...))
 end
 
 ---@class moonlet.Tx
@@ -85,23 +71,113 @@ function Tx:exec(sql, ...)
   return request(DB_EXEC, self._py, sql, params(...))
 end
 
---- Run fn(tx, ...) in a transaction holding the writer: committed when fn returns, rolled back if it
+local function transaction(target, fn, ...)
+  local py, err = request(DB_BEGIN, target)
+  if not py then return nil, err end
+  local r = pack(pcall(fn, setmetatable({ _py = py }, Tx), ...))
+  if not r[1] then
+    request(DB_END, py, false)
+    return nil, r[2]
+  end
+  local ok, cerr = request(DB_END, py, true)
+  if not ok then return nil, cerr end
+  if r.n == 1 then return true end
+  return unpack(r, 2, r.n)
+end
+
+---@class moonlet.Database
+---@field dialect "sqlite"|"postgresql" which engine serves it
+local Database = {}
+Database.__index = Database
+
+--- Run a query on this database; returns an array of rows (tables keyed by column name), or nil, err.
+---@async
+---@param sql string
+---@return table[]? rows
+---@return string? err
+function Database:query(sql, ...)
+  check_sql(sql, "query")
+  return request(DB_QUERY, self._py, sql, params(...))
+end
+
+--- Run a statement that changes data; returns {changes = n, last_id = id}, or nil, err. last_id is
+--- SQLite's rowid, or on PostgreSQL the first column of the last row of a `RETURNING` clause.
+---@async
+---@param sql string
+---@return {changes: integer, last_id: integer?}? result
+---@return string? err
+function Database:exec(sql, ...)
+  check_sql(sql, "exec")
+  return request(DB_EXEC, self._py, sql, params(...))
+end
+
+--- Run fn(tx, ...) in a transaction on this database: committed when fn returns, rolled back if it
 --- raises. Returns what fn returns (true if nothing), or nil, err (the error fn raised, or the commit's).
+---@async
+---@param fn async fun(tx: moonlet.Tx, ...): ...
+function Database:transaction(fn, ...)
+  if type(fn) ~= "function" then error("bad argument #1 to 'transaction' (function expected)", 2) end
+  return transaction(self._py, fn, ...)
+end
+
+function Database:__tostring() return "moonlet.Database (" .. self.dialect .. ")" end
+
+--- A handle on the database at `url` (`sqlite:PATH` or `postgresql://...`), with query/exec/transaction
+--- and its `dialect`. Connecting happens at the first statement, so this never waits; the same URL and
+--- options give handles on the same connections. Options: `timeout` (seconds per statement),
+--- `pool_size` (PostgreSQL connections, 10), `connect_timeout` (5), `busy_timeout` (SQLite, 5).
+---@param url string
+---@param opts? {timeout: number?, pool_size: integer?, connect_timeout: number?, busy_timeout: number?}
+---@return moonlet.Database? db
+---@return string? err
+function M.open(url, opts)
+  if type(url) ~= "string" then error("bad argument #1 to 'open' (URL string expected)", 2) end
+  if opts ~= nil and type(opts) ~= "table" then error("bad argument #2 to 'open' (table expected)", 2) end
+  local py, dialect = call(OP.DB_OPEN, url, opts)
+  if not py then return nil, dialect end
+  return setmetatable({ _py = py, dialect = tostring(dialect) }, Database)
+end
+
+local default
+--- The engine of the default database: "sqlite" or "postgresql" (to choose dialect-specific DDL).
+---@return "sqlite"|"postgresql"
+function M.dialect()
+  if not default then
+    local py, dialect = call(OP.DB_OPEN)
+    default = setmetatable({ _py = py, dialect = tostring(dialect) }, Database)
+  end
+  return default.dialect
+end
+
+--- Run a query on the default database; returns an array of rows, each a table keyed by column name;
+--- or nil, err.
+---@async
+---@param sql string
+---@return table[]? rows
+---@return string? err
+function M.query(sql, ...)
+  check_sql(sql, "query")
+  return request(DB_QUERY, nil, sql, params(...))
+end
+
+--- Run a statement that changes data on the default database; returns {changes = n, last_id = id};
+--- or nil, err.
+---@async
+---@param sql string
+---@return {changes: integer, last_id: integer?}? result
+---@return string? err
+function M.exec(sql, ...)
+  check_sql(sql, "exec")
+  return request(DB_EXEC, nil, sql, params(...))
+end
+
+--- Run fn(tx, ...) in a transaction on the default database (on SQLite it holds the writer): committed
+--- when fn returns, rolled back if it raises. Returns what fn returns (true if nothing), or nil, err.
 ---@async
 ---@param fn async fun(tx: moonlet.Tx, ...): ...
 function M.transaction(fn, ...)
   if type(fn) ~= "function" then error("bad argument #1 to 'transaction' (function expected)", 2) end
-  local py, err = request(OP.DB_BEGIN)
-  if not py then return nil, err end
-  local r = pack(pcall(fn, setmetatable({ _py = py }, Tx), ...))
-  if not r[1] then
-    request(OP.DB_END, py, false)
-    return nil, r[2]
-  end
-  local ok, cerr = request(OP.DB_END, py, true)
-  if not ok then return nil, cerr end
-  if r.n == 1 then return true end
-  return unpack(r, 2, r.n)
+  return transaction(nil, fn, ...)
 end
 
 return M

@@ -1,0 +1,220 @@
+"""moonlet.db on a real PostgreSQL server (the tests start it on loopback), and the chat app across nodes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_pool_db import login
+
+from conftest import run_script
+from runtime.databases.placeholders import bind
+
+
+def test_placeholders_are_rewritten_only_in_sql_text() -> None:
+    sql = "SELECT '?', \"a?\", x::int, $$:no$$, ? -- ?\n/* :no */ FROM t WHERE a = ? AND b = E'\\'?'"
+    text, args = bind(sql, (1, 2))
+    assert (
+        text == "SELECT '?', \"a?\", x::int, $$:no$$, $1 -- ?\n/* :no */ FROM t WHERE a = $2 AND b = E'\\'?'"
+    )
+    assert args == [1, 2]
+    text, args = bind("SELECT :a, :b, :a, '12:30'", {"b": 2, "a": 1})
+    assert (text, args) == ("SELECT $1, $2, $1, '12:30'", [1, 2])
+    assert bind("SELECT $1, $2", ("x", "y")) == ("SELECT $1, $2", ["x", "y"])
+    for bad, params in [
+        ("SELECT ?, :a", ()),
+        ("SELECT ?", (1, 2)),
+        ("SELECT :a", {"b": 1}),
+        ("SELECT :a", (1,)),
+    ]:
+        with pytest.raises(ValueError):
+            bind(bad, params)
+
+
+def test_db_open_postgresql_values_params_and_transactions(tmp_path: Path, pg_url: str) -> None:
+    result = run_script(
+        tmp_path,
+        """
+        local db = require "moonlet.db"
+        local pg = assert(db.open(arg[1]))
+        print(pg.dialect, db.dialect())
+        assert(pg:exec([[CREATE TABLE n (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body TEXT,
+          v NUMERIC, f DOUBLE PRECISION, ok BOOLEAN, b BYTEA, d DATE, tags TEXT[])]]))
+        local r = assert(pg:exec([[INSERT INTO n (body, v, f, ok, b, d, tags)
+          VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id]],
+          "it's ?", 12, 2.5, true, db.blob("\\0\\1\\2"), "2026-11-26", nil))
+        print("insert", r.changes, r.last_id)
+        r = assert(pg:exec("INSERT INTO n (body, v) VALUES (:body, :v), (:body, :v)",
+          { body = "two", v = 1.25 }))
+        print("changes", r.changes, r.last_id)
+        local rows = assert(pg:query("SELECT * FROM n WHERE id = $1", 1))
+        local row = rows[1]
+        print(row.body, row.v, math.type(row.v), row.f, row.ok, #row.b, row.d, row.tags)
+        print(pg:query("SELECT count(*) AS c FROM n WHERE body = ?", "two")[1].c)
+        print(pg:query("SELECT * FROM missing_table"))
+        print(pg:query("SELECT ?::int", "not a number"))
+        print(pg:transaction(function(tx)
+          assert(tx:exec("INSERT INTO n (body) VALUES ('rolled back')"))
+          error("on purpose", 0)
+        end))
+        print(pg:transaction(function(tx)
+          assert(tx:exec("INSERT INTO n (body) VALUES ('kept')"))
+          return #tx:query("SELECT id FROM n")
+        end))
+        print(#pg:query("SELECT id FROM n WHERE body = 'rolled back'"))
+        local slow = assert(db.open(arg[1], { timeout = 0.3 }))
+        local t0 = require("moonlet.time").monotonic()
+        print(slow:query("SELECT pg_sleep(5)"))
+        print(require("moonlet.time").monotonic() - t0 < 2, #pg:query("SELECT 1 AS one"))
+        print(db.open("mysql://x"))
+        local lite = assert(db.open("sqlite:" .. arg[2]))
+        print(lite.dialect, lite:exec("CREATE TABLE t (x)").changes,
+          lite:exec("INSERT INTO t VALUES (?) RETURNING x", 7).last_id)
+        """,
+        pg_url,
+        str(tmp_path / "other.db"),
+        options=["--db", str(tmp_path / "default.db")],
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().splitlines() == [
+        "postgresql\tsqlite",
+        "insert\t1\t1",
+        "changes\t2\tnil",
+        "it's ?\t12\tinteger\t2.5\ttrue\t3\t2026-11-26\tnil",
+        "2",
+        'nil\tdatabase error: relation "missing_table" does not exist',
+        "nil\tdatabase error: invalid input for query argument $1: 'not a number' "
+        "('str' object cannot be interpreted as an integer)",
+        "nil\ton purpose",
+        "4",
+        "0",
+        "nil\ttimeout",
+        "true\t1",
+        "nil\tunsupported database URL scheme 'mysql' (use sqlite:PATH or postgresql://...)",
+        "sqlite\t-1\t1",
+    ]
+
+
+def test_billing_runs_unchanged_on_postgresql(run_app, pg_url: str, _pg_shared) -> None:  # type: ignore[no-untyped-def]
+    server = run_app("apps/billing.lua", "--port", "0", "--heavy", "2000", options=["--db", pg_url])
+    c = login(server)
+    c.send(b"CHARGE acct-1 25\n")
+    assert c.line() == b"RECEIPT 1 25"
+    c.send(b"CHARGE acct-1 10\n")
+    assert c.line() == b"RECEIPT 2 35"
+    c.send(b"HISTORY acct-1\n")
+    assert c.line().startswith(b"HISTORY acct-1 2 receipts, total 35, score ")
+    assert c.line() == b"1 25 ann"
+    assert c.line() == b"2 10 ann"
+    assert c.line() == b"END"
+    c.send(b"QUIT\n")
+    assert c.read_all() == b"BYE\n"
+    database = pg_url.rsplit("/", 1)[1]
+    assert [tuple(r) for r in _pg_shared.sql("SELECT name, balance FROM accounts", database=database)] == [
+        ("acct-1", 35)
+    ]
+
+
+def test_postgresql_restart_during_traffic_fails_cleanly_and_recovers(run_app, pg_server) -> None:  # type: ignore[no-untyped-def]
+    url = pg_server.new_database("billing")
+    server = run_app("apps/billing.lua", "--port", "0", "--heavy", "10", options=["--db", url])
+    acknowledged: list[int] = []
+    failed = 0
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        nonlocal failed
+        c = login(server, f"user{n}")
+        while not stop.is_set():
+            c.send(f"CHARGE acct-{n} 1\n".encode())
+            reply = c.line()
+            with lock:
+                if reply.startswith(b"RECEIPT"):
+                    acknowledged.append(int(reply.split()[1]))
+                else:
+                    assert reply == b"ERR charge failed, nothing was charged", reply
+                    failed += 1
+            time.sleep(0.005)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    before_stop = len(acknowledged)
+    pg_server.stop()  # fast shutdown: open sessions are ended
+    server.wait_log(b"is unreachable", timeout=10)
+    time.sleep(0.5)
+    during = failed
+    pg_server.start()
+    server.wait_log(b"is reachable again", timeout=15)
+    after_restart = len(acknowledged)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive()
+    assert before_stop > 10 and during > 0  # served, then refused cleanly while the server was away
+    assert len(acknowledged) > after_restart  # and served again once it came back
+    stored = {r[0] for r in pg_server.sql("SELECT id FROM receipts", database="billing")}
+    assert set(acknowledged) <= stored  # no acknowledged charge was lost
+    total = pg_server.sql("SELECT sum(balance) AS s FROM accounts", database="billing")[0][0]
+    assert total == len(stored)  # each receipt with its balance: the transactions held
+    assert server.proc.poll() is None
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_chat_across_two_nodes_history_in_the_database(
+    run_app, redis_server: int, store: str, tmp_path: Path, request
+) -> None:  # type: ignore[no-untyped-def]
+    db = str(tmp_path / "chat.db") if store == "sqlite" else request.getfixturevalue("pg_url")
+    room = ["--redis-port", str(redis_server), "--room", "test-room"]
+    node_a = run_app("apps/chat.lua", "--port", "0", *room, options=["--db", db])
+    node_b = run_app("apps/chat.lua", "--port", "0", *room, options=["--db", db])
+    ann = node_a.connect()
+    assert ann.line() == b"WELCOME, your name?"
+    ann.send(b"ann\n")
+    assert ann.line() == b"* ann joined (0 here before you)"
+    ann.send(b"hello from a\n")
+    assert ann.line() == b"<ann> hello from a"
+    bob = node_b.connect()
+    assert bob.line() == b"WELCOME, your name?"
+    bob.send(b"bob\n")
+    assert bob.line() == b"* ann joined (0 here before you)"  # the history, from the shared database
+    assert bob.line() == b"<ann> hello from a"
+    assert bob.line() == b"* bob joined (0 here before you)"  # live, through Redis pub/sub
+    assert ann.line() == b"* bob joined (0 here before you)"  # across nodes
+    bob.send(b"hi from b\n")
+    assert ann.line() == b"<bob> hi from b"
+    assert bob.line() == b"<bob> hi from b"
+    bob.send(b"/quit\n")
+    assert ann.line() == b"* bob left"
+
+
+def test_cancelled_task_gives_back_its_transaction_and_connection(tmp_path: Path, pg_url: str) -> None:
+    result = run_script(
+        tmp_path,
+        """
+        local db = require "moonlet.db"
+        local task, time = require "moonlet.task", require "moonlet.time"
+        -- one connection: a leaked one would hang the next query
+        local pg = assert(db.open(arg[1], { pool_size = 1, timeout = 3 }))
+        assert(pg:exec("CREATE TABLE t (x INTEGER)"))
+        local t = task.spawn(function()
+          pg:transaction(function(tx)
+            assert(tx:exec("INSERT INTO t VALUES (1)"))
+            time.sleep(60)
+          end)
+        end)
+        time.sleep(0.2)
+        t:cancel()
+        print(#assert(pg:query("SELECT x FROM t")))
+        print(pg:exec("INSERT INTO t VALUES (2)").changes)
+        """,
+        pg_url,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().splitlines() == ["0", "1"]
+    assert b"rolling back a transaction left open by" in result.stderr
