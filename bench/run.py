@@ -48,6 +48,8 @@ SERVERS = {
         "-m",
         "runtime",
         "run",
+        "--workers",
+        "1",
         "--log-level",
         "warning",
         str(ROOT / "apps" / "kv.lua"),
@@ -226,7 +228,18 @@ def bench_tasks(runs: int, sleepers: int) -> list[dict[str, object]]:
     samples: dict[str, list[float]] = {}
     for _ in range(runs):
         proc = subprocess.run(
-            [*PIN_SERVER, PYTHON, "-m", "runtime", "run", "bench/lua/tasks.lua", "--sleepers", str(sleepers)],
+            [
+                *PIN_SERVER,
+                PYTHON,
+                "-m",
+                "runtime",
+                "run",
+                "--workers",
+                "1",
+                "bench/lua/tasks.lua",
+                "--sleepers",
+                str(sleepers),
+            ],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -285,7 +298,18 @@ def bench_blocking(seconds: float) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        cmd = [PYTHON, "-m", "runtime", "run", "--log-level", "warning", "--db", f"{tmp}/mixed.db"]
+        cmd = [
+            PYTHON,
+            "-m",
+            "runtime",
+            "run",
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+            "--db",
+            f"{tmp}/mixed.db",
+        ]
         cmd += ["--pool", "io=64", "--python", str(ROOT / "bench" / "hostfns.py")]
         spin = ["--spin", "35000000"]  # about one second of CPU here
         proc = subprocess.Popen(
@@ -433,6 +457,8 @@ def http_server(kind: str, tmp: str) -> Iterator[tuple[int, int]]:
             "-m",
             "runtime",
             "run",
+            "--workers",
+            "1",
             "--log-level",
             "warning",
             str(ROOT / "apps" / "hello_http.lua"),

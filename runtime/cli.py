@@ -99,10 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--workers",
-        default="1",
+        default="auto",
         metavar="N",
-        help="worker processes sharing the listening ports (SO_REUSEPORT), supervised; 'auto': one per "
-        "core (default 1)",
+        help="worker processes sharing the listening ports (SO_REUSEPORT), supervised; 'auto' (the "
+        "default): one per core, the others started once the first listens, so a script runs once",
     )
     run.add_argument("app", metavar="APP.lua")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the app")
@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         from runtime.supervisor import Supervisor
 
         args = list(argv if argv is not None else sys.argv[1:])
-        return Supervisor(_without_workers(args[args.index("run") + 1 :], ns.app), workers).run()
+        worker_args = _without_workers(args[args.index("run") + 1 :], ns.app)
+        return Supervisor(worker_args, workers, lazily=ns.workers == "auto").run()
     limits = limits_from(
         drain_timeout=ns.drain_timeout,
         lua_max_memory=ns.max_memory,

@@ -57,7 +57,20 @@ def find_socket(target: str | None) -> str:
         chosen = running
     if len(chosen) == 1:
         return str(chosen[0]["socket"])
-    listing = "\n".join(f"  {s['pid']}  {s['app']}" for s in running) or "  (none)"
+    supervisors = {s.get("supervisor") for s in chosen}
+    if chosen and len(supervisors) == 1 and None not in supervisors:  # the workers of one app: the first
+        first = min(chosen, key=lambda s: int(s.get("worker", 0)))
+        others = ", ".join(str(s["pid"]) for s in chosen if s is not first)
+        print(f"(worker {first.get('worker')} of {len(chosen)}, pid {first['pid']}; the others: {others})",
+              file=sys.stderr)  # fmt: skip
+        return str(first["socket"])
+    listing = (
+        "\n".join(
+            f"  {s['pid']}  {s['app']}" + (f"  (worker {s['worker']})" if s.get("worker") else "")
+            for s in running
+        )
+        or "  (none)"
+    )
     if not chosen:
         raise ReplError(f"no running moonlet server matches {target!r}; running:\n{listing}")
     raise ReplError(f"several moonlet servers run; name one (pid or app):\n{listing}")

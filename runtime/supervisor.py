@@ -1,5 +1,9 @@
 """``moonlet run --workers N``: N worker processes serving the same ports, supervised.
 
+* The default, ``--workers auto``, is one worker per core, started lazily: worker 1 runs the app, and
+  only once it listens are the others started. An app that never listens is a script: it runs once, and
+  its exit status is the command's.
+
 * Each worker is an ordinary ``moonlet run --workers 1`` process; its listeners take their sockets from the
   supervisor (runtime/listeners.py), so every worker accepts from the same queue and a draining worker
   loses none of the connections waiting in it.
@@ -58,9 +62,11 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, argv: list[str], count: int) -> None:
+    def __init__(self, argv: list[str], count: int, *, lazily: bool = False) -> None:
         self.argv = argv  # the worker's command line after "moonlet run --workers 1"
         self.count = count
+        self.widened = not lazily  # lazily: the other workers start once worker 1 listens
+        self.exit_status = 0
         self.generation = 0
         self.workers: list[Worker] = []
         self.stopping = False
@@ -75,7 +81,7 @@ class Supervisor:
         finally:
             self.listeners.close()
             shutil.rmtree(self.shared_dir, ignore_errors=True)
-        return 0
+        return self.exit_status
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -83,10 +89,19 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGTERM, self._stop, signal.SIGTERM)
         loop.add_signal_handler(signal.SIGINT, self._stop, signal.SIGINT)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
-        log.info("supervisor %d: starting %d workers", os.getpid(), self.count)
-        for i in range(self.count):
+        if self.widened:
+            log.info("supervisor %d: starting %d workers", os.getpid(), self.count)
+        for i in range(self.count if self.widened else 1):
             self._start(Worker(i + 1, self.generation))
         await self._done
+
+    def _widen(self) -> None:
+        """Worker 1 listens: the app is a server, so every core gets a worker."""
+        self.widened = True
+        log.info("supervisor %d: the app listens; starting %d more workers (one per core)", os.getpid(),
+                 self.count - 1)  # fmt: skip
+        for i in range(1, self.count):
+            self._start(Worker(i + 1, self.generation))
 
     def _start(self, worker: Worker) -> None:
         self.workers.append(worker)
@@ -111,17 +126,27 @@ class Supervisor:
             stderr=asyncio.subprocess.PIPE,
         )
         worker.started = time.monotonic()
-        log.info("%s started (pid %d)", worker.name, worker.proc.pid)
+        log.log(
+            logging.INFO if self.widened else logging.DEBUG,
+            "%s started (pid %d)",
+            worker.name,
+            worker.proc.pid,
+        )
         assert worker.proc.stderr is not None
         while line := await worker.proc.stderr.readline():  # pass the worker's log through
             sys.stderr.buffer.write(line)
             sys.stderr.flush()
-            if b" listening on " in line:
+            if b" listening on " in line and not worker.listening.is_set():
                 worker.listening.set()
+                if not self.widened and not self.stopping:
+                    self._widen()
         status = await worker.proc.wait()
         worker.listening.set()
         if worker in self.workers:
             self.workers.remove(worker)
+        if not self.widened and not self.stopping:  # a script: it ran once, its status is ours
+            self.exit_status = status if status >= 0 else 128 - status
+            self.stopping = True
         if self.stopping or worker.generation != self.generation:
             self._check_done()
             return

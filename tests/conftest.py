@@ -22,6 +22,14 @@ APPS = ROOT / "apps"
 LISTENING = re.compile(rb"listening on (\S+):(\d+)")
 
 
+def one_worker(options: list[str] | None) -> list[str]:
+    """Tests run one process unless they ask for workers (the default is one per core)."""
+    options = list(options or [])
+    if not any(o == "--workers" or o.startswith("--workers=") for o in options):
+        options[:0] = ["--workers", "1"]
+    return options
+
+
 class Server:
     """A ``moonlet run`` process; its log (stderr) is collected line by line."""
 
@@ -33,7 +41,7 @@ class Server:
         ready: re.Pattern[bytes] = LISTENING,
     ) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "run", *(options or []), str(app), *args],
+            [sys.executable, "-m", "runtime", "run", *one_worker(options), str(app), *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -192,7 +200,7 @@ def run_script(
     path = tmp_path / "script.lua"
     path.write_text(textwrap.dedent(source).lstrip("\n"))
     return subprocess.run(
-        [sys.executable, "-m", "runtime", "run", *(options or []), str(path), *args],
+        [sys.executable, "-m", "runtime", "run", *one_worker(options), str(path), *args],
         cwd=ROOT,
         capture_output=True,
         timeout=timeout,

@@ -6,11 +6,13 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
-from conftest import run_script
+from conftest import ROOT, Server, run_script
 
 
 def free_port() -> int:
@@ -65,6 +67,14 @@ def test_workers_share_the_port_and_the_dictionary(lua_server) -> None:  # type:
         assert word == b"hi" and boot == b"1000"  # 2 x 500 increments, none lost
         seen.add(worker)
     assert seen == {b"1", b"2"}
+    # moonlet repl APP reaches the first worker of the app's supervisor (each worker has its own console)
+    app_name = server.proc.args[-2].rsplit("/", 1)[-1]
+    repl = subprocess.run(
+        [sys.executable, "-m", "runtime", "repl", app_name, "-e", "return os.getenv('MOONLET_WORKER')"],
+        cwd=ROOT, capture_output=True, timeout=20, check=False,
+    )  # fmt: skip
+    assert repl.returncode == 0, repl.stderr
+    assert repl.stdout.strip() == b"1" and b"worker 1 of 2" in repl.stderr
 
 
 def test_a_killed_worker_is_replaced_and_clients_are_still_served(lua_server) -> None:  # type: ignore[no-untyped-def]
@@ -146,3 +156,28 @@ def test_shared_dictionary_operations(tmp_path: Path) -> None:
     ]
     assert lines[6] == "b,n"
     assert lines[7].startswith("false\t") and "bad value" in lines[7]
+
+
+def test_default_is_one_worker_per_core_once_the_app_listens(tmp_path: Path) -> None:
+    script = tmp_path / "script.lua"
+    script.write_text('print("ran once") error("and failed", 0)\n')
+    done = subprocess.run(  # no --workers: the default
+        [sys.executable, "-m", "runtime", "run", str(script)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.stdout == b"ran once\n"  # a script never listens: one worker runs it, once
+    assert done.returncode == 1 and b"and failed" in done.stderr  # and its status is the command's
+
+    app = tmp_path / "app.lua"
+    app.write_text(APP)
+    port = free_port()
+    server = Server(app, [str(port)], options=["--workers", "auto"])  # what the default means, explicitly
+    cores = os.cpu_count() or 1
+    wait_count(server, "listening on", cores)
+    if cores > 1:
+        assert f"starting {cores - 1} more workers (one per core)" in server.log_text()
+    assert {ask(port).split()[1] for _ in range(10 * cores)} <= {str(i + 1).encode() for i in range(cores)}
+    assert server.stop(signal.SIGTERM) == 0

@@ -246,6 +246,8 @@ class ConsoleService:
             os.umask(old)
         os.chmod(self.path, 0o600)  # ... and stays so
         info: dict[str, Any] = {"pid": os.getpid(), "app": self.app_path, "started": self.started}
+        if os.environ.get("MOONLET_WORKER"):  # one of a supervisor's workers: moonlet repl picks worker 1
+            info["worker"], info["supervisor"] = int(os.environ["MOONLET_WORKER"]), os.getppid()
         if self.tcp_port is not None:
             self.tcp_server = await self.loop.create_server(
                 lambda: ConsoleSession(self, tcp=True), "127.0.0.1", self.tcp_port

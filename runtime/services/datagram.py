@@ -11,8 +11,10 @@ import asyncio
 import collections
 import logging
 import math
+import os
 from typing import Any, cast
 
+from runtime import listeners
 from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
@@ -107,8 +109,10 @@ class DatagramService:
         name = host.decode() if isinstance(host, bytes) else "127.0.0.1"
         local = (name, port if isinstance(port, int) else 0)
         try:
+            # workers of one supervisor serving the same port share it; the kernel spreads the datagrams
+            shared = entry is not None and local[1] != 0 and bool(os.environ.get(listeners.ENV))
             _, sock = await self.loop.create_datagram_endpoint(
-                lambda: Datagrams(self, entry), local_addr=local
+                lambda: Datagrams(self, entry), local_addr=local, reuse_port=shared or None
             )
         except Exception as e:
             self.kernel.resume(task, (None, connect_error(e)))
