@@ -6,7 +6,8 @@
     python bench/run.py blocking # echo p99 beside slow queries and CPU jobs; 10 ms blocking calls vs sleep
     python bench/run.py loadgen  # moonlet bench vs redis-benchmark on the pong workload: req/s, client CPU
     python bench/run.py http     # wrk: hello_http.lua vs nginx + Lua vs raw uvloop; idle keep-alive memory
-    python bench/run.py peers    # the pong workload also against 2 moonlet workers, redis-server, Node.js
+    python bench/run.py peers    # the pong workload also against 2 moonlet workers, redis-server, Node.js,
+                                 # Tarantool
     python bench/run.py all
 
 Each server is pinned to CPU 0 and the load generator to CPU 1 (when the machine has two or more).
@@ -73,8 +74,21 @@ PEERS = {  # `bench/run.py peers`: the same pong workload against other servers,
         "--port",
         str(port),
     ],
-    "redis-server": lambda port: ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+    "redis-server": lambda port: [
+        "redis-server",
+        "--bind",
+        "127.0.0.1",
+        "--protected-mode",
+        "no",  # (idle clients come from 127.0.0.2, ..., which protected mode refuses)
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ],
     "node": lambda port: ["node", str(ROOT / "bench" / "node_pong.js"), str(port)],
+    "tarantool": lambda port: ["tarantool", str(ROOT / "bench" / "tarantool_pong.lua"), str(port)],
 }
 
 
@@ -188,15 +202,16 @@ def check_served(socks: list[socket.socket], sample: int) -> None:
     for s in socks[::step]:
         s.sendall(b"PING\r\n")
         s.settimeout(10)
-        if s.recv(16) != b"+PONG\r\n":
-            raise RuntimeError("an idle connection was not served")
+        if (got := s.recv(64)) != b"+PONG\r\n":
+            raise RuntimeError(f"an idle connection was not served: {got!r}")
 
 
-def bench_idle(runs: int, count: int) -> list[dict[str, object]]:
+def bench_idle(runs: int, count: int, names: list[str] | None = None) -> list[dict[str, object]]:
+    """Process memory (RSS) per idle connection of single-process servers, each answering a sample."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     rows = []
-    for name in SERVERS:
+    for name in names or list(SERVERS):
         per_conn = []
         for _ in range(runs):
             with server(name) as (pid, port):
@@ -638,6 +653,8 @@ def main() -> int:
     if ns.what in ("peers", "all"):
         installed = [n for n in PEERS if n.startswith("moonlet") or shutil.which(PEERS[n](0)[0])]
         rows += bench_pong(ns.runs, ns.n, ns.n_pipelined, [*SERVERS, *installed])
+        single = [n for n in installed if not n.startswith("moonlet")]  # (RSS of one process)
+        rows += bench_idle(ns.runs, min(ns.conns, 10_000), [*SERVERS, *single])
     if ns.what in ("http", "all"):
         rows += bench_http(ns.seconds * 2, min(ns.conns, 5000))
     report(rows)
