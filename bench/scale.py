@@ -32,7 +32,8 @@ socks = []
 try:
     for i in range(count):
         s = socket.socket()
-        s.bind((source, 0))
+        s.setsockopt(socket.SOL_IP, 24, 1)  # IP_BIND_ADDRESS_NO_PORT: the port is picked at connect, not
+        s.bind((source, 0))                 # by a search through every bound port (quadratic past ~100k)
         s.connect(("127.0.0.1", port))
         socks.append(s)
 except OSError as e:

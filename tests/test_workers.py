@@ -57,9 +57,11 @@ def ask(port: int, text: bytes = b"hi") -> bytes:
     return data
 
 
-def test_workers_share_the_port_and_the_dictionary(lua_server) -> None:  # type: ignore[no-untyped-def]
+def test_workers_share_the_port_and_the_dictionary(run_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
-    server = lua_server(APP, str(port), options=["--workers", "2"])
+    app = tmp_path / f"shared_workers_{port}.lua"  # a name no other server has: moonlet repl finds it by name
+    app.write_text(APP)
+    server = run_app(app, str(port), options=["--workers", "2"])
     wait_count(server, "listening on", 2)
     seen = set()
     for _ in range(40):
@@ -68,7 +70,7 @@ def test_workers_share_the_port_and_the_dictionary(lua_server) -> None:  # type:
         seen.add(worker)
     assert seen == {b"1", b"2"}
     # moonlet repl APP reaches the first worker of the app's supervisor (each worker has its own console)
-    app_name = server.proc.args[-2].rsplit("/", 1)[-1]
+    app_name = app.name
     repl = subprocess.run(
         [sys.executable, "-m", "runtime", "repl", app_name, "-e", "return os.getenv('MOONLET_WORKER')"],
         cwd=ROOT, capture_output=True, timeout=20, check=False,

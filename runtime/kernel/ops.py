@@ -60,8 +60,8 @@ class Op(enum.IntEnum):
     RESULT = 47  # (task): 0 while running; 1, packed results; 2, error
     WATCH = 48  # (task): unpark the running task when `task` ends
     UNWATCH = 49  # (task): undo WATCH
-    TIMER = 50  # (delay, interval, job, where): run job as a task later (and every interval)
-    TIMER_CANCEL = 51  # (timer)
+    TIMER = 50  # (delay, interval, job, where): run job as a task later (and every interval); reply job
+    TIMER_CANCEL = 51  # (job): true if the timer of that job was pending
     STALL_CHECK = 52  # (): from the count hook: a message if this run has used up its CPU budget
     STALLED = 53  # (traceback): the running task is being stopped for stalling; remember where
     UDP_SEND = 54  # (sock, data, host, port): send one datagram

@@ -128,7 +128,7 @@ class Timer:
             self.handle = service.loop.call_at(self.when, self.fire)
         else:
             self.handle = None
-            service.active.discard(self)
+            service.active.pop(self.job, None)
         service.kernel.spawn(self, self.job, bool(self.interval), body=service.task_body)
         if not service.active:
             service.kernel.check_idle()
@@ -138,7 +138,7 @@ class Timer:
             return False
         self.handle.cancel()
         self.handle = None
-        self.service.active.discard(self)
+        self.service.active.pop(self.job, None)
         if not self.service.active:
             self.service.kernel.check_idle()
         return True
@@ -151,7 +151,10 @@ class TimerService:
         self.kernel = kernel
         self.loop = loop
         self.max_timers = max_timers
-        self.active: set[Timer] = set()  # pending timers: they keep an app without listeners running
+        # pending timers by job id: they keep an app without listeners running. Lua holds the id, not the
+        # Timer: every Python object handed to Lua costs a slot in lupa's reference table until Lua's
+        # collector finalises its wrapper, and a burst of timers would leave that table at the burst's size.
+        self.active: dict[int, Timer] = {}
         self.task_body: LuaFunction | None = None  # set at bootstrap, like TaskService.task_body
         kernel.register_call(Op.TIMER, self._timer)
         kernel.register_call(Op.TIMER_CANCEL, self._cancel)
@@ -169,17 +172,18 @@ class TimerService:
         timer = Timer(self, job, float(interval), name)
         timer.when = self.loop.time() + float(delay)
         timer.handle = self.loop.call_at(timer.when, timer.fire)
-        self.active.add(timer)
-        return timer
+        self.active[job] = timer
+        return job
 
-    def _cancel(self, timer: object, _b: object, _c: object) -> bool:
-        if not isinstance(timer, Timer):
+    def _cancel(self, job: object, _b: object, _c: object) -> bool:
+        if not isinstance(job, int):
             raise TypeError("not a timer")
-        return timer.cancel()
+        timer = self.active.get(job)
+        return timer is not None and timer.cancel()
 
     def cancel_all(self) -> None:
         """On drain: timers stop firing, so the app can finish."""
-        for timer in list(self.active):
+        for timer in list(self.active.values()):
             timer.cancel()
 
 

@@ -317,7 +317,7 @@ class ConsoleService:
                 else ("sleep" if task.timer is not None else "ready/running")
             )
             rows.append(f"{id(task):x}  {task.describe()}  waiting on {waiting}")
-        for timer in list(self.services.timers.active):
+        for timer in list(self.services.timers.active.values()):
             rows.append(f"timer  {timer.describe()}  next in {timer.when - self.loop.time():.2f}s")
         session.send({"text": "\n".join(rows) or "no tasks"})
 

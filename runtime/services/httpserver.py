@@ -62,6 +62,10 @@ class _RejectError(Exception):
         self.status = status
 
 
+class _GoneError(Exception):
+    """Raised from a parser callback to stop parsing bytes of a connection that is closing."""
+
+
 class HttpRequest:
     __slots__ = (
         "answered",
@@ -121,6 +125,7 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "deadline",
         "deadline_key",
+        "feeding",
         "handled",
         "listener",
         "parser",
@@ -146,6 +151,7 @@ class HttpConnection(asyncio.Protocol):
         self.why = ""  # what the deadline is for
         self.pending_error = 0  # a status to answer once the response in progress is done
         self.peer = b""
+        self.feeding = False  # inside parser.feed_data: callbacks (and Lua run from them) keep the parser
 
     # -- protocol ------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -164,8 +170,11 @@ class HttpConnection(asyncio.Protocol):
                 self.svc.loop.call_soon(self.svc.kernel.resume, task, _CLOSED)
 
     def data_received(self, data: bytes) -> None:
+        if self._gone():
+            return  # closing: what still arrives is dropped
         if self.parser is None:
             self.parser = httptools.HttpRequestParser(self)
+        self.feeding = True
         try:
             self.parser.feed_data(data)
         except _RejectError as e:
@@ -176,11 +185,21 @@ class HttpConnection(asyncio.Protocol):
             cause = e.__context__
             if isinstance(cause, _RejectError):
                 self._reject(cause.status, str(cause))
-            else:
+            elif not isinstance(cause, _GoneError):
                 self._reject(400, f"malformed request: {e}")
+        finally:
+            self.feeding = False
+        if not self.queue and self.reading is None:
+            self.parser = None  # idle: nothing of a next request has arrived
+
+    def _gone(self) -> bool:
+        """The connection is closed or closing (a handler may close it from inside a parser callback)."""
+        return self.transport is None or self.transport.is_closing()
 
     # -- parser callbacks ----------------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self._gone():
+            raise _GoneError
         self.reading = req = HttpRequest(self)
         self.queue.append(req)
         if len(self.queue) == 1:
@@ -207,6 +226,8 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         req = self.reading
+        if self._gone():
+            raise _GoneError
         assert req is not None and self.parser is not None
         req.method = self.parser.get_method()
         req.keep_alive = bool(self.parser.should_keep_alive())
@@ -244,7 +265,7 @@ class HttpConnection(asyncio.Protocol):
         self.reading = None
         if req.reader is not None:
             self._wake_reader(req)
-        if req.answered and self.queue and self.queue[0] is req:
+        if req.answered and self.queue and self.queue[0] is req and not self._gone():
             self._next()
 
     # -- requests and responses ----------------------------------------------------------------------
@@ -288,7 +309,7 @@ class HttpConnection(asyncio.Protocol):
             else:
                 self._expect(self.listener.limits.header_timeout, "header")
         else:
-            if self.reading is None:
+            if self.reading is None and not self.feeding:
                 self.parser = None  # idle: nothing of a next request has arrived
             self._expect(self.listener.limits.keepalive_timeout, "idle")
 
@@ -299,7 +320,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _reject(self, status: int, why: str) -> None:
         transport = self.transport
-        if transport is None:
+        if transport is None or transport.is_closing():
             return
         transport.pause_reading()
         log.info("http %d on %s from %s: %s", status, self.listener.label, self._peer(), why)

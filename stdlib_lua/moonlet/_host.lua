@@ -184,26 +184,35 @@ end
 -- What spawned tasks and timers will run, by id: {fn, args..., n=}. The host holds only the id. (A Lua
 -- table handed to a Python call is wrapped with a pointer to the calling coroutine, which may be collected
 -- before the wrapper: only plain values cross in calls.)
-local jobs, last_job = {}, 0
+-- Lua never shrinks a table as keys are removed, so once no job is pending the table is replaced: after a
+-- burst of 30,000 timers the memory comes back instead of staying at the burst's size.
+local jobs, last_job, pending_jobs = {}, 0, 0
+
+local function forget_job(id)
+  if jobs[id] ~= nil then
+    jobs[id] = nil
+    pending_jobs = pending_jobs - 1
+    if pending_jobs == 0 then jobs = {} end
+  end
+end
 
 --- Keep `packed` for a later task_body; returns its id.
 function M.job(packed)
   last_job = last_job + 1
   jobs[last_job] = packed
+  pending_jobs = pending_jobs + 1
   return last_job
 end
 
 --- Forget a job (a cancelled timer).
-function M.drop_job(id)
-  jobs[id] = nil
-end
+M.drop_job = forget_job
 
 --- The body of a spawned task or timer callback: runs job `id` (kept if `keep`: a repeating timer).
 --- wait() gets the results, or the value the task raised; the log gets the traceback.
 function M.task_body(id, keep)
   guard()
   local packed = jobs[id]
-  if not keep then jobs[id] = nil end
+  if not keep then forget_job(id) end
   if packed == nil then return EXIT, true, pack(), nil end -- (a timer cancelled as it fired)
   local trace
   local r = pack(xpcall(packed[1], function(err)

@@ -43,12 +43,12 @@ end
 local function timer(delay, interval, fn, ...)
   if type(fn) ~= "function" then error("bad argument #2 (function expected, got " .. type(fn) .. ")", 3) end
   local id = host.job(pack(fn, ...))
-  local py, err = call(OP.TIMER, delay, interval, id, where(3))
-  if py == nil then
+  local ok, err = call(OP.TIMER, delay, interval, id, where(3)) -- (the host knows the timer by its job id)
+  if ok == nil then
     host.drop_job(id)
     return nil, err
   end
-  return setmetatable({ _py = py, _job = id }, Timer)
+  return setmetatable({ _job = id }, Timer)
 end
 
 --- Run `fn(...)` once, `seconds` from now, as a task of its own (so it may wait). Returns a timer, or
@@ -79,7 +79,7 @@ end
 --- Stop the timer. Returns true if it was pending (a callback already running goes on).
 ---@return boolean
 function Timer:cancel()
-  local pending = call(OP.TIMER_CANCEL, self._py)
+  local pending = call(OP.TIMER_CANCEL, self._job)
   if pending then host.drop_job(self._job) end
   return pending
 end
