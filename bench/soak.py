@@ -7,7 +7,8 @@ second over 20 steady connections (each answer timed), and cycles connect/PING/c
 every fourth cycle a fault instead: a reset in mid-request, a 100 KiB line, random bytes, a half-close.
 Every second it samples the server's process memory (RSS, all workers) and open descriptors, and the
 steady clients' latency. At the end it writes a PNG of the three over time and prints the drift: the last
-quarter of the run against the first quarter (memory and descriptors in percent, p99 latency in ms).
+quarter of the run against the first (which includes the warm-up) and against the second (memory and
+descriptors in percent, p99 latency in ms).
 """
 
 from __future__ import annotations
@@ -121,10 +122,10 @@ class Soak:
             time.sleep(0.002)
 
 
-def quarter_drift(values: list[float]) -> tuple[float, float]:
+def quarters(values: list[float]) -> list[float]:
+    """The mean of each quarter of the run."""
     q = max(1, len(values) // 4)
-    first, last = sum(values[:q]) / q, sum(values[-q:]) / q
-    return first, last
+    return [sum(values[i * q : (i + 1) * q]) / q for i in range(3)] + [sum(values[-q:]) / q]
 
 
 def main() -> int:
@@ -189,18 +190,17 @@ def main() -> int:
         server.terminate()
         server.wait(60)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    rss0, rss1 = quarter_drift([s[1] for s in samples])
-    fd0, fd1 = quarter_drift([float(s[2]) for s in samples])
-    p0, p1 = quarter_drift([s[4] for s in samples])
+    rss, fd, p99 = (quarters([float(s[i]) for s in samples]) for i in (1, 2, 4))
     print(
         f"{ns.duration:.0f} s, {ns.idle:,} idle connections, {ns.rate:,.0f} PING/s steady, {soak.cycles:,} "
         f"connect/close cycles of which {soak.faults:,} faults, {soak.errors} steady errors"
     )
-    print(
-        f"drift, last quarter against the first: RSS {rss0:.1f} -> {rss1:.1f} MiB "
-        f"({(rss1 / rss0 - 1) * 100:+.2f}%), descriptors {fd0:.0f} -> {fd1:.0f} "
-        f"({(fd1 / fd0 - 1) * 100:+.2f}%), p99 {p0:.2f} -> {p1:.2f} ms"
-    )
+    for name, base in (("first", 0), ("second", 1)):  # (the first quarter includes the warm-up)
+        print(
+            f"drift, last quarter against the {name}: RSS {rss[base]:.1f} -> {rss[3]:.1f} MiB "
+            f"({(rss[3] / rss[base] - 1) * 100:+.2f}%), descriptors {fd[base]:.0f} -> {fd[3]:.0f} "
+            f"({(fd[3] / fd[base] - 1) * 100:+.2f}%), p99 {p99[base]:.2f} -> {p99[3]:.2f} ms"
+        )
     title = f"moonlet soak: {ns.idle:,} idle connections, {ns.rate:,.0f} PING/s, churn + faults"
     plot(samples, Path(ns.png), title)
     print(f"plot: {ns.png}")
@@ -225,7 +225,7 @@ def plot(samples: list[tuple[float, float, int, float, float]], path: Path, titl
     axes[2].set_xlabel("seconds")
     axes[2].legend()
     for ax in axes:
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.15)  # from zero, with room above a flat line
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()

@@ -51,7 +51,11 @@ class SQLiteDatabase(Database):
         await self._open()
         async with self._write_lock:
             conn = await self._conn_for(None, write=True)
-            return await self._guarded(conn, self._change(conn, sql, params))
+            try:
+                return await self._guarded(conn, self._change(conn, sql, params))
+            except DatabaseError as e:
+                await self._reopen_if_read_only(e)
+                raise
 
     async def begin(self) -> object:
         await self._open()
@@ -59,10 +63,20 @@ class SQLiteDatabase(Database):
         try:
             assert self._writer is not None
             await self._guarded(self._writer, self._writer.execute("BEGIN IMMEDIATE"))
+        except DatabaseError as e:
+            await self._reopen_if_read_only(e)
+            self._write_lock.release()
+            raise
         except BaseException:
             self._write_lock.release()
             raise
         return self._writer
+
+    async def _reopen_if_read_only(self, error: DatabaseError) -> None:
+        """A file opened while its filesystem was read-only stays read-only in that connection, even once
+        the filesystem is writable again: close every connection, so the next statement opens afresh."""
+        if "readonly database" in str(error):
+            await self.close()
 
     async def finish(self, session: object, commit: bool) -> None:
         assert self._writer is not None and session is self._writer
