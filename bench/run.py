@@ -44,19 +44,7 @@ PIN_SERVER, PIN_CLIENT = (
 )
 
 SERVERS = {
-    "moonlet kv.lua": lambda port: [
-        PYTHON,
-        "-m",
-        "runtime",
-        "run",
-        "--workers",
-        "1",
-        "--log-level",
-        "warning",
-        str(ROOT / "apps" / "kv.lua"),
-        "--port",
-        str(port),
-    ],
+    "moonlet kv.lua": lambda port: moonlet(str(ROOT / "apps" / "kv.lua"), "--port", str(port)),
     "raw uvloop": lambda port: [PYTHON, str(ROOT / "bench" / "raw_pong.py"), str(port)],
 }
 PEERS = {  # `bench/run.py peers`: the same pong workload against other servers, where installed
@@ -90,6 +78,11 @@ PEERS = {  # `bench/run.py peers`: the same pong workload against other servers,
     "node": lambda port: ["node", str(ROOT / "bench" / "node_pong.js"), str(port)],
     "tarantool": lambda port: ["tarantool", str(ROOT / "bench" / "tarantool_pong.lua"), str(port)],
 }
+
+
+def moonlet(*args: str) -> list[str]:
+    """`moonlet run` in one process (no supervisor), warnings only, then the given options and app."""
+    return [PYTHON, "-m", "runtime", "run", "--workers", "1", "--log-level", "warning", *args]
 
 
 def free_port() -> int:
@@ -313,18 +306,7 @@ def bench_blocking(seconds: float) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        cmd = [
-            PYTHON,
-            "-m",
-            "runtime",
-            "run",
-            "--workers",
-            "1",
-            "--log-level",
-            "warning",
-            "--db",
-            f"{tmp}/mixed.db",
-        ]
+        cmd = moonlet("--db", f"{tmp}/mixed.db")
         cmd += ["--pool", "io=64", "--python", str(ROOT / "bench" / "hostfns.py")]
         spin = ["--spin", "35000000"]  # about one second of CPU here
         proc = subprocess.Popen(
@@ -467,19 +449,7 @@ def _wrk(port: int, seconds: float) -> float:
 def http_server(kind: str, tmp: str) -> Iterator[tuple[int, int]]:
     port = free_port()
     if kind == "moonlet hello_http.lua":
-        cmd = [
-            PYTHON,
-            "-m",
-            "runtime",
-            "run",
-            "--workers",
-            "1",
-            "--log-level",
-            "warning",
-            str(ROOT / "apps" / "hello_http.lua"),
-            "--port",
-            str(port),
-        ]
+        cmd = moonlet(str(ROOT / "apps" / "hello_http.lua"), "--port", str(port))
     elif kind == "raw uvloop":
         cmd = [PYTHON, str(ROOT / "bench" / "raw_http.py"), str(port)]
     else:

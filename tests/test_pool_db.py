@@ -275,9 +275,8 @@ def login(server, name: str = "ann") -> Client:  # type: ignore[no-untyped-def]
     return c
 
 
-def test_billing_charges_are_atomic_and_history_is_served(run_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    db = tmp_path / "billing.db"
-    server = run_app("apps/billing.lua", "--port", "0", options=["--db", str(db)])
+def billing_session(server) -> None:  # type: ignore[no-untyped-def]
+    """Two charges, a bad one between them, the history, and goodbye: the same on every database."""
     c = login(server)
     c.send(b"CHARGE acct-1 25\n")
     assert c.line() == b"RECEIPT 1 25"
@@ -292,6 +291,11 @@ def test_billing_charges_are_atomic_and_history_is_served(run_app, tmp_path: Pat
     assert c.line() == b"END"
     c.send(b"QUIT\n")
     assert c.read_all() == b"BYE\n"
+
+
+def test_billing_charges_are_atomic_and_history_is_served(run_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    db = tmp_path / "billing.db"
+    billing_session(run_app("apps/billing.lua", "--port", "0", options=["--db", str(db)]))
     with sqlite3.connect(db) as check:
         assert check.execute("SELECT balance FROM accounts WHERE name = 'acct-1'").fetchone() == (35,)
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_pool_db import login
+from test_pool_db import billing_session, login
 
 from conftest import run_script
 from runtime.databases.placeholders import bind
@@ -98,19 +98,7 @@ def test_db_open_postgresql_values_params_and_transactions(tmp_path: Path, pg_ur
 
 
 def test_billing_runs_unchanged_on_postgresql(run_app, pg_url: str, _pg_shared) -> None:  # type: ignore[no-untyped-def]
-    server = run_app("apps/billing.lua", "--port", "0", "--heavy", "2000", options=["--db", pg_url])
-    c = login(server)
-    c.send(b"CHARGE acct-1 25\n")
-    assert c.line() == b"RECEIPT 1 25"
-    c.send(b"CHARGE acct-1 10\n")
-    assert c.line() == b"RECEIPT 2 35"
-    c.send(b"HISTORY acct-1\n")
-    assert c.line().startswith(b"HISTORY acct-1 2 receipts, total 35, score ")
-    assert c.line() == b"1 25 ann"
-    assert c.line() == b"2 10 ann"
-    assert c.line() == b"END"
-    c.send(b"QUIT\n")
-    assert c.read_all() == b"BYE\n"
+    billing_session(run_app("apps/billing.lua", "--port", "0", "--heavy", "2000", options=["--db", pg_url]))
     database = pg_url.rsplit("/", 1)[1]
     assert [tuple(r) for r in _pg_shared.sql("SELECT name, balance FROM accounts", database=database)] == [
         ("acct-1", 35)
