@@ -149,7 +149,12 @@ class Host:
         self.stream, self.timers, tasks = services.stream, services.timers, services.tasks
         self.udp, self.http = services.udp, services.http
         timers = services.timers
-        lag = LagMonitor(loop, self.limits.loop_lag_warn)
+
+        def running() -> str | None:  # (asked from the lag monitor's watchdog thread)
+            task = kernel.current
+            return task.describe() if task is not None else None
+
+        lag = LagMonitor(loop, self.limits.loop_lag_warn, running)
 
         lua = new_lua_runtime(self.limits.lua_max_memory)
         lua_limits = {

@@ -398,7 +398,7 @@ def test_a_long_c_call_is_reported_by_the_lag_monitor(lua_server) -> None:
         table.sort(t)  -- one long C call: no Lua instruction runs, so only the lag monitor sees it
         """
     )
-    server.wait_log(re.compile(rb"event loop blocked for \d+\.\d\ds"))
+    server.wait_log(re.compile(rb"event loop blocked for \d+\.\d\ds in main chunk"))
 
 
 def test_many_sleeping_tasks_all_wake_and_none_early(tmp_path: Path) -> None:

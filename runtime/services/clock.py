@@ -12,7 +12,9 @@ import asyncio
 import heapq
 import logging
 import math
+import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from runtime.kernel.core import SUSPEND, Kernel, one_line
@@ -188,26 +190,47 @@ class TimerService:
 
 
 class LagMonitor:
-    """Warns when the event loop was blocked (a long C call, blocking work on the loop thread)."""
+    """Warns when the event loop was blocked (a long C call, blocking work on the loop thread), naming what
+    blocked it: a watchdog thread notices the loop's heartbeat is late *while* it is blocked and asks
+    ``running()`` what the loop thread is running (Lua and blocking calls release the GIL, so it can)."""
 
     PERIOD = 0.1
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, warn_after: float) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        warn_after: float,
+        running: Callable[[], str | None] | None = None,
+    ) -> None:
         self._loop = loop
         self._warn_after = warn_after
+        self._running = running
         self._expected = 0.0
         self._handle: asyncio.TimerHandle | None = None
+        self._beat = 0.0  # time.monotonic() of the last tick, read by the watchdog
+        self._culprit: str | None = None  # what the watchdog saw running during the current block
+        self._stopped = threading.Event()
         self.worst = 0.0  # the longest block seen, in seconds
 
     def start(self) -> None:
         if self._warn_after > 0:
             self._expected = self._loop.time() + self.PERIOD
             self._handle = self._loop.call_at(self._expected, self._tick)
+            self._beat = time.monotonic()
+            if self._running is not None:
+                threading.Thread(target=self._watch, name="moonlet-lag-watchdog", daemon=True).start()
 
     def stop(self) -> None:
+        self._stopped.set()
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+    def _watch(self) -> None:
+        assert self._running is not None
+        while not self._stopped.wait(self.PERIOD):
+            if self._culprit is None and time.monotonic() - self._beat > self.PERIOD + self._warn_after / 2:
+                self._culprit = self._running() or "no task (host code)"
 
     def _tick(self) -> None:
         now = self._loop.time()
@@ -215,9 +238,12 @@ class LagMonitor:
         self.worst = max(self.worst, lag)
         if lag >= self._warn_after:
             log.warning(
-                "event loop blocked for %.2fs: every connection waited (a long C call or blocking work on "
+                "event loop blocked for %.2fs%s: every connection waited (a long C call or blocking work on "
                 "the loop thread; Lua code is stopped by the stall budget instead)",
                 lag,
+                f" in {self._culprit}" if self._culprit else "",
             )
+        self._culprit = None
+        self._beat = time.monotonic()
         self._expected = now + self.PERIOD
         self._handle = self._loop.call_at(self._expected, self._tick)
