@@ -1,6 +1,8 @@
 """Listening sockets held by the supervisor and handed to workers (SCM_RIGHTS over a Unix socket).
 
-For each address the supervisor binds one SO_REUSEPORT socket per worker slot: the kernel spreads new
+A Unix-socket path is bound once and the same socket goes to every worker (they accept from one queue);
+the supervisor removes the file when it exits. For each TCP address the supervisor binds one SO_REUSEPORT
+socket per worker slot: the kernel spreads new
 connections over the slots, and worker N of every generation gets slot N's socket. On SIGHUP the new worker
 N shares the socket with the old one, so when the old one stops listening (it only closes its own copy) the
 connections waiting in that queue are accepted by its successor instead of being reset.
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import threading
 from pathlib import Path
 
@@ -21,9 +24,10 @@ log = logging.getLogger("moonlet")
 ENV = "MOONLET_SUPERVISOR"  # the supervisor's socket path, in a worker's environment
 
 
-def shared_listener(host: str, port: int, backlog: int) -> socket.socket | None:
-    """In a worker: the supervisor's listening socket for host:port (bound on first request); None when
-    this process has no supervisor. Raises OSError with the bind error otherwise."""
+def shared_listener(host: str, port: int | None, backlog: int) -> socket.socket | None:
+    """In a worker: the supervisor's listening socket for host:port, or for the Unix-socket path ``host``
+    when port is None (bound on first request); None when this process has no supervisor. Raises OSError
+    with the bind error otherwise."""
     path = os.environ.get(ENV)
     if not path:
         return None
@@ -47,6 +51,7 @@ class ListenerRegistry:
         self.path = str(Path(directory) / "listeners.sock")
         self.sockets: dict[tuple[str, int, int], socket.socket] = {}  # (host, port, slot)
         self.bound: dict[tuple[str, int], int] = {}  # (host, 0) -> the port chosen for it
+        self.paths: dict[str, socket.socket] = {}  # Unix-socket path -> the one socket every worker shares
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(self.path)
         os.chmod(self.path, 0o600)
@@ -61,13 +66,16 @@ class ListenerRegistry:
                 return
             with conn, contextlib.suppress(OSError, ValueError, KeyError):
                 request = json.loads(conn.makefile("rb").readline())
-                self._answer(
-                    conn,
-                    str(request["host"]),
-                    int(request["port"]),
-                    int(request["backlog"]),
-                    int(request["slot"]),
-                )
+                if request["port"] is None:
+                    self._answer_path(conn, str(request["host"]), int(request["backlog"]))
+                else:
+                    self._answer(
+                        conn,
+                        str(request["host"]),
+                        int(request["port"]),
+                        int(request["backlog"]),
+                        int(request["slot"]),
+                    )
 
     def _answer(self, conn: socket.socket, host: str, port: int, backlog: int, slot: int) -> None:
         port = self.bound.get((host, port), port)  # port 0: every slot shares the port chosen first
@@ -83,7 +91,39 @@ class ListenerRegistry:
             self.sockets[(host, port, slot)] = sock
         socket.send_fds(conn, [b"ok"], [sock.fileno()])
 
+    def _answer_path(self, conn: socket.socket, path: str, backlog: int) -> None:
+        sock = self.paths.get(path)
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                remove_stale_socket(path)
+                sock.bind(path)
+                sock.listen(backlog)
+            except OSError as e:
+                sock.close()
+                conn.sendall((e.strerror or str(e)).encode())
+                return
+            self.paths[path] = sock
+        socket.send_fds(conn, [b"ok"], [sock.fileno()])
+
     def close(self) -> None:
         self._server.close()
         for sock in set(self.sockets.values()):
             sock.close()
+        for path, sock in self.paths.items():
+            sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def remove_stale_socket(path: str) -> None:
+    """A socket file left by a dead server would make bind fail; a live server's is kept (bind then fails)."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)
+            finally:
+                probe.close()

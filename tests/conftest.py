@@ -50,8 +50,8 @@ class Server:
         self.clients: list[Client] = []
         self._partial = b""
         self.port = 0
-        match = self.wait_log(ready, timeout=15)  # (the pattern's second group is the port)
-        self.port = int(match.group(2))
+        match = self.wait_log(ready, timeout=15)  # (the pattern's second group, if any, is the port)
+        self.port = int(match.group(2)) if (match.lastindex or 0) >= 2 else 0
 
     def wait_log(self, pattern: re.Pattern[bytes] | bytes, timeout: float = 5) -> re.Match[bytes]:
         """Wait until a log line matches ``pattern``; returns the match."""

@@ -183,3 +183,23 @@ def test_default_is_one_worker_per_core_once_the_app_listens(tmp_path: Path) -> 
         assert f"starting {cores - 1} more workers (one per core)" in server.log_text()
     assert {ask(port).split()[1] for _ in range(10 * cores)} <= {str(i + 1).encode() for i in range(cores)}
     assert server.stop(signal.SIGTERM) == 0
+
+
+def test_workers_share_a_unix_socket_and_the_supervisor_removes_it(run_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "app.sock"
+    app = tmp_path / "unix_app.lua"
+    app.write_text(
+        f'require("moonlet.net").listen {{ path = "{path}", handler = function(conn)\n'
+        '  conn:write(os.getenv("MOONLET_WORKER"), "\\n") end }\n'
+    )
+    server = run_app(app, options=["--workers", "2"], ready=re.compile(rb"listening on (\S+)"))
+    wait_count(server, "listening on", 2)
+    seen = set()
+    for _ in range(60):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(path))
+            seen.add(s.recv(10).strip())
+    assert seen == {b"1", b"2"}  # one socket, both workers accepting from it
+    assert server.stop(signal.SIGTERM) == 0
+    assert not path.exists()

@@ -14,21 +14,18 @@ wait) is closed. A reader waits at most ``read_timeout``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import os
 import resource
 import socket
 import ssl
-import stat
 from typing import Any, cast
 
 from runtime.config import Limits
 from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
-from runtime.listeners import shared_listener
+from runtime.listeners import remove_stale_socket, shared_listener
 from runtime.lua.values import from_plain, to_plain
 from runtime.services.background import Background
 from runtime.services.clock import TICK, Deadlines
@@ -419,10 +416,16 @@ class StreamService:
         listener = Listener(entry, label)
         try:
             if port is None:
-                _remove_stale_socket(where_s)
-                server = await self.loop.create_unix_server(
-                    lambda: Connection(self, listener), where_s, backlog=self.limits.backlog
-                )
+                shared = shared_listener(where_s, None, self.limits.backlog)  # (under a supervisor)
+                if shared is not None:
+                    server = await self.loop.create_unix_server(
+                        lambda: Connection(self, listener), sock=shared
+                    )
+                else:
+                    remove_stale_socket(where_s)
+                    server = await self.loop.create_unix_server(
+                        lambda: Connection(self, listener), where_s, backlog=self.limits.backlog
+                    )
                 bound: object = None
             else:
                 shared = shared_listener(where_s, port, self.limits.backlog)  # (under a supervisor)
@@ -629,16 +632,3 @@ def connect_error(e: BaseException) -> bytes:
     if isinstance(e, OSError):
         return (e.strerror or str(e)).lower().encode()
     return f"{type(e).__name__}: {e}".encode()
-
-
-def _remove_stale_socket(path: str) -> None:
-    """A socket file left by a dead server would make bind fail; a live server's is kept (bind then fails)."""
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
-            except OSError:
-                os.unlink(path)
-            finally:
-                probe.close()
