@@ -277,3 +277,32 @@ def test_concurrent_connections_are_served_while_one_is_slow(lua_server) -> None
         assert fast.line() == b"done %d" % i
     assert time.monotonic() - started < 0.9
     assert slow.line() == b"done slow"
+
+
+def test_a_blocked_loop_does_not_time_out_a_connection_whose_bytes_arrived(lua_server) -> None:  # type: ignore[no-untyped-def]
+    server = lua_server(
+        """
+        local net = require "moonlet.net"
+        net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
+          conn:settimeouts(nil, nil, 0.3)
+          while true do
+            local line, err = conn:readline()
+            if not line then conn:write("ERR ", err, "\\n") return end
+            if line == "block" then
+              local t = {}
+              for i = 1, 3e6 do t[i] = (i * 7919) % 1000003 end
+              table.sort(t)  -- one long C call: the whole loop stands still
+            end
+            conn:write(line, "\\n")
+          end
+        end }
+        """
+    )
+    steady, blocker = server.connect(), server.connect()
+    steady.send(b"a\n")
+    assert steady.line() == b"a"
+    blocker.send(b"block\n")
+    time.sleep(0.1)
+    steady.send(b"b\n")  # arrives 0.1 s into a 0.3 s read timeout, while the loop is blocked past it
+    assert steady.line() == b"b"  # read once the loop runs again, not timed out
+    assert blocker.line() == b"block"

@@ -33,6 +33,9 @@ class HasDeadline(Protocol):
     def on_deadline(self, now: float) -> None: ...
 
 
+LATE = 0.05  # seconds late a deadline check may run before it waits for one I/O poll first
+
+
 class Deadlines:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -41,6 +44,7 @@ class Deadlines:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_key = 0
         self._fired = 0  # every key up to this one has fired
+        self._polled = False  # a late firing was put off until the loop had polled for I/O once
 
     def add(self, obj: HasDeadline, when: float) -> None:
         """Make sure ``obj.on_deadline`` is called at or after ``when`` (one tick late at most)."""
@@ -68,6 +72,13 @@ class Deadlines:
     def _fire(self) -> None:
         self._timer = None
         now = self._loop.time()
+        if not self._polled and now - self._timer_key * TICK > LATE:
+            # The loop was blocked: bytes that would reset these deadlines may be waiting in the sockets,
+            # and libuv runs timers before it polls. Expire nothing until the next turn, after the poll.
+            self._polled = True
+            self._timer = self._loop.call_later(0.001, self._fire)  # (0 would run in this same timer phase)
+            return
+        self._polled = False
         limit = math.floor(now / TICK)
         keys, buckets = self._keys, self._buckets
         while keys and keys[0] <= limit:
