@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Coverage-guided fuzzing of the HTTP server's protocol code: httptools' callbacks, the limits, pipelining,
 chunked bodies, request tasks and responses (runtime/services/httpserver.py), with a real Lua app behind it.
 
@@ -10,6 +11,8 @@ Run it for an hour (atheris is not a test dependency):
     .venv/bin/pip install atheris
     .venv/bin/python tests/fuzz/http_target.py -max_total_time=3600 -timeout=10 tests/fuzz/corpus/http
 New inputs that raise coverage are added to the corpus directory; a crash is written to crash-<sha1>.
+To fold a run's corpus back into the checked-in one (libFuzzer re-runs this file, hence the venv on PATH):
+    PATH=.venv/bin:$PATH tests/fuzz/http_target.py -merge=1 tests/fuzz/corpus/http RUN_CORPUS_DIR
 The test suite replays the checked-in corpus through the same target (tests/faults/test_fuzz_corpus.py).
 """
 
