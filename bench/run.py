@@ -113,7 +113,7 @@ def running(cmd: list[str], port: int) -> Iterator[tuple[int, int]]:
     """Start a server (pinned like every server here), wait for its port; yield its pid and port."""
     proc = subprocess.Popen([*PIN_SERVER, *cmd], cwd=ROOT, stdout=subprocess.DEVNULL)
     try:
-        _wait_port(port, proc)
+        wait_port(port, proc)
         yield proc.pid, port
     finally:
         proc.terminate()
@@ -313,7 +313,7 @@ def bench_blocking(seconds: float) -> list[dict[str, object]]:
             [*cmd, str(ROOT / "bench" / "lua" / "mixed.lua"), "--port", str(port), *spin], cwd=ROOT
         )
         try:
-            _wait_port(port)
+            wait_port(port)
             unloaded = _echo_p99(port)
             stop = threading.Event()
             slow: list[float] = []
@@ -530,8 +530,9 @@ def _timed_requests(port: int, requests: list[bytes]) -> float:
     return time.perf_counter() - t0
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + 15
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 15) -> None:
+    """Wait until something accepts on 127.0.0.1:port; RuntimeError if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()

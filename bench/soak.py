@@ -26,6 +26,9 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import free_port, wait_port  # bench/run.py's helpers
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -140,24 +143,13 @@ def main() -> int:
     ns = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "runtime", "run", "--workers", str(ns.workers), "--no-console"]
     cmd += ["--log-level", "error", "apps/kv.lua", "--port", str(port)]
     server = subprocess.Popen(cmd, cwd=ROOT)
     samples: list[tuple[float, float, int, float, float]] = []  # t, rss MiB, fds, p50 ms, p99 ms
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    print("the server did not start")
-                    return 1
-                time.sleep(0.1)
+        wait_port(port, server, timeout=30)
         idle = []
         for i in range(ns.idle):
             c = socket.socket()
