@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import PEERS, free_port, wait_port  # bench/run.py's helpers and its redis-server command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,15 +69,10 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=100)
     ns = parser.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
+    port = free_port()
+    server = subprocess.Popen(PEERS["redis-server"](port), stdout=subprocess.DEVNULL)
     try:
-        time.sleep(0.5)
+        wait_port(port, server)
         with tempfile.TemporaryDirectory() as tmp:
             script = Path(tmp) / "client.lua"
             script.write_text(LUA)

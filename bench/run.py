@@ -48,20 +48,9 @@ SERVERS = {
     "raw uvloop": lambda port: [PYTHON, str(ROOT / "bench" / "raw_pong.py"), str(port)],
 }
 PEERS = {  # `bench/run.py peers`: the same pong workload against other servers, where installed
-    "moonlet kv.lua, 2 workers": lambda port: [
-        PYTHON,
-        "-m",
-        "runtime",
-        "run",
-        "--log-level",
-        "warning",
-        "--no-console",
-        "--workers",
-        "2",
-        str(ROOT / "apps" / "kv.lua"),
-        "--port",
-        str(port),
-    ],
+    "moonlet kv.lua, 2 workers": lambda port: moonlet(
+        "--no-console", str(ROOT / "apps" / "kv.lua"), "--port", str(port), workers=2
+    ),
     "redis-server": lambda port: [
         "redis-server",
         "--bind",
@@ -80,9 +69,9 @@ PEERS = {  # `bench/run.py peers`: the same pong workload against other servers,
 }
 
 
-def moonlet(*args: str) -> list[str]:
-    """`moonlet run` in one process (no supervisor), warnings only, then the given options and app."""
-    return [PYTHON, "-m", "runtime", "run", "--workers", "1", "--log-level", "warning", *args]
+def moonlet(*args: str, workers: int = 1) -> list[str]:
+    """`moonlet run` with `workers` processes (1: no supervisor), warnings only, then options and app."""
+    return [PYTHON, "-m", "runtime", "run", "--workers", str(workers), "--log-level", "warning", *args]
 
 
 def free_port() -> int:

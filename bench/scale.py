@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import free_port, moonlet, wait_port  # bench/run.py's helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 PER_HOLDER = 15_000
@@ -75,37 +77,12 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=6)
     ns = parser.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runtime",
-            "run",
-            "--log-level",
-            "warning",
-            "--no-console",
-            "--workers",
-            str(ns.workers),
-            "apps/kv.lua",
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
+        moonlet("--no-console", "apps/kv.lua", "--port", str(port), workers=ns.workers), cwd=ROOT
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    print("the server did not start")
-                    return 1
-                time.sleep(0.1)
+        wait_port(port, server, timeout=30)
         time.sleep(1)
         base = server_rss(server.pid)
         holders = []

@@ -19,6 +19,7 @@ import asyncio
 import datetime
 import decimal
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -195,8 +196,11 @@ def _number(text: str) -> int | float:
         return float(text)
 
 
+_RETURNING = re.compile(r"\breturning\b", re.IGNORECASE)
+
+
 def _returns_rows(sql: str) -> bool:
-    return " returning " in sql.lower().replace("\n", " ")
+    return _RETURNING.search(sql) is not None
 
 
 def _plain(value: Any) -> Any:
