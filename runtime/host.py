@@ -26,6 +26,7 @@ from runtime.config import Limits
 from runtime.errors import AppLoadError
 from runtime.kernel.core import Kernel, one_line
 from runtime.kernel.task import Task
+from runtime.lua.interrupt import new_interrupter
 from runtime.lua.state import new_lua_runtime
 from runtime.lua.stdlib import bootstrap
 from runtime.services.clock import ClockService, Deadlines, LagMonitor, TimerService
@@ -37,12 +38,13 @@ from runtime.services.pool import PoolConfig, PoolService
 from runtime.services.shared import SharedService
 from runtime.services.stream import StreamService
 from runtime.services.system import SystemService
-from runtime.services.tasks import TaskService
+from runtime.services.tasks import StallGuard, TaskService
 
 log = logging.getLogger("moonlet")
 
-# Lua instructions between two stall checks: each check is one call into the host (~0.3 us), and the
-# first check of a run starts its clock, so the budget is overrun by at most this many instructions.
+# Lua instructions between two stall checks in coroutines that carry a periodic count hook (those the app
+# creates itself; every coroutine where the stall guard cannot arm hooks): each check is one call into the
+# host (~0.3 us).
 STALL_CHECK_EVERY = 1_000_000
 
 
@@ -157,11 +159,18 @@ class Host:
         lag = LagMonitor(loop, self.limits.loop_lag_warn, running)
 
         lua = new_lua_runtime(self.limits.lua_max_memory)
+        budget = self.limits.stall_budget
+        interrupter = new_interrupter(lua) if budget > 0 else None
+        if budget > 0 and interrupter is None:
+            log.warning("stall budget: cannot arm hooks in this lupa build; every coroutine checks instead")
+        stall_guard = StallGuard(kernel, budget, interrupter) if interrupter is not None else None
+        tasks.guard = stall_guard
         lua_limits = {
             "max_line": self.limits.max_line,
             "max_read": self.limits.max_read,
             "write_high_water": self.limits.write_high_water,
-            "stall_check_every": STALL_CHECK_EVERY if self.limits.stall_budget > 0 else 0,
+            "stall_check_every": STALL_CHECK_EVERY if budget > 0 else 0,
+            "stall_armed": 1 if stall_guard is not None else 0,  # tasks wait to be armed (no periodic hook)
         }
         boot = bootstrap(lua, kernel.call, lua_limits, self.app_path, self.app_args)
         kernel.set_body(boot[b"body"])
@@ -194,6 +203,8 @@ class Host:
                 log.warning("no console: %s", e)
                 console = None
         lag.start()
+        if stall_guard is not None:
+            stall_guard.start()
         try:
             args = [a.encode() for a in self.app_args]
             if self.engine is None:
@@ -213,6 +224,8 @@ class Host:
             await self._done
         finally:
             lag.stop()
+            if stall_guard is not None:
+                stall_guard.stop()
             if console is not None:
                 console.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):

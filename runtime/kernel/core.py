@@ -146,8 +146,8 @@ class Kernel:
         send = co.send
         handlers = self._handlers
         budget = MAX_IMMEDIATE
+        self.resumes += 1  # (before `current`: the stall guard's thread reads them in the other order)
         self.current = task
-        self.resumes += 1
         try:
             while True:
                 req = send(value)

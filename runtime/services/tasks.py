@@ -9,10 +9,15 @@ blocking primitive in Lua is built from two requests:
   task cannot be woken at all (``UNPARK`` returns false, so a queue hands its item to the next getter).
 * ``WATCH(task)`` parks-on-end: the watcher is unparked when ``task`` ends.
 
-Stall protection: ``_host.lua`` sets a count hook in every coroutine; each time it fires it asks
-``STALL_CHECK`` whether the current run (one resume, told apart by ``Kernel.resumes``) has lasted longer than
-the budget. If so the hook records the traceback (``STALLED``) and makes every later instruction of that
+Stall protection (a *run* is one resume, told apart by ``Kernel.resumes``): :class:`StallGuard`'s thread
+samples which run the loop thread is in; when one run has lasted the budget it marks that run stalled and
+arms the count hook of the running task's coroutine (``runtime/lua/interrupt.py``), so tasks pay nothing
+per instruction until then. Coroutines the app creates itself keep a periodic count hook (the watchdog
+cannot tell which of them is running). Either hook asks ``STALL_CHECK`` whether the current run is the
+stalled one; if so it records the traceback (``STALLED``) and makes every later instruction of that
 coroutine raise, so no ``pcall`` loop can keep it alive; the task ends with that traceback as its error.
+Without an interrupter (a lupa build it cannot read) every coroutine gets the periodic hook and
+``STALL_CHECK`` times runs itself, as before.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 
 from runtime.config import Limits
 from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import PARKED, Extra, Task
+from runtime.lua.interrupt import Interrupter
 from runtime.lua.state import LuaFunction
 
 log = logging.getLogger("moonlet")
@@ -45,6 +52,7 @@ class TaskService:
         self.task_body: LuaFunction | None = None  # _host.lua's task_body(packed), set at bootstrap
         self._run = -1  # Kernel.resumes when the stall check last saw a new run
         self._run_since = 0.0
+        self.guard: StallGuard | None = None  # set by the host when the budget is on and arming works
         kernel.register(Op.PARK, self._park)
         kernel.register(Op.JOIN, self._join)
         kernel.register_call(Op.SPAWN, self._spawn)
@@ -156,6 +164,11 @@ class TaskService:
         kernel = self.kernel
         if kernel.current is None or self.stall_budget <= 0:
             return None
+        guard = self.guard
+        if guard is not None:  # the watchdog decides; a hook armed for an earlier run finds nothing
+            if guard.stalled_run != kernel.resumes:
+                return None
+            return self._stall_message(guard.stalled_for)
         now = time.monotonic()
         if kernel.resumes != self._run:
             self._run, self._run_since = kernel.resumes, now
@@ -163,9 +176,11 @@ class TaskService:
         used = now - self._run_since
         if used < self.stall_budget:
             return None
-        return (
-            f"stalled: ran {used:.2f}s without yielding (the CPU budget is {self.stall_budget:g}s)".encode()
-        )
+        return self._stall_message(used)
+
+    def _stall_message(self, used: float) -> bytes:
+        budget = self.stall_budget
+        return f"stalled: ran {used:.2f}s without yielding (the CPU budget is {budget:g}s)".encode()
 
     def _stalled(self, traceback: object, _b: object, _c: object) -> None:
         task = self.kernel.current
@@ -175,3 +190,51 @@ class TaskService:
             task.extra = Extra()
         if task.extra.stall is None and isinstance(traceback, bytes):
             task.extra.stall = traceback
+
+
+class StallGuard:
+    """The watchdog thread of the stall budget: finds a run that has lasted ``budget`` seconds and arms the
+    hook of the coroutine running it.
+
+    It samples ``Kernel.resumes`` and ``Kernel.current`` every ``budget / 10`` seconds (at most 0.1 s) and
+    times a run from the first sample that saw it, so a stall is stopped between ``budget`` and
+    ``budget`` + two periods after it began. Lua releases the GIL while it runs, so this thread reads the
+    kernel's fields while the loop thread is busy in Lua; a sample is used only when the run counter read
+    before and after ``current`` agree.
+    """
+
+    def __init__(self, kernel: Kernel, budget: float, interrupter: Interrupter) -> None:
+        self._kernel = kernel
+        self._budget = budget
+        self._interrupter = interrupter
+        self._period = min(0.1, budget / 10)
+        self._stopped = threading.Event()
+        self.stalled_run = -1  # the run found over budget (read by STALL_CHECK on the loop thread)
+        self.stalled_for = 0.0  # how long it had run when found
+
+    def start(self) -> None:
+        threading.Thread(target=self._watch, name="moonlet-stall-guard", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        kernel = self._kernel
+        seen_run, seen_at = -1, 0.0
+        while not self._stopped.wait(self._period):
+            run = kernel.resumes
+            task = kernel.current
+            if task is None or kernel.resumes != run:
+                seen_run = -1
+                continue
+            now = time.monotonic()
+            if run != seen_run:
+                seen_run, seen_at = run, now
+                continue
+            if now - seen_at < self._budget or self.stalled_run == run:
+                continue
+            co = task.co  # (held while arming: the coroutine's state stays alive)
+            if co is not None:
+                self.stalled_for = now - seen_at
+                self.stalled_run = run
+                self._interrupter.arm(co)

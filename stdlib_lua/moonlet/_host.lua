@@ -17,9 +17,11 @@
 -- own yields still reach the app's resume. Where Lua cannot yield at all (a table.sort comparator, a
 -- string.gsub callback, __gc, __tostring called by tostring) a request fails with an error that says so.
 --
--- Stall protection: every coroutine gets a count hook that asks the host, every `stall_check_every`
--- instructions, whether this run has used up its CPU budget; if so the coroutine is doomed: every later
--- instruction raises, so `while true do pcall(f) end` ends too (see runtime/services/tasks.py).
+-- Stall protection (see runtime/services/tasks.py): a task's coroutine registers a hook but leaves it unarmed,
+-- so its instructions cost nothing extra; the host's watchdog thread arms it when the task's run has used
+-- up its CPU budget. Coroutines the app creates itself ask the host every `stall_check_every` instructions
+-- (so does every coroutine when the host cannot arm hooks). A stalled coroutine is doomed: every later
+-- instruction raises, so `while true do pcall(f) end` ends too.
 
 local privileged = ...
 local call, OP, raw_yield, traceback = privileged.call, privileged.OP, privileged.yield, privileged.traceback
@@ -32,6 +34,7 @@ local pack, unpack = table.pack, table.unpack
 local M = { call = call, OP = OP, limits = privileged.limits, traceback = traceback }
 local EXIT, STALL_CHECK, STALLED = OP.EXIT, OP.STALL_CHECK, OP.STALLED
 local STALL_EVERY = privileged.limits.stall_check_every
+local STALL_ARMED = STALL_EVERY > 0 and privileged.limits.stall_armed == 1
 
 -- Objects whose output has not been handed to the host: almost always one connection, kept in `first`
 -- so that marking and unmarking it costs no table operation; any others go in `more`.
@@ -107,18 +110,34 @@ local request = M.request
 ---------------------------------------------------------------------------------------------------------
 -- stall protection
 
-local function on_count()
-  local msg = call(STALL_CHECK)
-  if msg then
-    call(STALLED, traceback(msg, 2))
-    sethook(function() error(msg, 0) end, "", 1) -- doomed: no pcall can catch this for long
-    error(msg, 0)
-  end
+local function doom(msg)
+  call(STALLED, traceback(msg, 3))
+  sethook(function() error(msg, 0) end, "", 1) -- doomed: no pcall can catch this for long
+  error(msg, 0)
 end
 
+-- the periodic hook (app coroutines)
+local function on_count()
+  local msg = call(STALL_CHECK)
+  if msg then doom(msg) end
+end
+
+-- the hook the watchdog arms (tasks)
+local function on_stall()
+  local msg = call(STALL_CHECK)
+  if msg then doom(msg) end
+  sethook(on_stall, "") -- armed for a run that has since yielded: back to registered, unarmed
+end
+
+-- A task's own coroutine (co == nil: the running one) or a coroutine the app creates.
 local function guard(co)
-  if STALL_EVERY > 0 then
-    if co then sethook(co, on_count, "", STALL_EVERY) else sethook(on_count, "", STALL_EVERY) end
+  if STALL_EVERY == 0 then return end
+  if co then
+    sethook(co, on_count, "", STALL_EVERY)
+  elseif STALL_ARMED then
+    sethook(on_stall, "") -- registered for the watchdog to arm; an empty mask costs nothing
+  else
+    sethook(on_count, "", STALL_EVERY)
   end
 end
 
