@@ -15,7 +15,8 @@ local log = require "moonlet.log"
 local time = require "moonlet.time"
 local opts = require("moonlet.args").parse(arg, { port = 6380, host = "127.0.0.1" })
 
-local byte, sub, upper, find, format = string.byte, string.sub, string.upper, string.find, string.format
+local byte, sub, upper, find, format, gmatch = string.byte, string.sub, string.upper, string.find, string.format,
+  string.gmatch
 local tointeger, tostring, tonumber, concat = math.tointeger, tostring, tonumber, table.concat
 local monotonic = time.monotonic
 
@@ -325,57 +326,62 @@ end
 ---------------------------------------------------------------------------------------------------------
 -- the protocol
 
--- Read one command: an array of bulk strings, or an inline line split on spaces.
--- Returns args, or nil, err (connection trouble), or false, message (protocol error: answer and close).
-local function read_command(conn)
+-- Read one command into `args`, which is reused from one command to the next (no garbage per request; no
+-- command keeps it): an array of bulk strings, or an inline line split on whitespace. Returns the argument
+-- count, or nil, err (connection trouble), or false, message (a protocol error: answer and close).
+local function read_command(conn, args, last_count)
   local line, e = conn:readline()
   if not line then
     if e == "line too long" then return false, "Protocol error: too big inline request" end
     return nil, e
   end
-  if byte(line, 1) ~= 42 then -- '*': otherwise an inline command
-    if not find(line, "%s") then return { line } end -- PING and friends: no splitting needed
-    local args, n = {}, 0
-    for word in line:gmatch("%S+") do n = n + 1; args[n] = word end
-    return args
-  end
-  local count = parse_int(sub(line, 2))
-  if count == nil or count > MAX_ARGS then return false, "Protocol error: invalid multibulk length" end
-  local args = {}
-  for i = 1, count do
-    local header
-    header, e = conn:readline()
-    if not header then return nil, e end
-    if byte(header, 1) ~= 36 then -- '$'
-      return false, format("Protocol error: expected '$', got '%s'", sub(header, 1, 1))
+  local n
+  if commands[line] then -- an inline command alone on its line (PING): nothing to split
+    args[1], n = line, 1
+  elseif byte(line, 1) ~= 42 then -- '*' starts an array; anything else is an inline command
+    n = 0
+    for word in gmatch(line, "%S+") do n = n + 1; args[n] = word end
+  else
+    n = parse_int(sub(line, 2))
+    if n == nil or n > MAX_ARGS then return false, "Protocol error: invalid multibulk length" end
+    for i = 1, n do
+      local header
+      header, e = conn:readline()
+      if not header then return nil, e end
+      if byte(header, 1) ~= 36 then -- '$'
+        return false, format("Protocol error: expected '$', got '%s'", sub(header, 1, 1))
+      end
+      local len = parse_int(sub(header, 2))
+      if len == nil or len < 0 or len > MAX_BULK then return false, "Protocol error: invalid bulk length" end
+      local body
+      body, e = conn:readn(len + 2)
+      if not body then return nil, e end
+      args[i] = sub(body, 1, len)
     end
-    local len = parse_int(sub(header, 2))
-    if len == nil or len < 0 or len > MAX_BULK then return false, "Protocol error: invalid bulk length" end
-    local body
-    body, e = conn:readn(len + 2)
-    if not body then return nil, e end
-    args[i] = sub(body, 1, len)
   end
-  return args
+  for i = n + 1, last_count do args[i] = nil end
+  return n
 end
 
 local function serve(conn)
   local session = { resp3 = false }
   conn:settimeouts(nil, nil, false) -- like Redis: idle clients may stay forever
   conn:setlimits { read = MAX_BULK + 2 }
+  local args, count = {}, 0
   while true do
-    local args, e = read_command(conn)
-    if args == nil then return end -- closed, or a timeout while sending
-    if args == false then
+    local n, e = read_command(conn, args, count)
+    if n == nil then return end -- closed, or a timeout while sending
+    if n == false then
       conn:write(err(e))
       return
     end
+    count = n
     local name = args[1]
     if name ~= nil and name ~= "" then
       local command = commands[name] or commands[upper(name)]
       if command == nil then
-        conn:write(err(format("unknown command '%s', with args beginning with: %s", args[1],
-          #args > 1 and ("'" .. concat(args, "' '", 2, math.min(#args, 4)) .. "' ") or "")))
+        conn:write(err(format("unknown command '%s', with args beginning with: %s", name,
+          n > 1 and ("'" .. concat(args, "' '", 2, math.min(n, 4)) .. "' ") or "")))
       else
         local reply, close = command(args, session)
         if reply == NIL and session.resp3 then reply = "_\r\n" end

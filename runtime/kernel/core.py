@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from runtime.kernel.ops import CALLS, YIELDING, Op
 from runtime.kernel.task import PARKED, Extra, Owner, Task
-from runtime.lua.state import LuaError, LuaFunction
+from runtime.lua.state import LuaError, LuaFunction, resume_thread
 
 log = logging.getLogger("moonlet")
 
@@ -143,14 +143,13 @@ class Kernel:
         co = task.co
         if co is None:  # ended or killed: never resumed again
             return
-        send = co.send
         handlers = self._handlers
         budget = MAX_IMMEDIATE
         self.resumes += 1  # (before `current`: the stall guard's thread reads them in the other order)
         self.current = task
         try:
             while True:
-                req = send(value)
+                req = resume_thread(co, value)
                 if type(req) is not tuple or len(req) != 4:
                     self._stray(task, req)
                     return

@@ -15,6 +15,7 @@ Every ``LuaRuntime`` in moonlet comes from :func:`new_lua_runtime`. What it guar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 import lupa.lua54 as _lupa  # type: ignore[import-untyped]
@@ -27,6 +28,14 @@ class LuaThread(Protocol):
     """A Lua coroutine as lupa hands it to Python."""
 
     def send(self, value: object, /) -> Any: ...
+
+
+# ``resume_thread(co, value)``: the coroutine's ``send``, taken from the class once. (Looking ``co.send`` up on
+# each resume goes through lupa's attribute hook for Lua objects: ~500 instructions per crossing.)
+# (lupa does not export the class by name: it is found on a throwaway coroutine.)
+resume_thread: Callable[[LuaThread, object], Any] = type(
+    _lupa.LuaRuntime().eval("function() end").coroutine()
+).send
 
 
 class LuaFunction(Protocol):
