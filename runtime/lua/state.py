@@ -30,9 +30,9 @@ class LuaThread(Protocol):
     def send(self, value: object, /) -> Any: ...
 
 
-# ``resume_thread(co, value)``: the coroutine's ``send``, taken from the class once. (Looking ``co.send`` up on
-# each resume goes through lupa's attribute hook for Lua objects: ~500 instructions per crossing.)
-# (lupa does not export the class by name: it is found on a throwaway coroutine.)
+# ``resume_thread(co, value)``: the coroutine's ``send``, taken from the class once (looking ``co.send`` up
+# on each resume goes through lupa's attribute hook for Lua objects: ~500 instructions per crossing). lupa
+# does not export the class by name: it is found on a throwaway coroutine.
 resume_thread: Callable[[LuaThread, object], Any] = type(
     _lupa.LuaRuntime().eval("function() end").coroutine()
 ).send
