@@ -24,6 +24,7 @@ class Limits:
     write_high_water: int = 64 * 1024  # unsent bytes above which a writer is suspended
     max_output: int = 1024 * 1024  # unsent bytes above which a connection that does not drain is closed
     max_pending_input: int = 256 * 1024  # bytes received but not yet read above which reading pauses
+    input_per_turn: int = 32 * 1024  # bytes a handler is given per loop turn while its peer keeps sending
     backlog: int = 1024
     max_connections: int = (
         0  # accepted connections at once (0: the file-descriptor limit less 256 for the rest)

@@ -296,7 +296,8 @@ def test_a_blocked_loop_does_not_time_out_a_connection_whose_bytes_arrived(lua_s
             conn:write(line, "\\n")
           end
         end }
-        """
+        """,
+        options=["--stall-budget", "30"],  # (the run overruns the default budget: it would be stopped)
     )
     steady, blocker = server.connect(), server.connect()
     steady.send(b"a\n")

@@ -388,6 +388,34 @@ def test_a_stalled_handler_is_stopped_while_others_are_served(lua_server) -> Non
     assert server.log_text().count("stalled: ran") == 4
 
 
+def test_a_long_c_call_past_the_budget_stops_its_task_when_it_returns(lua_server) -> None:
+    server = lua_server(
+        """
+        local net = require "moonlet.net"
+        net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
+          while true do
+            local line = conn:readline()
+            if not line then return end
+            if line == "sort" then
+              local t = {}
+              for i = 1, 1e6 do t[i] = (i * 7919) % 1000003 end
+              table.sort(t)  -- one C call: it cannot be interrupted, only followed
+              conn:write("sorted\\n")
+            end
+            conn:write(line, "\\n")
+          end
+        end }
+        """,
+        options=["--stall-budget", "0.05"],
+    )
+    sorter, other = server.connect(), server.connect()
+    sorter.send(b"sort\n")
+    assert sorter.read_all() == b""  # stopped right after the sort: no reply, connection closed
+    server.wait_log(re.compile(rb"handler error on connection [^\n]*: stalled: ran \d\.\d\ds without"))
+    other.send(b"still here\n")
+    assert other.line() == b"still here"
+
+
 def test_a_long_c_call_is_reported_by_the_lag_monitor(lua_server) -> None:
     server = lua_server(
         """

@@ -9,6 +9,12 @@ chunk. Bytes that arrive while nobody is reading wait here (reading pauses above
 Backpressure: a writer is suspended while more than ``write_high_water`` bytes are unsent, for at most
 ``send_timeout``; a connection whose unsent bytes pass ``max_output`` anyway (writes from tasks that never
 wait) is closed. A reader waits at most ``read_timeout``.
+
+Fairness is counted in bytes of input, not in crossings: a handler gets at most ``input_per_turn`` bytes
+per loop turn. Lines already in its Lua buffer are answered without crossing into the host, so a peer that
+keeps the input full would otherwise keep one handler running, request after request, while every other
+connection waits. Past its share a reader that finds more input waiting is resumed on the next loop turn,
+after the loop has polled the other connections.
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ class Connection(asyncio.Protocol):
         "svc",
         "task",
         "transport",
+        "turn_bytes",
         "write_deadline",
         "write_paused",
         "writer",
@@ -111,6 +118,7 @@ class Connection(asyncio.Protocol):
         self.since = svc.loop.time()
         self.bytes_in = 0
         self.bytes_out = 0
+        self.turn_bytes = 0  # input handed to the handler since it last waited (see "Fairness")
 
     # -- protocol callbacks ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -129,9 +137,19 @@ class Connection(asyncio.Protocol):
         self.bytes_in += len(data)
         reader = self.reader
         if reader is not None:
+            share = self.svc.input_per_turn
+            if len(data) <= share:
+                self.reader = None
+                self.turn_bytes = len(data)
+                self.svc.resume(reader, data)
+                return
+            self._keep(data)  # more than one turn's share: hand it over in shares
             self.reader = None
-            self.svc.resume(reader, data)
+            self.svc.resume(reader, self.take_pending())
             return
+        self._keep(data)
+
+    def _keep(self, data: bytes) -> None:
         if self.pending is None:
             self.pending = [data]
         else:
@@ -141,6 +159,28 @@ class Connection(asyncio.Protocol):
             self.read_paused = True
             assert self.transport is not None
             self.transport.pause_reading()
+
+    def take_pending(self) -> bytes:
+        """Up to one turn's share of the input waiting here (the caller knows some is)."""
+        pending = self.pending
+        assert pending is not None
+        share = self.svc.input_per_turn
+        if self.pending_size <= share:
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            self.pending = None
+            self.pending_size = 0
+        else:
+            data = b"".join(pending) if len(pending) > 1 else pending[0]
+            rest = data[share:]
+            data = data[:share]
+            self.pending = [rest]
+            self.pending_size = len(rest)
+        if self.read_paused and self.pending_size < self.svc.limits.max_pending_input:
+            self.read_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+        self.turn_bytes += len(data)
+        return data
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -210,14 +250,14 @@ class Connection(asyncio.Protocol):
 
     def wait_readable(self, task: Task) -> object:
         """Reply with buffered bytes, or an error, or suspend ``task`` until bytes arrive."""
-        pending = self.pending
-        if pending is not None:
-            self.pending = None
-            self.pending_size = 0
-            if self.read_paused and self.transport is not None:
-                self.read_paused = False
-                self.transport.resume_reading()
-            return pending[0] if len(pending) == 1 else b"".join(pending)
+        if self.pending is not None:
+            if self.turn_bytes < self.svc.input_per_turn:
+                return self.take_pending()
+            # this turn's share is used up: the rest waits for the next turn, after the others' input
+            self.turn_bytes = 0
+            self.svc.loop.call_soon(self._next_share, task)
+            return SUSPEND
+        self.turn_bytes = 0
         if self.eof or (self.svc.draining and self.listener is not None and self.bytes_in):
             # a draining server still reads the replies of the servers it called, and the first request of
             # a connection it accepted just before draining
@@ -234,6 +274,13 @@ class Connection(asyncio.Protocol):
             if key == 0 or deadline < key * TICK:  # else the wheel already holds an earlier reminder
                 svc.deadlines.add(self, deadline)
         return SUSPEND
+
+    def _next_share(self, task: Task) -> None:
+        if task.co is None:
+            return
+        value = self.take_pending() if self.pending is not None else self.wait_readable(task)
+        if value is not SUSPEND:
+            self.svc.resume(task, value)
 
     def wait_writer(self, task: Task, then: int) -> object:
         if self.writer is not None:
@@ -338,6 +385,7 @@ class StreamService:
         self.connections: set[Connection] = set()
         self.listeners: set[Listener] = set()
         self.draining = False
+        self.input_per_turn = limits.input_per_turn
         self.lua: Any = None  # the main Lua state, to build replies in (set by the host)
         self.background = Background(loop)
         self.max_connections = limits.max_connections or default_max_connections()

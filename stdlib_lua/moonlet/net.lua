@@ -114,7 +114,7 @@ function Conn:readline()
   local from = self._pos
   while true do
     local buf, pos = self._buf, self._pos
-    local i = find(buf, "\n", from, true)
+    local i = from <= #buf and find(buf, "\n", from, true) -- (an empty buffer is the common case unpipelined)
     if i then
       -- (the limit is looked up only for lines longer than any limit can be smaller than)
       if i - pos > MIN_LINE_LIMIT and i - pos > self._lim.line then

@@ -57,10 +57,14 @@ net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
       local ok, werr = conn:flush()
       if not ok then log.info("line service: " .. werr) return end
     elseif cmd == "FAIL" then fail[rest]()
-    elseif cmd == "ALLOC" then local t = {} for i = 1, 1e9 do t[i] = ("y"):rep(1000) .. i end
+    elseif cmd == "ALLOC" then                 -- (it waits now and then: memory runs out, not time)
+      local t = {} for i = 1, 1e9 do t[i] = ("y"):rep(1000) .. i; if i % 1000 == 0 then sleep(0) end end
     elseif cmd == "SPIN" then while true do end
     elseif cmd == "TIMERS" then
-      for _ = 1, tonumber(rest) do time.after(0.3, function() end) end
+      for i = 1, tonumber(rest) do           -- (a thousand a turn: 30,000 in one run overrun the budget)
+        time.after(0.3, function() end)
+        if i % 1000 == 0 then sleep(0) end
+      end
       conn:write("OK\n")
     elseif cmd == "POOL" then                 -- more jobs than the pool and its queue take
       local jobs, busy = {}, 0
