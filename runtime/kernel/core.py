@@ -13,6 +13,10 @@ Rules this module keeps:
   from inside a request use ``loop.call_soon``.
 * Fairness: a task whose requests keep being answered at once (a loop of writes to a fast peer) is put
   back in the loop's ready queue after ``MAX_IMMEDIATE`` of them, so it cannot starve other connections.
+* One fast path resumes tasks outside :meth:`Kernel.resume`: a connection feeding bytes to the task
+  waiting to read it (``Connection.data_received``) serves a ``RECV`` on that same connection inline, the
+  echo cycle in one Python frame, with the same bookkeeping (``resumes``, ``current``, :meth:`failed`); any
+  other request it hands to :meth:`Kernel.serve`.
 * Lua errors never reach here as exceptions: every task body runs under ``xpcall`` in ``_host.lua`` and
   ends with an ``EXIT`` request carrying the traceback (the exceptions: running out of memory, and a task the
   stall hook stops, whose error is made to escape every ``pcall``). A Python exception in a handler is a host
@@ -143,34 +147,50 @@ class Kernel:
         co = task.co
         if co is None:  # ended or killed: never resumed again
             return
-        handlers = self._handlers
-        budget = MAX_IMMEDIATE
         self.resumes += 1  # (before `current`: the stall guard's thread reads them in the other order)
         self.current = task
         try:
-            while True:
-                req = resume_thread(co, value)
-                if type(req) is not tuple or len(req) != 4:
-                    self._stray(task, req)
-                    return
-                handler = handlers[req[0]]
-                value = handler(task, req[1], req[2], req[3])  # type: ignore[misc]
-                if value is SUSPEND:
-                    return
-                budget -= 1
-                if budget == 0:
-                    self._call_soon(self.resume, task, value)
-                    return
-        except LuaError as e:  # outside the task's xpcall: out of memory, a stall, or a stray resume
+            self.serve(task, resume_thread(co, value))
+        except Exception as e:
+            self.failed(task, e)
+        finally:
+            self.current = None
+
+    def serve(self, task: Task, req: object) -> None:
+        """Serve the request ``task`` has just yielded, and the ones after it, until it waits or ends.
+
+        Called inside a run (``current`` is ``task``): by :meth:`resume`, and by the one fast path that
+        resumes a task itself (a connection feeding its reader, ``services/stream.py``), which hands over
+        every request it does not serve inline. Exceptions go to the caller, for :meth:`failed`.
+        """
+        co = task.co
+        assert co is not None
+        handlers = self._handlers
+        budget = MAX_IMMEDIATE
+        while True:
+            if type(req) is not tuple or len(req) != 4:
+                self._stray(task, req)
+                return
+            op, a, b, c = req
+            value = handlers[op](task, a, b, c)  # type: ignore[misc]
+            if value is SUSPEND:
+                return
+            budget -= 1
+            if budget == 0:
+                self._call_soon(self.resume, task, value)
+                return
+            req = resume_thread(co, value)
+
+    def failed(self, task: Task, e: Exception) -> None:
+        """End ``task`` after its run raised ``e``."""
+        if isinstance(e, LuaError):  # outside the task's xpcall: out of memory, a stall, or a stray resume
             extra = task.extra
             stall = extra.stall if extra is not None else None
             error = stall or str(e).encode()
             self._end(task, ok=False, error=error, results=error.split(b"\n", 1)[0])
-        except Exception:
-            log.exception("internal error while serving %s; ending that task", task.describe())
+        else:
+            log.error("internal error while serving %s; ending that task", task.describe(), exc_info=e)
             self._end(task, ok=False, error=b"internal error in the host (see the log)")
-        finally:
-            self.current = None
 
     def kill(self, task: Task, reason: bytes) -> bool:
         """End ``task`` now; it is never resumed again and its owner is told. A task cannot kill itself."""

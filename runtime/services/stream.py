@@ -32,6 +32,7 @@ from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
 from runtime.listeners import remove_stale_socket, shared_listener
+from runtime.lua.state import resume_thread
 from runtime.lua.values import from_plain, to_plain
 from runtime.services.background import Background
 from runtime.services.clock import TICK, Deadlines
@@ -46,12 +47,15 @@ LINE_TOO_LONG = b"line too long"  # produced by net.lua
 BUSY = b"busy"
 ERRORS = frozenset({TIMEOUT, CLOSED, TOO_LARGE, LINE_TOO_LONG, BUSY})
 
+_NEVER = math.inf  # a timeout that never comes
 _TIMEOUT_REPLY = (None, TIMEOUT)
 _CLOSED_REPLY = (None, CLOSED)
 _TOO_LARGE_REPLY = (None, TOO_LARGE)
 _BUSY_REPLY = (None, BUSY)
 
 # What a suspended writer is waiting for.
+_RECV = int(Op.RECV)
+
 _AFTER_DRAIN_READ = 1  # RECV: the output went out above the high-water mark; read once it drains
 _AFTER_DRAIN_TRUE = 2  # SEND: reply true once below the high-water mark
 _AFTER_FLUSH_TRUE = 3  # SENDALL: reply true once every byte is taken
@@ -134,20 +138,60 @@ class Connection(asyncio.Protocol):
             self.task = svc.kernel.spawn(self, self.listener.entry, self, scope=True)
 
     def data_received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
+        size = len(data)
+        self.bytes_in += size
         reader = self.reader
-        if reader is not None:
-            share = self.svc.input_per_turn
-            if len(data) <= share:
-                self.reader = None
-                self.turn_bytes = len(data)
-                self.svc.resume(reader, data)
-                return
-            self._keep(data)  # more than one turn's share: hand it over in shares
-            self.reader = None
-            self.svc.resume(reader, self.take_pending())
+        if reader is None:
+            self._keep(data)
             return
-        self._keep(data)
+        self.reader = None
+        svc = self.svc
+        if size > svc.input_per_turn:  # more than one turn's share: hand it over in shares
+            self._keep(data)
+            svc.resume(reader, self.take_pending())
+            return
+        self.turn_bytes = size
+        co = reader.co
+        if co is None:
+            return
+        # The echo cycle, in this one frame (see the kernel's rules): resume the reader with the bytes and,
+        # if it asks this connection for more, send what it wrote and wait again.
+        kernel = svc.kernel
+        kernel.resumes += 1
+        kernel.current = reader
+        try:
+            req = resume_thread(co, data)
+            if (
+                type(req) is not tuple
+                or len(req) != 4
+                or req[0] != _RECV
+                or req[1] is not self
+                or self.closing
+                or self.write_paused
+                or self.eof
+                or self.pending is not None
+                or svc.draining
+            ):
+                kernel.serve(reader, req)
+                return
+            out = req[2]
+            if out:
+                self.transport.write(out)
+                self.bytes_out += len(out)
+                if self.write_paused:  # above the high-water mark now: read once the peer drains
+                    value = self.wait_writer(reader, _AFTER_DRAIN_READ)
+                    if value is not SUSPEND:
+                        kernel.serve(reader, resume_thread(co, value))
+                    return
+            self.turn_bytes = 0
+            self.reader = reader
+            reader.waiting = self
+            if self.read_timeout != _NEVER:
+                self._remind_read()
+        except Exception as e:
+            kernel.failed(reader, e)
+        finally:
+            kernel.current = None
 
     def _keep(self, data: bytes) -> None:
         if self.pending is None:
@@ -258,7 +302,8 @@ class Connection(asyncio.Protocol):
             self.svc.loop.call_soon(self._next_share, task)
             return SUSPEND
         self.turn_bytes = 0
-        if self.eof or (self.svc.draining and self.listener is not None and self.bytes_in):
+        svc = self.svc
+        if self.eof or (svc.draining and self.listener is not None and self.bytes_in):
             # a draining server still reads the replies of the servers it called, and the first request of
             # a connection it accepted just before draining
             return _CLOSED_REPLY
@@ -266,14 +311,16 @@ class Connection(asyncio.Protocol):
             return _BUSY_REPLY
         self.reader = task
         task.waiting = self
-        timeout = self.read_timeout
-        if timeout != math.inf:
-            svc = self.svc
-            self.read_deadline = deadline = svc.time() + timeout
-            key = self.deadline_key
-            if key == 0 or deadline < key * TICK:  # else the wheel already holds an earlier reminder
-                svc.deadlines.add(self, deadline)
+        if self.read_timeout != _NEVER:
+            self._remind_read()
         return SUSPEND
+
+    def _remind_read(self) -> None:
+        svc = self.svc
+        self.read_deadline = deadline = svc.time() + self.read_timeout
+        key = self.deadline_key
+        if key == 0 or deadline < key * TICK:  # else the wheel already holds an earlier reminder
+            svc.deadlines.add(self, deadline)
 
     def _next_share(self, task: Task) -> None:
         if task.co is None:
