@@ -76,7 +76,9 @@ class Kernel:
         self._calls: list[CallHandler | None] = [None] * (max(Op) + 1)
         self._body: LuaFunction | None = None
         self.live = 0  # tasks started and not yet ended
-        self.tasks: set[Task] = set()  # those tasks (the console lists them)
+        self.tasks: dict[
+            Task, None
+        ] = {}  # those tasks (the console lists them; a dict is smaller than a set)
         self.current: Task | None = None  # the task being resumed, if any
         self.resumes = 0  # how many resumes have started (the stall check tells runs apart by it)
         self.on_idle: Callable[[], None] | None = None  # called when `live` drops to zero
@@ -135,7 +137,7 @@ class Kernel:
                     root_extra.children = set()
                 root_extra.children.add(task)
         self.live += 1
-        self.tasks.add(task)
+        self.tasks[task] = None
         if soon:
             self._call_soon(self.resume, task, None)
         else:
@@ -241,7 +243,7 @@ class Kernel:
             return
         task.co = None
         self.live -= 1
-        self.tasks.discard(task)
+        self.tasks.pop(task, None)
         waiting, timer = task.waiting, task.timer
         task.waiting = task.timer = None
         if waiting is not None:

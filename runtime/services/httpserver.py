@@ -156,14 +156,14 @@ class HttpConnection(asyncio.Protocol):
     # -- protocol ------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.svc.connections.add(self)
+        self.svc.connections[self] = None
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}".encode() if isinstance(peer, tuple) else b""
         self._expect(self.listener.limits.keepalive_timeout, "idle")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self.svc.connections.discard(self)
+        self.svc.connections.pop(self, None)
         for req in self.queue:
             if req.reader is not None:
                 task, req.reader = req.reader, None
@@ -386,7 +386,7 @@ class HttpService:
         self.backlog = backlog
         self.lua: Any = None
         self.listeners: set[HttpListener] = set()
-        self.connections: set[HttpConnection] = set()
+        self.connections: dict[HttpConnection, None] = {}  # (a dict: smaller than a set)
         self.draining = False
         self.background = Background(loop)
         kernel.register(Op.HTTP_LISTEN, self._listen)

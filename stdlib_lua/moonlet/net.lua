@@ -47,22 +47,27 @@ local Conn = {}
 Conn.__index = Conn
 M.Conn = Conn
 
--- Fields: _py (the host's handle), _buf/_pos (unread bytes are _buf from _pos on), _out/_outn/_outb
--- (buffered output parts, their count and size), _lim (shared {line=, read=} limits), _closed.
+-- A connection's own state lives in its array part, at these indices: PY (the host's handle), BUF/POS
+-- (unread bytes are BUF from POS on), OUT/OUTN/OUTB (buffered output parts, their count and size), LIM
+-- (shared {line=, read=} limits), CLOSED. Array slots are smaller than named fields and quicker to reach;
+-- `readline` and `write`, the two calls of nearly every request, are copied into each connection so that
+-- they are found at once instead of through the metatable. (Client connections add named fields: _key,
+-- _counted, _idle, _connect_timeout.)
+local PY <const>, BUF <const>, POS <const>, OUT <const> = 1, 2, 3, 4
+local OUTN <const>, OUTB <const>, LIM <const>, CLOSED <const> = 5, 6, 7, 8
 
 local function new_conn(py, lim)
-  return setmetatable(
-    { _py = py, _buf = "", _pos = 1, _out = {}, _outn = 0, _outb = 0, _lim = lim, _closed = false }, Conn)
+  return setmetatable({ py, "", 1, {}, 0, 0, lim, false, readline = Conn.readline, write = Conn.write }, Conn)
 end
 
 -- Take the buffered output as one string (nil if none), leaving the buffer empty.
 local function take(self)
-  local n = self._outn
+  local n = self[OUTN]
   if n == 0 then return nil end
-  local out = self._out
+  local out = self[OUT]
   local s = n == 1 and out[1] or concat(out, "", 1, n)
   for i = 1, n do out[i] = nil end
-  self._outn, self._outb = 0, 0
+  self[OUTN], self[OUTB] = 0, 0
   unmark(self)
   return s
 end
@@ -70,13 +75,13 @@ end
 -- called by the door before the coroutine yields
 function Conn:_sync()
   local out = take(self)
-  if out then call(WRITE, self._py, out) end
+  if out then call(WRITE, self[PY], out) end
 end
 
 -- Everything unread, leaving the buffer empty (nil if nothing).
 local function drain(self)
-  local buf, pos = self._buf, self._pos
-  self._buf, self._pos = "", 1
+  local buf, pos = self[BUF], self[POS]
+  self[BUF], self[POS] = "", 1
   if pos > #buf then return nil end
   return sub(buf, pos)
 end
@@ -84,16 +89,16 @@ end
 -- Wait for more bytes and append them to the buffer (sending the buffered output on the way).
 local function fill(self)
   local out = nil
-  if self._outn > 0 then out = take(self) end
-  local data, err = request(RECV, self._py, out)
+  if self[OUTN] > 0 then out = take(self) end
+  local data, err = request(RECV, self[PY], out)
   if not data then return nil, err end
-  local buf, pos = self._buf, self._pos
+  local buf, pos = self[BUF], self[POS]
   if pos > #buf then
-    self._buf = data
+    self[BUF] = data
   else
-    self._buf = sub(buf, pos) .. data
+    self[BUF] = sub(buf, pos) .. data
   end
-  self._pos = 1
+  self[POS] = 1
   return true
 end
 
@@ -111,22 +116,22 @@ end
 ---@return string? err
 ---@return string? partial
 function Conn:readline()
-  local from = self._pos
+  local from = self[POS]
   while true do
-    local buf, pos = self._buf, self._pos
+    local buf, pos = self[BUF], self[POS]
     local i = from <= #buf and find(buf, "\n", from, true) -- (an empty buffer is the common case unpipelined)
     if i then
       -- (the limit is looked up only for lines longer than any limit can be smaller than)
-      if i - pos > MIN_LINE_LIMIT and i - pos > self._lim.line then
-        self._pos = i + 1
+      if i - pos > MIN_LINE_LIMIT and i - pos > self[LIM].line then
+        self[POS] = i + 1
         return nil, "line too long", sub(buf, pos, i - 1)
       end
-      self._pos = i + 1
+      self[POS] = i + 1
       if i > pos and byte(buf, i - 1) == 13 then return sub(buf, pos, i - 2) end
       return sub(buf, pos, i - 1)
     end
     local have = #buf - pos + 1
-    if have > self._lim.line then return nil, "line too long", drain(self) end
+    if have > self[LIM].line then return nil, "line too long", drain(self) end
     local ok, err = fill(self)
     if not ok then return nil, err, drain(self) end
     from = have + 1
@@ -144,16 +149,16 @@ function Conn:readuntil(delim)
     error("bad argument #1 to 'readuntil' (non-empty string expected)", 2)
   end
   local dlen = #delim
-  local from = self._pos
+  local from = self[POS]
   while true do
-    local buf, pos = self._buf, self._pos
+    local buf, pos = self[BUF], self[POS]
     local i = find(buf, delim, from, true)
     if i then
-      self._pos = i + dlen
+      self[POS] = i + dlen
       return sub(buf, pos, i - 1)
     end
     local have = #buf - pos + 1
-    if have > self._lim.line then return nil, "too large", drain(self) end
+    if have > self[LIM].line then return nil, "too large", drain(self) end
     local ok, err = fill(self)
     if not ok then return nil, err, drain(self) end
     from = have - dlen + 2
@@ -170,18 +175,18 @@ end
 ---@return string? partial
 function Conn:readn(n)
   check_count(n, "readn")
-  if n > self._lim.read then return nil, "too large" end
-  local buf, pos = self._buf, self._pos
+  if n > self[LIM].read then return nil, "too large" end
+  local buf, pos = self[BUF], self[POS]
   local have = #buf - pos + 1
   if have >= n then
-    self._pos = pos + n
+    self[POS] = pos + n
     return sub(buf, pos, pos + n - 1)
   end
   -- collect the missing bytes in parts and join them once
   local parts, count, got = { drain(self) }, 1, have
   if have == 0 then count = 0 end
   while got < n do
-    local data, err = request(RECV, self._py, take(self))
+    local data, err = request(RECV, self[PY], take(self))
     if not data then return nil, err, concat(parts, "", 1, count) end
     count = count + 1
     parts[count] = data
@@ -189,7 +194,7 @@ function Conn:readn(n)
   end
   local all = concat(parts, "", 1, count)
   if got == n then return all end
-  self._buf, self._pos = all, n + 1
+  self[BUF], self[POS] = all, n + 1
   return sub(all, 1, n)
 end
 
@@ -203,16 +208,16 @@ function Conn:read(max)
     check_count(max, "read")
     if max == 0 then return "" end
   end
-  if self._pos > #self._buf then
+  if self[POS] > #self[BUF] then
     local ok, err = fill(self)
     if not ok then return nil, err end
   end
-  local buf, pos = self._buf, self._pos
+  local buf, pos = self[BUF], self[POS]
   if max == nil or #buf - pos + 1 <= max then
-    self._buf, self._pos = "", 1
+    self[BUF], self[POS] = "", 1
     return pos == 1 and buf or sub(buf, pos)
   end
-  self._pos = pos + max
+  self[POS] = pos + max
   return sub(buf, pos, pos + max - 1)
 end
 
@@ -222,15 +227,15 @@ end
 ---@return true? ok
 ---@return string? err
 function Conn:write(...)
-  if self._closed then return nil, "closed" end
-  local out, n, size = self._out, self._outn, self._outb
+  if self[CLOSED] then return nil, "closed" end
+  local out, n, size = self[OUT], self[OUTN], self[OUTB]
   if n == 0 then mark_dirty(self) end
   local s, nargs = ..., select("#", ...)
   if nargs == 1 and type(s) == "string" then -- the common case, kept short
     n = n + 1
     out[n] = s
     size = size + #s
-    self._outn, self._outb = n, size
+    self[OUTN], self[OUTB] = n, size
     if size >= HIGH_WATER then return self:flush() end
     return true
   end
@@ -246,17 +251,17 @@ function Conn:write(...)
         local part = v[j]
         if type(part) == "number" then part = tostring(part) end
         if type(part) ~= "string" then
-          self._outn, self._outb = n, size
+          self[OUTN], self[OUTB] = n, size
           error("bad argument #" .. i .. " to 'write' (element " .. j .. " is a " .. type(part) .. ")", 2)
         end
         n = n + 1; out[n] = part; size = size + #part
       end
     else
-      self._outn, self._outb = n, size
+      self[OUTN], self[OUTB] = n, size
       error("bad argument #" .. i .. " to 'write' (string, number or array expected, got " .. tv .. ")", 2)
     end
   end
-  self._outn, self._outb = n, size
+  self[OUTN], self[OUTB] = n, size
   if size >= HIGH_WATER then return self:flush() end
   return true
 end
@@ -266,8 +271,8 @@ end
 ---@return true? ok
 ---@return string? err
 function Conn:flush()
-  if self._closed then return nil, "closed" end
-  return request(SEND, self._py, take(self))
+  if self[CLOSED] then return nil, "closed" end
+  return request(SEND, self[PY], take(self))
 end
 
 --- Write, then wait until every byte has been handed to the operating system.
@@ -280,17 +285,17 @@ function Conn:writen(...)
     local ok, err = self:write(...)
     if not ok then return nil, err end
   end
-  if self._closed then return nil, "closed" end
-  return request(SENDALL, self._py, take(self))
+  if self[CLOSED] then return nil, "closed" end
+  return request(SENDALL, self[PY], take(self))
 end
 
 --- Send what is buffered, then close. Other coroutines waiting on this connection get nil, "closed".
 ---@return true? ok
 ---@return string? err
 function Conn:close()
-  if self._closed then return nil, "closed" end
-  self._closed = true
-  call(CLOSE, self._py, take(self))
+  if self[CLOSED] then return nil, "closed" end
+  self[CLOSED] = true
+  call(CLOSE, self[PY], take(self))
   if self._counted then
     self._counted = false
     release_slot(self._key)
@@ -303,8 +308,8 @@ end
 ---@return true? ok
 ---@return string? err
 function Conn:shutdown()
-  if self._closed then return nil, "closed" end
-  return call(OP.SHUTDOWN, self._py, take(self))
+  if self[CLOSED] then return nil, "closed" end
+  return call(OP.SHUTDOWN, self[PY], take(self))
 end
 
 local function check_timeout(v, i, what)
@@ -321,7 +326,7 @@ end
 function Conn:settimeout(seconds)
   local s = check_timeout(seconds, 1, "settimeout")
   self._connect_timeout = s
-  call(OP.SETTIMEOUTS, self._py, s, s)
+  call(OP.SETTIMEOUTS, self[PY], s, s)
 end
 
 --- Set the connect, send and read timeouts separately; nil leaves one unchanged.
@@ -330,32 +335,32 @@ end
 ---@param read number|false|nil
 function Conn:settimeouts(connect, send, read)
   self._connect_timeout = check_timeout(connect, 1, "settimeouts")
-  call(OP.SETTIMEOUTS, self._py, check_timeout(send, 2, "settimeouts"), check_timeout(read, 3, "settimeouts"))
+  call(OP.SETTIMEOUTS, self[PY], check_timeout(send, 2, "settimeouts"), check_timeout(read, 3, "settimeouts"))
 end
 
 --- The peer's address: host and port, or the socket path for a Unix socket (nil, "closed" once closed).
 ---@return string? host
 ---@return integer|string|nil port
 function Conn:peer()
-  return call(OP.PEER, self._py)
+  return call(OP.PEER, self[PY])
 end
 
 --- Bytes received but not yet read, and bytes written but not yet sent.
 ---@return integer unread
 ---@return integer unsent
 function Conn:buffered()
-  local pending, unsent = call(OP.BUFFERED, self._py)
-  return #self._buf - self._pos + 1 + pending, self._outb + unsent
+  local pending, unsent = call(OP.BUFFERED, self[PY])
+  return #self[BUF] - self[POS] + 1 + pending, self[OUTB] + unsent
 end
 
 --- Change this connection's line limit (readline, readuntil) and read limit (readn).
 ---@param limits {line?: integer, read?: integer}
 function Conn:setlimits(limits)
   if type(limits) ~= "table" then error("bad argument #1 to 'setlimits' (table expected)", 2) end
-  local line, read = limits.line or self._lim.line, limits.read or self._lim.read
+  local line, read = limits.line or self[LIM].line, limits.read or self[LIM].read
   check_count(line, "setlimits"); check_count(read, "setlimits")
   if line < MIN_LINE_LIMIT then error("setlimits: the line limit must be at least " .. MIN_LINE_LIMIT, 2) end
-  self._lim = { line = line, read = read }
+  self[LIM] = { line = line, read = read }
 end
 
 ---@class moonlet.Listener
@@ -400,7 +405,7 @@ function M.listen(opts)
   local function entry(py)
     local conn = new_conn(py, lim)
     handler(conn)
-    if not conn._closed then conn:close() end
+    if not conn[CLOSED] then conn:close() end
   end
   local py, bound = request(OP.LISTEN, where, port, entry)
   if not py then return nil, bound end
@@ -428,7 +433,7 @@ local function take_idle(key)
     local entry = stack[#stack]
     stack[#stack] = nil
     local conn = entry.conn
-    if entry.expires > now and call(OP.REUSABLE, conn._py) then
+    if entry.expires > now and call(OP.REUSABLE, conn[PY]) then
       conn._idle = false
       return conn
     end
@@ -496,11 +501,11 @@ end
 ---@param opts? {verify?: boolean, cafile?: string, server_name?: string, timeout?: number}
 function Conn:starttls(opts)
   opts = check_opts(opts, "starttls")
-  if self._closed then return nil, "closed" end
-  if self._pos <= #self._buf then return nil, "unread data before the TLS handshake" end
+  if self[CLOSED] then return nil, "closed" end
+  if self[POS] <= #self[BUF] then return nil, "unread data before the TLS handshake" end
   local out = take(self)
-  if out then call(WRITE, self._py, out) end
-  return request(OP.STARTTLS, self._py, { tls = opts, timeout = opts.timeout })
+  if out then call(WRITE, self[PY], out) end
+  return request(OP.STARTTLS, self[PY], { tls = opts, timeout = opts.timeout })
 end
 
 --- Put this outgoing connection in its destination's pool for reuse by a later `net.connect`, for at most
@@ -513,14 +518,14 @@ end
 ---@return string? err
 function Conn:setkeepalive(idle_timeout, size)
   if self._key == nil then error("setkeepalive: only connections made with net.connect can be pooled", 2) end
-  if self._closed then return nil, "closed" end
+  if self[CLOSED] then return nil, "closed" end
   local out = take(self)
-  if out then call(WRITE, self._py, out) end
-  if self._pos <= #self._buf then
+  if out then call(WRITE, self[PY], out) end
+  if self[POS] <= #self[BUF] then
     self:close()
     return nil, "unread data"
   end
-  if not call(OP.REUSABLE, self._py) then
+  if not call(OP.REUSABLE, self[PY]) then
     self:close()
     return nil, "closed"
   end
