@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -122,6 +123,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--stall-budget", help="pass --stall-budget to moonlet")
     args = parser.parse_args()
+    for tool in ("valgrind", "callgrind_control", "redis-benchmark"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: apt-get install valgrind redis-tools")
     rows = []
     for pipeline in args.pipeline or [16, 1]:
         n = args.requests or (200_000 if pipeline > 1 else 40_000)

@@ -1,7 +1,7 @@
 """moonlet benchmarks: one command, every figure measured in the same run against the raw baseline.
 
     python bench/run.py pong     # redis-benchmark ping_inline -c 50, -P 1 and -P 16: kv.lua vs raw uvloop
-    python bench/run.py idle     # process memory per idle connection at 10,000 connections
+    python bench/run.py idle     # process memory per idle connection at 10,000 connections (kv, echo, raw)
     python bench/run.py tasks    # spawn+wait, queue round trip, wake-up lateness of 100,000 sleepers
     python bench/run.py blocking # echo p99 beside slow queries and CPU jobs; 10 ms blocking calls vs sleep
     python bench/run.py loadgen  # moonlet bench vs redis-benchmark on the pong workload: req/s, client CPU
@@ -14,6 +14,9 @@ Each server is pinned to CPU 0 and the load generator to CPU 1 (when the machine
 "server CPU us/req" is the server process's user+system CPU time during the run divided by the requests
 served, read from /proc/PID/stat. Every figure is the median of --runs runs. Results are printed as a table
 and written as JSON to bench/results/.
+
+Instructions per request (deterministic, so a change can be judged on a busy machine) come from
+bench/instructions.py, which runs the same pong workload under valgrind's callgrind.
 """
 
 from __future__ import annotations
