@@ -62,3 +62,35 @@ def test_a_pipelining_client_does_not_starve_a_probe(run_app) -> None:
     # the bound is set per bytes of input (32 KiB a turn: a few ms of Lua here); 0.25 s leaves room for a
     # loaded CI machine, against the 1-3 s a probe waited when the share was counted in crossings
     assert max(round_trips) < 0.25, f"worst probe round trip {max(round_trips):.3f}s"
+
+
+def test_input_handed_over_in_shares_keeps_its_order_and_its_frames(lua_server) -> None:
+    server = lua_server(
+        """
+        local net = require "moonlet.net"
+        net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
+          local frame = assert(conn:readn(300000))   -- ten shares' worth, sent at once
+          local sum = 0
+          for i = 1, #frame, 997 do sum = sum + frame:byte(i) end
+          conn:write(#frame, " ", sum, "\\n")
+          while true do
+            local line = conn:readline()
+            if not line then return end
+            conn:write(line, "\\n")
+          end
+        end }
+        """
+    )
+    frame = bytes(i * 7 % 251 for i in range(300_000))
+    lines = b"".join(b"%d\n" % i for i in range(50_000))
+    client = socket.create_connection(("127.0.0.1", server.port))
+    client.settimeout(10)
+    client.sendall(frame + lines)
+    client.shutdown(socket.SHUT_WR)
+    received = b""
+    while chunk := client.recv(1 << 16):
+        received += chunk
+    client.close()
+    head, _, echoed = received.partition(b"\n")
+    assert head == b"300000 %d" % sum(frame[i] for i in range(0, len(frame), 997))
+    assert echoed == lines  # every line, in order, across the shares

@@ -53,9 +53,9 @@ _CLOSED_REPLY = (None, CLOSED)
 _TOO_LARGE_REPLY = (None, TOO_LARGE)
 _BUSY_REPLY = (None, BUSY)
 
-# What a suspended writer is waiting for.
 _RECV = int(Op.RECV)
 
+# What a suspended writer is waiting for.
 _AFTER_DRAIN_READ = 1  # RECV: the output went out above the high-water mark; read once it drains
 _AFTER_DRAIN_TRUE = 2  # SEND: reply true once below the high-water mark
 _AFTER_FLUSH_TRUE = 3  # SENDALL: reply true once every byte is taken
@@ -152,7 +152,8 @@ class Connection(asyncio.Protocol):
             return
         self.turn_bytes = size
         co = reader.co
-        if co is None:
+        if co is None:  # (killed: forget() should have let go of it)
+            self._keep(data)
             return
         # The echo cycle, in this one frame (see the kernel's rules): resume the reader with the bytes and,
         # if it asks this connection for more, send what it wrote and wait again.
@@ -297,9 +298,11 @@ class Connection(asyncio.Protocol):
         if self.pending is not None:
             if self.turn_bytes < self.svc.input_per_turn:
                 return self.take_pending()
-            # this turn's share is used up: the rest waits for the next turn, after the others' input
+            # this turn's share is used up: the next one is handed over on the next turn, after the loop
+            # has polled the other connections (as a kernel reply that waited its turn: the task does not
+            # hold the connection meanwhile)
             self.turn_bytes = 0
-            self.svc.loop.call_soon(self._next_share, task)
+            self.svc.loop.call_soon(self.svc.resume, task, self.take_pending())
             return SUSPEND
         self.turn_bytes = 0
         svc = self.svc
@@ -321,13 +324,6 @@ class Connection(asyncio.Protocol):
         key = self.deadline_key
         if key == 0 or deadline < key * TICK:  # else the wheel already holds an earlier reminder
             svc.deadlines.add(self, deadline)
-
-    def _next_share(self, task: Task) -> None:
-        if task.co is None:
-            return
-        value = self.take_pending() if self.pending is not None else self.wait_readable(task)
-        if value is not SUSPEND:
-            self.svc.resume(task, value)
 
     def wait_writer(self, task: Task, then: int) -> object:
         if self.writer is not None:
