@@ -14,12 +14,12 @@
 -- @module moonlet.net
 local host = require "moonlet._host"
 local request, call, OP = host.request, host.call, host.OP
-local mark_dirty, unmark = host.mark_dirty, host.unmark
+local mark_dirty, unmark, recv = host.mark_dirty, host.unmark, host.recv
 local find, sub, byte, concat = string.find, string.sub, string.byte, table.concat
 local type, error, setmetatable, tostring, select, floor = type, error, setmetatable, tostring, select, math.floor
 local huge = math.huge
 
-local RECV, SEND, SENDALL, WRITE, CLOSE = OP.RECV, OP.SEND, OP.SENDALL, OP.WRITE, OP.CLOSE
+local SEND, SENDALL, WRITE, CLOSE = OP.SEND, OP.SENDALL, OP.WRITE, OP.CLOSE
 local HIGH_WATER = host.limits.write_high_water
 local host_limits = host.limits
 local MIN_LINE_LIMIT = 256 -- setlimits refuses a smaller line limit
@@ -60,16 +60,27 @@ local function new_conn(py, lim)
   return setmetatable({ py, "", 1, {}, 0, 0, lim, false, readline = Conn.readline, write = Conn.write }, Conn)
 end
 
--- Take the buffered output as one string (nil if none), leaving the buffer empty.
+-- The buffered output as one string, leaving the buffer empty (the caller knows there is some).
+local function take_out(self, n)
+  local out = self[OUT]
+  local s
+  if n == 1 then
+    s = out[1]
+    out[1] = nil
+  else
+    s = concat(out, "", 1, n)
+    for i = 1, n do out[i] = nil end
+  end
+  self[OUTN], self[OUTB] = 0, 0
+  return s
+end
+
+-- The buffered output as one string (nil if none), no longer marked for the door to send.
 local function take(self)
   local n = self[OUTN]
   if n == 0 then return nil end
-  local out = self[OUT]
-  local s = n == 1 and out[1] or concat(out, "", 1, n)
-  for i = 1, n do out[i] = nil end
-  self[OUTN], self[OUTB] = 0, 0
   unmark(self)
-  return s
+  return take_out(self, n)
 end
 
 -- called by the door before the coroutine yields
@@ -88,9 +99,9 @@ end
 
 -- Wait for more bytes and append them to the buffer (sending the buffered output on the way).
 local function fill(self)
-  local out = nil
-  if self[OUTN] > 0 then out = take(self) end
-  local data, err = request(RECV, self[PY], out)
+  local n, out = self[OUTN], nil
+  if n > 0 then out = take_out(self, n) end
+  local data, err = recv(self, self[PY], out)
   if not data then return nil, err end
   local buf, pos = self[BUF], self[POS]
   if pos > #buf then
@@ -186,7 +197,8 @@ function Conn:readn(n)
   local parts, count, got = { drain(self) }, 1, have
   if have == 0 then count = 0 end
   while got < n do
-    local data, err = request(RECV, self[PY], take(self))
+    local k = self[OUTN]
+    local data, err = recv(self, self[PY], k > 0 and take_out(self, k) or nil)
     if not data then return nil, err, concat(parts, "", 1, count) end
     count = count + 1
     parts[count] = data
