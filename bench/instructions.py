@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import PIN_CLIENT, PIN_SERVER, PYTHON, ROOT, free_port, moonlet, wait_port
+from run import PIN_SERVER, PYTHON, ROOT, free_port, moonlet, redis_benchmark, wait_port
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -35,29 +35,6 @@ def server_command(name: str, port: int, stall_budget: str | None) -> list[str]:
         return [PYTHON, str(ROOT / "bench" / "raw_pong.py"), str(port)]
     extra = ["--no-console"] + (["--stall-budget", stall_budget] if stall_budget is not None else [])
     return moonlet(*extra, str(ROOT / "apps" / f"{name}.lua"), "--port", str(port))
-
-
-def redis_benchmark(port: int, n: int, pipeline: int, clients: int) -> None:
-    subprocess.run(
-        [
-            *PIN_CLIENT,
-            "redis-benchmark",
-            "-p",
-            str(port),
-            "-t",
-            "ping_inline",
-            "-c",
-            str(clients),
-            "-n",
-            str(n),
-            "-P",
-            str(pipeline),
-            "-q",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=900,
-    )
 
 
 def control(pid: int, *args: str) -> None:

@@ -125,7 +125,8 @@ def server(name: str) -> Iterator[tuple[int, int]]:
         yield started
 
 
-def redis_benchmark(port: int, n: int, pipeline: int) -> float:
+def redis_benchmark(port: int, n: int, pipeline: int, clients: int = 50) -> float:
+    """Requests per second of `redis-benchmark -t ping_inline` (pinned like every load generator here)."""
     out = subprocess.run(
         [
             *PIN_CLIENT,
@@ -135,7 +136,7 @@ def redis_benchmark(port: int, n: int, pipeline: int) -> float:
             "-t",
             "ping_inline",
             "-c",
-            "50",
+            str(clients),
             "-n",
             str(n),
             "-P",
