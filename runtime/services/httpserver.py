@@ -7,7 +7,10 @@
 * Pipelining: requests are answered one at a time, in order; later ones wait parsed.
 * The response is built in Lua and handed over with ``HTTP_SEND``; the last piece ends the request, and the
   connection then serves the next request, waits idle, or closes (``Connection: close``, HTTP/1.0 without
-  keep-alive, ``max_requests`` reached, draining).
+  keep-alive, ``max_requests`` reached, draining). A response that will be the connection's last is started
+  with ``keep_alive`` false, so its head says ``Connection: close``.
+* Trailer fields (after a chunked body) are counted against the header limit and dropped: a request that
+  waits behind another is started with its headers only after its trailers were parsed.
 * Limits, each answered with its status, a log line and a close: request line (414), header size and count
   (431), body size (413), malformed input (400), header or body arriving too slowly (408, slowloris); an idle
   keep-alive connection is closed after ``keepalive_timeout``.
@@ -217,6 +220,12 @@ class HttpConnection(asyncio.Protocol):
         assert req is not None
         limits = self.listener.limits
         req.header_bytes += len(name) + len(value) + 4
+        if req.method:
+            # a trailer field (after a chunked body): counted against the limits, never merged into the
+            # headers, which a request pipelined behind another is started with (request smuggling)
+            if req.header_bytes > limits.max_header_bytes:
+                raise _RejectError(431, f"headers and trailers over {limits.max_header_bytes} bytes")
+            return
         req.headers.append(name.lower())
         req.headers.append(value)
         if req.header_bytes > limits.max_header_bytes or len(req.headers) > 2 * limits.max_headers:
@@ -278,6 +287,8 @@ class HttpConnection(asyncio.Protocol):
             self._expect(self.listener.limits.body_timeout, "body")
         svc = self.svc
         http10 = self.parser is not None and self.parser.get_http_version() == "1.0"
+        if svc.draining or self.handled + 1 >= self.listener.limits.max_requests:
+            req.keep_alive = False  # the last response on this connection: it says so (Connection: close)
         args = (req, req.method, req.url, b"\0".join(req.headers), self.peer, req.keep_alive, http10)
         idle = self.listener.idle
         if idle:
