@@ -15,6 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import run_script
+
 HTTP_READY = re.compile(rb"listening on (\S+):(\d+) \(http\)")
 
 APP = """
@@ -129,6 +131,33 @@ def test_a_trailer_never_reaches_the_headers_of_its_request(server) -> None:  # 
     assert re.findall(rb"\r\n\r\n(slow|host=[^\n]*)", out) == [b"slow", b"host=x", b"host=y"]
 
 
+def test_request_targets_and_header_values_as_rfc_9112_reads_them(server) -> None:  # type: ignore[no-untyped-def]
+    def body(request: bytes) -> bytes:
+        return raw(server.port, request).partition(b"\r\n\r\n")[2]
+
+    # absolute-form: the scheme and authority are not part of the path
+    assert body(
+        b"GET http://example.com/users/7?q=1 HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+    ) == (b"user 7 q=1")
+    # a fragment never reaches the path or the query
+    assert body(b"GET /users/8?q=2#frag HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") == b"user 8 q=2"
+    # optional whitespace around a field value is not part of it
+    assert body(b"GET /headers HTTP/1.1\r\nHost: x\r\nX-Test: \t v \t \r\nConnection: close\r\n\r\n") == b"v"
+    # HTTP/1.0 with a transfer coding: answered, then closed whatever Connection says (RFC 9112 6.1)
+    started = time.monotonic()
+    out = raw(
+        server.port,
+        b"POST /echo HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
+    )
+    assert out.endswith(b"got 5: hello") and b"connection: close" in out.lower()
+    assert time.monotonic() - started < 2  # closed by the server, not by raw()'s wait
+    # OPTIONS * is a valid request (the router has no route for it)
+    assert raw(server.port, b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(
+        b"HTTP/1.1 40"
+    )
+
+
 def test_the_last_response_of_a_keepalive_connection_says_it_closes(lua_server) -> None:  # type: ignore[no-untyped-def]
     server = lua_server(
         """
@@ -182,13 +211,22 @@ def test_chunked_request_and_response_and_100_continue(server) -> None:  # type:
             413,
         ),
         (b"GET /hello HTTP/1.1\r\nHost: x\r\n", 408),  # slowloris: the headers never end
+        (b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n", 400),  # HTTP/1.1 without Host (RFC 9112 3.2)
+        (b"GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),  # two Host lines
+        (b"GET /hello HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET hello HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # not a request target
+        (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # asterisk-form is for OPTIONS only
+        (b"GET ftp://x/hello HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n", 501),  # a method nobody here implements
     ],
 )
 def test_each_violation_gets_its_status_and_a_log_line(server, request_bytes: bytes, status: int) -> None:  # type: ignore[no-untyped-def]
     out = raw(server.port, request_bytes)
     assert out.startswith(b"HTTP/1.1 %d " % status), out[:80]
     server.wait_log(b"http %d on " % status)
-    assert raw(server.port, b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n").endswith(b"hello world\n")
+    assert raw(server.port, b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").endswith(
+        b"hello world\n"
+    )
 
 
 def test_a_body_arriving_too_slowly_times_out(server) -> None:  # type: ignore[no-untyped-def]
@@ -221,7 +259,7 @@ def test_random_bytes_never_crash_the_server(server, junk: bytes) -> None:  # ty
             s.recv(1000)
     assert server.proc.poll() is None
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
-        s.sendall(b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n")
+        s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert s.recv(1000).endswith(b"hello world\n")
 
 
@@ -263,3 +301,22 @@ def test_json_api_crud(run_app, tmp_path) -> None:  # type: ignore[no-untyped-de
     assert call("DELETE", "/notes/1") == (204, None)
     assert call("GET", "/notes/1")[0] == 404
     conn.close()
+
+
+def test_a_script_that_closes_its_http_server_ends(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    done = run_script(
+        tmp_path,
+        """
+        local http = require "moonlet.http"
+        local server = assert(http.serve { port = 0, handler = function() return 200, nil, "hi" end })
+        for _ = 1, 3 do
+          local res = assert(http.get("http://127.0.0.1:" .. server.port .. "/"))
+          print(res.status, res.body)
+        end
+        server:close()  -- nothing is left to serve: the script ends
+        """,
+        timeout=20,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().splitlines() == ["200\thi"] * 3
+    assert b"stopped listening on" in done.stderr

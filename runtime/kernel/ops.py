@@ -77,6 +77,7 @@ class Op(enum.IntEnum):
     SHARED_DELETE = 64  # (dict, key)
     SHARED_KEYS = 65  # (dict, limit): the live keys
     DB_OPEN = 66  # (url or nil, opts): a database handle and its dialect, or nil, err; connects on first use
+    HTTP_UNLISTEN = 67  # (listener): stop accepting on an HTTP listener; its waiting request tasks end
 
     @property
     def yields(self) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -42,8 +43,11 @@ REASONS = {
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
+    501: b"Not Implemented",
 }
 _CLOSED = (None, b"closed")
+# method SP request-target SP HTTP-version (RFC 9112 3): the shape that makes an unknown method a 501
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ \r\n]+ HTTP/\d\.\d\r?\n")
 _TOO_LARGE = (None, b"too large")
 
 
@@ -100,6 +104,27 @@ class HttpRequest:
         self.continue_sent = False
         self.reader: Task | None = None
         self.answered = False  # the response is complete (the rest of the body, if any, is discarded)
+
+
+def origin_form(method: bytes, target: bytes) -> bytes:
+    """The path and query a handler sees for a request target (RFC 9112 3.2): an absolute-form target
+    (``http://host/path?q``) loses its scheme and authority, a fragment never gets through, ``*`` is for
+    OPTIONS only, and anything else that is not an absolute path is a 400."""
+    if target == b"*":
+        if method == b"OPTIONS":
+            return target
+        raise _RejectError(400, "'*' is a request target for OPTIONS only")
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        raise _RejectError(400, "malformed request target") from None
+    if url.schema is None:
+        if not target.startswith(b"/"):
+            raise _RejectError(400, "malformed request target")
+    elif url.schema.lower() not in (b"http", b"https"):
+        raise _RejectError(400, "a request target for another protocol")
+    path = url.path or b"/"
+    return path if url.query is None else path + b"?" + url.query
 
 
 class HttpListener:
@@ -184,6 +209,12 @@ class HttpConnection(asyncio.Protocol):
             self._reject(e.status, str(e))
         except httptools.HttpParserUpgrade:
             self._reject(400, "protocol upgrades are not supported")
+        except httptools.HttpParserInvalidMethodError:
+            # a well-formed request line with a method nobody here implements is a 501; garbage is a 400
+            if _REQUEST_LINE.match(data):
+                self._reject(501, "a method this server does not implement")
+            else:
+                self._reject(400, "malformed request line")
         except httptools.HttpParserError as e:
             cause = e.__context__
             if isinstance(cause, _RejectError):
@@ -227,7 +258,9 @@ class HttpConnection(asyncio.Protocol):
                 raise _RejectError(431, f"headers and trailers over {limits.max_header_bytes} bytes")
             return
         req.headers.append(name.lower())
-        req.headers.append(value)
+        req.headers.append(
+            value.rstrip(b" \t")
+        )  # (the parser drops the whitespace before a value, not after)
         if req.header_bytes > limits.max_header_bytes or len(req.headers) > 2 * limits.max_headers:
             raise _RejectError(
                 431, f"headers over {limits.max_header_bytes} bytes or {limits.max_headers} lines"
@@ -240,10 +273,19 @@ class HttpConnection(asyncio.Protocol):
         assert req is not None and self.parser is not None
         req.method = self.parser.get_method()
         req.keep_alive = bool(self.parser.should_keep_alive())
+        http10 = self.parser.get_http_version() == "1.0"
+        req.url = origin_form(req.method, req.url)
         headers = req.headers
+        hosts = 0
         for i in range(0, len(headers), 2):
             name = headers[i]
-            if name == b"content-length":
+            if name == b"host":
+                hosts += 1
+            elif name == b"transfer-encoding" and http10:
+                req.keep_alive = (
+                    False  # HTTP/1.0 has no transfer codings: faulty framing, close after (9112 6.1)
+                )
+            elif name == b"content-length":
                 try:
                     size = int(headers[i + 1])
                 except ValueError:
@@ -252,6 +294,8 @@ class HttpConnection(asyncio.Protocol):
                     raise _RejectError(413, f"body of {size} bytes over {self.listener.limits.max_body}")
             elif name == b"expect" and headers[i + 1].lower() == b"100-continue":
                 req.expect_continue = True
+        if hosts > 1 or (hosts == 0 and not http10):
+            raise _RejectError(400, "a request needs one Host header (HTTP/1.0: at most one)")
         if req is self.queue[0]:
             self._start(req)
 
@@ -405,6 +449,7 @@ class HttpService:
         kernel.register(Op.HTTP_NEXT, self._next_request)
         kernel.register_call(Op.HTTP_SEND, self._send)
         kernel.register_call(Op.HTTP_ERROR, self._error)
+        kernel.register_call(Op.HTTP_UNLISTEN, self._unlisten)
 
     # -- owner of request tasks ----------------------------------------------------------------------
     def describe(self) -> str:
@@ -454,7 +499,7 @@ class HttpService:
         if mode:
             self._send(req, final, mode)
         listener = req.conn.listener
-        if self.draining or len(listener.idle) >= MAX_IDLE_WORKERS:
+        if self.draining or listener.server is None or len(listener.idle) >= MAX_IDLE_WORKERS:
             return None  # the task ends
         listener.idle.append(task)
         task.waiting = listener
@@ -499,15 +544,27 @@ class HttpService:
         return True
 
     # -- lifecycle -----------------------------------------------------------------------------------
+    def _unlisten(self, listener: object, _b: object, _c: object) -> object:
+        if not isinstance(listener, HttpListener):
+            raise TypeError("not an HTTP listener")
+        self.close_listener(listener)
+        return True
+
+    def close_listener(self, listener: HttpListener) -> None:
+        """Stop accepting on ``listener``; its free request tasks end (connections already accepted go on)."""
+        idle, listener.idle = listener.idle, []
+        for task in idle:
+            self.loop.call_soon(self.kernel.resume, task, None)
+        if listener.server is not None:
+            listener.server.close()
+            listener.server = None
+            log.info("stopped listening on %s (http)", listener.label)
+        self.listeners.discard(listener)
+
     def start_drain(self) -> None:
         self.draining = True
         for listener in list(self.listeners):
-            idle, listener.idle = listener.idle, []
-            for task in idle:  # free request tasks end
-                self.loop.call_soon(self.kernel.resume, task, None)
-            if listener.server is not None:
-                listener.server.close()
-            self.listeners.discard(listener)
+            self.close_listener(listener)
         for conn in list(self.connections):
             if not conn.queue and conn.handled and conn.transport is not None:
                 conn.transport.close()  # idle keep-alive connections go at once (new ones get one answer)

@@ -553,6 +553,14 @@ end
 ---@class moonlet.HttpServer
 ---@field host string
 ---@field port integer
+local Server = {}
+Server.__index = Server
+
+--- Stop accepting new connections (those already accepted are served on); a script whose work is done then
+--- ends.
+function Server:close()
+  call(OP.HTTP_UNLISTEN, self._py)
+end
 
 --- Serve HTTP on host:port. `handler(req, res)` runs as its own task per request; it answers with
 --- `return status, headers, body`, or through `res` (`res:status`, `res:header`, `res:write`, `res:finish`).
@@ -578,7 +586,7 @@ function M.serve(opts)
   local where = opts.host or "127.0.0.1"
   local py, port = request(OP.HTTP_LISTEN, where, opts.port or 0, spec)
   if not py then return nil, port end
-  return { host = where, port = port, _py = py }
+  return setmetatable({ host = where, port = port, _py = py }, Server)
 end
 
 ---@class moonlet.Router
