@@ -320,3 +320,26 @@ def test_a_script_that_closes_its_http_server_ends(tmp_path) -> None:  # type: i
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert done.stdout.decode().splitlines() == ["200\thi"] * 3
     assert b"stopped listening on" in done.stderr
+
+
+def test_tasks_started_by_a_request_end_with_it_unless_detached(lua_server) -> None:  # type: ignore[no-untyped-def]
+    server = lua_server(
+        """
+        local http, log, task = require "moonlet.http", require "moonlet.log", require "moonlet.task"
+        assert(http.serve { host = "127.0.0.1", port = 0, handler = function(req)
+          local scoped = task.spawn(function() sleep(0.3) log.info("scoped outlived " .. req.path) end)
+          local detached = task.spawn(function() sleep(0.3) log.info("detached done for " .. req.path) end)
+          detached:detach()
+          return 200, nil, scoped:status()
+        end })
+        """,
+        ready=HTTP_READY,
+    )
+    out = raw(
+        server.port,
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    assert out.count(b"HTTP/1.1 200") == 2
+    server.wait_log(b"detached done for /b", timeout=5)
+    server.wait_log(b"detached done for /a", timeout=5)
+    assert b"outlived" not in b"".join(server.log_lines)

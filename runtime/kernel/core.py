@@ -202,6 +202,15 @@ class Kernel:
             self._end(task, ok=False, error=reason)
         return True
 
+    def end_children(self, task: Task, reason: bytes) -> None:
+        """End the tasks in ``task``'s scope now, ``task`` going on (a reused HTTP request task, between two
+        requests); they are never resumed again."""
+        extra = task.extra
+        if extra is not None and extra.children:
+            children, extra.children = extra.children, None
+            for child in children:
+                self._end(child, ok=False, error=reason)
+
     def check_idle(self) -> None:
         """Tell the host when nothing is left to run (it may then end, see host.py)."""
         if self.live == 0 and self.on_idle is not None:
@@ -259,9 +268,7 @@ class Kernel:
             for cleanup in extra.on_end:
                 cleanup()
             if extra.children:
-                children, extra.children = extra.children, None
-                for child in children:
-                    self._end(child, ok=False, error=b"cancelled: " + task.describe().encode() + b" ended")
+                self.end_children(task, b"cancelled: " + task.describe().encode() + b" ended")
         owner: Owner = task.owner
         try:
             owner.task_exited(task, ok, error)  # (before the watchers go: it may look at them)

@@ -338,7 +338,7 @@ class HttpConnection(asyncio.Protocol):
         if idle:
             svc.kernel.resume(idle.pop(), args)
         else:
-            svc.kernel.spawn(svc, self.listener.entry, *args)
+            svc.kernel.spawn(svc, self.listener.entry, *args, scope=True)  # (its tasks end with each request)
 
     def finished(self, req: HttpRequest, close: bool) -> None:
         """The response to ``req`` is complete: serve the next request, wait idle, or close."""
@@ -498,6 +498,8 @@ class HttpService:
             return None
         if mode:
             self._send(req, final, mode)
+        # the request is done: the tasks its handler started (and did not detach) end with it
+        self.kernel.end_children(task, b"cancelled: the request that started it ended")
         listener = req.conn.listener
         if self.draining or listener.server is None or len(listener.idle) >= MAX_IDLE_WORKERS:
             return None  # the task ends
