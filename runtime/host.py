@@ -94,7 +94,7 @@ def wire_services(
         pools=PoolService(kernel, loop, limits, app_path, pools),
         db=DatabaseService(kernel, loop, limits, default_database(limits, app)),
         udp=DatagramService(kernel, loop),
-        http=HttpService(kernel, loop, deadlines, limits.backlog),
+        http=HttpService(kernel, loop, deadlines, limits),
         shared=SharedService(kernel),
     )
     ClockService(kernel, loop)

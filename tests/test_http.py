@@ -343,3 +343,29 @@ def test_tasks_started_by_a_request_end_with_it_unless_detached(lua_server) -> N
     server.wait_log(b"detached done for /b", timeout=5)
     server.wait_log(b"detached done for /a", timeout=5)
     assert b"outlived" not in b"".join(server.log_lines)
+
+
+def test_res_write_waits_for_a_peer_that_does_not_read(lua_server) -> None:  # type: ignore[no-untyped-def]
+    server = lua_server(
+        """
+        local http, log = require "moonlet.http", require "moonlet.log"
+        local piece = ("x"):rep(64 * 1024)
+        assert(http.serve { host = "127.0.0.1", port = 0, send_timeout = 0.5, handler = function(req, res)
+          local sent = 0
+          for _ = 1, 3000 do  -- 196 MB offered to a client that reads nothing
+            local ok, err = res:write(piece)
+            if not ok then log.info("write stopped after " .. sent .. " bytes: " .. err) return end
+            sent = sent + #piece
+          end
+          log.info("all written")
+        end })
+        """,
+        ready=HTTP_READY,
+    )
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        match = server.wait_log(re.compile(rb"write stopped after (\d+) bytes: closed"), timeout=10)
+    assert int(match.group(1)) < 16 << 20  # the kernel's socket buffers and the high-water mark, not 196 MB
+    server.wait_log(b"the peer took no response data for 0.5s")
+    assert b"all written" not in b"".join(server.log_lines)

@@ -41,6 +41,9 @@ class Op(enum.IntEnum):
     HTTP_LISTEN = 19  # (host, port, {entry, limits...}): an HTTP listener and its port
     HTTP_BODY = 20  # (req): the next piece of the request body, nil at its end
     HTTP_NEXT = 21  # (req, last bytes, mode): end req's answer; resume with the next request, or nil to end
+    HTTP_DRAIN = (
+        22  # (req): wait while more than the high-water mark of the answer is unsent; true or nil, err
+    )
     # -- calls (synchronous, never suspend) --
     WRITE = 32  # (conn, out): hand `out` to the transport now
     CLOSE = 33  # (conn, out): send `out` and close
@@ -69,7 +72,8 @@ class Op(enum.IntEnum):
     REUSABLE = 56  # (conn): true if an idle connection may be reused (open, nothing unread from the peer)
     SHUTDOWN = 57  # (conn, out): send `out`, then end the sending direction (half-close)
     REPORT = 58  # (kind, plain data): one machine-readable line on standard output (moonlet bench)
-    HTTP_SEND = 59  # (req, data, final): send response bytes; final = 1 ends the response, 2 also closes
+    HTTP_SEND = 59  # (req, data, final): send response bytes; final = 1 ends the response, 2 also closes;
+    # replies 1 (not true) when the unsent bytes are above the high-water mark: the writer should HTTP_DRAIN
     HTTP_ERROR = 60  # (traceback): a request handler failed (logged in one line; its task goes on)
     SHARED_GET = 61  # (dict, key): the value, or nil
     SHARED_SET = 62  # (dict, key, value, {ttl=, mode=}): true, or false, "exists" / "not found"

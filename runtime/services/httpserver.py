@@ -11,6 +11,9 @@
   with ``keep_alive`` false, so its head says ``Connection: close``.
 * Trailer fields (after a chunked body) are counted against the header limit and dropped: a request that
   waits behind another is started with its headers only after its trailers were parsed.
+* Backpressure: ``res:write`` hands its bytes over (``HTTP_SEND``) and, when more than the high-water mark
+  is unsent, waits (``HTTP_DRAIN``) until the peer takes them, for at most ``send_timeout``; a peer that
+  takes nothing that long, or lets ``max_output`` pile up, is dropped.
 * Limits, each answered with its status, a log line and a close: request line (414), header size and count
   (431), body size (413), malformed input (400), header or body arriving too slowly (408, slowloris); an idle
   keep-alive connection is closed after ``keepalive_timeout``.
@@ -27,6 +30,7 @@ from typing import Any, cast
 
 import httptools
 
+from runtime.config import Limits
 from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
@@ -61,6 +65,7 @@ class HttpLimits:
     body_timeout: float = 60.0  # seconds between two pieces of a body being read: 408
     keepalive_timeout: float = 75.0  # seconds an idle keep-alive connection is kept
     max_requests: int = 1000  # requests per connection before it is closed
+    send_timeout: float = 60.0  # seconds res:write may wait for a peer that takes no data: then it is closed
 
 
 class _RejectError(Exception):
@@ -164,6 +169,8 @@ class HttpConnection(asyncio.Protocol):
         "svc",
         "transport",
         "why",
+        "write_paused",
+        "writer",
     )
 
     def __init__(self, svc: HttpService, listener: HttpListener) -> None:
@@ -180,18 +187,45 @@ class HttpConnection(asyncio.Protocol):
         self.pending_error = 0  # a status to answer once the response in progress is done
         self.peer = b""
         self.feeding = False  # inside parser.feed_data: callbacks (and Lua run from them) keep the parser
+        self.write_paused = False  # more than the high-water mark is unsent
+        self.writer: Task | None = None  # a handler waiting in res:write for the peer to take data
 
     # -- protocol ------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        hwm = self.svc.write_high_water
+        self.transport.set_write_buffer_limits(high=hwm, low=hwm // 4)
         self.svc.connections[self] = None
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}".encode() if isinstance(peer, tuple) else b""
         self._expect(self.listener.limits.keepalive_timeout, "idle")
 
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        writer = self.writer
+        if writer is not None:
+            self.writer = None
+            req = self.queue[0] if self.queue else None
+            if req is not None and not req.complete:
+                self._expect(self.listener.limits.body_timeout, "body")
+            else:
+                self._expect(math.inf, "")
+            self.svc.kernel.resume(writer, True)
+
+    def forget(self, task: Task) -> None:
+        """A handler waiting in res:write was killed."""
+        if self.writer is task:
+            self.writer = None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.svc.connections.pop(self, None)
+        if self.writer is not None:
+            task, self.writer = self.writer, None
+            self.svc.loop.call_soon(self.svc.kernel.resume, task, _CLOSED)
         for req in self.queue:
             if req.reader is not None:
                 task, req.reader = req.reader, None
@@ -411,6 +445,13 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.why == "idle":
             self.transport.close()
+        elif self.why == "send":
+            log.info(
+                "closing %s: the peer took no response data for %.3gs",
+                self._peer(),
+                self.listener.limits.send_timeout,
+            )
+            self.transport.abort()  # (the writer hears "closed" from connection_lost)
         elif self.why in ("header", "body"):
             req = self.queue[0] if self.queue else None
             if req is not None and req.reader is not None:  # a handler waits for the body: it gets "timeout"
@@ -433,12 +474,14 @@ class HttpService:
     """HTTP_LISTEN, HTTP_BODY (yielding); HTTP_SEND (call). Owner of the per-request tasks."""
 
     def __init__(
-        self, kernel: Kernel, loop: asyncio.AbstractEventLoop, deadlines: Deadlines, backlog: int
+        self, kernel: Kernel, loop: asyncio.AbstractEventLoop, deadlines: Deadlines, limits: Limits
     ) -> None:
         self.kernel = kernel
         self.loop = loop
         self.deadlines = deadlines
-        self.backlog = backlog
+        self.backlog = limits.backlog
+        self.write_high_water = limits.write_high_water  # res:write waits above it, as conn:write does
+        self.max_output = limits.max_output  # unsent bytes past which a peer that does not read is dropped
         self.lua: Any = None
         self.listeners: set[HttpListener] = set()
         self.connections: dict[HttpConnection, None] = {}  # (a dict: smaller than a set)
@@ -447,6 +490,7 @@ class HttpService:
         kernel.register(Op.HTTP_LISTEN, self._listen)
         kernel.register(Op.HTTP_BODY, self._body)
         kernel.register(Op.HTTP_NEXT, self._next_request)
+        kernel.register(Op.HTTP_DRAIN, self._drain)
         kernel.register_call(Op.HTTP_SEND, self._send)
         kernel.register_call(Op.HTTP_ERROR, self._error)
         kernel.register_call(Op.HTTP_UNLISTEN, self._unlisten)
@@ -536,6 +580,15 @@ class HttpService:
         if transport is None or transport.is_closing():
             return _CLOSED
         if isinstance(data, bytes) and data:
+            if conn.write_paused and transport.get_write_buffer_size() > self.max_output:
+                log.warning(
+                    "closing %s: %d response bytes unsent and the peer is not reading (max_output %d)",
+                    conn._peer(),
+                    transport.get_write_buffer_size(),
+                    self.max_output,
+                )
+                transport.abort()
+                return _CLOSED
             transport.write(data)
         if final:
             close = final == 2 or self.draining or conn.handled + 1 >= conn.listener.limits.max_requests
@@ -543,7 +596,24 @@ class HttpService:
             conn.finished(req, close or pending != 0)
             if pending and conn.transport is not None:
                 conn.transport.write(error_response(pending))
-        return True
+            return True
+        return 1 if conn.write_paused else True
+
+    def _drain(self, task: Task, req: object, _b: object, _c: object) -> object:
+        """res:write above the high-water mark: wait until the peer has taken enough, or the send timeout."""
+        if not isinstance(req, HttpRequest):
+            raise TypeError("not a request")
+        conn = req.conn
+        if conn.transport is None or conn.transport.is_closing():
+            return _CLOSED
+        if not conn.write_paused:
+            return True
+        if conn.writer is not None:
+            return (None, b"busy")
+        conn.writer = task
+        task.waiting = conn
+        conn._expect(conn.listener.limits.send_timeout, "send")
+        return SUSPEND
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def _unlisten(self, listener: object, _b: object, _c: object) -> object:

@@ -310,7 +310,7 @@ M.STATUS = { [100] = "Continue", [200] = "OK", [201] = "Created", [202] = "Accep
   [422] = "Unprocessable Content", [429] = "Too Many Requests", [500] = "Internal Server Error",
   [502] = "Bad Gateway", [503] = "Service Unavailable", [504] = "Gateway Timeout" }
 
-local HTTP_SEND, HTTP_BODY = OP.HTTP_SEND, OP.HTTP_BODY
+local HTTP_SEND, HTTP_BODY, HTTP_DRAIN = OP.HTTP_SEND, OP.HTTP_BODY, OP.HTTP_DRAIN
 local date_text, date_second = "", -1
 
 local function http_date()
@@ -434,7 +434,13 @@ local function head(self, length)
   return concat(parts)
 end
 
---- Send a piece of the body now (the response is chunked unless a content-length header was set).
+--- Send a piece of the body now (the response is chunked unless a content-length header was set). Waits
+--- while more than the high-water mark (64 KiB) of the response is unsent, as `conn:write` does; a peer that
+--- takes nothing for `send_timeout` is dropped (nil, "closed").
+---@async
+---@param chunk string|number
+---@return true? ok
+---@return string? err
 function Reply:write(chunk)
   if self._done then return nil, "finished" end
   chunk = tostring(chunk)
@@ -448,7 +454,9 @@ function Reply:write(chunk)
   if not self._head_only and #chunk > 0 then
     out = out .. (self._chunked and (format("%x\r\n", #chunk) .. chunk .. "\r\n") or chunk)
   end
-  return call(HTTP_SEND, self._py, out, 0)
+  local ok, err = call(HTTP_SEND, self._py, out, 0)
+  if ok == 1 then return request(HTTP_DRAIN, self._py) end -- above the high-water mark: wait for the peer
+  return ok, err
 end
 
 -- The last bytes of the response (ending it).
@@ -567,7 +575,8 @@ end
 --- An error in it answers 500 (if nothing was sent yet) and is logged with its traceback.
 --- Limits (with their defaults): max_request_line (8 KiB, 414), max_header_bytes (16 KiB, 431), max_headers
 --- (100, 431), max_body (1 MiB, 413), header_timeout (30 s, 408), body_timeout (60 s, 408),
---- keepalive_timeout (75 s), max_requests (1000 per connection).
+--- keepalive_timeout (75 s), max_requests (1000 per connection), send_timeout (60 s: how long res:write waits
+--- for a peer that takes no data before the connection is closed).
 ---@async
 ---@param opts {host?: string, port: integer, handler: fun(req: moonlet.HttpRequest, res: moonlet.HttpResponse)}
 ---@return moonlet.HttpServer? server
@@ -582,7 +591,8 @@ function M.serve(opts)
   local spec = { worker_for(handler), max_request_line = opts.max_request_line,
     max_header_bytes = opts.max_header_bytes, max_headers = opts.max_headers, max_body = opts.max_body,
     header_timeout = opts.header_timeout, body_timeout = opts.body_timeout,
-    keepalive_timeout = opts.keepalive_timeout, max_requests = opts.max_requests }
+    keepalive_timeout = opts.keepalive_timeout, max_requests = opts.max_requests,
+    send_timeout = opts.send_timeout }
   local where = opts.host or "127.0.0.1"
   local py, port = request(OP.HTTP_LISTEN, where, opts.port or 0, spec)
   if not py then return nil, port end
