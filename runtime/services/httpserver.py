@@ -5,6 +5,9 @@
   ``req`` and ``res``). An idle keep-alive connection holds no coroutine and no parser (the parser is made
   again when bytes arrive), so thousands of idle clients stay cheap.
 * Pipelining: requests are answered one at a time, in order; later ones wait parsed.
+* Lua never runs inside a parser callback: a request whose headers are complete is started once
+  ``feed_data`` has returned (or, behind another, on a later loop turn), so a handler cannot re-enter the
+  parser that is calling it.
 * The response is built in Lua and handed over with ``HTTP_SEND``; the last piece ends the request, and the
   connection then serves the next request, waits idle, or closes (``Connection: close``, HTTP/1.0 without
   keep-alive, ``max_requests`` reached, draining). A response that will be the connection's last is started
@@ -166,6 +169,7 @@ class HttpConnection(asyncio.Protocol):
         "pending_error",
         "queue",
         "reading",
+        "ready",
         "svc",
         "transport",
         "why",
@@ -180,6 +184,7 @@ class HttpConnection(asyncio.Protocol):
         self.parser: Any = None  # made when bytes arrive, dropped when idle
         self.queue: list[HttpRequest] = []  # parsed (or being parsed) requests; queue[0] is being answered
         self.reading: HttpRequest | None = None  # the request the parser is filling
+        self.ready: HttpRequest | None = None  # headers complete, to start once the parser has returned
         self.handled = 0
         self.deadline = math.inf
         self.deadline_key = 0
@@ -257,6 +262,11 @@ class HttpConnection(asyncio.Protocol):
                 self._reject(400, f"malformed request: {e}")
         finally:
             self.feeding = False
+        ready = self.ready
+        if ready is not None:  # Lua runs here, never inside a parser callback
+            self.ready = None
+            if not self._gone():
+                self._start(ready)
         if not self.queue and self.reading is None:
             self.parser = None  # idle: nothing of a next request has arrived
 
@@ -331,7 +341,7 @@ class HttpConnection(asyncio.Protocol):
         if hosts > 1 or (hosts == 0 and not http10):
             raise _RejectError(400, "a request needs one Host header (HTTP/1.0: at most one)")
         if req is self.queue[0]:
-            self._start(req)
+            self.ready = req  # started when the parser returns (data_received)
 
     def on_body(self, chunk: bytes) -> None:
         req = self.reading
