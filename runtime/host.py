@@ -29,6 +29,7 @@ from runtime.kernel.task import Task
 from runtime.lua.interrupt import new_interrupter
 from runtime.lua.state import new_lua_runtime
 from runtime.lua.stdlib import bootstrap
+from runtime.services.capacity import ConnectionCapacity
 from runtime.services.clock import ClockService, Deadlines, LagMonitor, TimerService
 from runtime.services.console import ConsoleService
 from runtime.services.datagram import DatagramService
@@ -97,6 +98,10 @@ def wire_services(
         http=HttpService(kernel, loop, deadlines, limits),
         shared=SharedService(kernel),
     )
+    capacity = ConnectionCapacity(loop, limits.max_connections)  # one bound over stream and HTTP connections
+    for service in (services.stream, services.http):
+        capacity.count(service.connections)
+        service.capacity = capacity
     ClockService(kernel, loop)
     SystemService(kernel)
     missing = kernel.missing_handlers()

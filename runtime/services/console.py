@@ -304,7 +304,7 @@ class ConsoleService:
             )
         for hconn in list(self.services.http.connections):
             state = "idle" if not hconn.queue else f"{len(hconn.queue)} request(s)"
-            rows.append(f"{id(hconn):x}  http {hconn.peer.decode()} on {hconn.listener.label}  {state}")
+            rows.append(f"{id(hconn):x}  {hconn.describe()}  {state}")
         session.send({"text": "\n".join(rows) or "no connections"})
 
     def _cmd_tasks(self, session: ConsoleSession, _arg: str) -> None:
@@ -351,6 +351,11 @@ class ConsoleService:
                 conn.abort()
                 session.send({"text": f"closed {conn.describe()}"})
                 return
+        for hconn in list(self.services.http.connections):
+            if f"{id(hconn):x}" == arg:
+                hconn.abort()
+                session.send({"text": f"closed {hconn.describe()}"})
+                return
         for task in list(self.kernel.tasks):
             if f"{id(task):x}" == arg:
                 self.kernel.kill(task, b"cancelled at the console")
@@ -375,7 +380,7 @@ HELP = """\\connections      every connection: peer, age, bytes, what its corout
 \\tasks            tasks and timers
 \\pools            thread pools and their queues
 \\stats            uptime, tasks, connections, memory (Lua and process), worst loop lag
-\\kill ID          close a connection or cancel a task (ids from \\connections, \\tasks)
+\\kill ID          close a connection (stream or HTTP) or cancel a task (ids from \\connections, \\tasks)
 \\reload MODULE    load a Lua module again (later requires get it; connections stay)
 \\log [off]        follow the server log
 Anything else is Lua, run in the server: `expr` and `return expr` print; waiting calls work."""

@@ -39,6 +39,7 @@ from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
 from runtime.listeners import shared_listener
 from runtime.services.background import Background
+from runtime.services.capacity import ConnectionCapacity
 from runtime.services.clock import TICK, Deadlines
 
 log = logging.getLogger("moonlet")
@@ -198,6 +199,10 @@ class HttpConnection(asyncio.Protocol):
     # -- protocol ------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        capacity = self.svc.capacity
+        if capacity is not None and capacity.full():
+            self.transport.abort()  # (counted with the stream connections: one --max-connections for all)
+            return
         hwm = self.svc.write_high_water
         self.transport.set_write_buffer_limits(high=hwm, low=hwm // 4)
         self.svc.connections[self] = None
@@ -219,6 +224,14 @@ class HttpConnection(asyncio.Protocol):
             else:
                 self._expect(math.inf, "")
             self.svc.kernel.resume(writer, True)
+
+    def describe(self) -> str:
+        return f"http {self.peer.decode()} on {self.listener.label}"
+
+    def abort(self) -> None:
+        """Close now, unsent bytes dropped (the console's \\kill); a waiting handler hears "closed"."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def forget(self, task: Task) -> None:
         """A handler waiting in res:write was killed."""
@@ -492,6 +505,7 @@ class HttpService:
         self.backlog = limits.backlog
         self.write_high_water = limits.write_high_water  # res:write waits above it, as conn:write does
         self.max_output = limits.max_output  # unsent bytes past which a peer that does not read is dropped
+        self.capacity: ConnectionCapacity | None = None  # --max-connections, shared with the stream service
         self.lua: Any = None
         self.listeners: set[HttpListener] = set()
         self.connections: dict[HttpConnection, None] = {}  # (a dict: smaller than a set)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import resource
 import socket
 import ssl
 from typing import Any, cast
@@ -35,6 +34,7 @@ from runtime.listeners import remove_stale_socket, shared_listener
 from runtime.lua.state import resume_thread
 from runtime.lua.values import from_plain, to_plain
 from runtime.services.background import Background
+from runtime.services.capacity import ConnectionCapacity
 from runtime.services.clock import TICK, Deadlines
 
 log = logging.getLogger("moonlet")
@@ -130,7 +130,7 @@ class Connection(asyncio.Protocol):
         svc = self.svc
         hwm = svc.limits.write_high_water
         transport.set_write_buffer_limits(high=hwm, low=hwm // 4)
-        if self.listener is not None and svc.over_capacity():
+        if self.listener is not None and svc.capacity is not None and svc.capacity.full():
             transport.abort()  # accept-and-close: the descriptors left are for the console, the database, ...
             return
         svc.connections[self] = None
@@ -432,9 +432,7 @@ class StreamService:
         self.input_per_turn = limits.input_per_turn
         self.lua: Any = None  # the main Lua state, to build replies in (set by the host)
         self.background = Background(loop)
-        self.max_connections = limits.max_connections or default_max_connections()
-        self.refused = 0
-        self._refusal_logged = -math.inf
+        self.capacity: ConnectionCapacity | None = None  # --max-connections, shared with HTTP (wire_services)
         kernel.register(Op.RECV, self._recv)
         kernel.register(Op.SEND, self._send)
         kernel.register(Op.SENDALL, self._sendall)
@@ -450,22 +448,6 @@ class StreamService:
         kernel.register_call(Op.SETTIMEOUTS, self._settimeouts)
         kernel.register_call(Op.BUFFERED, self._buffered)
         kernel.register_call(Op.UNLISTEN, self._unlisten)
-
-    def over_capacity(self) -> bool:
-        """Past max_connections? (then the new connection is closed; one log line per 10 s says so)"""
-        if len(self.connections) < self.max_connections:
-            return False
-        self.refused += 1
-        now = self.loop.time()
-        if now - self._refusal_logged >= 10:
-            log.warning(
-                "refusing connections: %d open (max_connections %d); %d refused since the last report",
-                len(self.connections),
-                self.max_connections,
-                self.refused,
-            )
-            self._refusal_logged, self.refused = now, 0
-        return True
 
     # -- yielding requests -----------------------------------------------------------------------
     @staticmethod
@@ -688,12 +670,6 @@ class StreamService:
 
     def log_task_error(self, conn: Connection, error: bytes | None) -> None:
         log.error("handler error on %s: %s", conn.describe(), one_line(error))
-
-
-def default_max_connections() -> int:
-    """The file-descriptor limit less room for the console, the database, pool threads, outgoing calls."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return max(soft - 256, 16) if soft != resource.RLIM_INFINITY else 1_000_000
 
 
 def tls_context(tls: object, host: str) -> tuple[ssl.SSLContext, str | None]:

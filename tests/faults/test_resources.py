@@ -7,6 +7,7 @@ well-behaved clients beside it are served, and that the server's numbers come ba
 from __future__ import annotations
 
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -93,3 +94,66 @@ def test_runaway_allocation_ends_only_its_handler_and_memory_comes_back(lua_serv
     )
     after = stats(server)["lua_memory_bytes"]
     assert after < before * 1.5 + 200_000, (before, after)  # the greedy table was released
+
+
+HTTP_AND_LINES = """
+local net, http = require "moonlet.net", require "moonlet.http"
+net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
+  while true do
+    local line = conn:readline()
+    if not line then return end
+    conn:write(line, "\\n")
+  end
+end }
+assert(http.serve { host = "127.0.0.1", port = 0, handler = function() return 200, nil, "ok" end })
+"""
+
+
+def test_http_connections_count_against_max_connections_and_can_be_killed(lua_server) -> None:  # type: ignore[no-untyped-def]
+    server = lua_server(HTTP_AND_LINES, options=["--max-connections", "4"])
+    http_port = int(server.wait_log(re.compile(rb"listening on \S+:(\d+) \(http\)")).group(1))
+    lines = [server.connect() for _ in range(2)]
+    held = []
+    for _ in range(2):  # two keep-alive HTTP connections, answered once and kept open
+        s = socket.create_connection(("127.0.0.1", http_port), timeout=5)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(1000).endswith(b"ok")
+        held.append(s)
+    time.sleep(0.2)
+    for port in (server.port, http_port):  # 4 open, stream and HTTP together: both kinds are refused
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert s.recv(10) == b""
+        s.close()
+    server.wait_log(re.compile(rb"refusing connections: 4 open \(max_connections 4\)"))
+    rows = subprocess.run(
+        [sys.executable, "-m", "runtime", "repl", "-e", "\\connections", str(server.proc.pid)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    http_row = next(row for row in rows.splitlines() if " http " in row)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtime",
+            "repl",
+            "-e",
+            f"\\kill {http_row.split()[0]}",
+            str(server.proc.pid),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "closed http" in killed
+    readable, _, _ = select.select(held, [], [], 5)
+    assert len(readable) == 1 and readable[0].recv(10) == b""  # that connection is gone, the other is not
+    lines[0].send(b"still\n")
+    assert lines[0].line() == b"still"
+    for s in held:
+        s.close()
