@@ -3,10 +3,12 @@
     python bench/instructions.py                      # kv.lua and raw uvloop, ping_inline -P 16 and -P 1
     python bench/instructions.py --server kv --pipeline 16 --requests 200000
     python bench/instructions.py --server kv --stall-budget 0     # the same with the stall budget off
+    python bench/instructions.py --http               # hello_http.lua and raw uvloop + httptools, wrk -c50
 
 The server runs under ``valgrind --tool=callgrind --instr-atstart=no``; after a warm-up (every code path
 compiled and every cache filled) ``callgrind_control -i on`` starts counting, ``redis-benchmark`` sends
-exactly N requests, and ``-i off`` stops before the count is dumped. Instructions are deterministic: the
+exactly N requests (with ``--http``, ``wrk`` runs for a few seconds and its count of answered requests
+is the N), and ``-i off`` stops before the count is dumped. Instructions are deterministic: the
 figure does not move with the machine's load, so it judges a change on a busy shared machine where
 wall-clock figures cannot (a second run differs by well under 1 %). The per-function profile is kept in
 bench/results/ for ``callgrind_annotate``.
@@ -22,10 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import PIN_SERVER, PYTHON, ROOT, free_port, moonlet, redis_benchmark, wait_port
+from run import PIN_CLIENT, PIN_SERVER, PYTHON, ROOT, free_port, moonlet, redis_benchmark, wait_port
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -33,6 +36,8 @@ RESULTS = ROOT / "bench" / "results"
 def server_command(name: str, port: int, stall_budget: str | None) -> list[str]:
     if name == "raw":
         return [PYTHON, str(ROOT / "bench" / "raw_pong.py"), str(port)]
+    if name == "raw_http":
+        return [PYTHON, str(ROOT / "bench" / "raw_http.py"), str(port)]
     extra = ["--no-console"] + (["--stall-budget", stall_budget] if stall_budget is not None else [])
     return moonlet(*extra, str(ROOT / "apps" / f"{name}.lua"), "--port", str(port))
 
@@ -41,11 +46,39 @@ def control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True, timeout=120)
 
 
-def count(name: str, pipeline: int, n: int, clients: int, stall_budget: str | None) -> dict[str, object]:
-    """Instructions per request of one server for one workload."""
+Load = Callable[[int, bool], int]  # (port, warm-up?) -> requests answered
+
+
+def pong_load(pipeline: int, n: int, clients: int) -> Load:
+    def run(port: int, warm_up: bool) -> int:
+        sent = max(n // 10, 2000) if warm_up else n
+        redis_benchmark(port, sent, pipeline, clients)
+        return sent
+
+    return run
+
+
+def http_load(seconds: float, clients: int) -> Load:
+    def run(port: int, warm_up: bool) -> int:
+        length = 1.0 if warm_up else seconds
+        out = subprocess.run(
+            [*PIN_CLIENT, "wrk", "-t1", f"-c{clients}", f"-d{length:g}s", f"http://127.0.0.1:{port}/"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=length + 120,
+        ).stdout
+        found = re.search(r"(\d+) requests in", out)
+        assert found is not None, out
+        return int(found.group(1))
+
+    return run
+
+
+def count(name: str, workload: str, load: Load, stall_budget: str | None, tag: str) -> dict[str, object]:
+    """Instructions per request of one server under one load."""
     port = free_port()
     RESULTS.mkdir(exist_ok=True)
-    tag = f"{name}-P{pipeline}" + (f"-stall{stall_budget}" if stall_budget is not None else "")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         cmd = [
@@ -59,9 +92,9 @@ def count(name: str, pipeline: int, n: int, clients: int, stall_budget: str | No
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_port(port, proc, timeout=180)
-            redis_benchmark(port, max(n // 10, 2000), pipeline, clients)  # warm-up, not counted
+            load(port, True)  # warm-up, not counted
             control(proc.pid, "-i", "on")
-            redis_benchmark(port, n, pipeline, clients)
+            n = load(port, False)
             control(proc.pid, "-i", "off")
             control(proc.pid, "-d")
             time.sleep(0.5)
@@ -75,7 +108,7 @@ def count(name: str, pipeline: int, n: int, clients: int, stall_budget: str | No
         keep.write_bytes(biggest.read_bytes())
     return {
         "server": name,
-        "workload": f"ping_inline -c {clients} -P {pipeline}",
+        "workload": workload,
         "stall_budget": stall_budget,
         "requests": n,
         "instructions_per_request": round(total / n),
@@ -99,18 +132,32 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=0, help="N (default 200,000 at -P16, 40,000 at -P1)")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--stall-budget", help="pass --stall-budget to moonlet")
+    parser.add_argument("--http", action="store_true", help="HTTP hello under wrk instead of PING")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of a --http load run")
     args = parser.parse_args()
-    for tool in ("valgrind", "callgrind_control", "redis-benchmark"):
+    for tool in ("valgrind", "callgrind_control", "wrk" if args.http else "redis-benchmark"):
         if shutil.which(tool) is None:
-            sys.exit(f"{tool} not found: apt-get install valgrind redis-tools")
+            sys.exit(f"{tool} not found: apt-get install valgrind redis-tools wrk")
+    runs: list[tuple[str, str, Load, str]] = []
+    if args.http:
+        for name in args.server or ["hello_http", "raw_http"]:
+            load = http_load(args.seconds, args.clients)
+            runs.append((name, f"wrk -t1 -c{args.clients} GET /", load, f"{name}-http"))
+    else:
+        for pipeline in args.pipeline or [16, 1]:
+            n = args.requests or (200_000 if pipeline > 1 else 40_000)
+            for name in args.server or ["kv", "raw"]:
+                load = pong_load(pipeline, n, args.clients)
+                workload = f"ping_inline -c {args.clients} -P {pipeline}"
+                tag = f"{name}-P{pipeline}" + (f"-stall{args.stall_budget}" if args.stall_budget else "")
+                runs.append((name, workload, load, tag))
     rows = []
-    for pipeline in args.pipeline or [16, 1]:
-        n = args.requests or (200_000 if pipeline > 1 else 40_000)
-        for name in args.server or ["kv", "raw"]:
-            row = count(name, pipeline, n, args.clients, None if name == "raw" else args.stall_budget)
-            per = row["instructions_per_request"]
-            print(f"{row['server']:>6}  {row['workload']:<26} {per:>8,} instr/req")
-            rows.append(row)
+    for name, workload, load, tag in runs:
+        budget = None if name.startswith("raw") else args.stall_budget
+        row = count(name, workload, load, budget, tag)
+        per = row["instructions_per_request"]
+        print(f"{row['server']:>10}  {row['workload']:<26} {per:>8,} instr/req")
+        rows.append(row)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "instructions.json").write_text(json.dumps(rows, indent=2) + "\n")
     return 0
