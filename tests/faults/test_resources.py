@@ -31,16 +31,20 @@ end }
 """
 
 
-def stats(server) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    out = subprocess.run(
-        [sys.executable, "-m", "runtime", "repl", "-e", "\\stats", str(server.proc.pid)],
+def console(server, command: str) -> str:  # type: ignore[no-untyped-def]
+    """What the server's console answers to ``command`` (through ``moonlet repl -e``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", "repl", "-e", command, str(server.proc.pid)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
     ).stdout
-    return {k: int(v) for k, v in re.findall(r"^(\w+): (\d+)$", out, re.M)}
+
+
+def stats(server) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    return {k: int(v) for k, v in re.findall(r"^(\w+): (\d+)$", console(server, "\\stats"), re.M)}
 
 
 def test_a_flood_past_max_connections_is_accepted_and_closed_with_one_log_line(lua_server) -> None:  # type: ignore[no-untyped-def]
@@ -125,31 +129,9 @@ def test_http_connections_count_against_max_connections_and_can_be_killed(lua_se
         assert s.recv(10) == b""
         s.close()
     server.wait_log(re.compile(rb"refusing connections: 4 open \(max_connections 4\)"))
-    rows = subprocess.run(
-        [sys.executable, "-m", "runtime", "repl", "-e", "\\connections", str(server.proc.pid)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
+    rows = console(server, "\\connections")
     http_row = next(row for row in rows.splitlines() if " http " in row)
-    killed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "runtime",
-            "repl",
-            "-e",
-            f"\\kill {http_row.split()[0]}",
-            str(server.proc.pid),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
+    killed = console(server, f"\\kill {http_row.split()[0]}")
     assert "closed http" in killed
     readable, _, _ = select.select(held, [], [], 5)
     assert len(readable) == 1 and readable[0].recv(10) == b""  # that connection is gone, the other is not
