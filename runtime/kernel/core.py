@@ -76,9 +76,8 @@ class Kernel:
         self._calls: list[CallHandler | None] = [None] * (max(Op) + 1)
         self._body: LuaFunction | None = None
         self.live = 0  # tasks started and not yet ended
-        self.tasks: dict[
-            Task, None
-        ] = {}  # those tasks (the console lists them; a dict is smaller than a set)
+        # those tasks (the console lists them; a dict takes less room than a set)
+        self.tasks: dict[Task, None] = {}
         self.current: Task | None = None  # the task being resumed, if any
         self.resumes = 0  # how many resumes have started (the stall check tells runs apart by it)
         self.on_idle: Callable[[], None] | None = None  # called when `live` drops to zero

@@ -54,9 +54,9 @@ REASONS = {
     501: b"Not Implemented",
 }
 _CLOSED = (None, b"closed")
+_TOO_LARGE = (None, b"too large")
 # method SP request-target SP HTTP-version (RFC 9112 3): the shape that makes an unknown method a 501
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ \r\n]+ HTTP/\d\.\d\r?\n")
-_TOO_LARGE = (None, b"too large")
 
 
 @dataclass(frozen=True)
@@ -315,9 +315,8 @@ class HttpConnection(asyncio.Protocol):
                 raise _RejectError(431, f"headers and trailers over {limits.max_header_bytes} bytes")
             return
         req.headers.append(name.lower())
-        req.headers.append(
-            value.rstrip(b" \t")
-        )  # (the parser drops the whitespace before a value, not after)
+        # (the parser drops the whitespace before a value, not after it)
+        req.headers.append(value.rstrip(b" \t"))
         if req.header_bytes > limits.max_header_bytes or len(req.headers) > 2 * limits.max_headers:
             raise _RejectError(
                 431, f"headers over {limits.max_header_bytes} bytes or {limits.max_headers} lines"
@@ -339,9 +338,8 @@ class HttpConnection(asyncio.Protocol):
             if name == b"host":
                 hosts += 1
             elif name == b"transfer-encoding" and http10:
-                req.keep_alive = (
-                    False  # HTTP/1.0 has no transfer codings: faulty framing, close after (9112 6.1)
-                )
+                # HTTP/1.0 has no transfer codings: faulty framing, closed after the answer (RFC 9112 6.1)
+                req.keep_alive = False
             elif name == b"content-length":
                 try:
                     size = int(headers[i + 1])
@@ -615,7 +613,9 @@ class HttpService:
                 return _CLOSED
             transport.write(data)
         if final:
-            close = final == 2 or self.draining or conn.handled + 1 >= conn.listener.limits.max_requests
+            # (a request started as its connection's last said so, and its handler sends final = 2; a drain
+            # that began since closes too)
+            close = final == 2 or self.draining
             pending = conn.pending_error
             conn.finished(req, close or pending != 0)
             if pending and conn.transport is not None:

@@ -210,12 +210,11 @@ class Connection(asyncio.Protocol):
         pending = self.pending
         assert pending is not None
         share = self.svc.input_per_turn
-        if self.pending_size <= share:
-            data = pending[0] if len(pending) == 1 else b"".join(pending)
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        if len(data) <= share:
             self.pending = None
             self.pending_size = 0
         else:
-            data = b"".join(pending) if len(pending) > 1 else pending[0]
             rest = data[share:]
             data = data[:share]
             self.pending = [rest]

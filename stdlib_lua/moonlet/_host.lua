@@ -111,6 +111,8 @@ local RECV = OP.RECV
 --- RECV for `obj` (a connection) with its buffered output `out`, already taken, travelling in the request:
 --- the echo cycle's one crossing, so the door's rules are written out here rather than reached through
 --- `request` (one call fewer per read). Anywhere but a task's own coroutine it takes the general path.
+--- (Folding this into `request` with an extra argument was measured: 1,800 more instructions per
+--- unpipelined request, kv.lua -P1, bench/instructions.py.)
 function M.recv(obj, py, out)
   if first == obj then
     first = nil
