@@ -88,20 +88,20 @@ def wire_services(
     """Create every service, each registering the ops it serves; every op ends up with a handler."""
     app = Path(app_path) if app_path else Path("app.lua")
     deadlines = Deadlines(loop)
+    stream = StreamService(kernel, loop, limits, deadlines)
     services = Services(
-        stream=StreamService(kernel, loop, limits, deadlines),
+        stream=stream,
         tasks=TaskService(kernel, loop, limits),
         timers=TimerService(kernel, loop, limits.max_timers),
         pools=PoolService(kernel, loop, limits, app_path, pools),
         db=DatabaseService(kernel, loop, limits, default_database(limits, app)),
         udp=DatagramService(kernel, loop),
-        http=HttpService(kernel, loop, deadlines, limits),
+        http=HttpService(kernel, stream),
         shared=SharedService(kernel),
     )
-    capacity = ConnectionCapacity(loop, limits.max_connections)  # one bound over stream and HTTP connections
-    for service in (services.stream, services.http):
-        capacity.count(service.connections)
-        service.capacity = capacity
+    capacity = ConnectionCapacity(loop, limits.max_connections)  # (HTTP connections are stream connections)
+    capacity.count(stream.connections)
+    stream.capacity = capacity
     ClockService(kernel, loop)
     SystemService(kernel)
     missing = kernel.missing_handlers()
@@ -136,7 +136,6 @@ class Host:
         self.stream: StreamService | None = None
         self.timers: TimerService | None = None
         self.udp: DatagramService | None = None
-        self.http: HttpService | None = None
         self.kernel: Kernel | None = None
 
     def run(self) -> int:
@@ -154,7 +153,7 @@ class Host:
         kernel = self.kernel = Kernel(loop.call_soon)
         services = wire_services(kernel, loop, self.limits, self.app_path, self.pools)
         self.stream, self.timers, tasks = services.stream, services.timers, services.tasks
-        self.udp, self.http = services.udp, services.http
+        self.udp = services.udp
         timers = services.timers
 
         def running() -> str | None:  # (asked from the lag monitor's watchdog thread)
@@ -184,7 +183,6 @@ class Host:
             services.db,
             services.stream,
             services.udp,
-            services.http,
             services.shared,
         ):
             service.lua = lua  # replies are built in the main Lua state
@@ -236,7 +234,6 @@ class Host:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             self.stream.close_all()
-            services.http.close_all()
             services.pools.stop()
             services.shared.close()
             services.udp.close_all()
@@ -245,8 +242,8 @@ class Host:
 
     def _check_idle(self) -> None:
         assert self.kernel is not None and self.stream is not None and self.timers is not None
-        assert self.udp is not None and self.http is not None
-        serving_udp = any(sock.entry is not None for sock in self.udp.sockets) or bool(self.http.listeners)
+        assert self.udp is not None
+        serving_udp = any(sock.entry is not None for sock in self.udp.sockets)
         if self.kernel.live == 0 and not self.stream.listeners and not self.timers.active and not serving_udp:
             self._finish()
 
@@ -274,8 +271,6 @@ class Host:
             self.limits.drain_timeout,
         )
         self.stream.start_drain()
-        assert self.http is not None
-        self.http.start_drain()
         assert self.timers is not None
         self.timers.cancel_all()
         assert self.udp is not None

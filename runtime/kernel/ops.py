@@ -38,12 +38,13 @@ class Op(enum.IntEnum):
     RESOLVE = 16  # (name, timeout): the addresses of a host name
     UDP_OPEN = 17  # (host, port, entry): a UDP socket (serving datagrams with entry if given) and its port
     UDP_RECV = 18  # (sock, timeout): data, host, port of the next datagram
-    HTTP_LISTEN = 19  # (host, port, {entry, limits...}): an HTTP listener and its port
-    HTTP_BODY = 20  # (req): the next piece of the request body, nil at its end
-    HTTP_NEXT = 21  # (req, last bytes, mode): end req's answer; resume with the next request, or nil to end
-    HTTP_DRAIN = (
-        22  # (req): wait while more than the high-water mark of the answer is unsent; true or nil, err
+    HTTP_LISTEN = (
+        19  # (host, port, {entry, options...}): an HTTP listener (served by request workers), its port
     )
+    IDLE = (
+        20  # (conn, out, served): a request worker sends `out` and gives conn back; reply (conn, data, last):
+    )
+    # a connection to serve next (its bytes; last: its next answer is its last), or nil: the worker ends
     # -- calls (synchronous, never suspend) --
     WRITE = 32  # (conn, out): hand `out` to the transport now
     CLOSE = 33  # (conn, out): send `out` and close
@@ -72,8 +73,7 @@ class Op(enum.IntEnum):
     REUSABLE = 56  # (conn): true if an idle connection may be reused (open, nothing unread from the peer)
     SHUTDOWN = 57  # (conn, out): send `out`, then end the sending direction (half-close)
     REPORT = 58  # (kind, plain data): one machine-readable line on standard output (moonlet bench)
-    HTTP_SEND = 59  # (req, data, final): send response bytes; final = 1 ends the response, 2 also closes;
-    # replies 1 (not true) when the unsent bytes are above the high-water mark: the writer should HTTP_DRAIN
+    NEXT = 59  # (conn, served): a request worker goes on with conn's next buffered request; reply `last`
     HTTP_ERROR = 60  # (traceback): a request handler failed (logged in one line; its task goes on)
     SHARED_GET = 61  # (dict, key): the value, or nil
     SHARED_SET = 62  # (dict, key, value, {ttl=, mode=}): true, or false, "exists" / "not found"
@@ -81,7 +81,9 @@ class Op(enum.IntEnum):
     SHARED_DELETE = 64  # (dict, key)
     SHARED_KEYS = 65  # (dict, limit): the live keys
     DB_OPEN = 66  # (url or nil, opts): a database handle and its dialect, or nil, err; connects on first use
-    HTTP_UNLISTEN = 67  # (listener): stop accepting on an HTTP listener; its waiting request tasks end
+    HTTP_REJECT = (
+        67  # (conn, status, why, out): log a malformed request, send `out` and the status' answer, close
+    )
 
     @property
     def yields(self) -> bool:

@@ -295,16 +295,19 @@ class ConsoleService:
         rows = []
         for conn in list(self.services.stream.connections):
             waiting = (
-                "reading" if conn.reader is not None else "writing" if conn.writer is not None else "running"
+                "reading"
+                if conn.reader is not None
+                else "writing"
+                if conn.writer is not None
+                else "idle (keep-alive)"
+                if conn.parked
+                else "running"
             )
             left = conn.read_deadline - now if conn.reader is not None and conn.read_deadline else None
             rows.append(
                 f"{id(conn):x}  {conn.describe()}  age {now - conn.since:.1f}s  in {conn.bytes_in}B out "
                 f"{conn.bytes_out}B  {waiting}" + (f" (timeout in {left:.1f}s)" if left is not None else "")
             )
-        for hconn in list(self.services.http.connections):
-            state = "idle" if not hconn.queue else f"{len(hconn.queue)} request(s)"
-            rows.append(f"{id(hconn):x}  {hconn.describe()}  {state}")
         session.send({"text": "\n".join(rows) or "no connections"})
 
     def _cmd_tasks(self, session: ConsoleSession, _arg: str) -> None:
@@ -336,7 +339,7 @@ class ConsoleService:
         stats = {
             "uptime_s": round(time.time() - self.started, 1),
             "tasks": self.kernel.live,
-            "connections": len(self.services.stream.connections) + len(self.services.http.connections),
+            "connections": len(self.services.stream.connections),
             "timers": len(self.services.timers.active),
             "lua_memory_bytes": self.lua.get_memory_used() if self.lua is not None else None,
             "process_memory_bytes": rss,
@@ -350,11 +353,6 @@ class ConsoleService:
             if f"{id(conn):x}" == arg:
                 conn.abort()
                 session.send({"text": f"closed {conn.describe()}"})
-                return
-        for hconn in list(self.services.http.connections):
-            if f"{id(hconn):x}" == arg:
-                hconn.abort()
-                session.send({"text": f"closed {hconn.describe()}"})
                 return
         for task in list(self.kernel.tasks):
             if f"{id(task):x}" == arg:

@@ -54,6 +54,7 @@ _TOO_LARGE_REPLY = (None, TOO_LARGE)
 _BUSY_REPLY = (None, BUSY)
 
 _RECV = int(Op.RECV)
+_IDLE = int(Op.IDLE)
 
 # What a suspended writer is waiting for.
 _AFTER_DRAIN_READ = 1  # RECV: the output went out above the high-water mark; read once it drains
@@ -64,12 +65,78 @@ _AFTER_FLUSH_TRUE = 3  # SENDALL: reply true once every byte is taken
 class Listener:
     """A listening socket; Lua holds it as an opaque handle."""
 
-    __slots__ = ("entry", "label", "server")
+    __slots__ = ("entry", "label", "server", "workers")
 
-    def __init__(self, entry: object, label: str) -> None:
+    def __init__(self, entry: object, label: str, workers: RequestWorkers | None = None) -> None:
         self.entry = entry  # Lua function run as the handler task of each accepted connection
         self.label = label
         self.server: asyncio.Server | None = None
+        self.workers = workers  # (HTTP) connections served by request workers instead of one task each
+
+
+MAX_IDLE_WORKERS = 64  # request workers kept waiting per listener; more end when they go idle
+IDLE_WORKER_TTL = 2.0  # seconds a request worker waits for a connection before it ends
+
+
+class RequestWorkers:
+    """The tasks that serve a listener's connections one request at a time (the HTTP server).
+
+    A connection of such a listener has no task of its own. When bytes arrive on it, a waiting worker takes
+    it (or a new one starts) and is resumed with ``(conn, data, last)``; once it has answered everything it
+    got, the worker gives the connection back (``IDLE``) and waits for the next one. So an idle keep-alive
+    connection holds no coroutine, and a busy server reuses a few. ``last`` tells the worker that the next
+    response is the connection's last (``max_requests`` reached, or the server is draining). Workers wait
+    last in, first out; one that has waited ``IDLE_WORKER_TTL`` ends, so a burst of slow requests leaves no
+    coroutines behind once it is over.
+    """
+
+    __slots__ = ("closed", "entry", "idle", "keepalive_timeout", "max_requests", "send_timeout", "sweep")
+
+    def __init__(
+        self, entry: object, keepalive_timeout: float, max_requests: int, send_timeout: float
+    ) -> None:
+        self.entry = entry  # Lua function a new worker runs: entry(conn, data, last)
+        self.keepalive_timeout = keepalive_timeout  # seconds a connection is kept with nothing to serve
+        self.max_requests = max_requests  # requests per connection
+        self.send_timeout = send_timeout
+        self.idle: list[Task] = []  # workers waiting for a connection with bytes, the longest waiting first
+        self.closed = False  # the listener closed: workers end instead of waiting
+        self.sweep: asyncio.TimerHandle | None = None  # ends the workers that have waited too long
+
+    def forget(self, task: Task) -> None:
+        """A waiting worker was killed."""
+        if task in self.idle:
+            self.idle.remove(task)
+
+
+class Worker:
+    """The owner of one request worker's task: which connection it serves now, if any."""
+
+    __slots__ = ("conn", "label", "since", "workers")
+
+    def __init__(self, workers: RequestWorkers, label: str) -> None:
+        self.workers = workers
+        self.label = label
+        self.conn: Connection | None = None
+        self.since = 0.0  # when it began to wait for a connection
+
+    def describe(self) -> str:
+        conn = self.conn
+        if conn is None:
+            return f"idle http worker on {self.label}"
+        return f"http handler for {conn.peer_label()} on {self.label}"
+
+    def task_exited(self, task: Task, ok: bool, error: bytes | None) -> None:
+        # (handler errors are caught in Lua: a worker itself ends by being killed, stopped for stalling, or
+        # when it is not needed any more)
+        conn = self.conn
+        if not ok:
+            log.error("%s ended: %s", self.describe(), one_line(error))
+        if conn is not None:
+            self.conn = None
+            conn.task = None
+            conn.close()
+        self.workers.forget(task)
 
 
 class Connection(asyncio.Protocol):
@@ -79,8 +146,10 @@ class Connection(asyncio.Protocol):
         "closing",
         "deadline_key",
         "eof",
+        "handled",
         "label",
         "listener",
+        "parked",
         "pending",
         "pending_size",
         "read_deadline",
@@ -123,6 +192,8 @@ class Connection(asyncio.Protocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self.turn_bytes = 0  # input handed to the handler since it last waited (see "Fairness")
+        self.parked = False  # (request workers) no worker holds it: the next bytes go to one
+        self.handled = 0  # (request workers) requests answered
 
     # -- protocol callbacks ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -134,15 +205,26 @@ class Connection(asyncio.Protocol):
             transport.abort()  # accept-and-close: the descriptors left are for the console, the database, ...
             return
         svc.connections[self] = None
-        if self.listener is not None:
-            self.task = svc.kernel.spawn(self, self.listener.entry, self, scope=True)
+        listener = self.listener
+        if listener is not None:
+            workers = listener.workers
+            if workers is None:
+                self.task = svc.kernel.spawn(self, listener.entry, self, scope=True)
+            else:  # a worker takes it when its first bytes arrive
+                self.send_timeout = workers.send_timeout
+                self.park()
 
     def data_received(self, data: bytes) -> None:
         size = len(data)
         self.bytes_in += size
         reader = self.reader
         if reader is None:
+            if self.parked and self.pending is None and size <= self.svc.input_per_turn:
+                self._serve_request(data, size)
+                return
             self._keep(data)
+            if self.parked:
+                self.unpark()
             return
         self.reader = None
         svc = self.svc
@@ -226,8 +308,122 @@ class Connection(asyncio.Protocol):
         self.turn_bytes += len(data)
         return data
 
+    # -- request workers (see RequestWorkers) -------------------------------------------------------
+    def park(self) -> None:
+        """No worker holds this connection: keep it, without a coroutine, until bytes arrive or it has been
+        idle for the keep-alive timeout."""
+        self.parked = True
+        assert self.listener is not None and self.listener.workers is not None
+        svc = self.svc
+        self.read_deadline = deadline = svc.time() + self.listener.workers.keepalive_timeout
+        key = self.deadline_key
+        if key == 0 or deadline < key * TICK:
+            svc.deadlines.add(self, deadline)
+
+    def unpark(self) -> None:
+        """Bytes have arrived for a parked connection: hand them to a waiting worker, or to a new one."""
+        if self.write_paused:
+            return  # its last answers are still going out: resume_writing comes back here
+        self.parked = False
+        listener = self.listener
+        assert listener is not None and listener.workers is not None
+        workers = listener.workers
+        svc = self.svc
+        self.turn_bytes = 0
+        reply = (self, self.take_pending(), svc.draining or self.handled + 1 >= workers.max_requests)
+        idle = workers.idle
+        if idle:
+            task = idle.pop()
+            task.waiting = None
+            cast(Worker, task.owner).conn = self
+            self.task = task
+            svc.kernel.resume(task, reply)
+        else:
+            worker = Worker(workers, listener.label)
+            worker.conn = self
+            self.task = svc.kernel.spawn(worker, workers.entry, *reply, scope=True)
+
+    def _serve_request(self, data: bytes, size: int) -> None:
+        """The HTTP request cycle, in this one frame as the echo cycle is (see the kernel's rules): a waiting
+        worker takes the bytes of this parked connection and, if it answers them all and gives the connection
+        back (IDLE), the answer is sent and both wait again. Anything else goes the general way."""
+        listener = self.listener
+        assert listener is not None and listener.workers is not None
+        workers = listener.workers
+        idle = workers.idle
+        svc = self.svc
+        if not idle or self.write_paused:
+            self._keep(data)
+            self.unpark()
+            return
+        task = idle.pop()
+        co = task.co
+        if co is None:  # (killed: forget() should have taken it out)
+            self._keep(data)
+            self.unpark()
+            return
+        # (a worker task's owner is its Worker; cast() would be a call on this hot path)
+        worker: Worker = task.owner  # type: ignore[assignment]
+        worker.conn = self
+        self.task = task
+        task.waiting = None
+        self.parked = False
+        self.turn_bytes = size
+        kernel = svc.kernel
+        kernel.resumes += 1
+        kernel.current = task
+        try:
+            req = resume_thread(co, (self, data, svc.draining or self.handled + 1 >= workers.max_requests))
+            if (
+                type(req) is not tuple
+                or len(req) != 4
+                or req[0] != _IDLE
+                or req[1] is not self
+                or self.closing
+                or self.eof
+                or self.pending is not None
+                or svc.draining
+            ):
+                kernel.serve(task, req)
+                return
+            if req[3]:  # a request was answered: the tasks its handler started (and did not detach) end
+                self.handled += 1
+                extra = task.extra
+                if extra is not None and extra.children:
+                    kernel.end_children(task, b"cancelled: the request that started it ended")
+            out = req[2]
+            if out:
+                self.transport.write(out)
+                self.bytes_out += len(out)
+                if self.write_paused:  # the general way decides what waits for the peer
+                    kernel.serve(task, (_IDLE, self, None, 0))
+                    return
+            worker.conn = None
+            self.task = None
+            self.parked = True
+            now = svc.time()
+            self.read_deadline = deadline = now + workers.keepalive_timeout
+            key = self.deadline_key
+            if key == 0 or deadline < key * TICK:  # (else the wheel's reminder comes first: it re-checks)
+                svc.deadlines.add(self, deadline)
+            if len(idle) < MAX_IDLE_WORKERS:
+                idle.append(task)
+                task.waiting = workers
+                worker.since = now
+                if workers.sweep is None:
+                    workers.sweep = svc.loop.call_later(IDLE_WORKER_TTL, svc._sweep, workers)
+            else:
+                kernel.resume(task, None)  # (not from inside its own run: resume_thread has returned)
+        except Exception as e:
+            kernel.failed(task, e)
+        finally:
+            kernel.current = None
+
     def eof_received(self) -> bool:
         self.eof = True
+        if self.parked:
+            self.close()  # nothing more will come, and everything that came is answered
+            return True
         self._wake_reader(_CLOSED_REPLY)
         return True  # keep the write side open: the handler may still answer (half-close)
 
@@ -246,6 +442,8 @@ class Connection(asyncio.Protocol):
         self.write_paused = False
         writer = self.writer
         if writer is None:
+            if self.parked and self.pending is not None:
+                self.unpark()
             return
         self.writer = None
         then = self.writer_then
@@ -263,6 +461,8 @@ class Connection(asyncio.Protocol):
     def describe(self) -> str:
         if self.listener is None:
             return f"connection to {self.label}"
+        if self.listener.workers is not None:
+            return f"http {self.peer_label()} on {self.listener.label}"
         return f"connection {self.peer_label()} on {self.listener.label}"
 
     def task_exited(self, task: Task, ok: bool, error: bytes | None) -> None:
@@ -305,7 +505,8 @@ class Connection(asyncio.Protocol):
             return SUSPEND
         self.turn_bytes = 0
         svc = self.svc
-        if self.eof or (svc.draining and self.listener is not None and self.bytes_in):
+        listener = self.listener
+        if self.eof or (svc.draining and listener is not None and listener.workers is None and self.bytes_in):
             # a draining server still reads the replies of the servers it called, and the first request of
             # a connection it accepted just before draining
             return _CLOSED_REPLY
@@ -345,6 +546,12 @@ class Connection(asyncio.Protocol):
             self._restore_write_limits()
 
     def on_deadline(self, now: float) -> None:
+        if self.parked:
+            if self.read_deadline <= now:
+                self.close()  # idle past the keep-alive timeout
+            else:
+                self.svc.deadlines.add(self, self.read_deadline)
+            return
         if self.reader is not None:
             if self.read_deadline <= now:
                 self._wake_reader(_TIMEOUT_REPLY, soon=False)
@@ -359,6 +566,7 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closing = True
+        self.parked = False
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.close()  # sends what is buffered first
@@ -367,6 +575,7 @@ class Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closing = True
+        self.parked = False
         transport = self.transport
         if transport is not None:
             transport.abort()
@@ -439,6 +648,8 @@ class StreamService:
         kernel.register(Op.CONNECT, self._connect)
         kernel.register(Op.STARTTLS, self._starttls)
         kernel.register(Op.RESOLVE, self._resolve)
+        kernel.register(Op.IDLE, self._idle)
+        kernel.register_call(Op.NEXT, self._next)
         kernel.register_call(Op.REUSABLE, self._reusable)
         kernel.register_call(Op.SHUTDOWN, self._shutdown)
         kernel.register_call(Op.WRITE, self._write)
@@ -483,10 +694,12 @@ class StreamService:
         self.background.run(self._open_listener(task, where, port, entry))
         return SUSPEND
 
-    async def _open_listener(self, task: Task, where: bytes, port: int | None, entry: object) -> None:
+    async def _open_listener(
+        self, task: Task, where: bytes, port: int | None, entry: object, workers: RequestWorkers | None = None
+    ) -> None:
         where_s = where.decode()
         label = where_s if port is None else f"{where_s}:{port}"
-        listener = Listener(entry, label)
+        listener = Listener(entry, label, workers)
         try:
             if port is None:
                 shared = shared_listener(where_s, None, self.limits.backlog)  # (under a supervisor)
@@ -520,7 +733,7 @@ class StreamService:
             return
         listener.server = server
         self.listeners.add(listener)
-        log.info("listening on %s", listener.label)
+        log.info("listening on %s%s", listener.label, " (http)" if workers is not None else "")
         self.kernel.resume(task, (listener, bound))
 
     def _connect(self, task: Task, where: bytes, port: int | None, opts: object) -> object:
@@ -605,6 +818,75 @@ class StreamService:
                 addresses.append(address)
         self.kernel.resume(task, from_plain(self.lua, addresses))
 
+    def open_http(self, task: Task, where: bytes, port: int, workers: RequestWorkers) -> object:
+        """HTTP_LISTEN (services/httpserver.py): a TCP listener whose connections request workers serve."""
+        self.background.run(self._open_listener(task, where, port, workers.entry, workers))
+        return SUSPEND
+
+    def _idle(self, task: Task, conn: Connection, out: bytes | None, served: object) -> object:
+        worker = task.owner
+        if not isinstance(worker, Worker) or worker.conn is not conn:
+            raise TypeError("IDLE from a task that is not serving that connection")
+        if served:
+            self._request_done(task, conn)
+        if out:
+            conn.send(out)
+        worker.conn = None
+        conn.task = None
+        if not conn.closing and conn.transport is not None:
+            if conn.eof:
+                conn.close()  # the peer sends nothing more, and all it sent is answered
+            else:
+                conn.park()
+                if conn.pending is not None and not conn.write_paused:  # more arrived meanwhile: go on
+                    conn.parked = False
+                    worker.conn = conn
+                    conn.task = task
+                    conn.turn_bytes = 0
+                    workers = worker.workers
+                    return (
+                        conn,
+                        conn.take_pending(),
+                        self.draining or conn.handled + 1 >= workers.max_requests,
+                    )
+        workers = worker.workers
+        if self.draining or workers.closed or len(workers.idle) >= MAX_IDLE_WORKERS:
+            return None  # the worker ends
+        workers.idle.append(task)
+        task.waiting = workers
+        worker.since = self.time()
+        if workers.sweep is None:
+            workers.sweep = self.loop.call_later(IDLE_WORKER_TTL, self._sweep, workers)
+        return SUSPEND
+
+    def _sweep(self, workers: RequestWorkers) -> None:
+        """End the workers that have waited ``IDLE_WORKER_TTL`` for a connection."""
+        workers.sweep = None
+        idle = workers.idle
+        expired = self.time() - IDLE_WORKER_TTL
+        n = 0
+        while n < len(idle) and cast(Worker, idle[n].owner).since <= expired:
+            n += 1
+        ending, workers.idle = idle[:n], idle[n:]
+        for task in ending:
+            task.waiting = None
+            self.kernel.resume(task, None)
+        if workers.idle:
+            wait = cast(Worker, workers.idle[0].owner).since - expired
+            workers.sweep = self.loop.call_later(wait, self._sweep, workers)
+
+    def _next(self, conn: Connection, served: object, _: object) -> object:
+        task = self.kernel.current
+        assert task is not None and conn.listener is not None and conn.listener.workers is not None
+        if served:
+            self._request_done(task, conn)
+        return self.draining or conn.handled + 1 >= conn.listener.workers.max_requests
+
+    def _request_done(self, task: Task, conn: Connection) -> None:
+        conn.handled += 1
+        # the tasks the request's handler started (and did not detach) end with it
+        self.kernel.end_children(task, b"cancelled: the request that started it ended")
+
     # -- calls -----------------------------------------------------------------------------------
     def _reusable(self, conn: Connection, _a: object, _b: object) -> bool:
         transport = conn.transport
@@ -648,6 +930,16 @@ class StreamService:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close_listener(self, listener: Listener) -> None:
+        workers = listener.workers
+        if workers is not None and not workers.closed:  # its waiting request workers end
+            workers.closed = True
+            if workers.sweep is not None:
+                workers.sweep.cancel()
+                workers.sweep = None
+            idle, workers.idle = workers.idle, []
+            for task in idle:
+                task.waiting = None
+                self.loop.call_soon(self.kernel.resume, task, None)
         if listener.server is not None:
             listener.server.close()
             listener.server = None
@@ -660,7 +952,11 @@ class StreamService:
         for listener in list(self.listeners):
             self.close_listener(listener)
         for conn in list(self.connections):
-            if conn.reader is not None and conn.listener is not None and conn.bytes_in:
+            if conn.parked and conn.bytes_in:
+                conn.close()  # an idle keep-alive connection (a new one still gets its one answer)
+            elif (
+                conn.reader is not None and conn.bytes_in and conn.listener and conn.listener.workers is None
+            ):
                 conn._wake_reader(_CLOSED_REPLY)
 
     def close_all(self) -> None:

@@ -112,8 +112,9 @@ local RECV = OP.RECV
 --- the echo cycle's one crossing, so the door's rules are written out here rather than reached through
 --- `request` (one call fewer per read). Anywhere but a task's own coroutine it takes the general path.
 --- (Folding this into `request` with an extra argument was measured: 1,800 more instructions per
---- unpipelined request, kv.lua -P1, bench/instructions.py.)
-function M.recv(obj, py, out)
+--- unpipelined request, kv.lua -P1, bench/instructions.py.) `op` (default RECV) may be IDLE instead: an
+--- HTTP worker giving its connection back, with its last answer, and waiting for the next.
+function M.recv(obj, py, out, op, served)
   if first == obj then
     first = nil
   elseif nmore > 0 and more[obj] then
@@ -121,8 +122,8 @@ function M.recv(obj, py, out)
     nmore = nmore - 1
   end
   if first ~= nil or nmore > 0 then sync_all() end
-  if depth == 0 and isyieldable() then return raw_yield(RECV, py, out, nil) end
-  return request(RECV, py, out)
+  if depth == 0 and isyieldable() then return raw_yield(op or RECV, py, out, served) end
+  return request(op or RECV, py, out, served)
 end
 
 ---------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 --- HTTP/1.1: a server (`http.serve`, a small router) and a client (`http.request`).
 --
--- Server: the host parses requests (httptools) and runs the handler as a new task per request, so an idle
--- keep-alive connection holds no coroutine. Keep-alive, pipelining, 100-continue, chunked bodies both ways.
+-- Server: requests are parsed in Lua from the connection's buffer (RFC 9112, strictly: see moonlet._httpd) and
+-- served by a few reused worker tasks, so an idle keep-alive connection holds no coroutine. Keep-alive,
+-- pipelining, 100-continue, chunked bodies both ways, backpressure on res:write.
 --
 --     http.serve { port = 8080, handler = function(req, res)
 --       return 200, { ["content-type"] = "text/plain" }, "hello " .. (req.query.name or "world") .. "\n"
@@ -22,10 +23,11 @@
 -- "resolve: ...", "tls: certificate verify failed: ...", "http: bad status line", "http: body too large", ...
 -- @module moonlet.http
 local net = require "moonlet.net"
+local httpd = require "moonlet._httpd"
 local door = require "moonlet._host"
-local request, call, OP, traceback = door.request, door.call, door.OP, door.traceback
+local request, call, OP = door.request, door.call, door.OP
 local type, error, tonumber, tostring, pairs, setmetatable = type, error, tonumber, tostring, pairs, setmetatable
-local xpcall, ipairs, char, gsub, upper = xpcall, ipairs, string.char, string.gsub, string.upper
+local getmetatable, ipairs, gsub, upper = getmetatable, ipairs, string.gsub, string.upper
 local concat, lower, find, sub, format = table.concat, string.lower, string.find, string.sub, string.format
 
 local M = {}
@@ -300,263 +302,10 @@ function M.get(url, opts)
 end
 
 ---------------------------------------------------------------------------------------------------------
--- the server
+-- the server (requests are parsed and answered in moonlet._httpd)
 
-M.STATUS = { [100] = "Continue", [200] = "OK", [201] = "Created", [202] = "Accepted", [204] = "No Content",
-  [301] = "Moved Permanently", [302] = "Found", [303] = "See Other", [304] = "Not Modified",
-  [307] = "Temporary Redirect", [308] = "Permanent Redirect", [400] = "Bad Request", [401] = "Unauthorized",
-  [403] = "Forbidden", [404] = "Not Found", [405] = "Method Not Allowed", [408] = "Request Timeout",
-  [409] = "Conflict", [413] = "Content Too Large", [415] = "Unsupported Media Type",
-  [422] = "Unprocessable Content", [429] = "Too Many Requests", [500] = "Internal Server Error",
-  [502] = "Bad Gateway", [503] = "Service Unavailable", [504] = "Gateway Timeout" }
-
-local HTTP_SEND, HTTP_BODY, HTTP_DRAIN = OP.HTTP_SEND, OP.HTTP_BODY, OP.HTTP_DRAIN
-local date_text, date_second = "", -1
-
-local function http_date()
-  local t = os.time()
-  if t ~= date_second then
-    date_second, date_text = t, os.date("!%a, %d %b %Y %H:%M:%S GMT", t)
-  end
-  return date_text
-end
-
---- Decode `%XX` escapes and `+` (as in a query string).
-function M.unescape(s)
-  s = gsub(s, "+", " ")
-  return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
-end
-
-local function parse_query(q)
-  local t = {}
-  for pair in q:gmatch("[^&]+") do
-    local k, v = pair:match("^([^=]*)=?(.*)$")
-    t[M.unescape(k)] = M.unescape(v)
-  end
-  return t
-end
-
--- headers: lower-case names; looking up "Content-Type" finds "content-type"
-local HEADERS = { __index = function(t, k) if type(k) == "string" then return rawget(t, lower(k)) end end }
-
----@class moonlet.HttpRequest
----@field method string
----@field path string
----@field query table<string, string>
----@field headers table<string, string>
----@field peer string
----@field params table<string, string>  captures of the router's pattern
-local Request = {}
-
---- The next piece of the request body as it arrives; nil at its end (or nil, err).
----@async
-function Request:read()
-  if self._ended then return nil end
-  local piece, err
-  repeat -- (true: more has arrived, ask again)
-    piece, err = request(HTTP_BODY, self._py)
-  until piece ~= true
-  if piece == nil then self._ended = true end
-  return piece, err
-end
-
---- The whole request body (at most `max` bytes, default the server's max_body): a string, or nil, err
---- ("too large", "timeout", "closed").
----@async
----@param max? integer
-function Request:body(max)
-  if self._body then return self._body end
-  local parts, size = {}, 0
-  while true do
-    local piece, err = self:read()
-    if piece == nil then
-      if err then return nil, err end
-      break
-    end
-    size = size + #piece
-    if max and size > max then return nil, "too large" end
-    parts[#parts + 1] = piece
-  end
-  self._body = concat(parts)
-  return self._body
-end
-
----@class moonlet.HttpResponse
-local Reply = {}
-Reply.__index = Reply
-
---- Set the status code (default 200).
-function Reply:status(code)
-  self._status = code
-  return self
-end
-
---- Set a response header (a later call with the same name replaces it).
-function Reply:header(name, value)
-  self._headers[lower(name)] = tostring(value)
-  return self
-end
-
--- "HTTP/1.1 <status> <reason>\r\nDate: <date>\r\n", kept per status for the current second
-local status_lines, status_second = {}, -1
-
-local function head(self, length)
-  local status = self._status
-  local date = http_date()
-  if date_second ~= status_second then status_lines, status_second = {}, date_second end
-  local first = status_lines[status]
-  if first == nil then
-    first = "HTTP/1.1 " .. status .. " " .. (M.STATUS[status] or "Status") .. "\r\nDate: " .. date .. "\r\n"
-    status_lines[status] = first
-  end
-  local parts, n = { first }, 1
-  local h = self._headers
-  for name, value in pairs(h) do
-    if name ~= "content-length" and name ~= "transfer-encoding" then
-      n = n + 1
-      parts[n] = name .. ": " .. value .. "\r\n"
-    end
-  end
-  if not h["content-type"] then
-    n = n + 1
-    parts[n] = "content-type: text/plain; charset=utf-8\r\n"
-  end
-  n = n + 1
-  parts[n] = length and ("content-length: " .. length .. "\r\n") or "transfer-encoding: chunked\r\n"
-  if not self._keep_alive then
-    n = n + 1
-    parts[n] = "connection: close\r\n"
-  elseif self._http10 then
-    n = n + 1
-    parts[n] = "connection: keep-alive\r\n"
-  end
-  parts[n + 1] = "\r\n"
-  return concat(parts)
-end
-
---- Send a piece of the body now (the response is chunked unless a content-length header was set). Waits
---- while more than the high-water mark (64 KiB) of the response is unsent, as `conn:write` does; a peer that
---- takes nothing for `send_timeout` is dropped (nil, "closed").
----@async
----@param chunk string|number
----@return true? ok
----@return string? err
-function Reply:write(chunk)
-  if self._done then return nil, "finished" end
-  chunk = tostring(chunk)
-  local out = ""
-  if not self._started then
-    self._started = true
-    local length = self._headers["content-length"]
-    self._chunked = length == nil
-    out = head(self, length)
-  end
-  if not self._head_only and #chunk > 0 then
-    out = out .. (self._chunked and (format("%x\r\n", #chunk) .. chunk .. "\r\n") or chunk)
-  end
-  local ok, err = call(HTTP_SEND, self._py, out, 0)
-  if ok == 1 then return request(HTTP_DRAIN, self._py) end -- above the high-water mark: wait for the peer
-  return ok, err
-end
-
--- The last bytes of the response (ending it).
-local function last_bytes(self, body)
-  self._done = true
-  body = body and tostring(body) or ""
-  if not self._started then
-    self._started = true
-    return head(self, #body) .. (self._head_only and "" or body)
-  elseif self._chunked then
-    return (self._head_only or #body == 0) and "0\r\n\r\n" or (format("%x\r\n", #body) .. body .. "\r\n0\r\n\r\n")
-  end
-  return self._head_only and "" or body
-end
-
---- End the response, with `body` as all of it (or its last piece after write calls).
-function Reply:finish(body)
-  if self._done then return nil, "finished" end
-  return call(HTTP_SEND, self._py, last_bytes(self, body), self._keep_alive and 1 or 2)
-end
-
--- The traceback of the handler's error, kept by the message handler (one shared function, no closure).
-local last_trace
-local function keep_trace(e)
-  last_trace = traceback(tostring(e), 2)
-  return e
-end
-
-local function run_handler(handler, req, res)
-  local ok, status, headers, body = xpcall(handler, keep_trace, req, res)
-  if not ok then
-    if not res._started then
-      res._status, res._headers, res._keep_alive = 500, {}, false
-      res:finish("500 Internal Server Error\n")
-    elseif not res._done then
-      res._done = true
-      call(HTTP_SEND, res._py, "", 2)
-    end
-    call(OP.HTTP_ERROR, last_trace)
-    return
-  end
-  if not res._done then -- the handler returned its answer: it travels with the wait for the next request
-    if status ~= nil then
-      res._status = status
-      if headers then for name, value in pairs(headers) do res._headers[lower(name)] = tostring(value) end end
-    end
-    res._final = last_bytes(res, body)
-  end
-end
-
--- req.headers and req.query are built when first used (a hello handler never pays for them)
-Request.__index = function(req, key)
-  if key == "headers" then
-    local h = setmetatable({}, HEADERS)
-    local raw = req._raw
-    local i = 1
-    while i <= #raw do
-      local a = find(raw, "\0", i, true)
-      local b = find(raw, "\0", a + 1, true) or (#raw + 1)
-      local name, value = sub(raw, i, a - 1), sub(raw, a + 1, b - 1)
-      h[name] = h[name] and (h[name] .. ", " .. value) or value
-      i = b + 1
-    end
-    req.headers = h
-    return h
-  elseif key == "query" then
-    local q = req._query
-    local t = q ~= "" and parse_query(q) or {}
-    req.query = t
-    return t
-  end
-  return Request[key]
-end
-
-local function serve_one(handler, py, method, url, headers, peer, keep_alive, http10)
-  local path, q = url:match("^([^?]*)%??(.*)$")
-  if find(path, "%", 1, true) then path = gsub(path, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end) end
-  local req = setmetatable({ _py = py, method = method, path = path, _query = q, _raw = headers, peer = peer,
-    params = {} }, Request)
-  local res = setmetatable({ _py = py, _status = 200, _headers = {}, _started = false, _done = false,
-    _head_only = method == "HEAD", _keep_alive = keep_alive, _http10 = http10 }, Reply)
-  run_handler(handler, req, res)
-  return res
-end
-
--- The body of a request task: serve a request, then offer to serve the next one (the host keeps a few such
--- tasks waiting, so a request usually costs no new coroutine).
-local function worker_for(handler)
-  return function(...)
-    local res = serve_one(handler, ...)
-    while true do
-      -- one crossing: the answer's last bytes (when the handler returned it) and the wait for the next request
-      local final = res._final
-      local py, method, url, headers, peer, keep_alive, http10 = request(OP.HTTP_NEXT, res._py, final,
-        final and (res._keep_alive and 1 or 2) or 0)
-      if py == nil then return end
-      res = serve_one(handler, py, method, url, headers, peer, keep_alive, http10)
-    end
-  end
-end
+M.STATUS = httpd.STATUS
+M.unescape = httpd.unescape
 
 ---@class moonlet.HttpServer
 ---@field host string
@@ -567,16 +316,26 @@ Server.__index = Server
 --- Stop accepting new connections (those already accepted are served on); a script whose work is done then
 --- ends.
 function Server:close()
-  call(OP.HTTP_UNLISTEN, self._py)
+  call(OP.UNLISTEN, self._py)
 end
 
---- Serve HTTP on host:port. `handler(req, res)` runs as its own task per request; it answers with
---- `return status, headers, body`, or through `res` (`res:status`, `res:header`, `res:write`, `res:finish`).
---- An error in it answers 500 (if nothing was sent yet) and is logged with its traceback.
+local function check_limit(opts, name, fallback)
+  local v = opts[name]
+  if v == nil then return fallback end
+  if type(v) ~= "number" or v ~= v or v <= 0 then
+    error("serve: '" .. name .. "' must be a number > 0", 3)
+  end
+  return v
+end
+
+--- Serve HTTP on host:port. `handler(req, res)` runs for each request (in a worker task; tasks it spawns end
+--- with the request unless detached); it answers with `return status, headers, body`, or through `res`
+--- (`res:status`, `res:header`, `res:write`, `res:finish`). An error in it answers 500 (if nothing was sent
+--- yet) and is logged with its traceback.
 --- Limits (with their defaults): max_request_line (8 KiB, 414), max_header_bytes (16 KiB, 431), max_headers
---- (100, 431), max_body (1 MiB, 413), header_timeout (30 s, 408), body_timeout (60 s, 408),
---- keepalive_timeout (75 s), max_requests (1000 per connection), send_timeout (60 s: how long res:write waits
---- for a peer that takes no data before the connection is closed).
+--- (100, 431), max_body (1 MiB, 413), header_timeout (30 s, 408), body_timeout (60 s between two pieces of a
+--- body), keepalive_timeout (75 s), max_requests (1000 per connection), send_timeout (60 s: how long a
+--- response write may wait for a peer that takes no data before the connection is closed).
 ---@async
 ---@param opts {host?: string, port: integer, handler: fun(req: moonlet.HttpRequest, res: moonlet.HttpResponse)}
 ---@return moonlet.HttpServer? server
@@ -588,15 +347,19 @@ function M.serve(opts)
     and getmetatable(handler).__call) then
     error("serve: 'handler' must be a function or a router", 2)
   end
-  local spec = { worker_for(handler), max_request_line = opts.max_request_line,
-    max_header_bytes = opts.max_header_bytes, max_headers = opts.max_headers, max_body = opts.max_body,
-    header_timeout = opts.header_timeout, body_timeout = opts.body_timeout,
-    keepalive_timeout = opts.keepalive_timeout, max_requests = opts.max_requests,
-    send_timeout = opts.send_timeout }
+  local lim = {}
+  for name, default in pairs(httpd.DEFAULTS) do lim[name] = check_limit(opts, name, default) end
+  local spec = { httpd.worker(handler, lim), keepalive_timeout = check_limit(opts, "keepalive_timeout"),
+    max_requests = check_limit(opts, "max_requests"), send_timeout = check_limit(opts, "send_timeout") }
   local where = opts.host or "127.0.0.1"
-  local py, port = request(OP.HTTP_LISTEN, where, opts.port or 0, spec)
-  if not py then return nil, port end
-  return setmetatable({ host = where, port = port, _py = py }, Server)
+  if type(where) ~= "string" then error("serve: 'host' must be a string", 2) end
+  local port = opts.port or 0
+  if type(port) ~= "number" or port < 0 or port > 65535 or port % 1 ~= 0 then
+    error("serve: 'port' must be an integer from 0 to 65535", 2)
+  end
+  local py, bound = request(OP.HTTP_LISTEN, where, port, spec)
+  if not py then return nil, bound end
+  return setmetatable({ host = where, port = bound, _py = py }, Server)
 end
 
 ---@class moonlet.Router

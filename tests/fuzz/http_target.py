@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Coverage-guided fuzzing of the HTTP server's protocol code: httptools' callbacks, the limits, pipelining,
-chunked bodies, request tasks and responses (runtime/services/httpserver.py), with a real Lua app behind it.
+"""Coverage-guided fuzzing of the HTTP server's protocol code: the Lua parser (stdlib_lua/moonlet/_httpd.lua),
+the limits, pipelining, chunked bodies, request workers and responses, with a real Lua app behind it.
 
-The whole host runs in this process (uvloop, the kernel, Lua); each input is fed to a fresh HttpConnection
-over an in-memory transport, in two pieces split where the input's first byte says, and the loop runs
-until the server is quiet. Invariants: no exception escapes into the event loop, whatever was written is a
-sequence of HTTP/1.1 responses, the connection is forgotten once closed, and the server stays alive.
+The whole host runs in this process (uvloop, the kernel, Lua); each input is fed to a fresh connection of
+the app's HTTP listener over an in-memory transport, in two pieces split where the input's first byte says,
+and the loop runs until the server is quiet. Invariants: no exception escapes into the event loop, whatever
+was written is a sequence of HTTP/1.1 responses, the connection is forgotten once closed, and the server
+stays alive.
 
 Run it for an hour (atheris is not a test dependency):
     .venv/bin/pip install atheris
@@ -31,13 +32,13 @@ sys.path.insert(0, str(HERE.parent.parent))
 
 from runtime.config import Limits  # noqa: E402
 from runtime.host import Host  # noqa: E402
-from runtime.services.httpserver import HttpConnection, HttpListener  # noqa: E402
+from runtime.services.stream import Connection, Listener  # noqa: E402
 
 
 class MemoryTransport(asyncio.Transport):
-    """What HttpConnection needs of a transport, writing into memory."""
+    """What a Connection needs of a transport, writing into memory."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, protocol: HttpConnection) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, protocol: Connection) -> None:
         super().__init__()
         self.loop = loop
         self.protocol = protocol
@@ -90,18 +91,20 @@ class Target:
         self.serving = self.loop.create_task(self.host._serve())
         for _ in range(500):
             self.loop.run_until_complete(asyncio.sleep(0.01))
-            if self.host.http is not None and self.host.http.listeners:
+            if self.host.stream is not None and self.host.stream.listeners:
                 break
-        assert self.host.http is not None and self.host.http.listeners, "the fuzz app did not listen"
-        self.listener: HttpListener = next(iter(self.host.http.listeners))
+        assert self.host.stream is not None and self.host.stream.listeners, "the fuzz app did not listen"
+        self.listener: Listener = next(iter(self.host.stream.listeners))
+        assert self.listener.workers is not None, "not an HTTP listener"
 
     def settle(self, rounds: int = 40) -> None:
         for _ in range(rounds):
             self.loop.run_until_complete(asyncio.sleep(0))
 
     def feed(self, data: bytes) -> bytes:
-        assert self.host.http is not None
-        conn = HttpConnection(self.host.http, self.listener)
+        stream = self.host.stream
+        assert stream is not None
+        conn = Connection(stream, self.listener)
         transport = MemoryTransport(self.loop, conn)
         conn.connection_made(transport)
         cut = data[0] % (len(data) + 1) if data else 0
@@ -114,7 +117,7 @@ class Target:
             transport.close()  # the client goes away
         self.settle()
         assert not self.failures, self.failures
-        assert conn not in self.host.http.connections, "a closed connection is still held"
+        assert conn not in stream.connections, "a closed connection is still held"
         assert not self.serving.done(), "the server stopped"
         out = bytes(transport.out)
         assert not out or out.startswith(b"HTTP/1.1 "), out[:200]

@@ -1,0 +1,364 @@
+--- A connection's state and its read/write API, shared by every kind of byte stream: accepted and outgoing
+--- connections (moonlet.net) and the HTTP server's connections (moonlet._httpd). Private to the stdlib.
+--
+-- A connection keeps its read buffer here, in Lua: `readline` on bytes already buffered costs no trip to
+-- the host. Output is buffered too and handed to the host when the coroutine next waits (or when more than
+-- the high-water mark is waiting, which also suspends the writer until the peer drains).
+local host = require "moonlet._host"
+local request, call, OP = host.request, host.call, host.OP
+local mark_dirty, unmark, recv = host.mark_dirty, host.unmark, host.recv
+local find, sub, byte, concat = string.find, string.sub, string.byte, table.concat
+local type, error, setmetatable, tostring, select, floor = type, error, setmetatable, tostring, select, math.floor
+local huge = math.huge
+
+local SEND, SENDALL, WRITE, CLOSE = OP.SEND, OP.SENDALL, OP.WRITE, OP.CLOSE
+local HIGH_WATER = host.limits.write_high_water
+local MIN_LINE_LIMIT = 256 -- setlimits refuses a smaller line limit
+
+local M = { MIN_LINE_LIMIT = MIN_LINE_LIMIT }
+
+---@class moonlet.Conn
+local Conn = {}
+Conn.__index = Conn
+
+-- A connection's own state lives in its array part, at these indices: PY (the host's handle), BUF/POS
+-- (unread bytes are BUF from POS on), OUT/OUTN/OUTB (buffered output parts, their count and size), LIM
+-- (shared {line=, read=} limits), CLOSED. Array slots are smaller than named fields and quicker to reach;
+-- `readline` and `write`, the two calls of nearly every request, are copied into each connection so that
+-- they are found at once instead of through the metatable. (Client connections add named fields: _key,
+-- _counted, _idle, _connect_timeout.)
+local PY <const>, BUF <const>, POS <const>, OUT <const> = 1, 2, 3, 4
+local OUTN <const>, OUTB <const>, LIM <const>, CLOSED <const> = 5, 6, 7, 8
+
+local function new_conn(py, lim)
+  return setmetatable({ py, "", 1, {}, 0, 0, lim, false, readline = Conn.readline, write = Conn.write }, Conn)
+end
+
+-- The buffered output as one string, leaving the buffer empty (the caller knows there is some).
+local function take_out(self, n)
+  local out = self[OUT]
+  local s
+  if n == 1 then
+    s = out[1]
+    out[1] = nil
+  else
+    s = concat(out, "", 1, n)
+    for i = 1, n do out[i] = nil end
+  end
+  self[OUTN], self[OUTB] = 0, 0
+  return s
+end
+
+-- The buffered output as one string (nil if none), no longer marked for the door to send.
+local function take(self)
+  local n = self[OUTN]
+  if n == 0 then return nil end
+  unmark(self)
+  return take_out(self, n)
+end
+
+-- called by the door before the coroutine yields
+function Conn:_sync()
+  local out = take(self)
+  if out then call(WRITE, self[PY], out) end
+end
+
+-- Everything unread, leaving the buffer empty (nil if nothing).
+local function drain(self)
+  local buf, pos = self[BUF], self[POS]
+  self[BUF], self[POS] = "", 1
+  if pos > #buf then return nil end
+  return sub(buf, pos)
+end
+
+-- Wait for more bytes and append them to the buffer (sending the buffered output on the way).
+local function fill(self)
+  local n, out = self[OUTN], nil
+  if n > 0 then out = take_out(self, n) end
+  local data, err = recv(self, self[PY], out)
+  if not data then return nil, err end
+  local buf, pos = self[BUF], self[POS]
+  if pos > #buf then
+    self[BUF] = data
+  else
+    self[BUF] = sub(buf, pos) .. data
+  end
+  self[POS] = 1
+  return true
+end
+
+local function check_count(n, what)
+  if type(n) ~= "number" or n < 0 or floor(n) ~= n then
+    error("bad argument #1 to '" .. what .. "' (non-negative integer expected, got " .. tostring(n) .. ")", 3)
+  end
+end
+
+--- Read one line; the `\n` or `\r\n` that ends it is removed.
+--- Returns nil, "line too long", partial when more than the line limit (64 KiB) arrives without a
+--- newline: the unread bytes are dropped with it, so answer and close.
+---@async
+---@return string? line
+---@return string? err
+---@return string? partial
+function Conn:readline()
+  local from = self[POS]
+  while true do
+    local buf, pos = self[BUF], self[POS]
+    local i = from <= #buf and find(buf, "\n", from, true) -- (an empty buffer is the common case unpipelined)
+    if i then
+      -- (the limit is looked up only for lines longer than any limit can be smaller than)
+      if i - pos > MIN_LINE_LIMIT and i - pos > self[LIM].line then
+        self[POS] = i + 1
+        return nil, "line too long", sub(buf, pos, i - 1)
+      end
+      self[POS] = i + 1
+      if i > pos and byte(buf, i - 1) == 13 then return sub(buf, pos, i - 2) end
+      return sub(buf, pos, i - 1)
+    end
+    local have = #buf - pos + 1
+    if have > self[LIM].line then return nil, "line too long", drain(self) end
+    local ok, err = fill(self)
+    if not ok then return nil, err, drain(self) end
+    from = have + 1
+  end
+end
+
+--- Read until `delim` (a plain string, not a pattern); the delimiter is consumed and not returned.
+---@async
+---@param delim string
+---@return string? data
+---@return string? err
+---@return string? partial
+function Conn:readuntil(delim)
+  if type(delim) ~= "string" or delim == "" then
+    error("bad argument #1 to 'readuntil' (non-empty string expected)", 2)
+  end
+  local dlen = #delim
+  local from = self[POS]
+  while true do
+    local buf, pos = self[BUF], self[POS]
+    local i = find(buf, delim, from, true)
+    if i then
+      self[POS] = i + dlen
+      return sub(buf, pos, i - 1)
+    end
+    local have = #buf - pos + 1
+    if have > self[LIM].line then return nil, "too large", drain(self) end
+    local ok, err = fill(self)
+    if not ok then return nil, err, drain(self) end
+    from = have - dlen + 2
+    if from < 1 then from = 1 end
+  end
+end
+
+--- Read exactly `n` bytes. Memory grows only with bytes that arrived, never with `n`; `n` above the read
+--- limit (1 MiB by default) returns nil, "too large" at once.
+---@async
+---@param n integer
+---@return string? data
+---@return string? err
+---@return string? partial
+function Conn:readn(n)
+  check_count(n, "readn")
+  if n > self[LIM].read then return nil, "too large" end
+  local buf, pos = self[BUF], self[POS]
+  local have = #buf - pos + 1
+  if have >= n then
+    self[POS] = pos + n
+    return sub(buf, pos, pos + n - 1)
+  end
+  -- collect the missing bytes in parts and join them once
+  local parts, count, got = { drain(self) }, 1, have
+  if have == 0 then count = 0 end
+  while got < n do
+    local k = self[OUTN]
+    local data, err = recv(self, self[PY], k > 0 and take_out(self, k) or nil)
+    if not data then return nil, err, concat(parts, "", 1, count) end
+    count = count + 1
+    parts[count] = data
+    got = got + #data
+  end
+  local all = concat(parts, "", 1, count)
+  if got == n then return all end
+  self[BUF], self[POS] = all, n + 1
+  return sub(all, 1, n)
+end
+
+--- Read whatever has arrived: at least one byte, at most `max` (all that is buffered if omitted).
+---@async
+---@param max? integer
+---@return string? data
+---@return string? err
+function Conn:read(max)
+  if max ~= nil then
+    check_count(max, "read")
+    if max == 0 then return "" end
+  end
+  if self[POS] > #self[BUF] then
+    local ok, err = fill(self)
+    if not ok then return nil, err end
+  end
+  local buf, pos = self[BUF], self[POS]
+  if max == nil or #buf - pos + 1 <= max then
+    self[BUF], self[POS] = "", 1
+    return pos == 1 and buf or sub(buf, pos)
+  end
+  self[POS] = pos + max
+  return sub(buf, pos, pos + max - 1)
+end
+
+--- Buffer data to send: strings, numbers, or arrays of them. Does not wait unless more than the
+--- high-water mark (64 KiB) is unsent, in which case it waits for the peer to drain (backpressure).
+---@param ... string|number|(string|number)[]
+---@return true? ok
+---@return string? err
+function Conn:write(...)
+  if self[CLOSED] then return nil, "closed" end
+  local out, n, size = self[OUT], self[OUTN], self[OUTB]
+  if n == 0 then mark_dirty(self) end
+  local s, nargs = ..., select("#", ...)
+  if nargs == 1 and type(s) == "string" then -- the common case, kept short
+    n = n + 1
+    out[n] = s
+    size = size + #s
+    self[OUTN], self[OUTB] = n, size
+    if size >= HIGH_WATER then return self:flush() end
+    return true
+  end
+  for i = 1, select("#", ...) do
+    local v = select(i, ...)
+    local tv = type(v)
+    if tv == "string" then
+      n = n + 1; out[n] = v; size = size + #v
+    elseif tv == "number" then
+      v = tostring(v); n = n + 1; out[n] = v; size = size + #v
+    elseif tv == "table" then
+      for j = 1, #v do
+        local part = v[j]
+        if type(part) == "number" then part = tostring(part) end
+        if type(part) ~= "string" then
+          self[OUTN], self[OUTB] = n, size
+          error("bad argument #" .. i .. " to 'write' (element " .. j .. " is a " .. type(part) .. ")", 2)
+        end
+        n = n + 1; out[n] = part; size = size + #part
+      end
+    else
+      self[OUTN], self[OUTB] = n, size
+      error("bad argument #" .. i .. " to 'write' (string, number or array expected, got " .. tv .. ")", 2)
+    end
+  end
+  self[OUTN], self[OUTB] = n, size
+  if size >= HIGH_WATER then return self:flush() end
+  return true
+end
+
+--- Hand buffered output to the host now; waits only while more than the high-water mark is unsent.
+---@async
+---@return true? ok
+---@return string? err
+function Conn:flush()
+  if self[CLOSED] then return nil, "closed" end
+  return request(SEND, self[PY], take(self))
+end
+
+--- Write, then wait until every byte has been handed to the operating system.
+---@async
+---@param ... string|number|(string|number)[]
+---@return true? ok
+---@return string? err
+function Conn:writen(...)
+  if select("#", ...) > 0 then
+    local ok, err = self:write(...)
+    if not ok then return nil, err end
+  end
+  if self[CLOSED] then return nil, "closed" end
+  return request(SENDALL, self[PY], take(self))
+end
+
+--- Send what is buffered, then close. Other coroutines waiting on this connection get nil, "closed".
+---@return true? ok
+---@return string? err
+function Conn:close()
+  if self[CLOSED] then return nil, "closed" end
+  self[CLOSED] = true
+  call(CLOSE, self[PY], take(self))
+  if self._counted then
+    self._counted = false
+    M.release(self._key)
+  end
+  return true
+end
+
+--- Send what is buffered, then end the sending direction (half-close): the peer reads end-of-stream while
+--- this side can still read its answer.
+---@return true? ok
+---@return string? err
+function Conn:shutdown()
+  if self[CLOSED] then return nil, "closed" end
+  return call(OP.SHUTDOWN, self[PY], take(self))
+end
+
+local function check_timeout(v, i, what)
+  if v == nil then return nil end
+  if v == false then return huge end
+  if type(v) ~= "number" or v ~= v or v <= 0 then
+    error("bad argument #" .. i .. " to '" .. what .. "' (seconds > 0, math.huge or false expected)", 3)
+  end
+  return v
+end
+
+--- Set the send and read timeouts (seconds; `false` or `math.huge` for none). Defaults: 60 s each.
+---@param seconds number|false
+function Conn:settimeout(seconds)
+  local s = check_timeout(seconds, 1, "settimeout")
+  self._connect_timeout = s
+  call(OP.SETTIMEOUTS, self[PY], s, s)
+end
+
+--- Set the connect, send and read timeouts separately; nil leaves one unchanged.
+---@param connect number|false|nil
+---@param send number|false|nil
+---@param read number|false|nil
+function Conn:settimeouts(connect, send, read)
+  self._connect_timeout = check_timeout(connect, 1, "settimeouts")
+  call(OP.SETTIMEOUTS, self[PY], check_timeout(send, 2, "settimeouts"), check_timeout(read, 3, "settimeouts"))
+end
+
+--- The peer's address: host and port, or the socket path for a Unix socket (nil, "closed" once closed).
+---@return string? host
+---@return integer|string|nil port
+function Conn:peer()
+  return call(OP.PEER, self[PY])
+end
+
+--- Bytes received but not yet read, and bytes written but not yet sent.
+---@return integer unread
+---@return integer unsent
+function Conn:buffered()
+  local pending, unsent = call(OP.BUFFERED, self[PY])
+  return #self[BUF] - self[POS] + 1 + pending, self[OUTB] + unsent
+end
+
+--- Change this connection's line limit (readline, readuntil) and read limit (readn).
+---@param limits {line?: integer, read?: integer}
+function Conn:setlimits(limits)
+  if type(limits) ~= "table" then error("bad argument #1 to 'setlimits' (table expected)", 2) end
+  local line, read = limits.line or self[LIM].line, limits.read or self[LIM].read
+  check_count(line, "setlimits"); check_count(read, "setlimits")
+  if line < MIN_LINE_LIMIT then error("setlimits: the line limit must be at least " .. MIN_LINE_LIMIT, 2) end
+  self[LIM] = { line = line, read = read }
+end
+
+
+M.Conn = Conn
+M.new = new_conn
+M.fill = fill
+M.take = take
+M.drain = drain
+M.check_count = check_count
+M.check_timeout = check_timeout
+M.slots = { PY = PY, BUF = BUF, POS = POS, OUT = OUT, OUTN = OUTN, OUTB = OUTB, LIM = LIM, CLOSED = CLOSED }
+-- set by moonlet.net: a pooled connection counted against its destination's pool_size was closed
+M.release = nil
+
+return M

@@ -1,0 +1,736 @@
+--- The HTTP/1.1 server's side of a connection. Private to the stdlib: apps use `http.serve`.
+--
+-- Requests are parsed here, in Lua, from the connection's own read buffer (moonlet._conn) and answered
+-- through its output buffer, so a request that arrives in one piece costs one crossing into the host: the
+-- worker is resumed with its bytes and yields the answer. A worker serves one connection at a time and goes
+-- on while bytes of a next request are buffered (pipelining, answered in order); then it gives the
+-- connection back (IDLE), and the host keeps it without a coroutine until more bytes arrive and hands it to
+-- a waiting worker (RequestWorkers in runtime/services/stream.py).
+--
+-- The parser follows RFC 9112 and refuses what it does not allow, each refusal answered with its status,
+-- logged in one line, and the connection closed:
+--   * request line `method SP request-target SP HTTP/1.x` (anything else 400; HTTP/2+ 505; a longer line
+--     than max_request_line 414; a well-formed method this server does not know 501);
+--   * the target in origin-form (`/path?query`), absolute-form (`http://host/path`: scheme and authority
+--     dropped) or `*` (OPTIONS only); visible ASCII only; a fragment never reaches path or query;
+--   * header lines `token ":" OWS value OWS`, value trimmed; no whitespace before the colon, no obs-fold, no
+--     control bytes, no bare CR anywhere in the head (400); more than max_headers lines or
+--     max_header_bytes bytes 431; exactly one Host on HTTP/1.1, at most one on 1.0;
+--   * framing: Content-Length digits only (a list of one value repeated is that value), over max_body
+--     413; Transfer-Encoding must end with chunked (else 400), other codings 501, with Content-Length 400;
+--     HTTP/1.0 with a transfer coding closes after the answer; chunk extensions are accepted and ignored;
+--     trailer fields count against max_header_bytes and are dropped, never merged into the headers;
+--   * Upgrade is not handled: the request is served as it is, body included.
+-- Every pattern here is anchored or searches for a single byte class: no input can make one backtrack.
+local host = require "moonlet._host"
+local connection = require "moonlet._conn"
+local call, OP, traceback, recv = host.call, host.OP, host.traceback, host.recv
+local find, sub, byte, lower, match = string.find, string.sub, string.byte, string.lower, string.match
+local gsub, gmatch, format, char = string.gsub, string.gmatch, string.format, string.char
+local concat = table.concat
+local tonumber, tostring, pairs, rawget, setmetatable, xpcall, type =
+  tonumber, tostring, pairs, rawget, setmetatable, xpcall, type
+
+local PY <const>, BUF <const>, POS <const>, OUTN <const>, CLOSED <const> = 1, 2, 3, 5, 8
+do
+  local s = connection.slots
+  assert(s.PY == PY and s.BUF == BUF and s.POS == POS and s.OUTN == OUTN and s.CLOSED == CLOSED)
+end
+local fill, take, new_conn = connection.fill, connection.take, connection.new
+local IDLE, NEXT, REJECT, HTTP_ERROR = OP.IDLE, OP.NEXT, OP.HTTP_REJECT, OP.HTTP_ERROR
+local WRITE, SETTIMEOUTS, MONOTONIC, PEER = OP.WRITE, OP.SETTIMEOUTS, OP.MONOTONIC, OP.PEER
+
+local M = {}
+
+M.STATUS = { [100] = "Continue", [200] = "OK", [201] = "Created", [202] = "Accepted", [204] = "No Content",
+  [301] = "Moved Permanently", [302] = "Found", [303] = "See Other", [304] = "Not Modified",
+  [307] = "Temporary Redirect", [308] = "Permanent Redirect", [400] = "Bad Request", [401] = "Unauthorized",
+  [403] = "Forbidden", [404] = "Not Found", [405] = "Method Not Allowed", [408] = "Request Timeout",
+  [409] = "Conflict", [413] = "Content Too Large", [415] = "Unsupported Media Type",
+  [422] = "Unprocessable Content", [429] = "Too Many Requests", [500] = "Internal Server Error",
+  [502] = "Bad Gateway", [503] = "Service Unavailable", [504] = "Gateway Timeout" }
+
+-- The defaults of http.serve's parsing limits (the host applies keepalive_timeout, max_requests and
+-- send_timeout).
+M.DEFAULTS = { max_request_line = 8 * 1024, max_header_bytes = 16 * 1024, max_headers = 100,
+  max_body = 1024 * 1024, header_timeout = 30, body_timeout = 60 }
+
+-- Methods served (the IANA registry's common ones); another well-formed method gets 501. CONNECT is not
+-- among them: this server does not tunnel.
+local METHODS = {}
+for m in gmatch("GET HEAD POST PUT DELETE OPTIONS TRACE PATCH PROPFIND PROPPATCH MKCOL COPY MOVE LOCK UNLOCK "
+  .. "SEARCH REPORT MKCALENDAR MKACTIVITY CHECKOUT MERGE ACL BIND UNBIND REBIND LINK UNLINK PURGE QUERY", "%S+") do
+  METHODS[m] = true
+end
+
+-- (Lua tries a class's items in order: %w first makes the common bytes cheap)
+-- method SP request-target SP HTTP-version: origin-form first (the common case: "/" is the target's first
+-- byte), then any target of visible ASCII (RFC 3986 has no room for other bytes)
+local ORIGIN_LINE = "^([%w!#$%%&'*+%-.^_`|~]+) (/[!-~]*) HTTP/(%d)%.(%d)\r?\n"
+local REQUEST_LINE = "^([%w!#$%%&'*+%-.^_`|~]+) ([!-~]+) HTTP/(%d)%.(%d)\r?\n"
+-- name ":" [one space or tab] value, to the line end (more whitespace around the value is trimmed after)
+local FIELD = "^([%w!#$%%&'*+%-.^_`|~]+):[ \t]?([^\r\n]*)\r?\n()"
+local NOT_TOKEN = "[^%w!#$%%&'*+%-.^_`|~]"
+local LINE_CTL = "[%z\1-\8\10-\31\127]" -- control bytes other than HT
+local MAX_CHUNK_LINE = 4096 -- a chunk-size line with its extensions
+local CONTINUE = "HTTP/1.1 100 Continue\r\n\r\n"
+
+-- `s` without the spaces and tabs around it (no pattern that could backtrack over a long run of them).
+local function trim(s)
+  local a = find(s, "[^ \t]")
+  if a == nil then return "" end
+  local b = #s
+  local c = byte(s, b)
+  while c == 32 or c == 9 do
+    b = b - 1
+    c = byte(s, b)
+  end
+  return sub(s, a, b)
+end
+
+local function hex_char(h) return char(tonumber(h, 16)) end
+
+--- Decode `%XX` escapes and `+` (as in a query string).
+function M.unescape(s)
+  s = gsub(s, "+", " ")
+  return (gsub(s, "%%(%x%x)", hex_char))
+end
+
+local function parse_query(q)
+  local t = {}
+  for pair in gmatch(q, "[^&]+") do
+    local eq = find(pair, "=", 1, true)
+    if eq then
+      t[M.unescape(sub(pair, 1, eq - 1))] = M.unescape(sub(pair, eq + 1))
+    else
+      t[M.unescape(pair)] = ""
+    end
+  end
+  return t
+end
+
+-- Refuse what the connection sent: one log line, the answers before it, its status' answer (unless an answer
+-- to this request has begun: then the connection just closes), and the close.
+local function refuse(conn, status, why, answering)
+  if conn[CLOSED] then return end
+  conn[CLOSED] = true
+  local out = take(conn)
+  if out then call(WRITE, conn[PY], out) end
+  call(REJECT, conn[PY], status, why, answering or false)
+end
+
+-- headers: lower-case names; looking up "Content-Type" finds "content-type"
+local HEADERS = { __index = function(t, k) if type(k) == "string" then return rawget(t, lower(k)) end end }
+
+---@class moonlet.HttpRequest
+---@field method string
+---@field path string  percent-decoded, without the query
+---@field query table<string, string>
+---@field headers table<string, string>  lower-case names; repeated headers joined with ", "
+---@field peer string  "address:port" of the client
+---@field params table<string, string>  captures of the router's pattern
+local Request = {}
+
+-- query, params and peer are made when first used (a hello handler never pays for them)
+local function request_index(req, key)
+  if key == "query" then
+    local q = req._query
+    local t = q ~= "" and parse_query(q) or {}
+    req.query = t
+    return t
+  elseif key == "params" then
+    local t = {}
+    req.params = t
+    return t
+  elseif key == "peer" then
+    local conn = req._conn
+    local h, p
+    if conn ~= nil then h, p = call(PEER, conn[PY]) end
+    local peer = h and (p and (h .. ":" .. p) or h) or ""
+    req.peer = peer
+    return peer
+  end
+  return Request[key]
+end
+
+---@class moonlet.HttpResponse
+local Reply = {}
+Reply.__index = Reply
+
+-- A refusal while the body is read: the handler's read gets nil, err and its answer goes nowhere.
+local function body_failed(req, status, why)
+  local res = req._res
+  refuse(req._conn, status, why, res._started)
+  res._done = true
+  req._failed = status == 400 and "malformed" or "too large"
+  return nil, req._failed
+end
+
+-- Wait for more bytes of the body (sending 100 Continue first if the client waits for it).
+local function more(req, conn)
+  if req._continue then
+    req._continue = false
+    if not req._res._started then conn:write(CONTINUE) end
+  end
+  call(SETTIMEOUTS, conn[PY], nil, req._lim.body_timeout)
+  local ok, err = fill(conn)
+  if not ok then req._failed = err end
+  return ok, err
+end
+
+-- The next piece of a chunked body (states: 0 a chunk-size line, 1 chunk data, 2 the CRLF after it, 3 a
+-- trailer line or the empty line that ends the body).
+local function read_chunked(req, conn)
+  while true do
+    local buf, pos = conn[BUF], conn[POS]
+    local have = #buf - pos + 1
+    local state, advanced = req._state, false
+    if state == 1 then
+      if have > 0 then
+        local left = req._left
+        local n = have < left and have or left
+        conn[POS] = pos + n
+        left = left - n
+        req._left = left
+        if left == 0 then req._state = 2 end
+        return sub(buf, pos, pos + n - 1)
+      end
+    elseif state == 2 then
+      local b = byte(buf, pos)
+      if b == 10 then
+        conn[POS], req._state, advanced = pos + 1, 0, true
+      elseif b == 13 and have >= 2 then
+        if byte(buf, pos + 1) ~= 10 then return body_failed(req, 400, "chunk data not followed by CRLF") end
+        conn[POS], req._state, advanced = pos + 2, 0, true
+      elseif b ~= nil and b ~= 13 then
+        return body_failed(req, 400, "chunk data not followed by CRLF")
+      end
+    else
+      local nl = find(buf, "\n", pos, true)
+      if nl then
+        local stop = nl - 1
+        if stop >= pos and byte(buf, stop) == 13 then stop = stop - 1 end
+        local line = sub(buf, pos, stop)
+        conn[POS], advanced = nl + 1, true
+        if find(line, LINE_CTL) then return body_failed(req, 400, "a control byte in the chunked framing") end
+        if state == 0 then
+          local x = find(line, "[^%x]") or #line + 1
+          if x == 1 then return body_failed(req, 400, "malformed chunk size") end
+          if x > 16 then return body_failed(req, 413, "a chunk size of more than 15 hex digits") end
+          -- chunk extensions (`; name[=value]`) are accepted and ignored
+          if x <= #line and not find(line, "^[ \t]*;", x) then
+            return body_failed(req, 400, "malformed chunk size")
+          end
+          local size = tonumber(sub(line, 1, x - 1), 16)
+          if size == 0 then
+            req._state = 3
+          else
+            local total = req._size + size
+            if total > req._lim.max_body then
+              return body_failed(req, 413, "a body over " .. req._lim.max_body .. " bytes")
+            end
+            req._size, req._left, req._state = total, size, 1
+          end
+        elseif line == "" then
+          req._ended = true
+          return nil
+        else -- a trailer field: counted against the header limit and dropped (never merged into headers)
+          local c = find(line, NOT_TOKEN)
+          if c == 1 or byte(line, c) ~= 58 then return body_failed(req, 400, "malformed trailer line") end
+          local bytes = req._trailer + #line
+          if bytes > req._lim.max_header_bytes then
+            return body_failed(req, 431, "headers and trailers over " .. req._lim.max_header_bytes .. " bytes")
+          end
+          req._trailer = bytes
+        end
+      elseif have > (state == 0 and MAX_CHUNK_LINE or req._lim.max_header_bytes) then
+        return body_failed(req, state == 0 and 400 or 431, "a chunk-size or trailer line too long")
+      end
+    end
+    if not advanced then
+      local ok, err = more(req, conn)
+      if not ok then return nil, err end
+    end
+  end
+end
+
+--- The next piece of the request body as it arrives; nil at its end, or nil, err ("timeout", "closed",
+--- "too large", "malformed").
+---@async
+---@return string? piece
+---@return string? err
+function Request:read()
+  if self._ended then return nil end
+  if self._failed then return nil, self._failed end
+  local conn = self._conn
+  if conn == nil or conn[CLOSED] then return nil, "closed" end
+  if self._chunked then return read_chunked(self, conn) end
+  while true do
+    local buf, pos = conn[BUF], conn[POS]
+    local have = #buf - pos + 1
+    if have > 0 then
+      local left = self._left
+      local n = have < left and have or left
+      conn[POS] = pos + n
+      left = left - n
+      self._left = left
+      if left == 0 then self._ended = true end
+      return sub(buf, pos, pos + n - 1)
+    end
+    local ok, err = more(self, conn)
+    if not ok then return nil, err end
+  end
+end
+
+--- The whole request body (at most `max` bytes, default the server's max_body): a string, or nil, err
+--- ("too large", "timeout", "closed", "malformed").
+---@async
+---@param max? integer
+function Request:body(max)
+  if self._body then return self._body end
+  local parts, size = {}, 0
+  while true do
+    local piece, err = self:read()
+    if piece == nil then
+      if err then return nil, err end
+      break
+    end
+    size = size + #piece
+    if max and size > max then return nil, "too large" end
+    parts[#parts + 1] = piece
+  end
+  self._body = concat(parts)
+  return self._body
+end
+
+local date_text, date_second = "", -1
+
+local function http_date()
+  local t = os.time()
+  if t ~= date_second then
+    date_second, date_text = t, os.date("!%a, %d %b %Y %H:%M:%S GMT", t)
+  end
+  return date_text
+end
+
+--- Set the status code (default 200).
+function Reply:status(code)
+  self._status = code
+  return self
+end
+
+--- Set a response header (a later call with the same name replaces it).
+function Reply:header(name, value)
+  local h = self._headers
+  if not h then
+    h = {}
+    self._headers = h
+  end
+  h[lower(name)] = tostring(value)
+  return self
+end
+
+-- "HTTP/1.1 <status> <reason>\r\nDate: <date>\r\n", kept per status for the current second
+local status_lines, status_second = {}, -1
+
+-- `fields` with the header lines of `h` added (and whether one was content-type)
+local function fields_of(h, fields, typed)
+  for name, value in pairs(h) do
+    local lname = lower(name)
+    if lname ~= "content-length" and lname ~= "transfer-encoding" and lname ~= "connection" then
+      fields = fields .. lname .. ": " .. tostring(value) .. "\r\n"
+      if lname == "content-type" then typed = true end
+    end
+  end
+  return fields, typed
+end
+
+-- The response head. `extra`: the headers a handler returned (res:header's are in self._headers).
+local function head(self, length, extra)
+  local status = self._status
+  local date = http_date()
+  if date_second ~= status_second then status_lines, status_second = {}, date_second end
+  local first = status_lines[status]
+  if first == nil then
+    first = "HTTP/1.1 " .. status .. " " .. (M.STATUS[status] or "Status") .. "\r\nDate: " .. date .. "\r\n"
+    status_lines[status] = first
+  end
+  local req = self._req
+  if req._continue and not req._ended then
+    self._keep = false -- the client waits to send the body: only closing ends the request
+  end
+  local own, fields, typed = self._headers, "", false
+  if own and extra then -- (both: the returned ones replace those of the same name)
+    for name, value in pairs(extra) do self:header(name, value) end
+    extra = nil
+  end
+  if own then fields, typed = fields_of(own, fields, typed) end
+  if extra then fields, typed = fields_of(extra, fields, typed) end
+  return first .. fields .. (typed and "" or "content-type: text/plain; charset=utf-8\r\n")
+    .. (length and ("content-length: " .. length .. "\r\n") or "transfer-encoding: chunked\r\n")
+    .. (not self._keep and "connection: close\r\n\r\n" or self._http10 and "connection: keep-alive\r\n\r\n"
+      or "\r\n")
+end
+
+--- Send a piece of the body now (the response is chunked unless a content-length header was set). Waits
+--- while more than the high-water mark (64 KiB) of output is unsent, as `conn:write` does; a peer that takes
+--- nothing for `send_timeout` is dropped (nil, "closed").
+---@async
+---@param chunk string|number
+---@return true? ok
+---@return string? err
+function Reply:write(chunk)
+  if self._done then return nil, "finished" end
+  local conn = self._req._conn
+  if conn == nil or conn[CLOSED] then return nil, "closed" end
+  chunk = tostring(chunk)
+  local out = ""
+  if not self._started then
+    self._started = true
+    local length = self._headers and self._headers["content-length"]
+    self._chunked = length == nil
+    out = head(self, length)
+  end
+  if not self._head_only and #chunk > 0 then
+    out = out .. (self._chunked and (format("%x\r\n", #chunk) .. chunk .. "\r\n") or chunk)
+  end
+  return conn:write(out)
+end
+
+-- The last bytes of the response (ending it); `extra`: headers the handler returned.
+local function last_bytes(self, body, extra)
+  self._done = true
+  body = body and tostring(body) or ""
+  if not self._started then
+    self._started = true
+    if self._head_only then return head(self, #body, extra) end
+    return head(self, #body, extra) .. body
+  elseif self._chunked then
+    return (self._head_only or #body == 0) and "0\r\n\r\n" or (format("%x\r\n", #body) .. body .. "\r\n0\r\n\r\n")
+  end
+  return self._head_only and "" or body
+end
+
+--- End the response, with `body` as all of it (or its last piece after write calls).
+function Reply:finish(body)
+  if self._done then return nil, "finished" end
+  local out = last_bytes(self, body)
+  local conn = self._req._conn
+  if conn == nil or conn[CLOSED] then return nil, "closed" end
+  return conn:write(out)
+end
+
+-- The traceback of the handler's error, kept by the message handler (one shared function, no closure).
+local last_trace
+local function keep_trace(e)
+  last_trace = traceback(tostring(e), 2)
+  return e
+end
+
+-- Run the handler; returns the last bytes of its answer when it returned them (not yet written).
+local function run(handler, req, res)
+  local ok, status, headers, body = xpcall(handler, keep_trace, req, res)
+  if not ok then
+    call(HTTP_ERROR, last_trace)
+    if not res._started and not res._done then
+      res._status, res._headers, res._keep = 500, false, false
+      res:finish("500 Internal Server Error\n")
+    end
+    res._keep, res._done = false, true -- (an answer cut short: only the close tells the client)
+    return nil
+  end
+  if not res._done then -- the handler returned its answer (or ended a streamed one)
+    if status ~= nil and not res._started then res._status = status end
+    return last_bytes(res, body, not res._started and headers or nil)
+  end
+  return nil
+end
+
+-- The next request's head from the buffer (waiting for the rest of it if need be): req, res; or nil when
+-- nothing is buffered (only empty lines were) or the connection was refused or closed.
+local function read_head(conn, lim, last)
+  local from, deadline = conn[POS], nil
+  local buf, pos, s, e
+  while true do
+    buf, pos = conn[BUF], conn[POS]
+    local b = byte(buf, pos)
+    while b == 10 or (b == 13 and byte(buf, pos + 1) == 10) do -- empty lines before a request (RFC 9112 2.2)
+      pos = pos + (b == 10 and 1 or 2)
+      b = byte(buf, pos)
+    end
+    if b == nil then
+      conn[BUF], conn[POS] = "", 1
+      return nil
+    end
+    conn[POS] = pos
+    if from < pos then from = pos end
+    -- the empty line that ends the head: after LF or CRLF, itself LF or CRLF (two plain searches are much
+    -- quicker than one pattern)
+    s = find(buf, "\n\r\n", from, true)
+    local s2 = find(buf, "\n\n", from, true)
+    if s2 and (s == nil or s2 < s) then
+      s, e = s2, s2 + 1
+    elseif s then
+      e = s + 2
+    end
+    if s then break end
+    local have = #buf - pos + 1
+    if have > lim.max_request_line and not find(buf, "\n", pos, true) then
+      refuse(conn, 414, "request line over " .. lim.max_request_line .. " bytes")
+      return nil
+    end
+    if have > lim.max_request_line + lim.max_header_bytes then
+      refuse(conn, 431, "headers over " .. lim.max_header_bytes .. " bytes")
+      return nil
+    end
+    local now = call(MONOTONIC)
+    if deadline == nil then deadline = now + lim.header_timeout end
+    local ok, err = false, "timeout"
+    if now < deadline then
+      call(SETTIMEOUTS, conn[PY], nil, deadline - now)
+      ok, err = fill(conn)
+    end
+    if not ok then
+      if err == "timeout" then refuse(conn, 408, "the request's header did not arrive in time") end
+      return nil
+    end
+    from = have > 2 and have - 2 or 1
+  end
+  conn[POS] = e + 1
+  -- the request line and header lines, each with its line end; the request line's pattern, the token check
+  -- of each name and the control-byte check of each value leave no room for a control byte or a bare CR
+  local head_ = sub(buf, pos, s)
+  local l1 = find(head_, "\n", 1, true)
+  if l1 > lim.max_request_line + 2 then
+    refuse(conn, 414, "request line over " .. lim.max_request_line .. " bytes")
+    return nil
+  end
+  local method, target, major, minor = match(head_, ORIGIN_LINE)
+  local origin = method ~= nil
+  if not origin then method, target, major, minor = match(head_, REQUEST_LINE) end
+  if method == nil then
+    refuse(conn, 400, "malformed request line")
+    return nil
+  elseif major ~= "1" then
+    refuse(conn, 505, "HTTP/" .. major .. "." .. minor .. " is not served here")
+    return nil
+  elseif not METHODS[method] then
+    refuse(conn, 501, "a method this server does not implement: " .. sub(method, 1, 40))
+    return nil
+  end
+  local http10 = minor == "0"
+
+  -- the request target (RFC 9112 3.2)
+  local path = target
+  if not origin then
+    if target == "*" then
+      if method ~= "OPTIONS" then
+        refuse(conn, 400, "'*' is a request target for OPTIONS only")
+        return nil
+      end
+    else -- absolute-form: scheme and authority are not part of the path
+      local scheme, rest = match(target, "^(%a[%w+.-]*)://(.*)$")
+      scheme = scheme and lower(scheme)
+      local a = rest and find(rest, "[/?#]")
+      if (scheme ~= "http" and scheme ~= "https") or a == 1 or rest == "" then
+        refuse(conn, 400, "malformed request target")
+        return nil
+      end
+      path = a and sub(rest, a) or "/"
+      if byte(path, 1) ~= 47 then path = "/" .. path end
+    end
+  end
+  local query = ""
+  local cut = find(path, "[?#%%]")
+  if cut then
+    local q = find(path, "[?#]", cut)
+    if q then
+      if byte(path, q) == 63 then -- "?"
+        local hash = find(path, "#", q + 1, true)
+        query = sub(path, q + 1, hash and hash - 1 or nil)
+      end
+      path = sub(path, 1, q - 1)
+    end
+    if find(path, "%", 1, true) then path = gsub(path, "%%(%x%x)", hex_char) end
+  end
+
+  -- header fields (RFC 9112 5)
+  local size = #head_
+  if size - l1 > lim.max_header_bytes then
+    refuse(conn, 431, "headers over " .. lim.max_header_bytes .. " bytes")
+    return nil
+  end
+  local h = {} -- (its metatable is set once the host's own lookups are done)
+  local i, n = l1 + 1, 0
+  while i <= size do
+    -- (a line that does not match: whitespace before the colon, obs-fold, no colon, a bare CR)
+    local name, value, nxt = match(head_, FIELD, i)
+    if name == nil then
+      refuse(conn, 400, "malformed header line")
+      return nil
+    end
+    n = n + 1
+    if n > lim.max_headers then
+      refuse(conn, 431, "more than " .. lim.max_headers .. " header lines")
+      return nil
+    end
+    if find(value, "%c") and find(value, LINE_CTL) then -- (HT is the one control byte a value may hold)
+      refuse(conn, 400, "a control byte in a header value")
+      return nil
+    end
+    local first, last_byte = byte(value, 1), byte(value, -1)
+    if first == 32 or first == 9 or last_byte == 32 or last_byte == 9 then value = trim(value) end
+    name = lower(name)
+    local old = h[name]
+    if old == nil then
+      h[name] = value
+    elseif name == "host" then
+      refuse(conn, 400, "more than one Host header")
+      return nil
+    else
+      h[name] = old .. ", " .. value
+    end
+    i = nxt
+  end
+  if not http10 and h.host == nil then
+    refuse(conn, 400, "an HTTP/1.1 request without a Host header")
+    return nil
+  end
+
+  -- keep-alive
+  local keep = not http10
+  local said = h.connection
+  if said then
+    local close = false
+    for token in gmatch(lower(said), "[^,%s]+") do
+      if token == "close" then close = true elseif token == "keep-alive" then keep = true end
+    end
+    if close then keep = false end
+  end
+
+  -- framing (RFC 9112 6)
+  local te, cl, expect = h["transfer-encoding"], h["content-length"], h.expect
+  setmetatable(h, HEADERS)
+  -- (every field a request may get is made here: the table is sized once)
+  local req = setmetatable({ method = method, path = path, headers = h, _query = query, _conn = conn,
+    _lim = lim, _ended = true, _res = false, _failed = false, _continue = false, _left = 0 }, Request)
+  if te then
+    if cl then
+      refuse(conn, 400, "both Transfer-Encoding and Content-Length")
+      return nil
+    end
+    local chunked, other = false, false
+    for coding in gmatch(lower(te), "[^,]+") do
+      coding = trim(coding)
+      if chunked and coding ~= "" then
+        refuse(conn, 400, "a transfer coding after chunked")
+        return nil
+      end
+      if coding == "chunked" then chunked = true elseif coding ~= "" then other = true end
+    end
+    if not chunked then
+      refuse(conn, 400, "a request's transfer coding must end with chunked")
+      return nil
+    elseif other then
+      refuse(conn, 501, "a transfer coding this server does not implement")
+      return nil
+    end
+    if http10 then keep = false end -- (HTTP/1.0 has no transfer codings: faulty framing, RFC 9112 6.1)
+    req._ended, req._chunked, req._state, req._size, req._trailer = false, true, 0, 0, 0
+  elseif cl then
+    if not find(cl, "^%d+$") then -- "5, 5": a list of one value repeated is that value (RFC 9110 8.6)
+      local one
+      for part in gmatch(cl, "[^,]+") do
+        part = trim(part)
+        if not find(part, "^%d+$") or (one and part ~= one) then
+          one = nil
+          break
+        end
+        one = part
+      end
+      if one == nil then
+        refuse(conn, 400, "malformed Content-Length")
+        return nil
+      end
+      cl = one
+    end
+    local length = #cl <= 15 and tonumber(cl) or nil
+    if length == nil or length > lim.max_body then
+      refuse(conn, 413, "a body of " .. sub(cl, 1, 20) .. " bytes (max_body " .. lim.max_body .. ")")
+      return nil
+    end
+    if length > 0 then req._ended, req._left = false, length end
+  end
+  if not req._ended and not http10 then
+    if expect and lower(trim(expect)) == "100-continue" then req._continue = true end
+  end
+  if last then keep = false end
+  local res = setmetatable({ _req = req, _status = 200, _keep = keep, _http10 = http10,
+    _head_only = method == "HEAD", _headers = false, _started = false, _done = false, _chunked = false }, Reply)
+  req._res = res
+  return req, res
+end
+
+-- Serve the requests buffered on `conn` until nothing more is, or the connection is closed. Returns 1 if the
+-- last of them was answered (0 if none was) and, when it can travel with the worker's next wait, its answer.
+local function serve(conn, handler, lim, last)
+  local served = 0
+  while true do
+    local req, res = read_head(conn, lim, last)
+    if req == nil then return served end
+    local out = run(handler, req, res)
+    served = 1
+    local keep = res._keep
+    if not req._ended and not conn[CLOSED] then
+      if out then
+        conn:write(out)
+        out = nil
+      end
+      -- the handler left (some of) the body unread: read past it, unless the client still waits for 100
+      if keep and not req._continue and not req._failed then
+        repeat
+          local piece = req:read()
+        until piece == nil
+        keep = req._ended
+      else
+        keep = false
+      end
+    end
+    req._conn = nil -- (a task still holding req reads nothing more of this connection)
+    res._done = true
+    if conn[CLOSED] then return served end
+    if not keep then
+      if out then conn:write(out) end
+      conn:close()
+      return served
+    end
+    if conn[POS] > #conn[BUF] then return served, out end -- nothing more buffered: give the connection back
+    if out then conn:write(out) end
+    last = call(NEXT, conn[PY], 1)
+    served = 0
+  end
+end
+
+local LINE_LIMITS = { line = host.limits.max_line, read = host.limits.max_read } -- (unused by HTTP)
+
+--- The function request workers run (see http.serve): entry(conn, data, last) serves that connection, then
+--- the ones the host hands over, until it is not needed any more.
+function M.worker(handler, lim)
+  return function(py, data, last)
+    local conn = new_conn(py, LINE_LIMITS)
+    conn[BUF] = data
+    while true do
+      local served, out = serve(conn, handler, lim, last)
+      if conn[OUTN] > 0 then -- (written by the handler, or in streaming: the answer's last bytes follow)
+        local before = take(conn)
+        out = out and before .. out or before
+      end
+      py, data, last = recv(conn, conn[PY], out, IDLE, served)
+      if py == nil then return end
+      conn[PY], conn[BUF], conn[POS], conn[CLOSED] = py, data, 1, false
+    end
+  end
+end
+
+Request.__index = request_index
+return M
