@@ -497,17 +497,17 @@ local function read_head(conn, lim, last)
     from = have > 2 and have - 2 or 1
   end
   conn[POS] = e + 1
-  -- the request line and header lines, each with its line end; the request line's pattern, the token check
-  -- of each name and the control-byte check of each value leave no room for a control byte or a bare CR
-  local head_ = sub(buf, pos, s)
-  local l1 = find(head_, "\n", 1, true)
-  if l1 > lim.max_request_line + 2 then
+  -- The request line and header lines are buf[pos..s], each with its line end, read in place (anchored
+  -- patterns from a position: no copy of the head). The request line's pattern, the token check of each
+  -- name and the control-byte check of each value leave no room for a control byte or a bare CR.
+  local l1 = find(buf, "\n", pos, true)
+  if l1 - pos > lim.max_request_line + 1 then
     refuse(conn, 414, "request line over " .. lim.max_request_line .. " bytes")
     return nil
   end
-  local method, target, major, minor = match(head_, ORIGIN_LINE)
+  local method, target, major, minor = match(buf, ORIGIN_LINE, pos)
   local origin = method ~= nil
-  if not origin then method, target, major, minor = match(head_, REQUEST_LINE) end
+  if not origin then method, target, major, minor = match(buf, REQUEST_LINE, pos) end
   if method == nil then
     refuse(conn, 400, "malformed request line")
     return nil
@@ -555,16 +555,15 @@ local function read_head(conn, lim, last)
   end
 
   -- header fields (RFC 9112 5)
-  local size = #head_
-  if size - l1 > lim.max_header_bytes then
+  if s - l1 > lim.max_header_bytes then
     refuse(conn, 431, "headers over " .. lim.max_header_bytes .. " bytes")
     return nil
   end
   local h = {} -- (its metatable is set once the host's own lookups are done)
   local i, n = l1 + 1, 0
-  while i <= size do
+  while i <= s do
     -- (a line that does not match: whitespace before the colon, obs-fold, no colon, a bare CR)
-    local name, value, nxt = match(head_, FIELD, i)
+    local name, value, nxt = match(buf, FIELD, i)
     if name == nil then
       refuse(conn, 400, "malformed header line")
       return nil
