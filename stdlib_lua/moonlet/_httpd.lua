@@ -345,8 +345,9 @@ local function fields_of(h, fields, typed)
   return fields, typed
 end
 
--- The response head. `extra`: the headers a handler returned (res:header's are in self._headers).
-local function head(self, length, extra)
+-- The response head, and `body` after it (one string made, not two). `extra`: the headers a handler
+-- returned (res:header's are in self._headers).
+local function head(self, length, extra, body)
   local status = self._status
   local date = http_date()
   if date_second ~= status_second then status_lines, status_second = {}, date_second end
@@ -369,7 +370,7 @@ local function head(self, length, extra)
   return first .. fields .. (typed and "" or "content-type: text/plain; charset=utf-8\r\n")
     .. (length and ("content-length: " .. length .. "\r\n") or "transfer-encoding: chunked\r\n")
     .. (not self._keep and "connection: close\r\n\r\n" or self._http10 and "connection: keep-alive\r\n\r\n"
-      or "\r\n")
+      or "\r\n") .. (body or "")
 end
 
 --- Send a piece of the body now (the response is chunked unless a content-length header was set). Waits
@@ -403,8 +404,7 @@ local function last_bytes(self, body, extra)
   body = body and tostring(body) or ""
   if not self._started then
     self._started = true
-    if self._head_only then return head(self, #body, extra) end
-    return head(self, #body, extra) .. body
+    return head(self, #body, extra, not self._head_only and body or nil)
   elseif self._chunked then
     return (self._head_only or #body == 0) and "0\r\n\r\n" or (format("%x\r\n", #body) .. body .. "\r\n0\r\n\r\n")
   end
