@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
         "--console-tcp",
         type=int,
         metavar="PORT",
-        help="also open the console on 127.0.0.1:PORT (0: any), guarded by a token written beside the socket",
+        help="also open the console on 127.0.0.1:PORT (0: any), guarded by a token written beside the "
+        "socket; with workers, worker N's on PORT + N - 1",
     )
     run.add_argument(
         "--max-connections",

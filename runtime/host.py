@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import resource
 import signal
 from pathlib import Path
@@ -26,6 +27,8 @@ from runtime.config import Limits
 from runtime.errors import AppLoadError
 from runtime.kernel.core import Kernel, one_line
 from runtime.kernel.task import Task
+from runtime.listeners import ENV as SUPERVISOR_ENV
+from runtime.listeners import adopt_orphans
 from runtime.lua.interrupt import new_interrupter
 from runtime.lua.state import new_lua_runtime
 from runtime.lua.stdlib import bootstrap
@@ -137,6 +140,7 @@ class Host:
         self.timers: TimerService | None = None
         self.udp: DatagramService | None = None
         self.kernel: Kernel | None = None
+        self.console: ConsoleService | None = None
 
     def run(self) -> int:
         """Serve the app until it ends or is stopped; return the process exit status."""
@@ -194,6 +198,8 @@ class Host:
         kernel.on_idle = self._check_idle
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        if supervised():  # the supervisor asks a worker to serve a dead worker's share meanwhile
+            loop.add_signal_handler(signal.SIGUSR1, self._adopt_orphans)
         console = None
         if self.console_wanted and self.engine is None:
             console = ConsoleService(kernel, loop, self.app_path)
@@ -204,7 +210,9 @@ class Host:
                 await console.start()
             except OSError as e:
                 log.warning("no console: %s", e)
+                console.stop()  # (what it opened before failing)
                 console = None
+        self.console = console
         lag.start()
         if stall_guard is not None:
             stall_guard.start()
@@ -231,7 +239,7 @@ class Host:
                 stall_guard.stop()
             if console is not None:
                 console.stop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
             self.stream.close_all()
             services.pools.stop()
@@ -261,6 +269,12 @@ class Host:
     def _on_signal(self, sig: int) -> None:
         assert self.stream is not None
         if self._stopping:
+            if supervised():
+                # A signal sent to the whole process group (Ctrl-C in a terminal, `timeout`, `kill -TERM
+                # -PGID`, systemd's control group) reaches this worker and its supervisor, which forwards it:
+                # one shutdown. Stopping at once is the supervisor's call (it kills its workers).
+                log.debug("%s: already draining", signal.Signals(sig).name)
+                return
             log.warning("second %s: stopping now", signal.Signals(sig).name)
             self._finish()
             return
@@ -271,6 +285,8 @@ class Host:
             self.limits.drain_timeout,
         )
         self.stream.start_drain()
+        if self.console is not None:
+            self.console.stop_tcp()
         assert self.timers is not None
         self.timers.cancel_all()
         assert self.udp is not None
@@ -280,11 +296,29 @@ class Host:
         asyncio.get_running_loop().call_later(self.limits.drain_timeout, self._drain_expired)
         self._check_idle()
 
+    def _adopt_orphans(self) -> None:
+        if self._stopping or self.stream is None:
+            return
+        stream = self.stream
+        try:
+            adopted = adopt_orphans()
+        except OSError as e:
+            log.warning("cannot take over a dead worker's connections: %s", e)
+            return
+        stream.release_adopted({slot for _, _, slot, _ in adopted})
+        for host, port, slot, sock in adopted:
+            stream.background.run(stream.adopt(host, port, slot, sock))
+
     def _drain_expired(self) -> None:
         assert self.stream is not None
         if self._done is not None and not self._done.done():
             log.warning("drain timeout: closing %d connections still busy", len(self.stream.connections))
             self._finish()
+
+
+def supervised() -> bool:
+    """This process is a worker of `moonlet run --workers N` (see runtime/supervisor.py)."""
+    return bool(os.environ.get(SUPERVISOR_ENV))
 
 
 def raise_file_limit() -> None:

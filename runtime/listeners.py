@@ -6,6 +6,11 @@ socket per worker slot: the kernel spreads new
 connections over the slots, and worker N of every generation gets slot N's socket. On SIGHUP the new worker
 N shares the socket with the old one, so when the old one stops listening (it only closes its own copy) the
 connections waiting in that queue are accepted by its successor instead of being reset.
+
+When a worker dies, its slot's sockets stay open (the connections waiting in them are not reset) and the
+supervisor marks the slot orphaned; a living worker, told with SIGUSR1, asks for the orphaned sockets
+(:func:`adopt_orphans`) and accepts from them too, so the kernel's share for that slot is served until the
+replacement worker listens; then it is told again, and lets go of the sockets no longer orphaned.
 """
 
 from __future__ import annotations
@@ -44,6 +49,24 @@ def shared_listener(host: str, port: int | None, backlog: int) -> socket.socket 
     return sock
 
 
+def adopt_orphans() -> list[tuple[str, int, int, socket.socket]]:
+    """In a worker: the listening sockets of the slots whose workers died, as (host, port, slot, socket)."""
+    path = os.environ.get(ENV)
+    if not path:
+        return []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path)
+        s.sendall(json.dumps({"adopt": True}).encode() + b"\n")
+        message, fds, _, _ = socket.recv_fds(s, 65536, 250)
+    addresses = json.loads(message or b"[]")
+    adopted = []
+    for (host, port, slot), fd in zip(addresses, fds, strict=False):
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        adopted.append((str(host), int(port), int(slot), sock))
+    return adopted
+
+
 class ListenerRegistry:
     """In the supervisor: binds addresses on request and keeps them for every worker generation."""
 
@@ -52,6 +75,8 @@ class ListenerRegistry:
         self.sockets: dict[tuple[str, int, int], socket.socket] = {}  # (host, port, slot)
         self.bound: dict[tuple[str, int], int] = {}  # (host, 0) -> the port chosen for it
         self.paths: dict[str, socket.socket] = {}  # Unix-socket path -> the one socket every worker shares
+        self.orphaned: set[int] = set()  # slots whose worker died and has not listened again (the supervisor)
+        self.closed = False
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(self.path)
         os.chmod(self.path, 0o600)
@@ -66,7 +91,9 @@ class ListenerRegistry:
                 return
             with conn, contextlib.suppress(OSError, ValueError, KeyError):
                 request = json.loads(conn.makefile("rb").readline())
-                if request["port"] is None:
+                if request.get("adopt"):
+                    self._answer_adopt(conn)
+                elif request["port"] is None:
                     self._answer_path(conn, str(request["host"]), int(request["backlog"]))
                 else:
                     self._answer(
@@ -91,6 +118,16 @@ class ListenerRegistry:
             self.sockets[(host, port, slot)] = sock
         socket.send_fds(conn, [b"ok"], [sock.fileno()])
 
+    def _answer_adopt(self, conn: socket.socket) -> None:
+        orphans = set(self.orphaned)
+        chosen = [(key, sock) for key, sock in list(self.sockets.items()) if key[2] in orphans]
+        addresses = [[host, port, slot] for (host, port, slot), _ in chosen]
+        fds = [sock.fileno() for _, sock in chosen]
+        if fds:
+            socket.send_fds(conn, [json.dumps(addresses).encode()], fds)
+        else:
+            conn.sendall(b"[]")
+
     def _answer_path(self, conn: socket.socket, path: str, backlog: int) -> None:
         sock = self.paths.get(path)
         if sock is None:
@@ -107,6 +144,10 @@ class ListenerRegistry:
         socket.send_fds(conn, [b"ok"], [sock.fileno()])
 
     def close(self) -> None:
+        """Close every listening socket (the workers' copies stay theirs) and the registry."""
+        if self.closed:
+            return
+        self.closed = True
         self._server.close()
         for sock in set(self.sockets.values()):
             sock.close()

@@ -7,11 +7,19 @@
 * Each worker is an ordinary ``moonlet run --workers 1`` process; its listeners take their sockets from the
   supervisor (runtime/listeners.py), so every worker accepts from the same queue and a draining worker
   loses none of the connections waiting in it.
-* A worker that dies is started again after a back-off (1 s, doubling up to 30 s, back to 1 s once a worker
-  has lived a minute); each death and restart is logged.
-* SIGTERM/SIGINT: every worker drains (as a single process does) and the supervisor exits 0 when all have.
+* A worker that dies is started again after a back-off per worker slot (1 s, doubling up to 30 s while it
+  keeps dying young; back to 1 s once a worker of that slot has listened for ``HEALTHY_AFTER``); each death
+  (with its signal) and restart is logged. Meanwhile its share of new connections is not stranded: the
+  dead worker's SO_REUSEPORT socket stays open (its waiting connections are not reset), and a living worker
+  is asked (SIGUSR1) to accept from it too until the replacement listens.
+* SIGTERM/SIGINT: every worker drains (as a single process does), the supervisor closes its copies of the
+  listening sockets so that new connections are refused at once, and exits 0 when all workers have. A
+  signal sent to the whole process group (Ctrl-C in a terminal, `timeout`, systemd) is the same one
+  shutdown: workers ignore the copies they receive directly; a second signal to the supervisor kills them.
 * SIGHUP: a new generation of workers is started; once each has said it is listening, the old generation
-  drains. The listening sockets stay open throughout, so no connection is refused or reset.
+  drains. The listening sockets stay open throughout, so no connection is refused or reset. If a new worker
+  exits (or does not listen within ``RELOAD_TIMEOUT``), the new generation is stopped and the old one keeps
+  serving; a later SIGHUP may try again.
 * Workers share ``MOONLET_SHARED_DIR`` (``moonlet.shared``), a directory the supervisor makes and removes.
 """
 
@@ -29,11 +37,13 @@ import tempfile
 import time
 
 from runtime.listeners import ListenerRegistry
+from runtime.services.console import remove_console_files
 
 log = logging.getLogger("moonlet")
 
 MAX_BACKOFF = 30.0
-HEALTHY_AFTER = 60.0  # a worker that lived this long resets the back-off
+HEALTHY_AFTER = 10.0  # a worker that has listened this long resets its slot's back-off
+RELOAD_TIMEOUT = 30.0  # seconds a new generation has to listen
 
 
 def die_with_supervisor() -> None:
@@ -50,11 +60,13 @@ PR_SET_PDEATHSIG = 1
 
 class Worker:
     def __init__(self, index: int, generation: int) -> None:
-        self.index = index
+        self.index = index  # its slot: worker N of every generation takes slot N's listening sockets
         self.generation = generation
         self.proc: asyncio.subprocess.Process | None = None
         self.started = 0.0
+        self.listening_since = 0.0  # when it said it listens (0: not yet)
         self.listening = asyncio.Event()
+        self.exited = asyncio.Event()
 
     @property
     def name(self) -> str:
@@ -70,7 +82,9 @@ class Supervisor:
         self.generation = 0
         self.workers: list[Worker] = []
         self.stopping = False
-        self.backoff = 1.0
+        self.reloading = False
+        self.backoff: dict[int, float] = {}  # per slot
+        self.lenders: dict[int, Worker] = {}  # slot -> the worker accepting from it while it has none
         self.shared_dir = tempfile.mkdtemp(prefix="moonlet-shared-")
         self.listeners = ListenerRegistry(self.shared_dir)
         self._done: asyncio.Future[None] | None = None
@@ -137,11 +151,15 @@ class Supervisor:
             sys.stderr.buffer.write(line)
             sys.stderr.flush()
             if b" listening on " in line and not worker.listening.is_set():
+                worker.listening_since = time.monotonic()
                 worker.listening.set()
+                if worker.generation == self.generation:
+                    self._take_back_share(worker.index)
                 if not self.widened and not self.stopping:
                     self._widen()
         status = await worker.proc.wait()
-        worker.listening.set()
+        worker.exited.set()
+        remove_console_files(worker.proc.pid)  # (a worker killed outright could not)
         if worker in self.workers:
             self.workers.remove(worker)
         if not self.widened and not self.stopping:  # a script: it ran once, its status is ours
@@ -150,42 +168,93 @@ class Supervisor:
         if self.stopping or worker.generation != self.generation:
             self._check_done()
             return
-        lived = time.monotonic() - worker.started
-        if lived >= HEALTHY_AFTER:
-            self.backoff = 1.0
+        now = time.monotonic()
+        healthy = worker.listening_since > 0 and now - worker.listening_since >= HEALTHY_AFTER
+        backoff = 1.0 if healthy else self.backoff.get(worker.index, 1.0)
+        how = (
+            f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited with status {status}"
+        )
         log.warning(
-            "%s (pid %d) exited with status %s after %.1fs; starting it again in %.0fs",
+            "%s (pid %d) %s after %.1fs; starting it again in %.0fs%s",
             worker.name,
             worker.proc.pid,
-            status,
-            lived,
-            self.backoff,
+            how,
+            now - worker.started,
+            backoff,
+            "" if healthy or backoff == 1.0 else " (it keeps dying young: backing off)",
         )
-        delay, self.backoff = self.backoff, min(self.backoff * 2, MAX_BACKOFF)
-        await asyncio.sleep(delay)
-        if not self.stopping:
+        self.backoff[worker.index] = min(backoff * 2, MAX_BACKOFF)
+        if worker.listening.is_set():
+            self._lend_share(worker.index)
+        await asyncio.sleep(backoff)
+        if not self.stopping and worker.generation == self.generation:
             self._start(Worker(worker.index, worker.generation))
         else:
             self._check_done()
 
+    def _lend_share(self, slot: int) -> None:
+        """The worker of ``slot`` died: a living worker accepts from its sockets until another listens."""
+        self.listeners.orphaned.add(slot)
+        for w in self.workers:
+            if (
+                w.generation == self.generation
+                and w.listening.is_set()
+                and w.proc
+                and w.proc.returncode is None
+            ):
+                log.info("%s takes the connections of slot %d until its worker is back", w.name, slot)
+                self.lenders[slot] = w
+                w.proc.send_signal(signal.SIGUSR1)  # it asks the registry for the orphaned sockets
+                return
+
+    def _take_back_share(self, slot: int) -> None:
+        """Slot ``slot`` has a listening worker again: whoever stood in for it lets its sockets go."""
+        self.listeners.orphaned.discard(slot)
+        lender = self.lenders.pop(slot, None)
+        if lender is not None and lender.proc is not None and lender.proc.returncode is None:
+            lender.proc.send_signal(signal.SIGUSR1)  # asking again, it keeps only what is still orphaned
+
     async def _reload(self) -> None:
-        if self.stopping:
+        if self.stopping or self.reloading:
+            log.warning("SIGHUP: %s; ignored", "stopping" if self.stopping else "a reload is in progress")
             return
-        old = [w for w in self.workers if w.generation == self.generation]
-        self.generation += 1
-        log.info(
-            "SIGHUP: starting generation %d of %d workers, then draining the old ones",
-            self.generation,
-            self.count,
-        )
-        new = [Worker(i + 1, self.generation) for i in range(self.count)]
-        for w in new:
-            self._start(w)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(w.listening.wait() for w in new)), 30)
-        for w in old:
-            if w.proc is not None and w.proc.returncode is None:
-                w.proc.send_signal(signal.SIGTERM)
+        self.reloading = True
+        try:
+            candidate = self.generation + 1
+            log.info("SIGHUP: starting generation %d of %d workers", candidate, self.count)
+            new = [Worker(i + 1, candidate) for i in range(self.count)]
+            for w in new:
+                self._start(w)
+            if not await self._all_listen(new):
+                log.error(
+                    "SIGHUP: generation %d did not start (its log is above); generation %d keeps serving",
+                    candidate,
+                    self.generation,
+                )
+                for w in new:
+                    if w.proc is not None and w.proc.returncode is None:
+                        w.proc.send_signal(signal.SIGTERM)
+                return
+            old = [w for w in self.workers if w.generation == self.generation]
+            self.generation = candidate
+            log.info("SIGHUP: generation %d listens; draining generation %d", candidate, candidate - 1)
+            for w in old:
+                if w.proc is not None and w.proc.returncode is None:
+                    w.proc.send_signal(signal.SIGTERM)
+        finally:
+            self.reloading = False
+
+    @staticmethod
+    async def _all_listen(workers: list[Worker]) -> bool:
+        """True once every worker listens; False as soon as one exits, or after RELOAD_TIMEOUT."""
+        deadline = time.monotonic() + RELOAD_TIMEOUT
+        while time.monotonic() < deadline:
+            if any(w.exited.is_set() for w in workers):
+                return False
+            if all(w.listening.is_set() for w in workers):
+                return True
+            await asyncio.sleep(0.05)
+        return False
 
     def _stop(self, sig: int) -> None:
         if self.stopping:
@@ -199,6 +268,9 @@ class Supervisor:
         for w in self.workers:
             if w.proc is not None and w.proc.returncode is None:
                 w.proc.send_signal(signal.SIGTERM)
+        # the workers close their copies as their drain begins: with ours closed too, the kernel refuses new
+        # connections at once instead of queueing them for nobody
+        self.listeners.close()
         self._check_done()
 
     def _check_done(self) -> None:

@@ -45,6 +45,7 @@ class Server:
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group, as a service's (tests may signal the group)
         )
         self.log_lines: list[bytes] = []
         self.clients: list[Client] = []

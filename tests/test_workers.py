@@ -88,7 +88,7 @@ def test_a_killed_worker_is_replaced_and_clients_are_still_served(lua_server) ->
     time.sleep(0.3)  # (connections already queued on the dead worker's socket are lost with it)
     for _ in range(20):  # the other worker serves meanwhile
         assert ask(port).startswith(b"hi ")
-    server.wait_log(re.compile(rb"worker 1 \(pid %d\) exited with status -9" % first))
+    server.wait_log(re.compile(rb"worker 1 \(pid %d\) was killed by SIGKILL" % first))
     server.wait_log(re.compile(rb"worker 1 started \(pid (?!%d)\d+\)" % first), timeout=15)
     wait_count(server, "listening on", 3)
     for _ in range(10):
@@ -125,6 +125,143 @@ def test_sighup_reload_under_load_loses_no_connection_or_request(lua_server) -> 
     for t in threads:
         t.join(10)
     assert failures == [] and done[0] > 50
+
+
+SLOW_APP = """
+local net = require "moonlet.net"
+net.listen { host = "127.0.0.1", port = tonumber(arg[1]), handler = function(conn)
+  while true do
+    local line = conn:readline()
+    if not line then return end
+    if line == "slow" then sleep(1) end
+    conn:write(line, " ", os.getenv("MOONLET_WORKER") or "0", "\\n")
+  end
+end }
+"""
+
+
+def in_flight(port: int, count: int) -> tuple[list[threading.Thread], list[bytes]]:
+    """``count`` clients, each sending one slow request (answered after 1 s) on its own connection."""
+    answers: list[bytes] = []
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(count)]
+
+    def one(s: socket.socket) -> None:
+        with s:
+            try:
+                answers.append(ask_on(s, b"slow"))
+            except OSError as e:
+                answers.append(repr(e).encode())
+
+    threads = [threading.Thread(target=one, args=(s,)) for s in socks]
+    for t in threads:
+        t.start()
+    return threads, answers
+
+
+def ask_on(s: socket.socket, text: bytes) -> bytes:
+    s.sendall(text + b"\n")
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(100)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_a_signal_to_the_process_group_drains_like_one_to_the_supervisor(lua_server) -> None:  # type: ignore[no-untyped-def]
+    # Ctrl-C in a terminal, `timeout` and systemd signal every process of the group: supervisor and workers
+    port = free_port()
+    server = lua_server(SLOW_APP, str(port), options=["--workers", "2"])
+    wait_count(server, "listening on", 2)
+    threads, answers = in_flight(port, 6)
+    time.sleep(0.3)  # the requests are in the handlers
+    os.killpg(server.proc.pid, signal.SIGINT)
+    for t in threads:
+        t.join(10)
+    assert len(answers) == 6 and all(a.startswith(b"slow ") for a in answers), answers
+    assert server.proc.wait(10) == 0
+    server._read_log(0.5)
+    assert b"stopping now" not in b"".join(server.log_lines), server.log_text()
+
+
+def test_a_dead_workers_share_of_new_connections_is_served_at_once(lua_server) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    server = lua_server(SLOW_APP, str(port), options=["--workers", "2"])
+    wait_count(server, "listening on", 2)
+    first = int(server.wait_log(re.compile(rb"worker 1 started \(pid (\d+)\)")).group(1))
+    os.kill(first, signal.SIGKILL)
+    slow = []
+    for _ in range(40):  # every new connection answered within 1 s while worker 1 is down
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.settimeout(1)
+            assert ask_on(s, b"hi").startswith(b"hi 2")
+        slow += [time.monotonic() - started] if time.monotonic() - started > 0.5 else []
+    assert slow == []
+    server.wait_log(b"takes the connections of slot 1")
+    server.wait_log(re.compile(rb"worker 1 \(pid %d\) was killed by SIGKILL" % first))
+    wait_count(server, "listening on", 3, timeout=15)  # the replacement
+    server.wait_log(b"slot 1 has its worker again", timeout=5)  # and the stand-in lets its socket go
+
+
+def test_sighup_with_an_app_that_no_longer_starts_keeps_the_old_generation(run_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    app = tmp_path / "reload_app.lua"
+    app.write_text(SLOW_APP)
+    server = run_app(app, str(port), options=["--workers", "2"])
+    wait_count(server, "listening on", 2)
+    app.write_text("local x = = 1\n")  # a syntax error
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_log(b"SIGHUP: generation 1 did not start", timeout=15)
+    assert b"unexpected symbol" in b"".join(server.log_lines)  # the app's own error is in the log
+    for _ in range(10):
+        assert ask(port).startswith(b"hi ")
+    app.write_text(SLOW_APP)  # fixed: a later SIGHUP goes through
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_log(b"SIGHUP: generation 1 listens; draining generation 0", timeout=15)
+    for _ in range(10):
+        assert ask(port).startswith(b"hi ")
+
+
+def test_a_connection_made_during_a_drain_is_refused_at_once(lua_server) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    server = lua_server(SLOW_APP, str(port), options=["--workers", "2"])
+    wait_count(server, "listening on", 2)
+    threads, answers = in_flight(port, 2)
+    time.sleep(0.3)
+    server.proc.send_signal(signal.SIGTERM)
+    server.wait_log(b"draining")
+    time.sleep(0.2)
+    started = time.monotonic()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.settimeout(5)
+            refused = ask_on(s, b"hi") == b""
+    except (ConnectionRefusedError, ConnectionResetError):
+        refused = True
+    assert refused and time.monotonic() - started < 0.5
+    for t in threads:
+        t.join(10)
+    assert [a[:5] for a in answers] == [b"slow "] * 2  # those in flight finish
+
+
+def test_each_worker_has_its_tcp_console_and_leaves_no_socket_file(lua_server) -> None:  # type: ignore[no-untyped-def]
+    from runtime.services.console import runtime_dir
+
+    port, console = free_port(), free_port()
+    server = lua_server(APP, str(port), options=["--workers", "2", "--console-tcp", str(console)])
+    wait_count(server, "listening on", 2)
+    wait_count(server, "console also on tcp", 2)
+    text = server.log_text()
+    assert f"127.0.0.1:{console} " in text and f"127.0.0.1:{console + 1} " in text
+    assert "in use" not in text
+    second = int(server.wait_log(re.compile(rb"worker 2 started \(pid (\d+)\)")).group(1))
+    assert (runtime_dir() / f"{second}.sock").exists()
+    os.kill(second, signal.SIGKILL)
+    server.wait_log(re.compile(rb"worker 2 \(pid %d\) was killed" % second))
+    time.sleep(0.2)
+    assert not [p for p in runtime_dir().iterdir() if p.stem == str(second)]
 
 
 def test_shared_dictionary_operations(tmp_path: Path) -> None:

@@ -56,6 +56,16 @@ def runtime_dir() -> Path:
     return path
 
 
+def remove_console_files(pid: int) -> None:
+    """The console files of process ``pid`` (its socket, info and token), which a process killed outright
+    leaves behind (the supervisor removes its workers')."""
+    with contextlib.suppress(OSError):
+        directory = runtime_dir()
+        for suffix in (".sock", ".json", ".token"):
+            with contextlib.suppress(FileNotFoundError):
+                (directory / f"{pid}{suffix}").unlink()
+
+
 def render(value: Any, depth: int = 0) -> Any:
     """A Lua value as JSON-able data for display: tables nested (truncated with a count), strings safe."""
     if value is None or isinstance(value, bool | int | float):
@@ -233,6 +243,7 @@ class ConsoleService:
         self.tcp_port: int | None = None  # --console-tcp: also listen on 127.0.0.1 (with a token)
         self.token = secrets.token_hex(16)
         self.tcp_server: asyncio.AbstractServer | None = None
+        self.tcp_closed = False
 
     async def start(self) -> None:
         directory = runtime_dir()
@@ -249,19 +260,52 @@ class ConsoleService:
         if os.environ.get("MOONLET_WORKER"):  # one of a supervisor's workers: moonlet repl picks worker 1
             info["worker"], info["supervisor"] = int(os.environ["MOONLET_WORKER"]), os.getppid()
         if self.tcp_port is not None:
-            self.tcp_server = await self.loop.create_server(
-                lambda: ConsoleSession(self, tcp=True), "127.0.0.1", self.tcp_port
-            )
-            bound = self.tcp_server.sockets[0].getsockname()[1]
-            token_path = directory / f"{os.getpid()}.token"
-            fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(self.token)
-            info["tcp"] = bound
-            log.info("console also on tcp 127.0.0.1:%d (token in %s)", bound, token_path)
+            port = self.tcp_port
+            worker = int(os.environ.get("MOONLET_WORKER") or 1)
+            if port:
+                port += worker - 1  # worker N of a supervisor: PORT + N - 1, so each is reachable
+            if await self._open_tcp(port, directory):
+                info["tcp"] = self.tcp_server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            else:  # (the worker it replaces still drains: its console closes as the drain begins)
+                log.warning("console: tcp 127.0.0.1:%d is in use; trying again every second", port)
+                self.loop.create_task(self._retry_tcp(port, directory))
         directory.joinpath(f"{os.getpid()}.json").write_text(json.dumps(info))
         logging.getLogger("moonlet").addHandler(self._forwarder)
         log.info("console on %s (moonlet repl %d)", self.path, os.getpid())
+
+    async def _open_tcp(self, port: int, directory: Path) -> bool:
+        try:
+            self.tcp_server = await self.loop.create_server(
+                lambda: ConsoleSession(self, tcp=True), "127.0.0.1", port
+            )
+        except OSError:
+            return False
+        bound = self.tcp_server.sockets[0].getsockname()[1]
+        token_path = directory / f"{os.getpid()}.token"
+        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.token)
+        log.info("console also on tcp 127.0.0.1:%d (token in %s)", bound, token_path)
+        return True
+
+    async def _retry_tcp(self, port: int, directory: Path) -> None:
+        for _ in range(120):
+            await asyncio.sleep(1)
+            if self.server is None or self.tcp_closed:
+                return
+            if await self._open_tcp(port, directory):
+                info = json.loads(directory.joinpath(f"{os.getpid()}.json").read_text())
+                info["tcp"] = port
+                directory.joinpath(f"{os.getpid()}.json").write_text(json.dumps(info))
+                return
+        log.warning("console: gave up on tcp 127.0.0.1:%d", port)
+
+    def stop_tcp(self) -> None:
+        """The server drains: its TCP console port goes to the worker that replaces it (a reload)."""
+        self.tcp_closed = True
+        if self.tcp_server is not None:
+            self.tcp_server.close()
+            self.tcp_server = None
 
     def stop(self) -> None:
         logging.getLogger("moonlet").removeHandler(self._forwarder)

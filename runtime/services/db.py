@@ -92,6 +92,8 @@ class DatabaseService:
         self.opened: dict[str, Database] = {}  # by URL: db.open of the same URL shares one engine
         self.lua: Any = None  # the main Lua state, to build replies in (set by the host)
         self.background = Background(loop)
+        self.transactions: set[Transaction] = set()  # begun and not yet ended
+        self.closing = False  # the server is stopping: no new statements
         kernel.register(Op.DB_QUERY, self._query)
         kernel.register(Op.DB_EXEC, self._exec)
         kernel.register(Op.DB_BEGIN, self._begin)
@@ -139,6 +141,9 @@ class DatabaseService:
         return self._start(task, self._finish(tx, bool(commit)))
 
     def _start(self, task: Task, work: Any) -> object:
+        if self.closing:
+            work.close()  # (a coroutine never awaited)
+            return (None, b"closed")
         self.background.run(self._reply(task, work))
         return SUSPEND
 
@@ -169,6 +174,7 @@ class DatabaseService:
 
     async def _run_begin(self, task: Task, db: Database) -> object:
         tx = Transaction(db, await db.begin(), task)
+        self.transactions.add(tx)
         if task.extra is None:
             task.extra = Extra()
         task.extra.on_end.append(lambda: self._abandon(tx))
@@ -178,6 +184,7 @@ class DatabaseService:
         if not tx.open:
             return (None, b"transaction already ended")
         tx.open = False
+        self.transactions.discard(tx)
         await tx.db.finish(tx.session, commit)
         return True
 
@@ -215,8 +222,13 @@ class DatabaseService:
         return sql.decode("utf-8")
 
     async def close(self) -> None:
-        """At shutdown: finish what is running, then close every connection."""
+        """At shutdown: refuse new work, finish what is running, roll back the transactions still open (a
+        drain that timed out ends their tasks mid-way), then close every connection."""
+        self.closing = True
         if self.background.jobs:
             await asyncio.wait(list(self.background.jobs), timeout=self.limits.db_query_timeout)
+        for tx in list(self.transactions):
+            log.info("rolling back a transaction of %s: the server is stopping", tx.task.describe())
+            await self._finish_quietly(tx)
         for db in [self.default, *self.opened.values()]:
             await db.close()

@@ -65,13 +65,15 @@ _AFTER_FLUSH_TRUE = 3  # SENDALL: reply true once every byte is taken
 class Listener:
     """A listening socket; Lua holds it as an opaque handle."""
 
-    __slots__ = ("entry", "label", "server", "workers")
+    __slots__ = ("adopted", "entry", "label", "server", "workers")
 
     def __init__(self, entry: object, label: str, workers: RequestWorkers | None = None) -> None:
         self.entry = entry  # Lua function run as the handler task of each accepted connection
         self.label = label
         self.server: asyncio.Server | None = None
         self.workers = workers  # (HTTP) connections served by request workers instead of one task each
+        # (under a supervisor) slot -> a server on the socket of a dead worker's slot, accepted from meanwhile
+        self.adopted: dict[int, asyncio.Server] = {}
 
 
 MAX_IDLE_WORKERS = 64  # request workers kept waiting per listener; more end when they go idle
@@ -636,6 +638,7 @@ class StreamService:
         # (a dict, not a set: at 10,000 entries a set takes ~100 bytes each, a dict ~40)
         self.connections: dict[Connection, None] = {}
         self.listeners: set[Listener] = set()
+        self.by_address: dict[tuple[str, int], Listener] = {}  # TCP listeners from the supervisor
         self.draining = False
         self.input_per_turn = limits.input_per_turn
         self.lua: Any = None  # the main Lua state, to build replies in (set by the host)
@@ -717,6 +720,7 @@ class StreamService:
                 shared = shared_listener(where_s, port, self.limits.backlog)  # (under a supervisor)
                 if shared is not None:
                     server = await self.loop.create_server(lambda: Connection(self, listener), sock=shared)
+                    self.by_address[(where_s, shared.getsockname()[1])] = listener
                 else:
                     server = await self.loop.create_server(
                         lambda: Connection(self, listener),
@@ -929,7 +933,30 @@ class StreamService:
         return True
 
     # -- lifecycle -------------------------------------------------------------------------------
+    async def adopt(self, host: str, port: int, slot: int, sock: socket.socket) -> None:
+        """Accept from a dead worker's slot socket too, for our listener on the same address (the supervisor
+        asked: see runtime/listeners.py)."""
+        listener = self.by_address.get((host, port))
+        if listener is None or listener.server is None or slot in listener.adopted:
+            sock.close()
+            return
+        server = await self.loop.create_server(lambda: Connection(self, listener), sock=sock)
+        listener.adopted[slot] = server
+        log.info("also accepting the connections of worker slot %d on %s", slot, listener.label)
+
+    def release_adopted(self, orphaned: set[int]) -> None:
+        """Stop accepting from adopted slot sockets whose slot has a worker again."""
+        for listener in self.listeners:
+            for slot in [slot for slot in listener.adopted if slot not in orphaned]:
+                listener.adopted.pop(slot).close()
+                log.info(
+                    "slot %d has its worker again: no longer accepting for it on %s", slot, listener.label
+                )
+
     def close_listener(self, listener: Listener) -> None:
+        for server in listener.adopted.values():
+            server.close()
+        listener.adopted.clear()
         workers = listener.workers
         if workers is not None and not workers.closed:  # its waiting request workers end
             workers.closed = True
