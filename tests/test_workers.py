@@ -21,6 +21,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A port P such that P and P + 1 are both free now."""
+    for _ in range(50):
+        first = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", first + 1))
+            except OSError:
+                continue
+            return first
+    raise AssertionError("no two consecutive free ports")
+
+
 APP = """
 local net = require "moonlet.net"
 local shared = require "moonlet.shared"
@@ -249,7 +262,7 @@ def test_a_connection_made_during_a_drain_is_refused_at_once(lua_server) -> None
 def test_each_worker_has_its_tcp_console_and_leaves_no_socket_file(lua_server) -> None:  # type: ignore[no-untyped-def]
     from runtime.services.console import runtime_dir
 
-    port, console = free_port(), free_port()
+    port, console = free_port(), free_port_pair()
     server = lua_server(APP, str(port), options=["--workers", "2", "--console-tcp", str(console)])
     wait_count(server, "listening on", 2)
     wait_count(server, "console also on tcp", 2)
