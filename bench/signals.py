@@ -10,7 +10,8 @@ Ctrl-C in a terminal do). Then the database is checked against what the clients 
 * acknowledged receipts lost: a RECEIPT a client read whose charge is not stored (must be 0);
 * charges without a receipt: a stored charge no client was told of: cut after the commit (must be 0);
 * unanswered: a CHARGE sent when the server had stopped reading; not stored, so a client may retry it;
-* the exit status of every round (0: a clean drain) and any engine error in the log.
+* the exit status of every round (0: a clean drain), drains that ran out of time (their handlers were cut
+  mid-request) and any engine error in the log.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def main() -> None:
         acked: list[int] = []
         unanswered: list[int] = []
         statuses: list[int] = []
-        engine_errors = 0
+        engine_errors = drain_timeouts = 0
         for _ in range(ns.rounds):
             port = free_port()
             log = Path(tmp) / "server.log"
@@ -108,6 +109,7 @@ def main() -> None:
                     t.join(10)
             text = log.read_text(errors="replace")
             engine_errors += text.count("internal error")
+            drain_timeouts += text.count("drain timeout")
         with sqlite3.connect(db) as check:
             stored = {row[0] for row in check.execute("SELECT id FROM receipts")}
             balance = check.execute("SELECT coalesce(sum(balance), 0) FROM accounts").fetchone()[0]
@@ -117,6 +119,7 @@ def main() -> None:
         print(f"acknowledged receipts lost: {len(told - stored)}")
         print(f"charges without a receipt: {len(stored - told)}")
         print(f"unanswered (not stored, retryable): {len(unanswered)}")
+        print(f"drains that ran out of time: {drain_timeouts}")
         print(f"engine errors in the log: {engine_errors}")
 
 

@@ -166,6 +166,13 @@ class Supervisor:
             self.exit_status = status if status >= 0 else 128 - status
             self.stopping = True
         if self.stopping or worker.generation != self.generation:
+            how = (
+                f"was killed by {signal.Signals(-status).name}"
+                if status < 0
+                else f"exited with status {status}"
+            )
+            log.log(logging.INFO if status == 0 else logging.WARNING, "%s (pid %d) %s", worker.name,
+                    worker.proc.pid, how)  # fmt: skip
             self._check_done()
             return
         now = time.monotonic()
