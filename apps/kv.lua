@@ -102,30 +102,89 @@ local function parse_int(s)
   return n
 end
 
--- glob (KEYS pattern) -> Lua pattern
-local function glob_to_pattern(glob)
-  local out, i, n = { "^" }, 1, #glob
+-- KEYS patterns, with Redis's glob rules (`*`, `?`, `[abc]`, `[^a]`, `[a-z]` with reversed ranges swapped,
+-- `\x` for a literal x, an unterminated `[` closed by the pattern's end). Compiled into tokens: STAR, ANY,
+-- a byte, or a set {map = 256 booleans, negate =}; matched by the classic one-backtrack-point walk, which
+-- is right because every token but STAR takes exactly one byte: at most #key x #pattern steps, never the
+-- exponential or quadratic-in-C time a translation into a Lua pattern could take on hostile input.
+local STAR, ANY = "*", "?"
+
+local function glob_compile(p)
+  local toks, i, n = {}, 1, #p
   while i <= n do
-    local c = sub(glob, i, i)
-    if c == "*" then out[#out + 1] = ".*"
-    elseif c == "?" then out[#out + 1] = "."
-    elseif c == "\\" and i < n then
+    local c = byte(p, i)
+    if c == 42 then -- *
+      if toks[#toks] ~= STAR then toks[#toks + 1] = STAR end
       i = i + 1
-      out[#out + 1] = "%" .. sub(glob, i, i)
-    elseif c == "[" then
-      local close = find(glob, "]", i + 1, true)
-      if not close then out[#out + 1] = "%["
-      else
-        local set = sub(glob, i + 1, close - 1):gsub("^!", "^"):gsub("([%%%.%(%)%+%*%?%$])", "%%%1")
-        out[#out + 1] = "[" .. set .. "]"
-        i = close
+    elseif c == 63 then -- ?
+      toks[#toks + 1] = ANY
+      i = i + 1
+    elseif c == 91 then -- [
+      local edges, negate = {}, false -- edges: +1 where a range starts, -1 past where it ends
+      i = i + 1
+      if byte(p, i) == 94 then
+        negate = true
+        i = i + 1
       end
-    elseif find(c, "^[%^%$%(%)%%%.%+%-]$") then out[#out + 1] = "%" .. c
-    else out[#out + 1] = c end
-    i = i + 1
+      while true do
+        local b = byte(p, i)
+        if b == nil then break end -- (unterminated: the pattern's end closes it)
+        if b == 92 and i < n then -- an escaped byte
+          i = i + 1
+          b = byte(p, i)
+          edges[b] = (edges[b] or 0) + 1
+          edges[b + 1] = (edges[b + 1] or 0) - 1
+        elseif b == 93 then -- ]
+          i = i + 1
+          break
+        elseif i + 2 <= n and byte(p, i + 1) == 45 then -- a range
+          local lo, hi = b, byte(p, i + 2)
+          if lo > hi then lo, hi = hi, lo end
+          edges[lo] = (edges[lo] or 0) + 1
+          edges[hi + 1] = (edges[hi + 1] or 0) - 1
+          i = i + 2
+        else
+          edges[b] = (edges[b] or 0) + 1
+          edges[b + 1] = (edges[b + 1] or 0) - 1
+        end
+        i = i + 1
+      end
+      local map, depth = {}, 0
+      for x = 0, 255 do
+        depth = depth + (edges[x] or 0)
+        map[x] = depth > 0
+      end
+      toks[#toks + 1] = { map = map, negate = negate }
+    elseif c == 92 and i < n then -- \x
+      toks[#toks + 1] = byte(p, i + 1)
+      i = i + 2
+    else
+      toks[#toks + 1] = c
+      i = i + 1
+    end
   end
-  out[#out + 1] = "$"
-  return concat(out)
+  return toks
+end
+
+local function glob_match(toks, s)
+  local ti, si, ns = 1, 1, #s
+  local star, resume_at = nil, 0 -- the last STAR seen, and the byte its next try starts at
+  while si <= ns do
+    local t, c = toks[ti], byte(s, si)
+    if t == STAR then
+      star, resume_at = ti, si
+      ti = ti + 1
+    elseif t ~= nil and (t == ANY or t == c or (type(t) == "table" and t.map[c] ~= t.negate)) then
+      ti, si = ti + 1, si + 1
+    elseif star then -- the last STAR takes one byte more
+      resume_at = resume_at + 1
+      ti, si = star + 1, resume_at
+    else
+      return false
+    end
+  end
+  while toks[ti] == STAR do ti = ti + 1 end
+  return toks[ti] == nil
 end
 
 ---------------------------------------------------------------------------------------------------------
@@ -272,9 +331,9 @@ end
 commands.KEYS = function(a)
   if #a ~= 2 then return wrong_args("keys") end
   purge_expired()
-  local pattern, found = glob_to_pattern(a[2]), {}
+  local toks, found = glob_compile(a[2]), {}
   for key in pairs(data) do
-    if find(key, pattern) then found[#found + 1] = key end
+    if glob_match(toks, key) then found[#found + 1] = key end
   end
   table.sort(found)
   return array(found)

@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default 1)",
     )
     run.add_argument(
+        "--block-limit",
+        type=float,
+        metavar="S",
+        help="seconds the event loop may stay blocked (a C call the stall budget cannot stop) before the "
+        "process logs what it was running and exits, to be replaced (default 30; 0: never)",
+    )
+    run.add_argument(
         "--db",
         metavar="PATH|URL",
         help="moonlet.db's default database: a SQLite file, sqlite:PATH or postgresql://user@host/name "
@@ -294,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         drain_timeout=ns.drain_timeout,
         lua_max_memory=ns.max_memory,
         stall_budget=ns.stall_budget,
+        block_limit=ns.block_limit,
         db_path=ns.db,
         db_query_timeout=ns.db_timeout,
         db_busy_timeout=ns.db_busy_timeout,

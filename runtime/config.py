@@ -34,6 +34,7 @@ class Limits:
     stall_budget: float = 1.0  # seconds a coroutine may run without yielding before it is stopped (0: never)
     max_timers: int = 100_000  # pending time.after/time.every timers
     loop_lag_warn: float = 0.5  # seconds the event loop may be blocked before a warning is logged
+    block_limit: float = 30.0  # seconds the loop may be blocked (inside a C call) before the process exits
     db_path: str | None = None  # SQLite file (default: APP.db beside the app)
     db_readers: int = 4  # reader connections (each its own thread) beside the one writer
     db_busy_timeout: float = 5.0  # seconds to wait for a lock held by another process

@@ -34,7 +34,7 @@ from runtime.lua.state import new_lua_runtime
 from runtime.lua.stdlib import bootstrap
 from runtime.services.capacity import ConnectionCapacity
 from runtime.services.clock import ClockService, Deadlines, LagMonitor, TimerService
-from runtime.services.console import ConsoleService
+from runtime.services.console import ConsoleService, remove_console_files
 from runtime.services.datagram import DatagramService
 from runtime.services.db import DatabaseService, default_database
 from runtime.services.httpserver import HttpService
@@ -164,7 +164,8 @@ class Host:
             task = kernel.current
             return task.describe() if task is not None else None
 
-        lag = LagMonitor(loop, self.limits.loop_lag_warn, running)
+        # (the signal handlers below are not added yet: the loop's signal socket is known once they are)
+        lag_args = (loop, self.limits.loop_lag_warn, running)
 
         lua = new_lua_runtime(self.limits.lua_max_memory)
         budget = self.limits.stall_budget
@@ -200,6 +201,13 @@ class Host:
             loop.add_signal_handler(sig, self._on_signal, sig)
         if supervised():  # the supervisor asks a worker to serve a dead worker's share meanwhile
             loop.add_signal_handler(signal.SIGUSR1, self._adopt_orphans)
+        lag = LagMonitor(
+            *lag_args,
+            block_limit=self.limits.block_limit,
+            drain_timeout=self.limits.drain_timeout,
+            signal_fd=signal_socket(),
+            before_exit=lambda: remove_console_files(os.getpid()),
+        )
         console = None
         if self.console_wanted and self.engine is None:
             console = ConsoleService(kernel, loop, self.app_path)
@@ -314,6 +322,18 @@ class Host:
         if self._done is not None and not self._done.done():
             log.warning("drain timeout: closing %d connections still busy", len(self.stream.connections))
             self._finish()
+
+
+def signal_socket() -> int | None:
+    """The socket the event loop reads arriving signals from (set by add_signal_handler), or None."""
+    try:
+        fd = signal.set_wakeup_fd(-1)
+    except ValueError:  # (not the main thread)
+        return None
+    if fd < 0:
+        return None
+    signal.set_wakeup_fd(fd)  # (put back as it was)
+    return fd
 
 
 def supervised() -> bool:

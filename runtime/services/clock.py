@@ -9,9 +9,14 @@ instead of a timer handle. A deadline fires at most one tick late and never earl
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import heapq
 import logging
 import math
+import os
+import struct
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -203,19 +208,37 @@ class TimerService:
 class LagMonitor:
     """Warns when the event loop was blocked (a long C call, blocking work on the loop thread), naming what
     blocked it: a watchdog thread notices the loop's heartbeat is late *while* it is blocked and asks
-    ``running()`` what the loop thread is running (Lua and blocking calls release the GIL, so it can)."""
+    ``running()`` what the loop thread is running (Lua and blocking calls release the GIL, so it can).
+
+    It is also the last resort against a block nothing else can end (a C call on client input, where the
+    stall budget cannot interrupt): after ``block_limit`` seconds it logs what was running and exits the
+    process (status 70), so the supervisor replaces the worker. A SIGTERM that arrives meanwhile cannot run
+    its handler on the blocked loop; the watchdog sees a signal waiting unread on the loop's signal socket
+    (its write end: the bytes still queued, TIOCOUTQ; which signal is not visible) and exits once
+    ``drain_timeout`` has passed since, as a drain would have ended by then.
+    """
 
     PERIOD = 0.1
+    BLOCKED_EXIT = 70  # EX_SOFTWARE
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         warn_after: float,
         running: Callable[[], str | None] | None = None,
+        *,
+        block_limit: float = 0.0,
+        drain_timeout: float = 30.0,
+        signal_fd: int | None = None,
+        before_exit: Callable[[], None] | None = None,
     ) -> None:
         self._loop = loop
         self._warn_after = warn_after
         self._running = running
+        self._block_limit = block_limit
+        self._drain_timeout = drain_timeout
+        self._signals = os.dup(signal_fd) if signal_fd is not None else None
+        self._before_exit = before_exit
         self._expected = 0.0
         self._handle: asyncio.TimerHandle | None = None
         self._beat = 0.0  # time.monotonic() of the last tick, read by the watchdog
@@ -236,12 +259,52 @@ class LagMonitor:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        if self._signals is not None:
+            os.close(self._signals)
+            self._signals = None
 
     def _watch(self) -> None:
         assert self._running is not None
+        signalled_at = 0.0  # when a stop signal was first seen waiting during the current block
         while not self._stopped.wait(self.PERIOD):
-            if self._culprit is None and time.monotonic() - self._beat > self.PERIOD + self._warn_after / 2:
+            blocked = time.monotonic() - self._beat
+            if blocked <= self.PERIOD + self._warn_after / 2:
+                signalled_at = 0.0
+                continue
+            if self._culprit is None:
                 self._culprit = self._running() or "no task (host code)"
+            if signalled_at == 0.0 and self._signal_waiting():
+                signalled_at = time.monotonic()
+            if self._block_limit > 0 and blocked >= self._block_limit:
+                self._exit(f"the event loop has been blocked for {blocked:.1f}s (--block-limit)")
+            if signalled_at and time.monotonic() - signalled_at >= self._drain_timeout:
+                self._exit(
+                    f"a signal waited {self._drain_timeout:.3g}s (the drain timeout) for the blocked loop"
+                )
+
+    def _signal_waiting(self) -> bool:
+        """A signal (SIGTERM, SIGINT or SIGUSR1: the ones with handlers) waits for the loop to read it."""
+        fd = self._signals
+        if fd is None or self._stopped.is_set():
+            return False
+        try:
+            queued = struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            return False
+        return bool(queued > 0)
+
+    def _exit(self, why: str) -> None:
+        log.critical(
+            "%s in %s, stuck inside a C call the stall budget cannot stop (no Lua traceback there); exiting "
+            "so that the worker is replaced",
+            why,
+            self._culprit or "no task (host code)",
+        )
+        if self._before_exit is not None:
+            with contextlib.suppress(Exception):
+                self._before_exit()
+        logging.shutdown()
+        os._exit(self.BLOCKED_EXIT)
 
     def _tick(self) -> None:
         now = self._loop.time()

@@ -144,13 +144,25 @@ local function load_module(name, templates, env)
   return result
 end
 
+-- Module names are dot-separated words (letters, digits, '_', '-'): no NUL, no path separator, no "..",
+-- so a name can only ever mean NAME.lua (or NAME/init.lua) on the module path.
+local MAX_MODULE_NAME = 200
+local function check_module_name(name)
+  if type(name) ~= "string" then error("bad argument #1 to 'require' (string expected)", 3) end
+  if #name > MAX_MODULE_NAME or not find(name, "^[%w_%-]+$") and not find(name, "^[%w_%-][%w_%-%.]*[%w_%-]$")
+    or find(name, "..", 1, true) then
+    error("bad argument #1 to 'require' (a module name is dot-separated words of letters, digits, '_' and "
+      .. "'-', at most " .. MAX_MODULE_NAME .. " bytes)", 3)
+  end
+end
+
 stdlib_env.require = function(name)
-  if type(name) ~= "string" then error("bad argument #1 to 'require' (string expected)", 2) end
+  check_module_name(name)
   return load_module(name, STDLIB_PATH, stdlib_env)
 end
 
 app_env.require = function(name)
-  if type(name) ~= "string" then error("bad argument #1 to 'require' (string expected)", 2) end
+  check_module_name(name)
   if is_private(name) then
     error("module '" .. name .. "' is private to the moonlet standard library", 2)
   end
@@ -170,6 +182,10 @@ if host_call then
     coroutine = coroutine, sethook = debug.sethook, getinfo = getinfo,
   })
   loaded["moonlet._host"] = host
+  -- Every Python object Lua holds (a connection, a task, a listener) shares lupa's one metatable: app code
+  -- may neither read nor change it (replacing its __gc or __tostring would reach every host handle).
+  local handles = debug.getmetatable(host_call)
+  if handles then handles.__metatable = "protected" end
   -- both environments see the coroutine library that lets host requests through app coroutines
   stdlib_env.coroutine = host.coroutine
   app_env.coroutine = host.coroutine

@@ -170,7 +170,16 @@ local function create(fn)
   return co
 end
 
+-- App coroutines waiting for the host (a request made inside them, on its way out through our resume): no
+-- other code may resume or close them meanwhile (it would hand them values in place of the host's reply).
+local waiting_host = setmetatable({}, { __mode = "k" })
+
 local function resume(co, ...)
+  if not app_cos[co] then -- a task's own coroutine: the kernel's alone
+    return false, "cannot resume a coroutine the app did not create"
+  elseif waiting_host[co] then
+    return false, "cannot resume a coroutine that waits for the host (it is suspended in a moonlet call)"
+  end
   depth = depth + 1
   local r = pack(raw_resume(co, ...))
   depth = depth - 1
@@ -182,7 +191,9 @@ local function resume(co, ...)
     end
   end
   while r[1] == true and r[2] == PASS do -- a host request from inside co: make it, and hand the reply in
+    waiting_host[co] = true
     local reply = pack(request(r[3], r[4], r[5], r[6]))
+    waiting_host[co] = nil
     depth = depth + 1
     r = pack(raw_resume(co, unpack(reply, 1, reply.n)))
     depth = depth - 1
@@ -199,9 +210,29 @@ local function wrap(fn)
   end
 end
 
+-- The app's `yield` reaches only the coroutines it created: from a task's own coroutine (or a finalizer,
+-- or a metamethod called from C) it is the error standard Lua gives outside a coroutine, so no app code
+-- can speak to the host behind the standard library.
+local function yield(...)
+  if depth > 0 and app_cos[running()] then return raw_yield(...) end
+  error("attempt to yield from outside a coroutine", 2)
+end
+
+local function app_isyieldable()
+  return depth > 0 and app_cos[running()] == true and isyieldable()
+end
+
+local raw_close = privileged.coroutine.close
+local function close(co)
+  if not app_cos[co] then error("cannot close a coroutine the app did not create", 2) end
+  if waiting_host[co] then error("cannot close a coroutine that waits for the host", 2) end
+  return raw_close(co)
+end
+
 M.coroutine = {}
 for name, f in pairs(privileged.coroutine) do M.coroutine[name] = f end
 M.coroutine.create, M.coroutine.resume, M.coroutine.wrap = create, resume, wrap
+M.coroutine.yield, M.coroutine.isyieldable, M.coroutine.close = yield, app_isyieldable, close
 
 ---------------------------------------------------------------------------------------------------------
 -- task bodies

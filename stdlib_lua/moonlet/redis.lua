@@ -79,8 +79,16 @@ local function read_reply(conn)
 end
 
 local function connect(self)
+  -- one pool per server, database and credentials: a pooled connection keeps the SELECT and AUTH it was set
+  -- up with, so a client must never get one set up for another database or user
+  local pool = self._pool
+  if pool == nil then
+    pool = "redis " .. self.host .. ":" .. self.port .. " db " .. tostring(self.db or 0) .. " auth "
+      .. (self.password and ("%q"):format(self.password) or "-")
+    self._pool = pool
+  end
   local conn, err = net.connect(self.host, self.port, { timeout = self.timeout, pool_size = self.pool_size,
-    pool_timeout = self.timeout })
+    pool_timeout = self.timeout, pool = pool })
   if not conn then return nil, err end
   conn:settimeout(self.timeout)
   if conn._fresh == nil then

@@ -1,0 +1,195 @@
+"""Hostile input from clients and from app code: nothing freezes a worker or gets past the host door.
+
+Each client-side attack runs beside a probe connection whose round trips must stay fast; app-side attacks
+must end as ordinary, catchable Lua errors.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from conftest import run_script
+
+
+class Probe:
+    """Round trips of one echo line on an app connection, timed, in a thread, until stopped."""
+
+    def __init__(self, port: int, greeting: bool = False) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.file = self.sock.makefile("rb")
+        if greeting:
+            self.file.readline()
+        self.worst = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            self.sock.sendall(b"PING\r\n")
+            self.file.readline()
+            self.worst = max(self.worst, time.monotonic() - started)
+            time.sleep(0.02)
+
+    def finish(self) -> float:
+        self.stop.set()
+        self.thread.join(10)
+        self.sock.close()
+        return self.worst
+
+
+def test_a_line_of_spaces_at_the_dialog_prompt_is_answered_at_once(run_app) -> None:  # type: ignore[no-untyped-def]
+    server = run_app("apps/conversation.lua", "--port", "0")
+    probe = Probe(server.port, greeting=True)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        f = s.makefile("rb")
+        f.readline()  # HELLO
+        started = time.monotonic()
+        s.sendall(b"L " + b" " * 65000 + b"y\n")  # froze the worker 21.7 s when split with a pattern
+        assert f.readline().startswith(b"ERR expected LOGIN")
+        assert time.monotonic() - started < 1
+    assert probe.finish() < 0.5
+
+
+def test_kv_keys_follows_redis_glob_rules_in_linear_time(run_app, redis_server: int) -> None:  # type: ignore[no-untyped-def]
+    server = run_app("apps/kv.lua", "--port", "0")
+    ours = redis.Redis(port=server.port, socket_timeout=10)
+    real = redis.Redis(port=redis_server, socket_timeout=10)
+    keys = [
+        b"a",
+        b"b",
+        b"ab",
+        b"a-b",
+        b"[x]",
+        b"x\\y",
+        b"\\",
+        b"^",
+        b"!a",
+        b"z",
+        b"?",
+        b"*",
+        b"hello",
+        b"hallo",
+    ]
+    keys += [b"a" * 200]
+    for k in keys:
+        ours.set(k, b"1")
+        real.set(k, b"1")
+    patterns = [b"*", b"h?llo", b"h[ae]llo", b"h[^e]llo", b"h[!e]llo", b"[z-a]", b"[a-z]", b"\\a", b"a\\-b",
+                b"[\\]]", b"[[]x]", b"x\\\\y", b"[", b"[]", b"[^]", b"*a*a*a*a*b", b"a*", b"*b", b"\\*",
+                b"[a", b"[^a", b"a[-]b", b"?", b"\\", b"[\\"]  # fmt: skip
+    for pattern in patterns:
+        assert sorted(ours.keys(pattern)) == sorted(real.keys(pattern)), pattern
+    probe = Probe(server.port)
+    started = time.monotonic()
+    assert ours.keys(b"*a*a*a*a*a*a*a*a*a*a*b") == []  # ran 474 s over a 200-byte key as a Lua pattern
+    assert time.monotonic() - started < 1
+    assert probe.finish() < 0.5
+
+
+APP_DOOR = """
+local net = require "moonlet.net"
+local results = {}
+local function try(name, f, ...)
+  local ok, err = pcall(f, ...)
+  results[#results + 1] = name .. "=" .. tostring(ok) .. ":" .. tostring(err)
+end
+try("yield", coroutine.yield, 4, 0.05, nil, nil)            -- a forged SLEEP request, from the main chunk
+try("isyieldable", function() assert(not coroutine.isyieldable()) return "no" end)
+local co = coroutine.create(function() coroutine.yield(coroutine.isyieldable()) end)
+local ok, inside = coroutine.resume(co)                      -- inside an app coroutine: standard Lua
+results[#results + 1] = "app-coroutine=" .. tostring(ok) .. ":" .. tostring(inside)
+local me = coroutine.running()
+try("resume-task", function() return assert(coroutine.resume(me)) end)
+try("close-task", coroutine.close, me)
+local l = assert(net.listen { port = 0, handler = function() end })
+try("metatable", function() return getmetatable(l._py) end)
+try("setfield", function() getmetatable(l._py).__gc = print end)
+try("require-nul", require, "moonlet.net\\0")
+try("require-path", require, "../etc/passwd")
+try("require-long", require, string.rep("a", 300))
+l:close()
+print(table.concat(results, "\\n"))
+"""
+
+
+def test_app_code_cannot_reach_the_host_behind_the_stdlib(tmp_path: Path) -> None:
+    done = run_script(tmp_path, APP_DOOR)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    lines = done.stdout.decode().splitlines()
+    got = dict(line.split("=", 1) for line in lines)
+    assert got["yield"].startswith("false:") and "attempt to yield from outside a coroutine" in got["yield"]
+    assert got["isyieldable"] == "true:no"
+    assert got["app-coroutine"] == "true:true"
+    assert "did not create" in got["resume-task"] and got["resume-task"].startswith("false:")
+    assert "did not create" in got["close-task"]
+    assert got["metatable"] == "true:protected"
+    assert got["setfield"].startswith("false:")  # indexing a string: nothing reached the handles' metatable
+    for name in ("require-nul", "require-path", "require-long"):
+        assert got[name].startswith("false:") and "module name is dot-separated words" in got[name], got[name]
+    assert b"internal error" not in done.stderr and b"Traceback" not in done.stderr
+
+
+def test_redis_clients_for_other_databases_or_users_get_their_own_connections(
+    tmp_path: Path, redis_server: int
+) -> None:
+    done = run_script(
+        tmp_path,
+        """
+        local redis = require "moonlet.redis"
+        local port = tonumber(arg[1])
+        local one, two = redis.new { port = port, db = 1 }, redis.new { port = port, db = 2 }
+        assert(one:call("SET", "where", "db1"))
+        assert(two:call("SET", "where", "db2"))
+        for _ = 1, 3 do print(one:call("GET", "where"), two:call("GET", "where")) end
+        print(redis.new({ port = port }):call("GET", "where") == redis.null)  -- db 0, fresh
+        """,
+        str(redis_server),
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().splitlines() == ["db1\tdb2"] * 3 + ["true"]
+
+
+FREEZE_APP = """
+local net = require "moonlet.net"
+net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
+  local line = conn:readline()
+  if line == "freeze" then  -- quadratic inside one C call: the stall budget cannot stop it
+    local s = "L x" .. string.rep(" ", 60000) .. "y"
+    conn:write(tostring(s:match("^(%S+)%s*(.-)%s*$")), "\\n")
+  end
+  conn:write("pong\\n")
+end }
+"""
+
+
+def test_a_loop_frozen_inside_a_c_call_ends_the_worker_after_the_block_limit(lua_server) -> None:  # type: ignore[no-untyped-def]
+    server = lua_server(FREEZE_APP, options=["--block-limit", "1.5"])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        started = time.monotonic()
+        s.sendall(b"freeze\n")
+        status = server.proc.wait(15)
+        took = time.monotonic() - started
+    assert status == 70 and 1.4 < took < 5, (status, took)
+    server.wait_log(b"the event loop has been blocked for")
+    assert "stuck inside a C call" in server.log_text() and "connection 127.0.0.1:" in server.log_text()
+
+
+def test_sigterm_during_a_frozen_loop_ends_it_within_the_drain_timeout(lua_server) -> None:  # type: ignore[no-untyped-def]
+    server = lua_server(FREEZE_APP, options=["--block-limit", "60", "--drain-timeout", "1"])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"freeze\n")
+        time.sleep(0.5)  # frozen now
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        status = server.proc.wait(15)
+        took = time.monotonic() - started
+    assert status == 70 and took < 3, (status, took)
+    server.wait_log(b"(the drain timeout) for the blocked loop")
