@@ -41,6 +41,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("moonlet")
 
 MAX_ITEMS = 50  # per table level shown
+# A TCP console peer before its token: a few KiB, a few seconds, and a few such peers at once (any local
+# user can connect to 127.0.0.1); after it, requests up to MAX_REQUEST bytes.
+MAX_AUTH_REQUEST = 4096
+AUTH_TIMEOUT = 5.0
+MAX_UNAUTHENTICATED = 8
+MAX_REQUEST = 1 << 20
 MAX_DEPTH = 4
 MAX_STRING = 2000
 
@@ -107,8 +113,14 @@ class ConsoleSession(asyncio.Protocol):
         if self.tcp:
             peer = transport.get_extra_info("peername")
             self.peer = f"tcp {peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "tcp"
-            self.env = self.console.boot[b"console_env"]()
-            self.console.sessions.add(self)
+            waiting = self.console.unauthenticated
+            if len(waiting) >= MAX_UNAUTHENTICATED:
+                self.console.refuse_crowd(self.peer)
+                transport.close()
+                self.transport = None
+                return
+            waiting.add(self)
+            self.console.loop.call_later(AUTH_TIMEOUT, self._auth_expired)
             return
         sock = transport.get_extra_info("socket")
         pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
@@ -122,22 +134,48 @@ class ConsoleSession(asyncio.Protocol):
         self.env = self.console.boot[b"console_env"]()
         self.console.sessions.add(self)
 
+    def _auth_expired(self) -> None:
+        if not self.authenticated and self.transport is not None:
+            log.warning("console: refused %s (no token within %.0fs)", self.peer, AUTH_TIMEOUT)
+            self.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.console.unauthenticated.discard(self)
+        if self not in self.console.sessions:
+            return  # (refused before it was attached)
         self.console.sessions.discard(self)
         if self.running is not None:
             self.console.kernel.kill(self.running, b"cancelled: the console went away")
         log.info("console: detached (%s)", self.peer)
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while b"\n" in self.buffer:
-            line, self.buffer = self.buffer.split(b"\n", 1)
+        # one request per line; only the new bytes are searched for the line end, and what may wait for
+        # one is bounded (a few KiB before the token)
+        old = len(self.buffer)
+        buffer = self.buffer + data
+        pos = 0
+        end = buffer.find(b"\n", old)
+        while end >= 0:
+            line = buffer[pos:end]
+            pos = end + 1
             if line.strip():
                 try:
                     self.handle(json.loads(line))
                 except (ValueError, KeyError, TypeError) as e:
                     self.send({"ok": False, "error": f"bad console request: {e}"})
+            if self.transport is None or self.transport.is_closing():
+                self.buffer = b""
+                return
+            end = buffer.find(b"\n", pos)
+        self.buffer = buffer[pos:]
+        limit = MAX_REQUEST if self.authenticated else MAX_AUTH_REQUEST
+        if len(self.buffer) > limit:
+            log.warning("console: refused %s (a request over %d bytes)", self.peer, limit)
+            self.send({"ok": False, "error": f"a console request is at most {limit} bytes"})
+            self.buffer = b""
+            if self.transport is not None:
+                self.transport.close()
 
     def send(self, message: dict[str, Any]) -> None:
         if self.transport is not None:
@@ -150,6 +188,9 @@ class ConsoleSession(asyncio.Protocol):
         if not self.authenticated:
             if op == "auth" and secrets.compare_digest(str(req.get("token", "")), self.console.token):
                 self.authenticated = True
+                self.console.unauthenticated.discard(self)
+                self.env = boot[b"console_env"]()
+                self.console.sessions.add(self)
                 log.info("console: attached (%s, token accepted)", self.peer)
                 self.send({"ok": True, "values": []})
             else:
@@ -244,6 +285,8 @@ class ConsoleService:
         self.token = secrets.token_hex(16)
         self.tcp_server: asyncio.AbstractServer | None = None
         self.tcp_closed = False
+        self.unauthenticated: set[ConsoleSession] = set()  # TCP peers that have not sent the token yet
+        self._crowd_logged = 0.0
 
     async def start(self) -> None:
         directory = runtime_dir()
@@ -300,6 +343,15 @@ class ConsoleService:
                 return
         log.warning("console: gave up on tcp 127.0.0.1:%d", port)
 
+    def refuse_crowd(self, peer: str) -> None:
+        """A TCP peer refused: MAX_UNAUTHENTICATED others wait to authenticate (logged once a second)."""
+        now = time.monotonic()
+        if now - self._crowd_logged >= 1:
+            self._crowd_logged = now
+            log.warning(
+                "console: refused %s (%d peers are waiting to authenticate)", peer, MAX_UNAUTHENTICATED
+            )
+
     def stop_tcp(self) -> None:
         """The server drains: its TCP console port goes to the worker that replaces it (a reload)."""
         self.tcp_closed = True
@@ -317,7 +369,7 @@ class ConsoleService:
             for p in (self.path, self.path.with_suffix(".json"), self.path.with_suffix(".token")):
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
-        for session in list(self.sessions):
+        for session in [*self.sessions, *self.unauthenticated]:
             if session.transport is not None:
                 session.transport.close()
 

@@ -6,6 +6,8 @@ must end as ordinary, catchable Lua errors.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import signal
 import socket
 import threading
@@ -193,3 +195,37 @@ def test_sigterm_during_a_frozen_loop_ends_it_within_the_drain_timeout(lua_serve
         took = time.monotonic() - started
     assert status == 70 and took < 3, (status, took)
     server.wait_log(b"(the drain timeout) for the blocked loop")
+
+
+def test_tcp_console_peers_without_the_token_get_little(lua_server) -> None:  # type: ignore[no-untyped-def]
+    from conftest import free_port
+
+    server = lua_server(
+        'require("moonlet.net").listen { port = 0, handler = function(c) '
+        "while true do local l = c:readline() if not l then return end c:write(l, '\\n') end end }",
+        options=["--console-tcp", str(free_port())],
+    )
+    port = int(server.wait_log(re.compile(rb"console also on tcp 127\.0\.0\.1:(\d+)")).group(1))
+    probe = Probe(server.port)
+    # a peer that sends a quarter GiB without a newline: cut off after a few KiB
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        sent = 0
+        with contextlib.suppress(OSError):
+            while sent < 256 << 20:
+                s.sendall(b"x" * 65536)
+                sent += 65536
+        assert sent < 4 << 20, sent
+    server.wait_log(b"a request over 4096 bytes")
+    # many peers that never authenticate: a few are held (for 5 s), the rest refused at once
+    crowd = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+    server.wait_log(b"peers are waiting to authenticate")
+    closed = 0
+    for s in crowd:
+        s.settimeout(0.2)
+        with contextlib.suppress(TimeoutError):
+            closed += s.recv(1) == b""
+    assert closed >= 10
+    server.wait_log(b"no token within 5s", timeout=10)
+    for s in crowd:
+        s.close()
+    assert probe.finish() < 0.5
