@@ -47,6 +47,12 @@ class _Suspend:
 
 SUSPEND: Final = _Suspend()
 
+
+class BadRequestError(Exception):
+    """A request or call whose arguments are not what its op takes (a forged or stale handle): a yielding
+    request ends its task with one log line; a call raises it in Lua as an error. Never a host bug."""
+
+
 MAX_IMMEDIATE = 64  # immediate replies in a row before a task goes to the back of the ready queue
 
 RequestHandler = Callable[[Task, Any, Any, Any], object]
@@ -74,6 +80,8 @@ class Kernel:
         self._call_soon = call_soon
         self._handlers: list[RequestHandler | None] = [None] * (max(Op) + 1)
         self._calls: list[CallHandler | None] = [None] * (max(Op) + 1)
+        # per op: the type its first argument must be (a host handle), or None
+        self._handles: list[type | None] = [None] * (max(Op) + 1)
         self._body: LuaFunction | None = None
         self.live = 0  # tasks started and not yet ended
         # those tasks (the console lists them; a dict takes less room than a set)
@@ -84,15 +92,18 @@ class Kernel:
         self.register(Op.EXIT, self._exit)
 
     # -- wiring ----------------------------------------------------------------------------------
-    def register(self, op: Op, handler: RequestHandler) -> None:
+    def register(self, op: Op, handler: RequestHandler, handle: type | None = None) -> None:
+        """``handle``: the type the request's first argument must be (checked before the handler runs)."""
         assert op in YIELDING, f"{op!r} is a call, not a yielding request"
         assert self._handlers[op] is None or op is Op.EXIT, f"{op!r} has two handlers"
         self._handlers[op] = handler
+        self._handles[op] = handle
 
-    def register_call(self, op: Op, handler: CallHandler) -> None:
+    def register_call(self, op: Op, handler: CallHandler, handle: type | None = None) -> None:
         assert op in CALLS, f"{op!r} is a yielding request, not a call"
         assert self._calls[op] is None, f"{op!r} has two handlers"
         self._calls[op] = handler
+        self._handles[op] = handle
 
     def missing_handlers(self) -> list[Op]:
         return [op for op in Op if (self._handlers if op.yields else self._calls)[op] is None]
@@ -166,14 +177,22 @@ class Kernel:
         """
         co = task.co
         assert co is not None
-        handlers = self._handlers
+        handlers, handles = self._handlers, self._handles
         budget = MAX_IMMEDIATE
         while True:
             if type(req) is not tuple or len(req) != 4:
                 self._stray(task, req)
                 return
             op, a, b, c = req
-            value = handlers[op](task, a, b, c)  # type: ignore[misc]
+            try:
+                handler, handle = handlers[op], handles[op]
+            except (IndexError, TypeError):
+                handler = handle = None
+            if handler is None:
+                raise BadRequestError(f"unknown host request {op!r}")
+            if handle is not None and type(a) is not handle:
+                raise BadRequestError(f"{Op(op).name} takes a {handle.__name__}, not {type(a).__name__}")
+            value = handler(task, a, b, c)
             if value is SUSPEND:
                 return
             budget -= 1
@@ -184,7 +203,10 @@ class Kernel:
 
     def failed(self, task: Task, e: Exception) -> None:
         """End ``task`` after its run raised ``e``."""
-        if isinstance(e, LuaError):  # outside the task's xpcall: out of memory, a stall, or a stray resume
+        if isinstance(e, BadRequestError):  # (the door only makes well-formed requests: a forged handle)
+            log.error("bad host request from %s: %s; ending that task", task.describe(), e)
+            self._end(task, ok=False, error=f"bad host request: {e}".encode())
+        elif isinstance(e, LuaError):  # outside the task's xpcall: out of memory, a stall, or a stray resume
             extra = task.extra
             stall = extra.stall if extra is not None else None
             error = stall or str(e).encode()
@@ -227,11 +249,13 @@ class Kernel:
     def call(self, op: int, a: object = None, b: object = None, c: object = None, d: object = None) -> object:
         """Entry point of ``host.call``: a synchronous request from Lua (a fourth value only where needed)."""
         try:
-            handler = self._calls[op]
+            handler, handle = self._calls[op], self._handles[op]
         except (IndexError, TypeError):
-            handler = None
+            handler = handle = None
         if handler is None:
-            raise ValueError(f"unknown host call {op!r}")
+            raise BadRequestError(f"unknown host call {op!r}")
+        if handle is not None and type(a) is not handle:
+            raise BadRequestError(f"{Op(op).name} takes a {handle.__name__}, not {type(a).__name__}")
         if d is None:
             return handler(a, b, c)
         return handler(a, b, c, d)  # type: ignore[call-arg]

@@ -97,9 +97,9 @@ class DatagramService:
         self.sockets: set[Datagrams] = set()
         self.background = Background(loop)
         kernel.register(Op.UDP_OPEN, self._open)
-        kernel.register(Op.UDP_RECV, self._recv)
-        kernel.register_call(Op.UDP_SEND, self._send)
-        kernel.register_call(Op.UDP_CLOSE, self._close)
+        kernel.register(Op.UDP_RECV, self._recv, Datagrams)
+        kernel.register_call(Op.UDP_SEND, self._send, Datagrams)
+        kernel.register_call(Op.UDP_CLOSE, self._close, Datagrams)
 
     def _open(self, task: Task, host: object, port: object, entry: object) -> object:
         self.background.run(self._bind(task, host, port, entry))

@@ -61,7 +61,7 @@ class HttpService:
     def __init__(self, kernel: Kernel, stream: StreamService) -> None:
         self.stream = stream
         kernel.register(Op.HTTP_LISTEN, self._listen)
-        kernel.register_call(Op.HTTP_REJECT, self._reject)
+        kernel.register_call(Op.HTTP_REJECT, self._reject, Connection)
         kernel.register_call(Op.HTTP_ERROR, self._error)
 
     def _listen(self, task: Task, where: bytes, port: object, spec: Any) -> object:

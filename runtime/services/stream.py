@@ -27,7 +27,7 @@ import ssl
 from typing import Any, cast
 
 from runtime.config import Limits
-from runtime.kernel.core import SUSPEND, Kernel, one_line
+from runtime.kernel.core import SUSPEND, BadRequestError, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
 from runtime.listeners import remove_stale_socket, shared_listener
@@ -644,23 +644,23 @@ class StreamService:
         self.lua: Any = None  # the main Lua state, to build replies in (set by the host)
         self.background = Background(loop)
         self.capacity: ConnectionCapacity | None = None  # --max-connections, shared with HTTP (wire_services)
-        kernel.register(Op.RECV, self._recv)
-        kernel.register(Op.SEND, self._send)
-        kernel.register(Op.SENDALL, self._sendall)
+        kernel.register(Op.RECV, self._recv, Connection)
+        kernel.register(Op.SEND, self._send, Connection)
+        kernel.register(Op.SENDALL, self._sendall, Connection)
         kernel.register(Op.LISTEN, self._listen)
         kernel.register(Op.CONNECT, self._connect)
-        kernel.register(Op.STARTTLS, self._starttls)
+        kernel.register(Op.STARTTLS, self._starttls, Connection)
         kernel.register(Op.RESOLVE, self._resolve)
-        kernel.register(Op.IDLE, self._idle)
-        kernel.register_call(Op.NEXT, self._next)
-        kernel.register_call(Op.REUSABLE, self._reusable)
-        kernel.register_call(Op.SHUTDOWN, self._shutdown)
-        kernel.register_call(Op.WRITE, self._write)
-        kernel.register_call(Op.CLOSE, self._close)
-        kernel.register_call(Op.PEER, self._peer)
-        kernel.register_call(Op.SETTIMEOUTS, self._settimeouts)
-        kernel.register_call(Op.BUFFERED, self._buffered)
-        kernel.register_call(Op.UNLISTEN, self._unlisten)
+        kernel.register(Op.IDLE, self._idle, Connection)
+        kernel.register_call(Op.NEXT, self._next, Connection)
+        kernel.register_call(Op.REUSABLE, self._reusable, Connection)
+        kernel.register_call(Op.SHUTDOWN, self._shutdown, Connection)
+        kernel.register_call(Op.WRITE, self._write, Connection)
+        kernel.register_call(Op.CLOSE, self._close, Connection)
+        kernel.register_call(Op.PEER, self._peer, Connection)
+        kernel.register_call(Op.SETTIMEOUTS, self._settimeouts, Connection)
+        kernel.register_call(Op.BUFFERED, self._buffered, Connection)
+        kernel.register_call(Op.UNLISTEN, self._unlisten, Listener)
 
     # -- yielding requests -----------------------------------------------------------------------
     @staticmethod
@@ -830,7 +830,7 @@ class StreamService:
     def _idle(self, task: Task, conn: Connection, out: bytes | None, served: object) -> object:
         worker = task.owner
         if not isinstance(worker, Worker) or worker.conn is not conn:
-            raise TypeError("IDLE from a task that is not serving that connection")
+            raise BadRequestError("IDLE from a task that is not serving that connection")
         if served:
             self._request_done(task, conn)
         if out:

@@ -29,7 +29,7 @@ import threading
 import time
 
 from runtime.config import Limits
-from runtime.kernel.core import SUSPEND, Kernel, one_line
+from runtime.kernel.core import SUSPEND, BadRequestError, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import PARKED, Extra, Task
 from runtime.lua.interrupt import Interrupter
@@ -98,7 +98,7 @@ class TaskService:
 
     def _join(self, task: Task, target: object, timeout: object, _c: object) -> object:
         if not isinstance(target, Task):
-            raise TypeError("wait: not a task")
+            raise BadRequestError("wait: not a task")
         if target.co is None:
             return self._result(target, None, None)
         if target is task:
@@ -113,19 +113,19 @@ class TaskService:
 
     def _unpark(self, task: object, value: object, _c: object) -> bool:
         if not isinstance(task, Task):
-            raise TypeError("unpark: not a task")
+            raise BadRequestError("unpark: not a task")
         return self.kernel.wake(task, True if value is None else value)
 
     def _cancel(self, task: object, _b: object, _c: object) -> object:
         if not isinstance(task, Task):
-            raise TypeError("cancel: not a task")
+            raise BadRequestError("cancel: not a task")
         if not self.kernel.kill(task, CANCELLED):
             return (None, b"a task cannot cancel itself (return from it instead)")
         return True
 
     def _detach(self, task: object, _b: object, _c: object) -> bool:
         if not isinstance(task, Task):
-            raise TypeError("detach: not a task")
+            raise BadRequestError("detach: not a task")
         root = task.root
         if root is not None and root is not task:
             task.root = None
@@ -135,7 +135,7 @@ class TaskService:
 
     def _result(self, task: object, _b: object, _c: object) -> object:
         if not isinstance(task, Task):
-            raise TypeError("not a task")
+            raise BadRequestError("not a task")
         extra = task.extra
         if task.co is not None or extra is None or extra.result is None:
             return RUNNING
@@ -145,7 +145,7 @@ class TaskService:
     def _watch(self, task: object, _b: object, _c: object) -> bool:
         watcher = self.kernel.current
         if not isinstance(task, Task) or watcher is None:
-            raise TypeError("watch: not a task")
+            raise BadRequestError("watch: not a task")
         if task is watcher:
             raise ValueError("a task cannot wait for itself")
         if task.co is None:

@@ -229,3 +229,24 @@ def test_tcp_console_peers_without_the_token_get_little(lua_server) -> None:  # 
     for s in crowd:
         s.close()
     assert probe.finish() < 0.5
+
+
+def test_a_forged_handle_is_refused_without_a_host_traceback(tmp_path: Path) -> None:
+    done = run_script(
+        tmp_path,
+        """
+        local net, task = require "moonlet.net", require "moonlet.task"
+        local l = assert(net.listen { port = 0, handler = function() end })
+        -- a connection table made by hand around the listener's handle
+        local c = setmetatable({ l._py, "", 1, {}, 0, 0, { line = 256, read = 256 }, false }, net.Conn)
+        print(pcall(c.peer, c))                                   -- a call: a Lua error
+        local t = task.spawn(function() return c:read() end)      -- a request: that task ends
+        print(t:wait())
+        l:close()
+        """,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    out = done.stdout.decode().splitlines()
+    assert out[0] == "false\tPEER takes a Connection, not Listener"
+    assert out[1] == "false\tbad host request: RECV takes a Connection, not Listener"
+    assert b"bad host request from" in done.stderr and b"Traceback" not in done.stderr
