@@ -125,18 +125,20 @@ def test_sighup_reload_under_load_loses_no_connection_or_request(lua_server) -> 
             except OSError as e:
                 failures.append(repr(e))
 
-    threads = [threading.Thread(target=client) for _ in range(4)]
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.5)
-    server.proc.send_signal(signal.SIGHUP)
-    server.wait_log(b"SIGHUP: starting generation 1")
-    wait_count(server, "listening on", 4)  # the new generation listens beside the old
-    wait_count(server, "stopped listening on", 2)  # then the old one drains
-    time.sleep(0.5)
-    stop.set()
-    for t in threads:
-        t.join(10)
+    try:
+        time.sleep(0.5)
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_log(b"SIGHUP: starting generation 1")
+        wait_count(server, "listening on", 4)  # the new generation listens beside the old
+        wait_count(server, "stopped listening on", 2)  # then the old one drains
+        time.sleep(0.5)
+    finally:
+        stop.set()  # (whatever happened: the clients must not outlive the test)
+        for t in threads:
+            t.join(10)
     assert failures == [] and done[0] > 50
 
 

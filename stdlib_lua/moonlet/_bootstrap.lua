@@ -244,6 +244,8 @@ function M.console_compile(env, code)
 end
 
 --- Names for completing `text` (a dotted or colon path) in a session: globals, module fields, methods.
+--- Runs no app code: fields are read raw (an `__index` that spins would otherwise hang the server here,
+--- on the main Lua thread, outside any task's stall budget).
 function M.console_complete(env, text)
   local base, sep, prefix = text:match("^(.-)([%.:]?)([%w_]*)$")
   local scope
@@ -253,12 +255,20 @@ function M.console_complete(env, text)
     local value = env
     for part in base:gmatch("[^%.:]+") do
       if type(value) ~= "table" then return {} end
-      value = value[part]
+      local raw = rawget(value, part)
+      if raw == nil and value == env then -- (a session reads through to the app's globals)
+        raw = rawget(app_env, part)
+      elseif raw == nil then -- (a module's functions may live in its metatable's __index table)
+        local mt = getmetatable(value)
+        local index = type(mt) == "table" and rawget(mt, "__index")
+        raw = type(index) == "table" and rawget(index, part) or nil
+      end
+      value = raw
     end
     if type(value) ~= "table" then return {} end
     scope = { value }
     local mt = getmetatable(value)
-    if type(mt) == "table" and type(mt.__index) == "table" then scope[2] = mt.__index end
+    if type(mt) == "table" and type(rawget(mt, "__index")) == "table" then scope[2] = rawget(mt, "__index") end
   end
   local names, seen = {}, {}
   for _, t in ipairs(scope) do

@@ -250,3 +250,27 @@ def test_a_forged_handle_is_refused_without_a_host_traceback(tmp_path: Path) -> 
     assert out[0] == "false\tPEER takes a Connection, not Listener"
     assert out[1] == "false\tbad host request: RECV takes a Connection, not Listener"
     assert b"bad host request from" in done.stderr and b"Traceback" not in done.stderr
+
+
+def test_console_completion_runs_no_app_code(lua_server) -> None:  # type: ignore[no-untyped-def]
+    from runtime.services.console import runtime_dir
+
+    server = lua_server(
+        """
+        trap = setmetatable({ field = 1 }, { __index = function() while true do end end })
+        require("moonlet.net").listen { port = 0, handler = function(c)
+          while true do local l = c:readline() if not l then return end c:write(l, "\\n") end end }
+        """
+    )
+    pid = int(server.wait_log(re.compile(rb"moonlet repl (\d+)")).group(1))
+    probe = Probe(server.port)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(runtime_dir() / f"{pid}.sock"))
+        f = s.makefile("rb")
+        s.sendall(b'{"op": "complete", "text": "trap.nothing.x"}\n')  # used to spin in __index forever
+        first = f.readline()
+        s.sendall(b'{"op": "complete", "text": "trap.f"}\n')
+        second = f.readline()
+    assert b"[]" in first and b"trap.field" in second, (first, second)
+    assert probe.finish() < 0.5
