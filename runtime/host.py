@@ -227,7 +227,7 @@ class Host:
         try:
             args = [a.encode() for a in self.app_args]
             if self.engine is None:
-                kernel.spawn(_Main(self), main, *args)
+                kernel.main = kernel.spawn(_Main(self), main, *args)
             else:
                 module, given = self.engine
                 engine = boot[b"stdlib"](module.encode())[b"_main"]
@@ -238,7 +238,7 @@ class Host:
                         if v is not None
                     }
                 )
-                kernel.spawn(_Main(self), engine, main, options, *args)
+                kernel.main = kernel.spawn(_Main(self), engine, main, options, *args)
             self._check_idle()
             await self._done
         finally:

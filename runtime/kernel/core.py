@@ -87,6 +87,7 @@ class Kernel:
         # those tasks (the console lists them; a dict takes less room than a set)
         self.tasks: dict[Task, None] = {}
         self.current: Task | None = None  # the task being resumed, if any
+        self.main: Task | None = None  # the app's main chunk (what it opens lives as long as the process)
         self.resumes = 0  # how many resumes have started (the stall check tells runs apart by it)
         self.on_idle: Callable[[], None] | None = None  # called when `live` drops to zero
         self.register(Op.EXIT, self._exit)
@@ -290,6 +291,10 @@ class Kernel:
             extra.result = (ok, results if ok or results is not None else error)
             for cleanup in extra.on_end:
                 cleanup()
+            if extra.owned:  # the connections it opened and did not hand on close with it
+                owned, extra.owned = extra.owned, None
+                for thing in owned:
+                    thing.close()
             if extra.children:
                 self.end_children(task, b"cancelled: " + task.describe().encode() + b" ended")
         owner: Owner = task.owner

@@ -81,9 +81,11 @@ class Op(enum.IntEnum):
     SHARED_DELETE = 64  # (dict, key)
     SHARED_KEYS = 65  # (dict, limit): the live keys
     DB_OPEN = 66  # (url or nil, opts): a database handle and its dialect, or nil, err; connects on first use
-    HTTP_REJECT = (
-        67  # (conn, status, why, out): log a malformed request, send `out` and the status' answer, close
-    )
+    HTTP_REJECT = 67  # (conn, status, why, answering): log a refused request, answer its status, close
+    KEEP = 68  # (conn, idle_timeout): into a keep-alive pool: no task owns it; closed when the peer closes
+    # it or after idle_timeout
+    OWN = 69  # (conn, task or nil): that task (nil: the running one) owns conn: it closes when the task ends
+    OPEN = 70  # (conn): true until the connection is closed (by either side, or with the task that owned it)
 
     @property
     def yields(self) -> bool:

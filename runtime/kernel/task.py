@@ -23,6 +23,12 @@ class Waitable(Protocol):
     def forget(self, task: Task) -> None: ...
 
 
+class Closable(Protocol):
+    """Something a task owns and that is closed when the task ends (an outgoing connection)."""
+
+    def close(self) -> None: ...
+
+
 class _Parked:
     __slots__ = ()
 
@@ -39,7 +45,7 @@ PARKED = _Parked()  # Task.waiting while the task sleeps in PARK
 class Extra:
     """What only spawned tasks and tasks with children need; kept apart so a connection stays small."""
 
-    __slots__ = ("children", "name", "on_end", "result", "stall", "watchers")
+    __slots__ = ("children", "name", "on_end", "owned", "result", "stall", "watchers")
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name
@@ -48,6 +54,7 @@ class Extra:
         self.watchers: list[Task] | None = None  # tasks parked until this one ends
         self.stall: bytes | None = None  # traceback recorded when the stall hook stopped it
         self.on_end: list[Callable[[], None]] = []  # cleanups when it ends (a transaction to roll back)
+        self.owned: dict[Closable, None] | None = None  # what closes when it ends (connections it opened)
 
 
 class Task:

@@ -29,7 +29,7 @@ from typing import Any, cast
 from runtime.config import Limits
 from runtime.kernel.core import SUSPEND, BadRequestError, Kernel, one_line
 from runtime.kernel.ops import Op
-from runtime.kernel.task import Task
+from runtime.kernel.task import Extra, Task
 from runtime.listeners import remove_stale_socket, shared_listener
 from runtime.lua.state import resume_thread
 from runtime.lua.values import from_plain, to_plain
@@ -151,9 +151,11 @@ class Connection(asyncio.Protocol):
         "handled",
         "label",
         "listener",
+        "owner",
         "parked",
         "pending",
         "pending_size",
+        "pooled",
         "read_deadline",
         "read_paused",
         "read_timeout",
@@ -195,6 +197,8 @@ class Connection(asyncio.Protocol):
         self.bytes_out = 0
         self.turn_bytes = 0  # input handed to the handler since it last waited (see "Fairness")
         self.parked = False  # (request workers) no worker holds it: the next bytes go to one
+        self.owner: Task | None = None  # (outgoing) the task it closes with; None while pooled
+        self.pooled = False  # (outgoing) idle in a keep-alive pool (see KEEP)
         self.handled = 0  # (request workers) requests answered
 
     # -- protocol callbacks ----------------------------------------------------------------------
@@ -423,6 +427,9 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
+        if self.pooled:  # an idle pooled connection the peer closed: no CLOSE-WAIT until its next use
+            self.close()
+            return True
         if self.parked:
             self.close()  # nothing more will come, and everything that came is answered
             return True
@@ -434,6 +441,7 @@ class Connection(asyncio.Protocol):
         self.closing = True
         self.eof = True
         self.svc.connections.pop(self, None)
+        self.disown()
         self._wake_reader(_CLOSED_REPLY)
         self._wake_writer(_CLOSED_REPLY)
 
@@ -548,6 +556,12 @@ class Connection(asyncio.Protocol):
             self._restore_write_limits()
 
     def on_deadline(self, now: float) -> None:
+        if self.pooled:
+            if self.read_deadline <= now:
+                self.close()  # idle in its pool past its idle timeout
+            else:
+                self.svc.deadlines.add(self, self.read_deadline)
+            return
         if self.parked:
             if self.read_deadline <= now:
                 self.close()  # idle past the keep-alive timeout
@@ -565,6 +579,27 @@ class Connection(asyncio.Protocol):
                 self.abort()  # the unsent bytes can never be delivered in order now
             else:
                 self.svc.deadlines.add(self, self.write_deadline)
+
+    # -- ownership (outgoing connections) -------------------------------------------------------------
+    def own(self, task: Task) -> None:
+        """``task`` owns this connection now: it closes when that task ends."""
+        self.disown()
+        self.owner = task
+        self.pooled = False
+        extra = task.extra
+        if extra is None:
+            task.extra = extra = Extra()
+        if extra.owned is None:
+            extra.owned = {}
+        extra.owned[self] = None
+
+    def disown(self) -> None:
+        owner = self.owner
+        if owner is not None:
+            self.owner = None
+            extra = owner.extra
+            if extra is not None and extra.owned is not None:
+                extra.owned.pop(self, None)
 
     def close(self) -> None:
         self.closing = True
@@ -661,6 +696,9 @@ class StreamService:
         kernel.register_call(Op.SETTIMEOUTS, self._settimeouts, Connection)
         kernel.register_call(Op.BUFFERED, self._buffered, Connection)
         kernel.register_call(Op.UNLISTEN, self._unlisten, Listener)
+        kernel.register_call(Op.KEEP, self._keep, Connection)
+        kernel.register_call(Op.OWN, self._own, Connection)
+        kernel.register_call(Op.OPEN, self._open, Connection)
 
     # -- yielding requests -----------------------------------------------------------------------
     @staticmethod
@@ -775,6 +813,8 @@ class StreamService:
         if task.co is None:  # the task ended while connecting
             conn.close()
             return
+        if task is not self.kernel.main:  # (the main chunk's connections serve the whole process)
+            conn.own(task)
         self.kernel.resume(task, conn)
 
     def _starttls(self, task: Task, conn: Connection, opts: object, _c: object) -> object:
@@ -895,6 +935,34 @@ class StreamService:
     def _reusable(self, conn: Connection, _a: object, _b: object) -> bool:
         transport = conn.transport
         return not (conn.closing or conn.eof or conn.pending or transport is None or transport.is_closing())
+
+    def _keep(self, conn: Connection, idle_timeout: object, _: object) -> object:
+        conn.disown()
+        conn.pooled = True
+        seconds = float(idle_timeout) if isinstance(idle_timeout, int | float) else 60.0
+        conn.read_deadline = deadline = self.time() + seconds
+        key = conn.deadline_key
+        if key == 0 or deadline < key * TICK:
+            self.deadlines.add(conn, deadline)
+        return True
+
+    @staticmethod
+    def _open(conn: Connection, _a: object, _b: object) -> object:
+        return not conn.closing and conn.transport is not None
+
+    def _own(self, conn: Connection, task: object, _: object) -> object:
+        owner = self.kernel.current if task is None else task
+        if not isinstance(owner, Task):
+            raise BadRequestError("OWN takes a task")
+        if owner is self.kernel.main:
+            conn.disown()  # (the main chunk's connections serve the whole process)
+            conn.pooled = False
+            return True
+        if owner.co is None:
+            conn.close()  # (handed to a task that has ended)
+            return True
+        conn.own(owner)
+        return True
 
     def _shutdown(self, conn: Connection, out: bytes | None, _: object) -> object:
         if not conn.send(out):

@@ -284,7 +284,7 @@ function Conn:close()
   call(CLOSE, self[PY], take(self))
   if self._counted then
     self._counted = false
-    M.release(self._key)
+    M.release(self._key, self)
   end
   return true
 end

@@ -34,6 +34,8 @@ local open = {}      -- key -> open connections (idle or in use), when bounded b
 local waiting = {}   -- key -> tasks waiting for a connection
 local handoff = {}   -- key -> sync.queue passing a connection (or `true`: room to open one) to a waiter
 
+local members = {}  -- key -> {conn = true}: the open connections counted in open[key]
+
 -- A bounded pool loses one open connection: give its room to a waiter, or free it.
 local function release_slot(key)
   if (waiting[key] or 0) > 0 then
@@ -42,7 +44,25 @@ local function release_slot(key)
     open[key] = open[key] - 1
   end
 end
-connection.release = release_slot
+connection.release = function(key, conn)
+  local set = members[key]
+  if set then set[conn] = nil end
+  release_slot(key)
+end
+
+-- Give back the room of counted connections the host has closed behind Lua's back (their owning task ended
+-- or was cancelled, so no Lua code closed them).
+local function prune(key)
+  local set = members[key]
+  if not set then return end
+  for conn in pairs(set) do
+    if not call(OP.OPEN, conn[PY]) then
+      set[conn] = nil
+      conn[CLOSED], conn._counted = true, false
+      release_slot(key)
+    end
+  end
+end
 
 ---@class moonlet.Listener
 ---@field host string
@@ -116,6 +136,7 @@ local function take_idle(key)
     local conn = entry.conn
     if entry.expires > now and call(OP.REUSABLE, conn[PY]) then
       conn._idle = false
+      call(OP.OWN, conn[PY]) -- it closes with the task that took it
       return conn
     end
     conn:close()
@@ -148,6 +169,7 @@ function M.connect(dest, port, opts)
   if conn then return conn end
   local size = opts.pool_size
   if size then
+    if (open[key] or 0) >= size then prune(key) end
     if (open[key] or 0) >= size then -- full: wait for a connection to come back, or for room
       local q = handoff[key]
       if q == nil then
@@ -161,7 +183,10 @@ function M.connect(dest, port, opts)
         got = q:get(0) -- (handed over just as we timed out)
         if got == nil then return nil, "busy" end
       end
-      if got ~= true then return got end -- a connection, handed over by setkeepalive
+      if got ~= true then -- a connection, handed over by setkeepalive
+        call(OP.OWN, got[PY])
+        return got
+      end
     else
       open[key] = (open[key] or 0) + 1
     end
@@ -173,6 +198,14 @@ function M.connect(dest, port, opts)
   end
   conn = new_conn(py, { line = host_limits.max_line, read = host_limits.max_read })
   conn._key, conn._counted = key, size ~= nil
+  if size then
+    local set = members[key]
+    if set == nil then
+      set = {}
+      members[key] = set
+    end
+    set[conn] = true
+  end
   return conn
 end
 
@@ -211,6 +244,7 @@ function Conn:setkeepalive(idle_timeout, size)
     return nil, "closed"
   end
   if self._counted and (waiting[self._key] or 0) > 0 then -- somebody waits for this destination: hand it over
+    call(OP.KEEP, self[PY], idle_timeout or DEFAULT_IDLE_TIMEOUT) -- (ours no longer; the waiter takes it)
     handoff[self._key]:put(self)
     return true
   end
@@ -224,8 +258,21 @@ function Conn:setkeepalive(idle_timeout, size)
     return true
   end
   self._idle = true
-  stack[#stack + 1] = { conn = self, expires = call(OP.MONOTONIC) + (idle_timeout or DEFAULT_IDLE_TIMEOUT) }
+  idle_timeout = idle_timeout or DEFAULT_IDLE_TIMEOUT
+  -- no task owns it now; the host closes it if the peer does, or once its idle time is up
+  call(OP.KEEP, self[PY], idle_timeout)
+  stack[#stack + 1] = { conn = self, expires = call(OP.MONOTONIC) + idle_timeout }
   return true
+end
+
+--- Hand this connection to another task: it then closes when `task` ends instead of when the task that
+--- opened it does (connections opened with `net.connect` belong to the task that opened them, or took them
+--- from a keep-alive pool).
+---@param task moonlet.Task
+function Conn:transfer(task)
+  if type(task) ~= "table" or task._py == nil then error("bad argument #1 to 'transfer' (task expected)", 2) end
+  if self[CLOSED] then return nil, "closed" end
+  return call(OP.OWN, self[PY], task._py)
 end
 
 --- The addresses of a host name, without blocking the server. Returns an array of address strings, or

@@ -201,7 +201,7 @@ function Client:subscribe(channels, opts)
   local max = opts and opts.max or 1000
   local queue = sync.queue()
   local sub = setmetatable({ _conn = conn, _queue = queue }, Subscription)
-  sub._task = task.spawn(function()
+  local reader = task.spawn(function()
     while true do
       local msg = read_reply(conn)
       if type(msg) ~= "table" then
@@ -213,7 +213,10 @@ function Client:subscribe(channels, opts)
         queue:put({ channel = msg[2], data = msg[3] })
       end
     end
-  end):detach()
+  end)
+  reader:detach()
+  sub._task = reader
+  conn:transfer(reader) -- the reader owns the connection: it closes when the reader ends
   return sub
 end
 
