@@ -576,7 +576,8 @@ class Connection(asyncio.Protocol):
         if self.writer is not None:
             if self.write_deadline <= now:
                 log.info("closing %s: the peer took no data for %.3gs", self.describe(), self.send_timeout)
-                self.abort()  # the unsent bytes can never be delivered in order now
+                self._wake_writer(_TIMEOUT_REPLY)  # the writer hears "timeout" ...
+                self.abort()  # ... and the connection closes: the unsent bytes can never arrive in order now
             else:
                 self.svc.deadlines.add(self, self.write_deadline)
 

@@ -161,8 +161,13 @@ stdlib_env.require = function(name)
   return load_module(name, STDLIB_PATH, stdlib_env)
 end
 
+-- `require "string"` and the other standard libraries the sandbox keeps give what the globals hold (pure-Lua
+-- modules written for plain Lua require them)
+local STANDARD_LIBRARIES = { string = true, table = true, math = true, utf8 = true, coroutine = true }
+
 app_env.require = function(name)
   check_module_name(name)
+  if STANDARD_LIBRARIES[name] then return rawget(app_env, name) end
   if is_private(name) then
     error("module '" .. name .. "' is private to the moonlet standard library", 2)
   end

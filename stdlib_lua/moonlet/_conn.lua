@@ -258,7 +258,9 @@ end
 ---@return string? err
 function Conn:flush()
   if self[CLOSED] then return nil, "closed" end
-  return request(SEND, self[PY], take(self))
+  local ok, err = request(SEND, self[PY], take(self))
+  if not ok and err ~= "busy" then self[CLOSED] = true end -- (closed by the host: every later call says so)
+  return ok, err
 end
 
 --- Write, then wait until every byte has been handed to the operating system.
@@ -272,7 +274,9 @@ function Conn:writen(...)
     if not ok then return nil, err end
   end
   if self[CLOSED] then return nil, "closed" end
-  return request(SENDALL, self[PY], take(self))
+  local ok, err = request(SENDALL, self[PY], take(self))
+  if not ok and err ~= "busy" then self[CLOSED] = true end
+  return ok, err
 end
 
 --- Send what is buffered, then close. Other coroutines waiting on this connection get nil, "closed".

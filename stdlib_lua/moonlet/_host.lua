@@ -164,6 +164,9 @@ end
 -- the coroutine library apps see
 
 local function create(fn)
+  if type(fn) ~= "function" then
+    error("bad argument #1 to 'create' (function expected, got " .. type(fn) .. ")", 2)
+  end
   local co = raw_create(fn)
   app_cos[co] = true
   guard(co)
@@ -175,6 +178,9 @@ end
 local waiting_host = setmetatable({}, { __mode = "k" })
 
 local function resume(co, ...)
+  if type(co) ~= "thread" then
+    error("bad argument #1 to 'resume' (coroutine expected, got " .. type(co) .. ")", 2)
+  end
   if not app_cos[co] then -- a task's own coroutine: the kernel's alone
     return false, "cannot resume a coroutine the app did not create"
   elseif waiting_host[co] then
@@ -202,11 +208,22 @@ local function resume(co, ...)
 end
 
 local function wrap(fn)
+  if type(fn) ~= "function" then
+    error("bad argument #1 to 'wrap' (function expected, got " .. type(fn) .. ")", 2)
+  end
   local co = create(fn)
   return function(...)
     local r = pack(resume(co, ...))
     if r[1] then return unpack(r, 2, r.n) end
-    error(r[2], 0)
+    -- as Lua's own wrap: a coroutine that failed is closed (its to-be-closed variables are closed), and
+    -- the error goes on as it was raised
+    local err = r[2]
+    if privileged.coroutine.status(co) == "dead" then
+      local _, closing_err = privileged.coroutine.close(co)
+      if closing_err ~= nil then err = closing_err end
+    end
+    if type(err) == "string" then error(err, 2) end -- (with the caller's position in front, as Lua's wrap)
+    error(err, 0)
   end
 end
 

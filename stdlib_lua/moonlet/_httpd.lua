@@ -375,7 +375,7 @@ end
 
 --- Send a piece of the body now (the response is chunked unless a content-length header was set). Waits
 --- while more than the high-water mark (64 KiB) of output is unsent, as `conn:write` does; a peer that takes
---- nothing for `send_timeout` is dropped (nil, "closed").
+--- nothing for `send_timeout` is dropped (nil, "timeout"; then nil, "closed" for every later call).
 ---@async
 ---@param chunk string|number
 ---@return true? ok

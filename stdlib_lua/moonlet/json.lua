@@ -46,7 +46,17 @@ local function encode(v, out, seen)
   elseif tv == "boolean" then out[#out + 1] = v and "true" or "false"
   elseif tv == "number" then
     if v ~= v or v == huge or v == -huge then error("json: cannot encode " .. tostring(v), 0) end
-    out[#out + 1] = mtype(v) == "integer" and tostring(v) or format("%.17g", v)
+    if mtype(v) == "integer" then
+      out[#out + 1] = tostring(v)
+    else -- the shortest of 15, 16, 17 significant digits that reads back as the same number (0.1, not
+      -- 0.10000000000000001)
+      local text = format("%.15g", v)
+      if tonumber(text) ~= v then
+        text = format("%.16g", v)
+        if tonumber(text) ~= v then text = format("%.17g", v) end
+      end
+      out[#out + 1] = text
+    end
   elseif tv == "string" then out[#out + 1] = escape(v)
   elseif tv == "table" then
     if seen[v] then error("json: cannot encode a cycle", 0) end

@@ -13,7 +13,8 @@ local M = {}
 ---@return true
 function M.sleep(seconds)
   if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 then
-    error("bad argument #1 to 'sleep' (non-negative number expected, got " .. type(seconds) .. ")", 2)
+    error("bad argument #1 to 'sleep' (non-negative number expected, got "
+      .. (type(seconds) == "number" and tostring(seconds) or type(seconds)) .. ")", 2)
   end
   return request(OP.SLEEP, seconds)
 end

@@ -1,0 +1,64 @@
+"""Lua behaves like Lua inside moonlet (what the sandbox keeps), and the stdlib's errors say what they got."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import run_script
+
+SCRIPT = """
+local json, net = require "moonlet.json", require "moonlet.net"
+local out = {}
+local function say(...) out[#out + 1] = table.concat({ ... }, " ") end
+
+-- the standard libraries the sandbox keeps can be required, as pure-Lua modules expect
+say("require", tostring(require "string" == string), tostring(require "table" == table),
+  tostring(require "math" == math), tostring(require "utf8" == utf8),
+  tostring(require "coroutine" == coroutine))
+
+-- coroutine.wrap: a failing coroutine is closed (its to-be-closed variables too), the error keeps its origin
+-- and gains the caller's position
+local closed = false
+local f = coroutine.wrap(function()
+  local guard <close> = setmetatable({}, { __close = function() closed = true end })
+  error("inner failure")
+end)
+local ok, err = pcall(function() local r = f() return r end)  -- (called from Lua: Lua's wrap adds where)
+say("wrap", tostring(ok), tostring(closed),
+  tostring(err:match("script%.lua:%d+: .-script%.lua:%d+: inner failure$") ~= nil))
+say("create", select(2, pcall(coroutine.create, 42)))
+say("resume", select(2, pcall(coroutine.resume, "x")))
+
+-- argument errors name what they got
+say("sleep", select(2, pcall(sleep, -1)))
+
+-- numbers in JSON: the shortest text that reads back the same
+say("json", json.encode(0.1), json.encode(1 / 3), json.encode(1e300), json.encode(2 ^ 53))
+
+-- a send timeout says "timeout", and the connection stays closed for every later call
+local l = assert(net.listen { port = 0, handler = function() sleep(1) end })   -- never reads
+local c = assert(net.connect("127.0.0.1", l.port))
+c:settimeouts(nil, 0.2, nil)
+local piece = string.rep("x", 65536)
+local first
+for _ = 1, 1000 do
+  local okw, e = c:write(piece)
+  if not okw then first = e break end
+end
+say("send", tostring(first), select(2, c:write("more")), select(2, c:flush()))
+l:close()
+print(table.concat(out, "\\n"))
+"""
+
+
+def test_lua_semantics_inside_moonlet(tmp_path: Path) -> None:
+    done = run_script(tmp_path, SCRIPT, timeout=30)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    lines = done.stdout.decode().splitlines()
+    assert lines[0] == "require true true true true true"
+    assert lines[1] == "wrap false true true", lines[1]
+    assert lines[2] == "create bad argument #1 to 'create' (function expected, got number)"
+    assert "bad argument #1 to 'resume' (coroutine expected, got string)" in lines[3]
+    assert lines[4] == "sleep bad argument #1 to 'sleep' (non-negative number expected, got -1)", lines[4]
+    assert lines[5] == "json 0.1 0.3333333333333333 1e+300 9007199254740992", lines[5]
+    assert lines[6] == "send timeout closed closed", lines[6]
