@@ -47,6 +47,25 @@ for _ = 1, 1000 do
 end
 say("send", tostring(first), select(2, c:write("more")), select(2, c:flush()))
 l:close()
+
+-- flags read alike whichever way they are written
+local args = require "moonlet.args"
+local a = args.parse({ "--verbose", "false", "x" }, { verbose = true })
+local b = args.parse({ "--verbose=false" }, { verbose = true })
+local d = args.parse({ "--no-verbose" }, { verbose = true })
+local _, bad = pcall(args.parse, { "--verbose=maybe" }, { verbose = true })
+say("flags", tostring(a.verbose), tostring(a[1]), tostring(b.verbose), tostring(d.verbose),
+  tostring(bad:match("a flag: true or false") ~= nil))
+
+-- I/O timeouts fire on time (to a few milliseconds), like sleep
+local l2 = assert(net.listen { port = 0, handler = function(conn) sleep(0.5) end })
+local c2 = assert(net.connect("127.0.0.1", l2.port))
+c2:settimeouts(nil, nil, 0.01)
+local time = require "moonlet.time"
+local t0 = time.monotonic()
+local line, why = c2:readline()
+say("readtimeout", tostring(line), why, tostring(time.monotonic() - t0 < 0.03))
+l2:close()
 print(table.concat(out, "\\n"))
 """
 
@@ -62,3 +81,5 @@ def test_lua_semantics_inside_moonlet(tmp_path: Path) -> None:
     assert lines[4] == "sleep bad argument #1 to 'sleep' (non-negative number expected, got -1)", lines[4]
     assert lines[5] == "json 0.1 0.3333333333333333 1e+300 9007199254740992", lines[5]
     assert lines[6] == "send timeout closed closed", lines[6]
+    assert lines[7] == "flags false x false false true", lines[7]
+    assert lines[8] == "readtimeout nil timeout true", lines[8]

@@ -29,7 +29,7 @@ from runtime.lua.state import LuaFunction
 
 log = logging.getLogger("moonlet")
 
-TICK = 0.05  # seconds between the buckets of the deadline wheel
+TICK = 0.005  # seconds between the buckets of the deadline wheel: an I/O timeout fires at most this late
 
 
 class HasDeadline(Protocol):

@@ -14,7 +14,8 @@ end
 
 --- Parse `--name value`, `--name=value` and `--flag` from `argv` (normally the global `arg`).
 --- `defaults` names every accepted option and gives its type: a number option must be given a number, a
---- boolean option is a flag (`--no-name` turns it off). Dashes in names become underscores. Words that are
+--- boolean option is a flag (`--name`, `--name=false`, `--name false`;
+--- `--no-name` turns it off). Dashes in names become underscores. Words that are
 --- not options are returned in order as the array part of the result. Never yields.
 --- Raises a clear error for an unknown option or a bad value.
 ---@param argv string[]
@@ -42,8 +43,20 @@ function M.parse(argv, defaults)
       if default == nil then
         error("unknown option --" .. name .. " (options: " .. known(defaults) .. ")", 2)
       elseif type(default) == "boolean" then
-        if value ~= nil then error("option --" .. name .. " takes no value", 2) end
-        result[key] = not negated
+        -- `--flag`, `--flag=true|false` and `--flag true|false` (the word after it, when it is one of those)
+        if value == nil and (argv[i + 1] == "true" or argv[i + 1] == "false") then
+          i = i + 1
+          value = argv[i]
+        end
+        local on = true
+        if value ~= nil then
+          if value ~= "true" and value ~= "false" then
+            error("option --" .. name .. " is a flag: true or false, got '" .. tostring(value) .. "'", 2)
+          end
+          on = value == "true"
+        end
+        if negated then on = not on end
+        result[key] = on
       else
         if value == nil then
           i = i + 1
