@@ -125,16 +125,18 @@ def test_two_cpu_jobs_use_two_cores(tmp_path: Path) -> None:
         local time = require "moonlet.time"
         local N = 20000000
         pool.run("heavy", "spin", 1000)   -- warm the thread's Lua state
-        local t0 = time.monotonic()
-        pool.run("heavy", "spin", N)
-        local one = time.monotonic() - t0
-        local two = math.huge
-        for _ = 1, 3 do -- the best of three tries: this machine may be shared
+        local best_one, best_two, best = 0, 0, math.huge
+        for _ = 1, 5 do -- one job, then two at once, side by side: the best ratio of five (a shared machine)
+          local t0 = time.monotonic()
+          pool.run("heavy", "spin", N)
+          local one = time.monotonic() - t0
           t0 = time.monotonic()
           task.wait_all({ spawn(pool.run, "heavy", "spin", N), spawn(pool.run, "heavy", "spin", N) })
-          two = math.min(two, time.monotonic() - t0)
+          local two = time.monotonic() - t0
+          if two / one < best then best_one, best_two, best = one, two, two / one end
+          if best < 1.4 then break end
         end
-        print(string.format("%.3f %.3f", one, two))
+        print(string.format("%.3f %.3f", best_one, best_two))
         """,
     )
     one, two = map(float, out[0].split())
