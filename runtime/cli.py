@@ -141,6 +141,13 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("paths", nargs="*", metavar="PATH", help="test files or directories (default .)")
     test.add_argument("-k", "--filter", metavar="TEXT", help="run only tests whose full name contains TEXT")
     test.add_argument("-v", "--verbose", action="store_true", help="a line for every test")
+    test.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another directory to find Lua modules in (after the test file's own and its lib/; repeatable)",
+    )
     test.add_argument("--one", metavar="FILE", help=argparse.SUPPRESS)
 
     bench = commands.add_parser(
@@ -166,9 +173,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_module_path(dirs: list[str]) -> None:
+    """--path: an environment variable, so that workers, test processes and pool threads see it too."""
+    if dirs:
+        os.environ["MOONLET_PATH"] = os.pathsep.join([*dirs, os.environ.get("MOONLET_PATH", "")]).strip(
+            os.pathsep
+        )
+
+
 def _test(ns: argparse.Namespace) -> int:
     from runtime import logs, testrunner
     from runtime.host import Host
+
+    _add_module_path(ns.path)
 
     if ns.one:  # one file, in this process: report each test on standard output
         logs.setup("warning", False)
@@ -277,10 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return console.main(ns.target, ns.eval, ns.token)
     logs.setup(ns.log_level, ns.log_json)
-    if ns.path:  # (an environment variable, so that workers and pool threads see it too)
-        os.environ["MOONLET_PATH"] = os.pathsep.join([*ns.path, os.environ.get("MOONLET_PATH", "")]).strip(
-            os.pathsep
-        )
+    _add_module_path(ns.path)
     workers = (
         (os.cpu_count() or 1) if ns.workers == "auto" else int(ns.workers) if ns.workers.isdigit() else 0
     )

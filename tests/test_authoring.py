@@ -102,3 +102,26 @@ def test_every_public_stdlib_function_is_annotated_and_in_the_reference(module: 
             missing_ref.append(f"{owner}{sep}{name}")
     assert missing_doc == [], f"{module}: no --- annotation above {missing_doc}"
     assert missing_ref == [], f"{module}: not in docs/reference.md: {missing_ref}"
+
+
+def test_a_failing_task_started_by_a_test_fails_it_and_path_finds_modules(tmp_path: Path) -> None:
+    lib = tmp_path / "elsewhere"
+    lib.mkdir()
+    (lib / "helper.lua").write_text("return { answer = 42 }\n")
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "tasks_test.lua").write_text(
+        """
+local t = require "moonlet.testing"
+local helper = require "helper"   -- found through --path
+t.it("uses a module from --path", function() t.expect(helper.answer).to_be(42) end)
+t.it("starts a task that fails", function()
+  spawn(function() error("the background task broke") end)
+end)
+t.it("starts a task that succeeds", function() spawn(function() return 1 end) end)
+"""
+    )
+    out = moonlet("test", "--path", str(lib), str(tests))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "a task it started failed" in out.stdout and "the background task broke" in out.stdout
+    assert re.search(r"2 passed, 1 failed, 0 skipped in 1 file", out.stdout), out.stdout

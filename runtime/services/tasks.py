@@ -53,6 +53,8 @@ class TaskService:
         self._run = -1  # Kernel.resumes when the stall check last saw a new run
         self._run_since = 0.0
         self.guard: StallGuard | None = None  # set by the host when the budget is on and arming works
+        self.failures = 0  # spawned tasks that failed with nobody waiting for them (moonlet test reads it)
+        self.last_failure = ""
         kernel.register(Op.PARK, self._park)
         kernel.register(Op.JOIN, self._join)
         kernel.register_call(Op.SPAWN, self._spawn)
@@ -65,6 +67,7 @@ class TaskService:
         kernel.register_call(Op.UNWATCH, self._unwatch)
         kernel.register_call(Op.STALL_CHECK, self._stall_check)
         kernel.register_call(Op.STALLED, self._stalled)
+        kernel.register_call(Op.TASK_FAILURES, lambda a, b, c: (self.failures, self.last_failure.encode()))
 
     # -- owner of spawned tasks ------------------------------------------------------------------
     def describe(self) -> str:
@@ -76,7 +79,9 @@ class TaskService:
         extra = task.extra
         if extra is not None and extra.stall is None and extra.watchers:
             return  # somebody is waiting: wait() returns the error to them
-        log.error("%s failed: %s", task.describe(), one_line(error))
+        self.failures += 1
+        self.last_failure = f"{task.describe()} failed: {one_line(error)}"
+        log.error("%s", self.last_failure)
 
     # -- requests --------------------------------------------------------------------------------
     def _spawn(self, job: object, where: object, _c: object) -> Task:

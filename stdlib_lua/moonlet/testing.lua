@@ -22,6 +22,7 @@
 -- @module moonlet.testing
 local host = require "moonlet._host"
 local task = require "moonlet.task"
+local sleep = require("moonlet.time").sleep
 local call, OP = host.call, host.OP
 local type, error, pairs, tostring, format, concat, sort = type, error, pairs, tostring, string.format,
   table.concat, table.sort
@@ -150,6 +151,7 @@ local function run_test(group, test, filter, counts)
     call(OP.REPORT, "test", { name = name, status = "skipped" })
     return
   end
+  local failures_before = call(OP.TASK_FAILURES)
   local t = task.spawn(function()
     for _, fn in ipairs(chain(group, "before", {})) do fn() end
     local ok, err = pcall(test.body)
@@ -161,6 +163,14 @@ local function run_test(group, test, filter, counts)
   if ok == nil then
     t:cancel()
     err = "timed out after " .. test.timeout .. "s"
+  end
+  -- a task the test started that failed (and nobody waited for) fails the test too: give the ones it
+  -- started just before returning their first turn, then ask
+  sleep(0)
+  sleep(0)
+  local failures_after, last = call(OP.TASK_FAILURES)
+  if ok and failures_after > failures_before then
+    ok, err = false, "a task it started failed: " .. tostring(last)
   end
   if ok then
     counts.passed = counts.passed + 1
