@@ -87,8 +87,8 @@ def test_backslash_commands(lua_server, tmp_path: Path) -> None:  # type: ignore
     conns = repl(server, "-e", "\\connections").stdout
     assert "reading" in conns and "in 3B out 3B" in conns
     tasks = repl(server, "-e", "\\tasks").stdout
-    assert "task spawned at" not in tasks or "sleep" in tasks
-    assert "connection" in tasks
+    assert "task spawned at" not in tasks or "sleeping" in tasks
+    assert "waiting to read from connection 127.0.0.1:" in tasks, tasks  # (in the app's terms)
     stats = repl(server, "-e", "\\stats").stdout
     assert "lua_memory_bytes" in stats and "worst_loop_lag_ms" in stats
     assert "cpu:" in repl(server, "-e", "\\pools").stdout

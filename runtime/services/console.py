@@ -62,6 +62,25 @@ def runtime_dir() -> Path:
     return path
 
 
+def waiting_on(task: Task) -> str:
+    """What a task waits for, in the app's terms (for \\tasks)."""
+    waiting = task.waiting
+    if waiting is None:
+        return "sleeping or waiting with a timeout" if task.timer is not None else "running or ready to run"
+    kind = type(waiting).__name__
+    if kind == "Connection":
+        conn: Any = waiting
+        doing = "to read from" if conn.reader is task else "for the peer to take output on"
+        return f"waiting {doing} {conn.describe()}"
+    if kind == "_Parked":
+        return "waiting on a queue, semaphore, event, lock or task (task.wait, sync.*)"
+    if kind == "RequestWorkers":
+        return "an idle http worker, waiting for a connection with bytes"
+    if kind == "Datagrams":
+        return "waiting for a datagram"
+    return f"waiting on {kind}"
+
+
 def remove_console_files(pid: int) -> None:
     """The console files of process ``pid`` (its socket, info and token), which a process killed outright
     leaves behind (the supervisor removes its workers')."""
@@ -410,12 +429,7 @@ class ConsoleService:
         assert self.services is not None
         rows = []
         for task in list(self.kernel.tasks):
-            waiting = (
-                type(task.waiting).__name__
-                if task.waiting is not None
-                else ("sleep" if task.timer is not None else "ready/running")
-            )
-            rows.append(f"{id(task):x}  {task.describe()}  waiting on {waiting}")
+            rows.append(f"{id(task):x}  {task.describe()}  {waiting_on(task)}")
         for timer in list(self.services.timers.active.values()):
             rows.append(f"timer  {timer.describe()}  next in {timer.when - self.loop.time():.2f}s")
         session.send({"text": "\n".join(rows) or "no tasks"})
