@@ -59,6 +59,14 @@ RequestHandler = Callable[[Task, Any, Any, Any], object]
 CallHandler = Callable[[Any, Any, Any], object]
 
 
+def bad_request(op: object, handler: object, handle: type | None, a: object) -> BadRequestError:
+    """The error for a request or call with an unknown op, or a first argument of the wrong type."""
+    if handler is None:
+        return BadRequestError(f"unknown host request {op!r}")
+    assert handle is not None
+    return BadRequestError(f"{Op(op).name} takes a {handle.__name__}, not {type(a).__name__}")  # type: ignore[arg-type]
+
+
 def one_line(traceback: bytes | str | None) -> str:
     """A Lua error and its traceback as one readable log line."""
     if traceback is None:
@@ -189,10 +197,8 @@ class Kernel:
                 handler, handle = handlers[op], handles[op]
             except (IndexError, TypeError):
                 handler = handle = None
-            if handler is None:
-                raise BadRequestError(f"unknown host request {op!r}")
-            if handle is not None and type(a) is not handle:
-                raise BadRequestError(f"{Op(op).name} takes a {handle.__name__}, not {type(a).__name__}")
+            if handler is None or (handle is not None and type(a) is not handle):
+                raise bad_request(op, handler, handle, a)
             value = handler(task, a, b, c)
             if value is SUSPEND:
                 return
@@ -253,10 +259,8 @@ class Kernel:
             handler, handle = self._calls[op], self._handles[op]
         except (IndexError, TypeError):
             handler = handle = None
-        if handler is None:
-            raise BadRequestError(f"unknown host call {op!r}")
-        if handle is not None and type(a) is not handle:
-            raise BadRequestError(f"{Op(op).name} takes a {handle.__name__}, not {type(a).__name__}")
+        if handler is None or (handle is not None and type(a) is not handle):
+            raise bad_request(op, handler, handle, a)
         if d is None:
             return handler(a, b, c)
         return handler(a, b, c, d)  # type: ignore[call-arg]

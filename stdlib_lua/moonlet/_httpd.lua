@@ -178,6 +178,16 @@ local function more(req, conn)
   return ok, err
 end
 
+-- Up to req._left bytes of the body from the buffer (some are there): the piece, and whether it was the last
+-- of what req._left counted (the body for Content-Length, the chunk's data for chunked).
+local function take_piece(req, conn, buf, pos, have)
+  local left = req._left
+  local n = have < left and have or left
+  conn[POS] = pos + n
+  req._left = left - n
+  return sub(buf, pos, pos + n - 1), n == left
+end
+
 -- The next piece of a chunked body (states: 0 a chunk-size line, 1 chunk data, 2 the CRLF after it, 3 a
 -- trailer line or the empty line that ends the body).
 local function read_chunked(req, conn)
@@ -187,13 +197,9 @@ local function read_chunked(req, conn)
     local state, advanced = req._state, false
     if state == 1 then
       if have > 0 then
-        local left = req._left
-        local n = have < left and have or left
-        conn[POS] = pos + n
-        left = left - n
-        req._left = left
-        if left == 0 then req._state = 2 end
-        return sub(buf, pos, pos + n - 1)
+        local piece, done = take_piece(req, conn, buf, pos, have)
+        if done then req._state = 2 end
+        return piece
       end
     elseif state == 2 then
       local b = byte(buf, pos)
@@ -269,13 +275,9 @@ function Request:read()
     local buf, pos = conn[BUF], conn[POS]
     local have = #buf - pos + 1
     if have > 0 then
-      local left = self._left
-      local n = have < left and have or left
-      conn[POS] = pos + n
-      left = left - n
-      self._left = left
-      if left == 0 then self._ended = true end
-      return sub(buf, pos, pos + n - 1)
+      local piece, done = take_piece(self, conn, buf, pos, have)
+      if done then self._ended = true end
+      return piece
     end
     local ok, err = more(self, conn)
     if not ok then return nil, err end
