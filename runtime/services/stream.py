@@ -326,6 +326,11 @@ class Connection(asyncio.Protocol):
         if key == 0 or deadline < key * TICK:
             svc.deadlines.add(self, deadline)
 
+    def next_is_last(self) -> bool:
+        """(request workers) The next answer on this connection is its last: max_requests, or draining."""
+        workers = self.listener.workers  # type: ignore[union-attr]
+        return self.svc.draining or self.handled + 1 >= workers.max_requests  # type: ignore[union-attr]
+
     def unpark(self) -> None:
         """Bytes have arrived for a parked connection: hand them to a waiting worker, or to a new one."""
         if self.write_paused:
@@ -336,7 +341,7 @@ class Connection(asyncio.Protocol):
         workers = listener.workers
         svc = self.svc
         self.turn_bytes = 0
-        reply = (self, self.take_pending(), svc.draining or self.handled + 1 >= workers.max_requests)
+        reply = (self, self.take_pending(), self.next_is_last())
         idle = workers.idle
         if idle:
             task = idle.pop()
@@ -379,7 +384,8 @@ class Connection(asyncio.Protocol):
         kernel.resumes += 1
         kernel.current = task
         try:
-            req = resume_thread(co, (self, data, svc.draining or self.handled + 1 >= workers.max_requests))
+            last = svc.draining or self.handled + 1 >= workers.max_requests  # (next_is_last, inline)
+            req = resume_thread(co, (self, data, last))
             if (
                 type(req) is not tuple
                 or len(req) != 4
@@ -392,11 +398,11 @@ class Connection(asyncio.Protocol):
             ):
                 kernel.serve(task, req)
                 return
-            if req[3]:  # a request was answered: the tasks its handler started (and did not detach) end
+            if req[3]:  # a request was answered (request_done, without a call when it has no children)
                 self.handled += 1
                 extra = task.extra
                 if extra is not None and extra.children:
-                    kernel.end_children(task, b"cancelled: the request that started it ended")
+                    svc.request_done(task, self, counted=True)
             out = req[2]
             if out:
                 self.transport.write(out)
@@ -406,20 +412,14 @@ class Connection(asyncio.Protocol):
                     return
             worker.conn = None
             self.task = None
+            # park(), inline on this path
             self.parked = True
-            now = svc.time()
-            self.read_deadline = deadline = now + workers.keepalive_timeout
+            self.read_deadline = deadline = svc.time() + workers.keepalive_timeout
             key = self.deadline_key
             if key == 0 or deadline < key * TICK:  # (else the wheel's reminder comes first: it re-checks)
                 svc.deadlines.add(self, deadline)
-            if len(idle) < MAX_IDLE_WORKERS:
-                idle.append(task)
-                task.waiting = workers
-                worker.since = now
-                if workers.sweep is None:
-                    workers.sweep = svc.loop.call_later(IDLE_WORKER_TTL, svc._sweep, workers)
-            else:
-                kernel.resume(task, None)  # (not from inside its own run: resume_thread has returned)
+            if not svc.rest(task, worker):
+                kernel.resume(task, None)  # it ends (not from inside its own run: resume_thread has returned)
         except Exception as e:
             kernel.failed(task, e)
         finally:
@@ -873,7 +873,7 @@ class StreamService:
         if not isinstance(worker, Worker) or worker.conn is not conn:
             raise BadRequestError("IDLE from a task that is not serving that connection")
         if served:
-            self._request_done(task, conn)
+            self.request_done(task, conn)
         if out:
             conn.send(out)
         worker.conn = None
@@ -888,21 +888,21 @@ class StreamService:
                     worker.conn = conn
                     conn.task = task
                     conn.turn_bytes = 0
-                    workers = worker.workers
-                    return (
-                        conn,
-                        conn.take_pending(),
-                        self.draining or conn.handled + 1 >= workers.max_requests,
-                    )
+                    return (conn, conn.take_pending(), conn.next_is_last())
+        return SUSPEND if self.rest(task, worker) else None  # (None: the worker ends)
+
+    def rest(self, task: Task, worker: Worker) -> bool:
+        """A request worker without a connection waits for the next one; False if it is not needed (the
+        listener closed, the server drains, or enough wait already): it should end."""
         workers = worker.workers
         if self.draining or workers.closed or len(workers.idle) >= MAX_IDLE_WORKERS:
-            return None  # the worker ends
+            return False
         workers.idle.append(task)
         task.waiting = workers
         worker.since = self.time()
         if workers.sweep is None:
             workers.sweep = self.loop.call_later(IDLE_WORKER_TTL, self._sweep, workers)
-        return SUSPEND
+        return True
 
     def _sweep(self, workers: RequestWorkers) -> None:
         """End the workers that have waited ``IDLE_WORKER_TTL`` for a connection."""
@@ -924,11 +924,12 @@ class StreamService:
         task = self.kernel.current
         assert task is not None and conn.listener is not None and conn.listener.workers is not None
         if served:
-            self._request_done(task, conn)
-        return self.draining or conn.handled + 1 >= conn.listener.workers.max_requests
+            self.request_done(task, conn)
+        return conn.next_is_last()
 
-    def _request_done(self, task: Task, conn: Connection) -> None:
-        conn.handled += 1
+    def request_done(self, task: Task, conn: Connection, counted: bool = False) -> None:
+        if not counted:
+            conn.handled += 1
         # the tasks the request's handler started (and did not detach) end with it
         self.kernel.end_children(task, b"cancelled: the request that started it ended")
 
