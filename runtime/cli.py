@@ -190,7 +190,8 @@ def _test(ns: argparse.Namespace) -> int:
     if ns.one:  # one file, in this process: report each test on standard output
         logs.setup("warning", False)
         try:
-            return Host(ns.one, [], engine=("moonlet.testing", {"filter": ns.filter}), console=False).run()
+            engine = ("moonlet.testing", {"filter": ns.filter})
+            return Host(ns.one, [], engine=engine, console=False, virtual_time=True).run()
         except MoonletError as e:
             print(f"moonlet: {e}", file=sys.stderr)
             return 1

@@ -43,6 +43,7 @@ from runtime.services.shared import SharedService
 from runtime.services.stream import StreamService
 from runtime.services.system import SystemService
 from runtime.services.tasks import StallGuard, TaskService
+from runtime.virtualtime import VirtualTimeLoop, wall_clock
 
 log = logging.getLogger("moonlet")
 
@@ -80,6 +81,16 @@ class Services:
     http: HttpService
     shared: SharedService
 
+    def in_flight(self) -> bool:
+        """Work a task waits for runs outside the loop (a pool job, a query, a connect or listen)."""
+        return any(pool.pending for pool in self.pools.pools.values()) or bool(
+            self.db.background.jobs or self.stream.background.jobs or self.udp.background.jobs
+        )
+
+    def waits_on_io(self) -> bool:
+        """A task waits for a peer in another process (on a connection), or for a datagram."""
+        return self.stream.waits_on_another_process() or any(s.reader is not None for s in self.udp.sockets)
+
 
 def wire_services(
     kernel: Kernel,
@@ -100,7 +111,7 @@ def wire_services(
         db=DatabaseService(kernel, loop, limits, default_database(limits, app)),
         udp=DatagramService(kernel, loop),
         http=HttpService(kernel, stream),
-        shared=SharedService(kernel),
+        shared=SharedService(kernel, wall_clock(loop)),
     )
     capacity = ConnectionCapacity(loop, limits.max_connections)  # (HTTP connections are stream connections)
     capacity.count(stream.connections)
@@ -123,8 +134,10 @@ class Host:
         engine: tuple[str, dict[str, float | int | str | None]] | None = None,
         console: bool = True,
         console_tcp: int | None = None,
+        virtual_time: bool = False,
     ) -> None:
         self.console_tcp = console_tcp
+        self.virtual_time = virtual_time  # run on the loop whose clock tests can make jump (moonlet test)
         self.console_wanted = console
         self.app_path = app_path
         self.pools = pools
@@ -147,7 +160,8 @@ class Host:
         raise_file_limit()
         if not Path(self.app_path).is_file():
             raise AppLoadError(f"no such app file: {self.app_path}")
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        factory = VirtualTimeLoop if self.virtual_time else uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(self._serve())
         return self.exit_code
 
@@ -159,6 +173,9 @@ class Host:
         self.stream, self.timers, tasks = services.stream, services.timers, services.tasks
         self.udp = services.udp
         timers = services.timers
+        if isinstance(loop, VirtualTimeLoop):
+            loop.in_flight = services.in_flight
+            loop.waits_on_io = services.waits_on_io
 
         def running() -> str | None:  # (asked from the lag monitor's watchdog thread)
             task = kernel.current

@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,134 @@ t.it("starts a task that succeeds", function() spawn(function() return 1 end) en
     assert out.returncode == 1, out.stdout + out.stderr
     assert "a task it started failed" in out.stdout and "the background task broke" in out.stdout
     assert re.search(r"2 passed, 1 failed, 0 skipped in 1 file", out.stdout), out.stdout
+
+
+VIRTUAL_TIME_TESTS = """
+local t = require "moonlet.testing"
+local net = require "moonlet.net"
+local time = require "moonlet.time"
+local pool = require "moonlet.pool"
+local sync = require "moonlet.sync"
+local task = require "moonlet.task"
+local it, expect = t.it, t.expect
+
+t.describe("in virtual time", function()
+  it("an hour of sleeps moves both clocks an hour", function()
+    local m0, w0 = time.monotonic(), time.now()
+    local d = require("moonlet.shared").dict("virtual")
+    d:set("brief", "x", 60)
+    for _ = 1, 3600 do sleep(1) end
+    expect(time.monotonic() - m0 >= 3600).to_be(true)
+    expect(time.now() - w0 >= 3600).to_be(true)
+    expect(d:get("brief")).to_be_nil()
+  end)
+
+  it("timers, sleeps and waits keep their order", function()
+    local seen = {}
+    local every = time.every(1, function() seen[#seen + 1] = "tick" end)
+    time.after(2.5, function() seen[#seen + 1] = "after 2.5" end)
+    local slow = spawn(function() sleep(100) end)
+    expect(select(2, slow:wait(1.5))).to_be("timeout")
+    seen[#seen + 1] = "waited 1.5"
+    sleep(2)
+    every:cancel()
+    slow:cancel()
+    expect(seen).to_equal({ "tick", "waited 1.5", "tick", "after 2.5", "tick" })
+  end)
+
+  it("a 30 s read timeout on a real socket", function()
+    local server = net.listen { host = "127.0.0.1", port = 0, handler = function(c) c:readline() end }
+    local c = assert(net.connect("127.0.0.1", server.port))
+    c:settimeouts(nil, nil, 30)
+    local m0 = time.monotonic()
+    local line, err = c:readline()
+    expect(line).to_be_nil()
+    expect(err).to_be("timeout")
+    expect(time.monotonic() - m0 >= 30).to_be(true)
+    server:close()
+  end)
+
+  it("a conversation with a server in the same process", function()
+    local server = net.listen { host = "127.0.0.1", port = 0, handler = function(c)
+      local line = c:readline()
+      sleep(10)
+      c:write(line:upper(), "\\n")
+    end }
+    local c = assert(net.connect("127.0.0.1", server.port))
+    c:settimeouts(nil, nil, 60)
+    local m0 = time.monotonic()
+    c:write("hello\\n")
+    expect(c:readline()).to_be("HELLO")
+    local took = time.monotonic() - m0
+    expect(took >= 10 and took < 60).to_be(true)
+    server:close()
+  end)
+
+  it("a peer in another process is heard before the clock jumps", function()
+    local ticker = spawn(function() while true do sleep(0.5) end end)
+    local c = assert(net.connect("127.0.0.1", EXTERNAL_PORT))
+    c:settimeouts(nil, nil, 5)
+    for i = 1, 5 do
+      c:write("ping " .. i .. "\\n")
+      expect(c:readline()).to_be("pong " .. i)
+    end
+    ticker:cancel()
+  end)
+
+  it("the clock waits for a pool job", function()
+    local order = {}
+    local sleeper = spawn(function() sleep(1) order[#order + 1] = "slept" end)
+    order[#order + 1] = pool.run("spin", "spin", 3000000) and "job"
+    sleeper:wait()
+    expect(order).to_equal({ "job", "slept" })
+  end)
+
+  it("hangs without a timer", function() sync.queue():get() end, { timeout = 0.5 })
+end, { virtual_time = true })
+
+it("runs in real time without the option", function()
+  local m0 = time.monotonic()
+  sleep(0.05)
+  expect(time.monotonic() - m0 >= 0.05).to_be(true)
+  expect(select(2, spawn(function() sleep(100) end):wait(0.01))).to_be("timeout")
+end)
+"""
+
+
+def test_virtual_time_jumps_over_waits_and_keeps_real_sockets_working(tmp_path: Path) -> None:
+    # a peer in another process that answers each line after a few real milliseconds
+    peer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket, time\n"
+            "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+            "print(s.getsockname()[1], flush=True)\n"
+            "c, _ = s.accept(); f = c.makefile('rb')\n"
+            "for line in f:\n"
+            "    time.sleep(0.01); c.sendall(line.replace(b'ping', b'pong'))\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert peer.stdout is not None
+        port = peer.stdout.readline().strip()
+        (tmp_path / "spin.lua").write_text(
+            "return { spin = function(n) local x = 0 for i = 1, n do x = x + i end return x end }\n"
+        )
+        (tmp_path / "clock_test.lua").write_text(VIRTUAL_TIME_TESTS.replace("EXTERNAL_PORT", port))
+        started = time.monotonic()
+        out = moonlet("test", "-v", str(tmp_path))
+        took = time.monotonic() - started
+    finally:
+        peer.kill()
+        peer.wait()
+        if peer.stdout is not None:
+            peer.stdout.close()
+    assert out.returncode == 1, out.stdout + out.stderr
+    passed = re.findall(r"^ok   \S+ (.*)$", out.stdout, re.M)
+    assert len(passed) == 7, out.stdout + out.stderr
+    assert "in virtual time hangs without a timer\n    timed out after 0.5s of real time" in out.stdout
+    assert re.search(r"7 passed, 1 failed, 0 skipped in 1 file", out.stdout), out.stdout
+    assert took < 60, f"{took:.1f}s: the clock did not jump (over an hour of waits, in real time)"

@@ -26,6 +26,7 @@ from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
 from runtime.lua.state import LuaFunction
+from runtime.virtualtime import VirtualTimeLoop, monotonic_clock, wall_clock
 
 log = logging.getLogger("moonlet")
 
@@ -101,9 +102,40 @@ class ClockService:
     def __init__(self, kernel: Kernel, loop: asyncio.AbstractEventLoop) -> None:
         self._kernel = kernel
         self._loop = loop
+        self._guard: threading.Timer | None = None  # ends a virtual-time test that runs too long for real
+        self._guard_expired = False
         kernel.register(Op.SLEEP, self.sleep)
-        kernel.register_call(Op.NOW, lambda a, b, c: time.time())
-        kernel.register_call(Op.MONOTONIC, lambda a, b, c: time.monotonic())
+        wall, monotonic = wall_clock(loop), monotonic_clock(loop)
+        kernel.register_call(Op.NOW, lambda a, b, c: wall())
+        kernel.register_call(Op.MONOTONIC, lambda a, b, c: monotonic())
+        kernel.register_call(Op.VIRTUAL_TIME, self._virtual_time)
+
+    def _virtual_time(self, on: object, real_limit: object, task: object) -> object:
+        """Turn the jumping clock of ``moonlet test`` on (for a test run as ``task``) or off.
+
+        A test in virtual time cannot be timed out by the clock it moves: ``real_limit`` seconds of real time
+        later, a thread ends ``task``. Turning the clock off says whether that happened."""
+        loop = self._loop
+        if not isinstance(loop, VirtualTimeLoop):
+            return (None, b"virtual time needs the loop of moonlet test")
+        if self._guard is not None:
+            self._guard.cancel()
+            self._guard = None
+        loop.jumping = bool(on)
+        if not on:
+            expired, self._guard_expired = self._guard_expired, False
+            return expired
+        if isinstance(real_limit, int | float) and isinstance(task, Task) and real_limit != math.inf:
+            why = f"timed out after {real_limit:g}s of real time (the test runs in virtual time)".encode()
+
+            def expire() -> None:
+                self._guard_expired = True
+                self._kernel.kill(task, why)
+
+            self._guard = threading.Timer(float(real_limit), loop.call_soon_threadsafe, (expire,))
+            self._guard.daemon = True
+            self._guard.start()
+        return True
 
     def sleep(self, task: Task, seconds: object, _b: object, _c: object) -> object:
         delay = float(seconds) if isinstance(seconds, int | float) else 0.0
@@ -247,7 +279,8 @@ class LagMonitor:
         self.worst = 0.0  # the longest block seen, in seconds
 
     def start(self) -> None:
-        if self._warn_after > 0:
+        # (on a virtual-time loop a beat would be a timer to jump to, and blocking is not what tests measure)
+        if self._warn_after > 0 and not isinstance(self._loop, VirtualTimeLoop):
             self._expected = self._loop.time() + self.PERIOD
             self._handle = self._loop.call_at(self._expected, self._tick)
             self._beat = time.monotonic()

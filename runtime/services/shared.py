@@ -16,6 +16,7 @@ import shutil
 import struct
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lmdb
@@ -27,8 +28,8 @@ MAP_SIZE = 1 << 30  # address space reserved for the store (the file grows with 
 _HEAD = struct.Struct("<dc")  # expiry (0: never), type
 
 
-def _encode(value: object, ttl: object) -> bytes:
-    expires = time.time() + ttl if isinstance(ttl, int | float) and ttl > 0 else 0.0
+def _encode(value: object, ttl: object, now: float) -> bytes:
+    expires = now + ttl if isinstance(ttl, int | float) and ttl > 0 else 0.0
     if isinstance(value, bool):
         return _HEAD.pack(expires, b"b") + (b"1" if value else b"0")
     if isinstance(value, int):
@@ -40,12 +41,12 @@ def _encode(value: object, ttl: object) -> bytes:
     raise TypeError("shared dictionaries hold strings, numbers and booleans")
 
 
-def _decode(raw: bytes | None) -> tuple[object, bool]:
+def _decode(raw: bytes | None, now: float) -> tuple[object, bool]:
     """(value, present): absent or expired keys are (None, False)."""
     if raw is None:
         return None, False
     expires, kind = _HEAD.unpack_from(raw)
-    if expires and expires <= time.time():
+    if expires and expires <= now:
         return None, False
     body = raw[_HEAD.size :]
     if kind == b"b":
@@ -58,7 +59,8 @@ def _decode(raw: bytes | None) -> tuple[object, bool]:
 
 
 class SharedService:
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, now: Callable[[], float] = time.time) -> None:
+        self.now = now  # wall clock (moved by virtual time in moonlet test)
         given = os.environ.get("MOONLET_SHARED_DIR")
         self._own = given is None
         self.path = given or tempfile.mkdtemp(prefix="moonlet-shared-")
@@ -84,7 +86,7 @@ class SharedService:
     def _get(self, name: object, key: object, _c: object) -> object:
         db = self._db(name)
         with self.env.begin(db=db) as txn:
-            value, present = _decode(txn.get(key))
+            value, present = _decode(txn.get(key), self.now())
         return value if present else None
 
     def _set(self, name: object, key: object, value: object, how: object = None) -> object:
@@ -93,7 +95,7 @@ class SharedService:
         mode_text, _, ttl_text = how.partition(b":") if isinstance(how, bytes) else (b"set", b"", b"")
         mode, ttl = mode_text, float(ttl_text or 0)
         with self.env.begin(db=db, write=True) as txn:
-            _, present = _decode(txn.get(key))
+            _, present = _decode(txn.get(key), self.now())
             if mode == b"add" and present:
                 return (False, b"exists")
             if mode == b"replace" and not present:
@@ -101,7 +103,7 @@ class SharedService:
             if value is None:
                 txn.delete(key)
             else:
-                txn.put(key, _encode(value, ttl))
+                txn.put(key, _encode(value, ttl, self.now()))
         return True
 
     def _incr(self, name: object, key: object, by: object, init: object = None) -> object:
@@ -110,7 +112,8 @@ class SharedService:
             raise TypeError("shared: incr needs a number")
         with self.env.begin(db=db, write=True) as txn:
             raw = txn.get(key)
-            current, present = _decode(raw)
+            now = self.now()
+            current, present = _decode(raw, now)
             expires = _HEAD.unpack_from(raw)[0] if present and raw is not None else 0.0
             if not present:
                 if init is None:
@@ -119,8 +122,8 @@ class SharedService:
             if not isinstance(current, int | float) or isinstance(current, bool):
                 return (None, b"not a number")
             new = current + by
-            ttl = expires - time.time() if expires else None
-            txn.put(key, _encode(new, ttl))
+            ttl = expires - now if expires else None
+            txn.put(key, _encode(new, ttl, now))
         return new
 
     def _delete(self, name: object, key: object, _c: object) -> object:
@@ -133,9 +136,10 @@ class SharedService:
         db = self._db(name)
         out: list[bytes] = []
         most = int(limit) if isinstance(limit, int) and limit > 0 else 1024
+        now = self.now()
         with self.env.begin(db=db) as txn:
             for key, raw in txn.cursor():
-                if _decode(raw)[1]:
+                if _decode(raw, now)[1]:
                     out.append(bytes(key))
                     if len(out) >= most:
                         break

@@ -1056,6 +1056,15 @@ class StreamService:
             ):
                 conn._wake_reader(_CLOSED_REPLY)
 
+    def waits_on_another_process(self) -> bool:
+        """A task waits to read from or send to a connection whose peer is not a connection of this process
+        (see runtime/virtualtime.py: such a peer gets a moment of real time to answer)."""
+        waiting = [c for c in self.connections if c.reader is not None or c.writer is not None]
+        if not waiting:
+            return False
+        ours = {_end(c, "sockname") for c in self.connections}
+        return any(_end(c, "peername") not in ours for c in waiting)
+
     def close_all(self) -> None:
         for conn in list(self.connections):
             conn.close()
@@ -1092,3 +1101,12 @@ def connect_error(e: BaseException) -> bytes:
     if isinstance(e, OSError):
         return (e.strerror or str(e)).lower().encode()
     return f"{type(e).__name__}: {e}".encode()
+
+
+def _end(conn: Connection, which: str) -> object:
+    """One end's address of a connection (``sockname`` or ``peername``), hashable; None once it is lost."""
+    transport = conn.transport
+    if transport is None:
+        return None
+    address = transport.get_extra_info(which)
+    return tuple(address) if isinstance(address, list) else address

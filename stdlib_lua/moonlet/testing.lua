@@ -15,10 +15,18 @@
 --         expect({ 1, { a = 2 } }).to_equal({ 1, { a = 2 } })
 --       end)
 --       it("waits", function() sleep(0.01) end, { timeout = 1 })
+--       it("waits an hour at once", function() sleep(3600) end, { virtual_time = true })
 --       t.skip("is not written yet", function() end)
 --     end)
 --
 -- A failed expectation reports what was expected and what came, with the differing path for tables.
+--
+-- Virtual time (`{ virtual_time = true }` on `it` or `describe`): the clock jumps ahead whenever every task
+-- waits, so `sleep`, timers, I/O timeouts and `task:wait` timeouts end at once in real time, in the order
+-- they would have; `time.now`/`time.monotonic` follow the jumps. Real sockets still work: a peer in the
+-- test's own process is always heard before the clock moves, one in another process gets 50 ms of real
+-- time to answer a task waiting on it; the clock never jumps while a pool job, a query or a connect is in
+-- progress. The test's timeout is then real time.
 -- @module moonlet.testing
 local host = require "moonlet._host"
 local task = require "moonlet.task"
@@ -33,10 +41,13 @@ local root = { name = nil, tests = {}, before = {}, after = {}, children = {} }
 local current = root
 
 --- A group of tests (groups nest; `before_each`/`after_each` apply to the group and those inside it).
+--- `opts.virtual_time = true` runs every test of the group in virtual time.
 ---@param name string
 ---@param body fun()
-function M.describe(name, body)
-  local group = { name = name, parent = current, tests = {}, before = {}, after = {}, children = {} }
+---@param opts? {virtual_time?: boolean}
+function M.describe(name, body, opts)
+  local group = { name = name, parent = current, tests = {}, before = {}, after = {}, children = {},
+    virtual_time = (opts and opts.virtual_time) or current.virtual_time }
   current.children[#current.children + 1] = group
   current.tests[#current.tests + 1] = group
   local saved = current
@@ -45,12 +56,16 @@ function M.describe(name, body)
   current = saved
 end
 
---- A test: `body` runs in its own task with a timeout (default 10 s; `opts.timeout`).
+--- A test: `body` runs in its own task with a timeout (default 10 s; `opts.timeout`), in virtual time with
+--- `opts.virtual_time = true` (or when its group has it; the timeout is then counted in real time).
 ---@param name string
 ---@param body async fun()
----@param opts? {timeout?: number}
+---@param opts? {timeout?: number, virtual_time?: boolean}
 function M.it(name, body, opts)
-  current.tests[#current.tests + 1] = { name = name, body = body, timeout = opts and opts.timeout or 10 }
+  local virtual = current.virtual_time
+  if opts and opts.virtual_time ~= nil then virtual = opts.virtual_time end
+  current.tests[#current.tests + 1] = { name = name, body = body, timeout = opts and opts.timeout or 10,
+    virtual_time = virtual }
 end
 
 --- A test that is not run (reported as skipped).
@@ -159,7 +174,14 @@ local function run_test(group, test, filter, counts)
     for i = #afters, 1, -1 do afters[i]() end
     if not ok then error(err, 0) end
   end)
-  local ok, err = t:wait(test.timeout)
+  local ok, err
+  if test.virtual_time then -- the timeout is real time then (a thread ends the test): its clock jumps
+    local on, why = call(OP.VIRTUAL_TIME, true, test.timeout, t._py)
+    if not on then t:cancel(); error("virtual time: " .. tostring(why)) end
+    ok, err = t:wait()
+  else
+    ok, err = t:wait(test.timeout)
+  end
   if ok == nil then
     t:cancel()
     err = "timed out after " .. test.timeout .. "s"
@@ -169,6 +191,9 @@ local function run_test(group, test, filter, counts)
   sleep(0)
   sleep(0)
   local failures_after, last = call(OP.TASK_FAILURES)
+  if test.virtual_time and call(OP.VIRTUAL_TIME, false) then
+    ok, err = false, "timed out after " .. test.timeout .. "s of real time (in virtual time)"
+  end
   if ok and failures_after > failures_before then
     ok, err = false, "a task it started failed: " .. tostring(last)
   end
