@@ -6,7 +6,7 @@
     echo 'return db.query("SELECT 1")' | moonlet repl kv
 
 Interactively: line editing and history (readline, ~/.moonlet_history), multi-line input that continues while
-the chunk is incomplete, Tab completion from the live server, results pretty-printed with rich; Ctrl-C
+the chunk is incomplete, Tab completion from the live server, results written as Lua; Ctrl-C
 cancels the running chunk (not the server); backslash commands (\\help).
 """
 
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.pretty import Pretty
 
 from runtime.services.console import runtime_dir
 
@@ -120,6 +119,10 @@ class Session:
             if "log" in reply:
                 self.console.print(reply["log"], markup=False, highlight=False)
                 continue
+            if "print" in reply:  # the chunk's print: as it is, when it happens
+                self.console.file.write(reply["print"])
+                self.console.file.flush()
+                continue
             return reply
 
     def show(self, reply: dict[str, Any]) -> bool:
@@ -132,12 +135,8 @@ class Session:
                 reply.get("error", "error"), style="red", markup=False, highlight=False, soft_wrap=True
             )
             return False
-        for value in reply.get("values", []):
-            shown = to_python(value)
-            if isinstance(shown, str | _Shown):
-                self.console.print(str(shown), markup=False, highlight=False, soft_wrap=True)
-            else:
-                self.console.print(Pretty(shown, max_length=50, max_string=2000))
+        for value in reply.get("values", []):  # each written as Lua source by the server
+            self.console.print(value, markup=False, highlight=False, soft_wrap=True)
         return True
 
     def run(self, code: str) -> bool:
@@ -159,52 +158,6 @@ class Session:
         except KeyboardInterrupt:
             print()
         self.ask({"op": "command", "line": "log off"})
-
-
-class _Shown:
-    """A value shown as-is (nil, a boolean, a function, a truncation note)."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
-
-    __str__ = __repr__
-
-
-def to_python(value: Any) -> Any:
-    """The console's rendering of a Lua value as Python data rich can pretty-print (nil, true, false
-    spelled as in Lua)."""
-    if value is None:
-        return _Shown("nil")
-    if isinstance(value, bool):
-        return _Shown("true" if value else "false")
-    if not isinstance(value, dict):
-        return value
-    if "string" in value:
-        more = value.get("more", 0)
-        return value["string"] + (f"... ({more} more bytes)" if more else "")
-    if "other" in value:
-        return _Shown(f"<{value['other']}>")
-    items = value["table"]
-    if isinstance(items, str):
-        return _Shown(items)
-    keys = [k for k, _ in items]
-    if keys == list(range(1, len(keys) + 1)):
-        out: Any = [to_python(v) for _, v in items]
-        if value.get("more"):
-            out.append(_Shown(f"... {value['more']} more"))
-        return out
-    table = {(_key(k)): to_python(v) for k, v in items}
-    if value.get("more"):
-        table[_Shown("...")] = _Shown(f"{value['more']} more")
-    return table
-
-
-def _key(k: Any) -> Any:
-    shown = to_python(k)
-    return shown if isinstance(shown, str | int | float | bool) else repr(shown)
 
 
 def interactive(session: Session) -> int:

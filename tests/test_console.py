@@ -56,10 +56,11 @@ def test_eval_prints_values_runs_waiting_code_and_reports_errors(lua_server, tmp
     c.send(b"one\n")
     assert c.line() == b"one"
     assert repl(server, "-e", "1 + 1").stdout == "2\n"
-    assert repl(server, "-e", "return counter, 'x', {1, 2, k = true}").stdout.splitlines() == [
+    assert repl(server, "-e", "return counter, 'x', {1, 2, k = true}, nil").stdout.splitlines() == [
         "1",
-        "x",
-        "{1: 1, 2: 2, 'k': true}",
+        '"x"',
+        "{ 1, 2, k = true }",
+        "nil",
     ]
     waited = repl(
         server,
@@ -68,13 +69,55 @@ def test_eval_prints_values_runs_waiting_code_and_reports_errors(lua_server, tmp
         "return t.monotonic() - a >= 0.09",
     )
     assert waited.stdout == "true\n"
-    assert repl(server, "-e", "return require('greet').word").stdout == "hello\n"
+    assert repl(server, "-e", "return require('greet').word").stdout == '"hello"\n'
     failed = repl(server, "-e", "error('boom')")
     assert (
         failed.returncode == 1 and "console:1: boom" in failed.stdout and "stack traceback" in failed.stdout
     )
     assert repl(server, stdin=b"local x = 20\nreturn x + 1\n").stdout == "21\n"
     server.wait_log(re.compile(rb"console \(uid \d+ pid \d+\): return counter"))
+
+
+def test_values_are_written_as_lua_and_print_comes_back(lua_server) -> None:  # type: ignore[no-untyped-def]
+    server = lua_server(APP)
+    shown = repl(
+        server,
+        "-e",
+        "return 0.1, 1.0, 1/0, 0/0, math.mininteger, 'a\\nb\\0\\27\"', 'caf\\xE9', 'café', "
+        "{ [true] = 1, [{}] = 2, [2.5] = 'f', ['end'] = 1, ['a b'] = 2, ok = false, 10, 20 }",
+    )
+    assert shown.stdout.splitlines() == [
+        "0.1",
+        "1.0",
+        "math.huge",
+        "0/0",
+        "-9223372036854775808",
+        r'"a\nb\x00\x1B\""',
+        r'"caf\xE9"',
+        '"café"',
+        '{ 10, 20, [2.5] = "f", ["a b"] = 2, ["end"] = 1, ok = false, [true] = 1, [{}] = 2 }',
+    ], shown.stdout
+    code = "local t = { name = 'x' } for i = 1, 40 do t[i] = i end t.me = t return t"
+    big = repl(server, "-e", code).stdout
+    assert big.startswith("{\n  1, 2, 3,") and big.endswith(' 40,\n  me = <cycle>,\n  name = "x"\n}\n'), big
+    many = repl(server, "-e", "local t = {} for i = 1, 70 do t[i] = i end return t").stdout
+    assert many.endswith(" 50,\n  --[[ 20 more ]]\n}\n") or many.endswith(" 50, --[[ 20 more ]]\n}\n"), many
+    deep = repl(server, "-e", "return { a = { b = { c = { d = { e = 1 } } } } }, print").stdout
+    assert deep.splitlines()[0] == "{ a = { b = { c = { d = {...} } } } }"
+    assert re.fullmatch(r"<function: 0x[0-9a-f]+>", deep.splitlines()[1])
+    # print in a chunk, and in a task it started, comes back to the console, in order
+    printed = repl(server, "-e", "print('one', 1, nil) spawn(function() print('two') end):wait() return 3")
+    assert printed.stdout == "one\t1\tnil\ntwo\n3\n"
+    assert server.proc.stdout is not None  # (and nothing on the server's standard output)
+    assert not select.select([server.proc.stdout.fileno()], [], [], 0.2)[0]
+    # `x = ...` stays in the session; `_G.x = ...` sets the app's global
+    assert repl(server, "-e", "counter = 100 return counter").stdout == "100\n"
+    assert repl(server, "-e", "return counter").stdout == "0\n"
+    assert repl(server, "-e", "_G.counter = 41 return counter").stdout == "41\n"
+    c = server.connect()
+    c.send(b"x\n")
+    assert c.line() == b"x"
+    assert repl(server, "-e", "return counter").stdout == "42\n"
 
 
 def test_backslash_commands(lua_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -96,8 +139,13 @@ def test_backslash_commands(lua_server, tmp_path: Path) -> None:  # type: ignore
     assert "closed connection" in repl(server, "-e", f"\\kill {conn_id}").stdout
     assert c.read_all() == b""
     assert repl(server, "-e", "return require('mod').version").stdout == "1\n"
+    assert repl(server, "-e", "_G.held = require('mod')").returncode == 0  # an app global holds the old one
     (tmp_path / "mod.lua").write_text("return { version = 2 }\n")
     repl(server, "-e", "\\reload mod")
+    assert repl(server, "-e", "return require('mod').version, held.version").stdout == "2\n1\n"
+    (tmp_path / "mod.lua").write_text("return { version = \n")
+    broken = repl(server, "-e", "\\reload mod")
+    assert broken.returncode == 1 and "mod.lua" in broken.stdout, broken.stdout
     assert repl(server, "-e", "return require('mod').version").stdout == "2\n"
     assert "unknown command" in repl(server, "-e", "\\nonsense").stdout
 

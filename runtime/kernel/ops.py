@@ -53,7 +53,7 @@ class Op(enum.IntEnum):
     BUFFERED = 36  # (conn): bytes received but not handed to Lua, bytes not yet sent
     UNLISTEN = 37  # (listener): stop accepting on it
     LOG = 38  # (level, message)
-    PRINT = 39  # (text): write to standard output
+    PRINT = 39  # (text, target): write to standard output, or to a console session (target)
     NOW = 40  # (): wall-clock seconds as a float
     MONOTONIC = 41  # (): monotonic seconds as a float
     SPAWN = 42  # (job, where): start job (see _host.lua) as a task on the next loop turn; reply its handle

@@ -7,12 +7,13 @@ not the server's is refused and logged. Every request is logged with the peer's 
 
 Protocol: one JSON object per line each way. Requests: ``{"op": "eval", "code": ...}``, ``{"op": "check",
 "code": ...}`` (is the chunk complete?), ``{"op": "complete", "text": ...}``, ``{"op": "cancel"}``,
-``{"op": "command", "line": "connections"}``. Replies: ``{"ok": true, "values": [...]}`` (values
-rendered for display: see :func:`render`), ``{"ok": false, "error": traceback}``, or a command's text.
+``{"op": "command", "line": "connections"}``. Replies: ``{"ok": true, "values": [...]}`` (each value
+written as Lua source, see ``stdlib_lua/moonlet/_show.lua``), ``{"ok": false, "error": traceback}``, or a
+command's text; before it, ``{"print": text}`` for each ``print`` of the chunk.
 
 A chunk runs as a task (so it may wait: ``db.query``, ``sleep``, ``net.connect`` work at the prompt), in an
-environment per session that reads through to the app's globals; the stall budget stops one that spins;
-``cancel`` ends it.
+environment per session that reads through to the app's globals (``x = 1`` stays in the session,
+``_G.x = 1`` sets the app's global); the stall budget stops one that spins; ``cancel`` ends it.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import lupa.lua54 as _lupa  # type: ignore[import-untyped]
-
 from runtime.kernel.core import Kernel
 from runtime.kernel.task import Extra, Task
 
@@ -40,15 +39,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("moonlet")
 
-MAX_ITEMS = 50  # per table level shown
 # A TCP console peer before its token: a few KiB, a few seconds, and a few such peers at once (any local
 # user can connect to 127.0.0.1); after it, requests up to MAX_REQUEST bytes.
 MAX_AUTH_REQUEST = 4096
 AUTH_TIMEOUT = 5.0
 MAX_UNAUTHENTICATED = 8
 MAX_REQUEST = 1 << 20
-MAX_DEPTH = 4
-MAX_STRING = 2000
 
 
 def runtime_dir() -> Path:
@@ -91,27 +87,6 @@ def remove_console_files(pid: int) -> None:
                 (directory / f"{pid}{suffix}").unlink()
 
 
-def render(value: Any, depth: int = 0) -> Any:
-    """A Lua value as JSON-able data for display: tables nested (truncated with a count), strings safe."""
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, bytes):
-        text = value[:MAX_STRING].decode("utf-8", "backslashreplace")
-        return {"string": text, "more": max(len(value) - MAX_STRING, 0)}
-    kind = _lupa.lua_type(value)
-    if kind == "table":
-        if depth >= MAX_DEPTH:
-            return {"table": "{...}"}
-        items: list[list[Any]] = []
-        count = 0
-        for k, v in value.items():
-            count += 1
-            if len(items) < MAX_ITEMS:
-                items.append([render(k, MAX_DEPTH), render(v, depth + 1)])
-        return {"table": items, "more": max(count - MAX_ITEMS, 0)}
-    return {"other": kind or type(value).__name__}
-
-
 class ConsoleSession(asyncio.Protocol):
     """One attached ``moonlet repl``; also the owner of the chunks it runs."""
 
@@ -150,7 +125,7 @@ class ConsoleSession(asyncio.Protocol):
             self.transport = None
             return
         log.info("console: attached (%s)", self.peer)
-        self.env = self.console.boot[b"console_env"]()
+        self.env = self.console.boot[b"console_env"](self)
         self.console.sessions.add(self)
 
     def _auth_expired(self) -> None:
@@ -208,7 +183,7 @@ class ConsoleSession(asyncio.Protocol):
             if op == "auth" and secrets.compare_digest(str(req.get("token", "")), self.console.token):
                 self.authenticated = True
                 self.console.unauthenticated.discard(self)
-                self.env = boot[b"console_env"]()
+                self.env = boot[b"console_env"](self)
                 self.console.sessions.add(self)
                 log.info("console: attached (%s, token accepted)", self.peer)
                 self.send({"ok": True, "values": []})
@@ -257,6 +232,10 @@ class ConsoleSession(asyncio.Protocol):
         task = kernel.spawn(self, job, False, body=self.console.task_body, extra=Extra("console chunk"))
         self.running = task if task.co is not None else None  # (it may have ended already)
 
+    def print_text(self, text: bytes) -> None:
+        """``print`` in a chunk of this session (or a function it defined): the text comes back here."""
+        self.send({"print": text.decode("utf-8", "replace")})
+
     # -- owner of the chunks -------------------------------------------------------------------------
     def describe(self) -> str:
         return f"console chunk ({self.peer})"
@@ -265,9 +244,8 @@ class ConsoleSession(asyncio.Protocol):
         self.running = None
         result = task.extra.result if task.extra is not None else None
         if ok and result is not None and result[1] is not None:
-            packed: Any = result[1]
-            count = int(packed[b"n"])
-            self.send({"ok": True, "values": [render(packed[i]) for i in range(2, count + 1)]})
+            shown = self.console.boot[b"console_show"](result[1])
+            self.send({"ok": True, "values": [v.decode("utf-8", "replace") for v in shown.values()]})
         else:
             text = error.decode("utf-8", "replace") if isinstance(error, bytes) else "failed"
             self.send({"ok": False, "error": text})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from runtime.kernel.core import Kernel
 from runtime.kernel.ops import Op
@@ -24,6 +24,13 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {(k.decode() if isinstance(k, bytes) else str(k)): _jsonable(v) for k, v in value.items()}
     return value
+
+
+@runtime_checkable
+class PrintTarget(Protocol):
+    """Where ``print`` goes instead of standard output (a console session)."""
+
+    def print_text(self, text: bytes) -> None: ...
 
 
 _LEVELS = {b"debug": logging.DEBUG, b"info": logging.INFO, b"warn": logging.WARNING, b"error": logging.ERROR}
@@ -47,7 +54,10 @@ class SystemService:
         out.flush()
         return True
 
-    def _print(self, text: bytes, _a: object, _b: object) -> object:
+    def _print(self, text: bytes, target: object, _b: object) -> object:
+        if isinstance(target, PrintTarget):  # a console session's print
+            target.print_text(text)
+            return True
         out = sys.stdout.buffer
         out.write(text)
         out.flush()

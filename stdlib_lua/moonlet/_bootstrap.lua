@@ -55,12 +55,16 @@ local SAFE = {
   "string", "table", "math", "utf8", "coroutine",
 }
 
-local function print(...)
-  local n = select("#", ...)
-  local parts = {}
-  for i = 1, n do parts[i] = tostring((select(i, ...))) end
-  host_call(OP.PRINT, concat(parts, "\t") .. "\n")
+-- Lua's print, to standard output (target nil) or to a console session.
+local function printer(target)
+  return function(...)
+    local n = select("#", ...)
+    local parts = {}
+    for i = 1, n do parts[i] = tostring((select(i, ...))) end
+    host_call(OP.PRINT, concat(parts, "\t") .. "\n", target)
+  end
 end
+local print = printer(nil)
 
 local function base_env()
   local env = {}
@@ -234,8 +238,21 @@ end
 -- the console (runtime/services/console.py)
 
 --- A session's environment: its own globals, reading through to the app's.
-function M.console_env()
-  return setmetatable({}, { __index = function(_, name) return rawget(app_env, name) end })
+--- A console session's environment: its own variables (`x = 1` stays in the session), reading through to
+--- the app's globals (`_G` is the app's: `_G.x = 1` sets one), and a `print` whose output goes back to the
+--- session (`session` is the host's handle for it).
+function M.console_env(session)
+  local env = setmetatable({}, { __index = function(_, name) return rawget(app_env, name) end })
+  env.print = printer(session)
+  return env
+end
+
+--- What a console chunk returned (`packed`: true, values... as table.pack gives them), each value as Lua
+--- source text (raw access only: no app code runs; see moonlet._show).
+function M.console_show(packed)
+  local show, out = stdlib_env.require("moonlet._show").show, {}
+  for i = 2, packed.n do out[i - 1] = show(packed[i]) end
+  return out
 end
 
 --- Compile `code` typed at the console: an expression prints its value (`1 + 1`), a statement runs. Returns
