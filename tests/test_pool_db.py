@@ -189,6 +189,48 @@ def test_db_query_exec_types_parameters_and_transactions(tmp_path: Path) -> None
     ]
 
 
+def test_exec_many_runs_every_set_in_one_trip_all_or_none(tmp_path: Path) -> None:
+    out = script(
+        tmp_path,
+        """
+        local db = require "moonlet.db"
+        assert(db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT UNIQUE, n INTEGER)"))
+        local sets = {}
+        for i = 1, 500 do sets[i] = { "a" .. i, i } end
+        local r = assert(db.exec_many("INSERT INTO t (body, n) VALUES (?, ?)", sets))
+        print("positional", r.changes, r.last_id, db.query("SELECT sum(n) AS s FROM t")[1].s)
+        local named = { { body = "x", n = 1 }, { body = "y", n = 2 } }
+        r = db.exec_many("INSERT INTO t (body, n) VALUES (:body, :n)", named)
+        print("named", r.changes, r.last_id)
+        print("missing", db.exec_many("INSERT INTO t (body, n) VALUES (:body, :n)", { { body = "z" } }))
+        print("collision", db.exec_many("INSERT INTO t (body) VALUES (?)", { { "new1" }, { "a1" } }))
+        print("kept none", #db.query("SELECT * FROM t WHERE body = 'new1'"))
+        local which = { { "a1" }, { "a2" }, { "zz" } }
+        print("update", db.exec_many("UPDATE t SET n = 0 WHERE body = ?", which).changes)
+        print("empty", db.exec_many("UPDATE t SET n = 0", {}).changes)
+        local ok, err = db.transaction(function(tx)
+          assert(tx:exec_many("INSERT INTO t (body) VALUES (?)", { { "t1" }, { "t2" } }))
+          error("changed my mind", 0)
+        end)
+        print("in tx", ok, err, #db.query("SELECT * FROM t WHERE body LIKE 't%'"))
+        print("bad set", db.exec_many("INSERT INTO t (body) VALUES (?)", { 1 }))
+        print("bad sets", pcall(db.exec_many, "INSERT INTO t (body) VALUES (?)", "x"))
+        """,
+    )
+    assert out == [
+        "positional\t500\t500\t125250",
+        "named\t2\t502",
+        "missing\tnil\tdatabase error: You did not supply a value for binding parameter :n.",
+        "collision\tnil\tdatabase error: UNIQUE constraint failed: t.body",
+        "kept none\t0",
+        "update\t2",
+        "empty\t0",
+        "in tx\tnil\tchanged my mind\t0",
+        "bad set\tnil\texec_many: each parameter set must be a table (an array for ?, names for :name)",
+        "bad sets\tfalse\tbad argument #2 to 'exec_many' (table of parameter sets expected, got string)",
+    ]
+
+
 def test_a_query_past_its_timeout_is_interrupted(tmp_path: Path) -> None:
     out = script(
         tmp_path,

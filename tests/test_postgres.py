@@ -97,6 +97,35 @@ def test_db_open_postgresql_values_params_and_transactions(tmp_path: Path, pg_ur
     ]
 
 
+def test_exec_many_on_postgresql_is_one_atomic_batch(tmp_path: Path, pg_url: str) -> None:
+    result = run_script(
+        tmp_path,
+        """
+        local db = require "moonlet.db"
+        local pg = assert(db.open(arg[1]))
+        assert(pg:exec("CREATE TABLE batch (id SERIAL PRIMARY KEY, body TEXT UNIQUE, n INT)"))
+        local sets = {}
+        for i = 1, 1000 do sets[i] = { "a" .. i, i } end
+        local r = assert(pg:exec_many("INSERT INTO batch (body, n) VALUES (?, ?)", sets))
+        print(r.changes, r.last_id, pg:query("SELECT sum(n) AS s FROM batch")[1].s)
+        local named = { { b = "x", n = 1 }, { b = "a5", n = 2 } }
+        print(pg:exec_many("INSERT INTO batch (body, n) VALUES (:b, :n)", named))
+        print(#pg:query("SELECT id FROM batch WHERE body = 'x'"))
+        print(pg:transaction(function(tx)
+          assert(tx:exec_many("UPDATE batch SET n = 0 WHERE body = ?", { { "a1" }, { "a2" } }))
+          return tx:query("SELECT count(*) AS c FROM batch WHERE n = 0")[1].c
+        end))
+        print(pg:exec_many("SELECT 1", {}).changes)
+        """,
+        pg_url,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "1000\tnil\t500500"
+    assert lines[1].startswith("nil\tdatabase error: duplicate key value violates unique constraint"), lines
+    assert lines[-3:] == ["0", "2", "0"]  # (the error above may have a DETAIL line)
+
+
 def test_billing_runs_unchanged_on_postgresql(run_app, pg_url: str, _pg_shared) -> None:  # type: ignore[no-untyped-def]
     billing_session(run_app("apps/billing.lua", "--port", "0", "--heavy", "2000", options=["--db", pg_url]))
     database = pg_url.rsplit("/", 1)[1]

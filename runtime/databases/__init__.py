@@ -59,6 +59,11 @@ class Database(abc.ABC):
         """Run a statement that changes data: rows changed and the id of the last row inserted."""
 
     @abc.abstractmethod
+    async def exec_many(self, session: object, sql: str, sets: list[Params]) -> tuple[int, int | None]:
+        """Run one statement once per parameter set, all or none (in ``session``, or in a transaction of its
+        own), in one trip to the database: rows changed in all, and the last row's id."""
+
+    @abc.abstractmethod
     async def begin(self) -> object:
         """Start a transaction; its session object is passed back to query/exec/finish."""
 

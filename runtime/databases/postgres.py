@@ -74,6 +74,17 @@ class PostgresDatabase(Database):
         count = status.rsplit(" ", 1)[-1]
         return (int(count) if count.isdigit() else 0), None
 
+    async def exec_many(self, session: object, sql: str, sets: list[Params]) -> tuple[int, int | None]:
+        """asyncpg's executemany: one prepared statement, the sets pipelined, atomic (a transaction of its own
+        outside ``session``). PostgreSQL reports no per-set counts there: changes is the number of sets."""
+        if not sets:
+            return 0, None
+        bound = [bind(sql, params) for params in sets]
+        text = bound[0][0]
+        args = [a for _, a in bound]
+        await self._run(session, lambda c: c.executemany(text, args, timeout=self._timeout()))
+        return len(sets), None
+
     async def begin(self) -> object:
         conn = await self._acquire()
         try:

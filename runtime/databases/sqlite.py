@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import sqlite3
 from collections.abc import Awaitable
 from pathlib import Path
@@ -24,6 +25,8 @@ from runtime.databases import Database, DatabaseError, Options, Params, QueryTim
 from runtime.threads import LowPrioritySQLite
 
 T = TypeVar("T")
+
+_INSERTS = re.compile(r"\s*(INSERT|REPLACE)\b", re.IGNORECASE)  # statements that set last_insert_rowid
 
 
 class SQLiteDatabase(Database):
@@ -53,6 +56,19 @@ class SQLiteDatabase(Database):
             conn = await self._conn_for(None, write=True)
             try:
                 return await self._guarded(conn, self._change(conn, sql, params))
+            except DatabaseError as e:
+                await self._reopen_if_read_only(e)
+                raise
+
+    async def exec_many(self, session: object, sql: str, sets: list[Params]) -> tuple[int, int | None]:
+        if session is not None:
+            conn = await self._conn_for(session, write=True)
+            return await self._guarded(conn, self._change_many(conn, sql, sets, own_transaction=False))
+        await self._open()
+        async with self._write_lock:
+            conn = await self._conn_for(None, write=True)
+            try:
+                return await self._guarded(conn, self._change_many(conn, sql, sets, own_transaction=True))
             except DatabaseError as e:
                 await self._reopen_if_read_only(e)
                 raise
@@ -109,6 +125,30 @@ class SQLiteDatabase(Database):
         async with conn.execute(sql, params) as cursor:
             await cursor.fetchall()  # a RETURNING clause's rows: stepping through them finishes the statement
             return cursor.rowcount, cursor.lastrowid
+
+    @staticmethod
+    async def _change_many(
+        conn: aiosqlite.Connection, sql: str, sets: list[Params], own_transaction: bool
+    ) -> tuple[int, int | None]:
+        """The sets through one prepared statement (sqlite3's executemany, one hop to the thread); outside a
+        transaction in one of its own, so that they land together and the file is synced once, not per set."""
+        if own_transaction:
+            await conn.execute("BEGIN IMMEDIATE")
+        try:
+            async with conn.executemany(sql, sets) as cursor:
+                changes, last = cursor.rowcount, None
+            if changes > 0 and _INSERTS.match(sql):  # (executemany leaves lastrowid unset)
+                async with conn.execute("SELECT last_insert_rowid()") as cursor:
+                    row = await cursor.fetchone()
+                    last = row[0] if row else None
+            if own_transaction:
+                await conn.execute("COMMIT")
+        except BaseException:
+            if own_transaction and conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    await conn.execute("ROLLBACK")
+            raise
+        return changes, last
 
     async def _guarded(self, conn: aiosqlite.Connection, work: Awaitable[T]) -> T:
         """Await ``work`` under the query timeout, with SQLite's errors as DatabaseError."""

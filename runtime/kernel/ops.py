@@ -87,6 +87,7 @@ class Op(enum.IntEnum):
     OWN = 69  # (conn, task or nil): that task (nil: the running one) owns conn: it closes when the task ends
     OPEN = 70  # (conn): true until the connection is closed (by either side, or with the task that owned it)
     TASK_FAILURES = 71  # (): spawned tasks that failed with nobody waiting for them: how many, the last error
+    DB_EXEC_MANY = 21  # (target, sql, sets): the statement once per parameter set, all or none: as DB_EXEC
     VIRTUAL_TIME = 72  # (on): moonlet test's clock jumps ahead whenever every task waits (or stops doing so)
 
     @property

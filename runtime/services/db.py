@@ -96,6 +96,7 @@ class DatabaseService:
         self.closing = False  # the server is stopping: no new statements
         kernel.register(Op.DB_QUERY, self._query)
         kernel.register(Op.DB_EXEC, self._exec)
+        kernel.register(Op.DB_EXEC_MANY, self._exec_many)
         kernel.register(Op.DB_BEGIN, self._begin)
         kernel.register(Op.DB_END, self._end)
         kernel.register_call(Op.DB_OPEN, self._open)
@@ -131,6 +132,9 @@ class DatabaseService:
 
     def _exec(self, task: Task, target: object, sql: object, params: object) -> object:
         return self._start(task, self._run_exec(target, sql, params))
+
+    def _exec_many(self, task: Task, target: object, sql: object, sets: object) -> object:
+        return self._start(task, self._run_exec_many(target, sql, sets))
 
     def _begin(self, task: Task, target: object, _b: object, _c: object) -> object:
         return self._start(task, self._run_begin(task, self._database(target)))
@@ -170,6 +174,20 @@ class DatabaseService:
     async def _run_exec(self, target: object, sql: object, params: object) -> object:
         db, session = self._where(target)
         changes, last_id = await db.exec(session, self._sql(sql), _params(to_plain(params)))
+        return from_plain(self.lua, {b"changes": changes, b"last_id": last_id})
+
+    async def _run_exec_many(self, target: object, sql: object, sets: object) -> object:
+        db, session = self._where(target)
+        plain = to_plain(sets)
+        if isinstance(plain, dict) and not plain:
+            plain = []  # (an empty Lua table)
+        if not isinstance(plain, list):
+            raise ValueError("exec_many: parameter sets must be an array of tables")
+        if not all(isinstance(one, list | dict) for one in plain):
+            raise ValueError(
+                "exec_many: each parameter set must be a table (an array for ?, names for :name)"
+            )
+        changes, last_id = await db.exec_many(session, self._sql(sql), [_params(one) for one in plain])
         return from_plain(self.lua, {b"changes": changes, b"last_id": last_id})
 
     async def _run_begin(self, task: Task, db: Database) -> object:

@@ -27,7 +27,8 @@ local request, call, OP = host.request, host.call, host.OP
 local type, error, select, setmetatable, pack, unpack, pcall, tostring = type, error, select, setmetatable,
   table.pack, table.unpack, pcall, tostring
 
-local DB_QUERY, DB_EXEC, DB_BEGIN, DB_END = OP.DB_QUERY, OP.DB_EXEC, OP.DB_BEGIN, OP.DB_END
+local DB_QUERY, DB_EXEC, DB_EXEC_MANY, DB_BEGIN, DB_END = OP.DB_QUERY, OP.DB_EXEC, OP.DB_EXEC_MANY,
+  OP.DB_BEGIN, OP.DB_END
 
 local M = {}
 
@@ -53,6 +54,12 @@ local function check_sql(sql, what)
   if type(sql) ~= "string" then error("bad argument #1 to '" .. what .. "' (SQL string expected)", 3) end
 end
 
+local function check_sets(sets)
+  if type(sets) ~= "table" then
+    error("bad argument #2 to 'exec_many' (table of parameter sets expected, got " .. type(sets) .. ")", 3)
+  end
+end
+
 ---@class moonlet.Tx
 local Tx = {}
 Tx.__index = Tx
@@ -69,6 +76,18 @@ end
 function Tx:exec(sql, ...)
   check_sql(sql, "exec")
   return request(DB_EXEC, self._py, sql, params(...))
+end
+
+--- Like db.exec_many, inside the transaction (which then holds the changes).
+---@async
+---@param sql string
+---@param sets table[]
+---@return {changes: integer, last_id: integer?}? result
+---@return string? err
+function Tx:exec_many(sql, sets)
+  check_sql(sql, "exec_many")
+  check_sets(sets)
+  return request(DB_EXEC_MANY, self._py, sql, sets)
 end
 
 local function transaction(target, fn, ...)
@@ -109,6 +128,18 @@ end
 function Database:exec(sql, ...)
   check_sql(sql, "exec")
   return request(DB_EXEC, self._py, sql, params(...))
+end
+
+--- Like db.exec_many, on this database.
+---@async
+---@param sql string
+---@param sets table[]
+---@return {changes: integer, last_id: integer?}? result
+---@return string? err
+function Database:exec_many(sql, sets)
+  check_sql(sql, "exec_many")
+  check_sets(sets)
+  return request(DB_EXEC_MANY, self._py, sql, sets)
 end
 
 --- Run fn(tx, ...) in a transaction on this database: committed when fn returns, rolled back if it
@@ -169,6 +200,23 @@ end
 function M.exec(sql, ...)
   check_sql(sql, "exec")
   return request(DB_EXEC, nil, sql, params(...))
+end
+
+--- Run one statement once per parameter set (`sets`: an array of arrays for `?`, or of tables for `:name`)
+--- in one trip to the database, through one prepared statement, all or none: in a transaction of its own
+--- (or the caller's `tx`). Returns {changes = n, last_id = id} (SQLite: rows changed in all and the last
+--- rowid inserted; PostgreSQL: the number of sets, no id), or nil, err (nothing changed then).
+---
+---     db.exec_many("INSERT INTO notes (body) VALUES (?)", { { "a" }, { "b" }, { "c" } })
+---@async
+---@param sql string
+---@param sets table[]
+---@return {changes: integer, last_id: integer?}? result
+---@return string? err
+function M.exec_many(sql, sets)
+  check_sql(sql, "exec_many")
+  check_sets(sets)
+  return request(DB_EXEC_MANY, nil, sql, sets)
 end
 
 --- Run fn(tx, ...) in a transaction on the default database (on SQLite it holds the writer): committed
