@@ -29,5 +29,5 @@ def test_mypy_strict_on_the_host() -> None:
 
 @pytest.mark.skipif(shutil.which("luacheck") is None, reason="lua-check missing (tests/run.sh installs it)")
 def test_luacheck_stdlib_and_apps() -> None:
-    result = run("luacheck", "--no-color", "stdlib_lua", "apps", "bench/lua")
+    result = run("luacheck", "--no-color", "stdlib_lua", "apps", "bench/lua", "tests/lua")
     assert result.returncode == 0, result.stdout

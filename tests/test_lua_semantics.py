@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
-from conftest import run_script
+import lupa.lua54 as lupa  # type: ignore[import-untyped]
+
+from conftest import ROOT, run_script
 
 SCRIPT = """
 local json, net = require "moonlet.json", require "moonlet.net"
@@ -83,3 +88,34 @@ def test_lua_semantics_inside_moonlet(tmp_path: Path) -> None:
     assert lines[6] == "send timeout closed closed", lines[6]
     assert lines[7] == "flags false x false false true", lines[7]
     assert lines[8] == "readtimeout nil timeout true", lines[8]
+
+
+SEMANTICS = ROOT / "tests" / "lua" / "semantics.lua"
+
+
+def test_the_semantics_cases_hold_in_plain_lua() -> None:
+    """The reference: the same cases in a bare Lua 5.4 (lupa's, no moonlet), so they state Lua, not us."""
+    lua = lupa.LuaRuntime()
+    cases = lua.execute(SEMANTICS.read_text())
+    run = lua.eval(
+        "function(cases) local failed = {} for _, c in ipairs(cases) do local ok, err = pcall(c.fn) "
+        "if not ok then failed[#failed + 1] = c.name .. ': ' .. tostring(err) end end "
+        "return table.concat(failed, '\\n'), #cases end"
+    )
+    failed, count = run(cases)
+    assert count >= 20
+    assert failed == "", failed
+
+
+def test_the_semantics_cases_hold_inside_moonlet() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime", "test", "tests/lua"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    cases = len(re.findall(r'^case\("', SEMANTICS.read_text(), re.M))
+    assert re.search(rf"^{cases + 3} passed, 0 failed, 0 skipped in 1 file$", done.stdout, re.M), done.stdout

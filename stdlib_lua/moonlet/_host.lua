@@ -181,10 +181,8 @@ local function resume(co, ...)
   if type(co) ~= "thread" then
     error("bad argument #1 to 'resume' (coroutine expected, got " .. type(co) .. ")", 2)
   end
-  if not app_cos[co] then -- a task's own coroutine: the kernel's alone
-    return false, "cannot resume a coroutine the app did not create"
-  elseif waiting_host[co] then
-    return false, "cannot resume a coroutine that waits for the host (it is suspended in a moonlet call)"
+  if not app_cos[co] or waiting_host[co] then -- a task's own, or one in a moonlet call: status "normal"
+    return false, "cannot resume non-suspended coroutine"
   end
   depth = depth + 1
   local r = pack(raw_resume(co, ...))
@@ -235,14 +233,38 @@ local function yield(...)
   error("attempt to yield from outside a coroutine", 2)
 end
 
-local function app_isyieldable()
-  return depth > 0 and app_cos[running()] == true and isyieldable()
+-- What the app's coroutine library says of coroutines agrees with what it lets the app do: a task's own
+-- coroutine is, to the app, the main thread of that task (yield there is "outside a coroutine"), and a
+-- coroutine suspended in a moonlet call is in the middle of a call, "normal" as one that resumed another.
+local raw_status = privileged.coroutine.status
+
+local function app_isyieldable(co)
+  if co == nil then return depth > 0 and app_cos[running()] == true and isyieldable() end
+  if type(co) ~= "thread" then
+    error("bad argument #1 to 'isyieldable' (coroutine expected, got " .. type(co) .. ")", 2)
+  end
+  return app_cos[co] == true and isyieldable(co) and not waiting_host[co]
+end
+
+local function app_running()
+  local co = running()
+  return co, not app_cos[co]
+end
+
+local function status(co)
+  if type(co) ~= "thread" then
+    error("bad argument #1 to 'status' (coroutine expected, got " .. type(co) .. ")", 2)
+  end
+  local s = raw_status(co)
+  if s == "suspended" and (waiting_host[co] or not app_cos[co]) then return "normal" end
+  return s
 end
 
 local raw_close = privileged.coroutine.close
 local function close(co)
-  if not app_cos[co] then error("cannot close a coroutine the app did not create", 2) end
-  if waiting_host[co] then error("cannot close a coroutine that waits for the host", 2) end
+  if type(co) == "thread" and (not app_cos[co] or waiting_host[co]) then
+    error("cannot close a " .. status(co) .. " coroutine", 2) -- (as Lua says of a running or normal one)
+  end
   return raw_close(co)
 end
 
@@ -250,6 +272,7 @@ M.coroutine = {}
 for name, f in pairs(privileged.coroutine) do M.coroutine[name] = f end
 M.coroutine.create, M.coroutine.resume, M.coroutine.wrap = create, resume, wrap
 M.coroutine.yield, M.coroutine.isyieldable, M.coroutine.close = yield, app_isyieldable, close
+M.coroutine.running, M.coroutine.status = app_running, status
 
 ---------------------------------------------------------------------------------------------------------
 -- task bodies
