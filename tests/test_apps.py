@@ -64,6 +64,46 @@ def test_conversation_asks_again_and_gives_up_after_three_wrong_proofs(run_app) 
     assert c.read_all() == b"BYE too many failed proofs\n"
 
 
+def test_the_dialog_ends_on_quit_and_errors_never_taken_for_names_or_proofs(run_app) -> None:  # type: ignore[no-untyped-def]
+    server = run_app(APPS / "conversation.lua", "--port", "0")
+    c = server.connect()  # QUIT at the LOGIN prompt: goodbye, not "WELCOME quit"
+    assert c.line().startswith(b"HELLO")
+    c.send(b"QUIT\n")
+    assert c.read_all() == b"BYE\n"
+    c = server.connect()  # a line past the limit at the LOGIN prompt: said so, then goodbye
+    assert c.line().startswith(b"HELLO")
+    c.send(b"LOGIN " + b"a" * 70_000 + b"\n")
+    assert c.read_all() == b"ERR line too long\nBYE\n"
+    c = server.connect()  # the same at the PROOF prompt
+    assert c.line().startswith(b"HELLO")
+    c.send(b"LOGIN carol\n")
+    assert c.line().startswith(b"CHALLENGE ")
+    c.send(b"QUIT\n")
+    assert c.read_all() == b"BYE\n"
+    c = server.connect()  # names: 1-64 of letters, digits, _ - .
+    assert c.line().startswith(b"HELLO")
+    for bad in (b"LOGIN\n", b"LOGIN " + b"n" * 65 + b"\n", b"LOGIN caf\xc3\xa9\n", b"LOGIN a/b\n"):
+        c.send(bad)
+        assert c.line().startswith(b"ERR "), bad
+    c.send(b"LOGIN " + b"n" * 64 + b"\n")
+    assert c.line().startswith(b"CHALLENGE ")
+
+
+def test_billing_stores_no_receipt_for_a_user_who_never_logged_in(run_app, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    server = run_app(APPS / "billing.lua", "--port", "0", options=["--db", str(tmp_path / "b.db")])
+    c = server.connect()
+    assert c.line().startswith(b"HELLO")
+    c.send(b"QUIT\nCHARGE acct-1 5\n")
+    assert c.read_all() == b"BYE\n"
+    d = server.connect()
+    assert d.line().startswith(b"HELLO")
+    d.send(b"LOGIN dan\n")
+    _, nonce = d.line().split()
+    d.send(b"PROOF " + nonce[::-1] + b"\nHISTORY acct-1\n")
+    assert d.line() == b"WELCOME dan"
+    assert d.line().startswith(b"HISTORY acct-1 0 receipts")
+
+
 @pytest.fixture
 def kv(run_app):  # type: ignore[no-untyped-def]
     server = run_app(APPS / "kv.lua", "--port", "0")

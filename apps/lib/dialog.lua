@@ -35,7 +35,8 @@ M.split = split
 
 --- Ask until the client sends `VERB args...` for one of `verbs` ({VERB = parse}) that its parse accepts.
 --- parse(rest) returns the parsed value, or nil and the reason to send back. Returns verb, value; or nil
---- and "quit" or the connection's error.
+--- and why the dialog ends: "quit", or the connection's error ("closed", "timeout", "line too long").
+--- Check the verb, never the value, for the end: the reason is a string too.
 function M.expect(conn, verbs)
   while true do
     local line, err = conn:readline()
@@ -56,8 +57,9 @@ function M.expect(conn, verbs)
   end
 end
 
+--- A user name: 1 to 64 ASCII letters, digits, '_', '-' or '.'.
 function M.parse_name(rest)
-  if rest:match("^[%w_%-%.]+$") and #rest <= 64 then return rest end
+  if #rest <= 64 and rest:match("^[A-Za-z0-9_.-]+$") then return rest end
   return nil, "name must be 1-64 letters, digits, '_', '-' or '.'"
 end
 
@@ -76,23 +78,23 @@ local function parse_proof(rest)
   return rest
 end
 
+-- The end of a dialog: a line past the limit has lost its unread bytes, so it is answered, then BYE.
+local function goodbye(conn, why)
+  if why == "line too long" then conn:write("ERR line too long\n") end
+  conn:write("BYE\n")
+end
+
 --- Greeting, LOGIN, CHALLENGE and up to three PROOFs. Returns the user's name, or nil after saying BYE.
 function M.login(conn, greeting)
   conn:write(greeting, "\n")
-  local _, name = M.expect(conn, { LOGIN = M.parse_name })
-  if not name then
-    conn:write("BYE\n")
-    return nil
-  end
+  local verb, name = M.expect(conn, { LOGIN = M.parse_name })
+  if not verb then return goodbye(conn, name) end -- (name is the reason: "quit", "closed", ...)
   local challenge = nonce()
   conn:write("CHALLENGE ", challenge, "\n")
   local wanted = challenge:reverse()
   for try = 1, M.MAX_TRIES do
-    local _, proof = M.expect(conn, { PROOF = parse_proof })
-    if not proof then
-      conn:write("BYE\n")
-      return nil
-    end
+    local got, proof = M.expect(conn, { PROOF = parse_proof })
+    if not got then return goodbye(conn, proof) end
     if proof == wanted then break end
     if try == M.MAX_TRIES then
       log.info("login failed for " .. name)
@@ -112,10 +114,7 @@ function M.serve(conn, handlers)
   for verb, h in pairs(handlers) do verbs[verb] = h.parse end
   while true do
     local verb, value = M.expect(conn, verbs)
-    if not verb then
-      conn:write("BYE\n")
-      return
-    end
+    if not verb then return goodbye(conn, value) end
     handlers[verb].run(conn, value)
   end
 end
