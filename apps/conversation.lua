@@ -21,6 +21,7 @@ local net = require "moonlet.net"
 local log = require "moonlet.log"
 local dialog = require "dialog" -- apps/lib/dialog.lua
 local opts = require("moonlet.args").parse(arg, { port = 7001, host = "127.0.0.1", timeout = 300 })
+require("moonlet.workers").single("balances and receipt numbers are Lua tables in this process")
 
 local balances = {}   -- account -> balance, shared by every connection
 local receipts = 0    -- receipt numbers, increasing across connections

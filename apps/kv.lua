@@ -14,6 +14,7 @@ local net = require "moonlet.net"
 local log = require "moonlet.log"
 local time = require "moonlet.time"
 local opts = require("moonlet.args").parse(arg, { port = 6380, host = "127.0.0.1" })
+require("moonlet.workers").single("the store is a Lua table in this process")
 
 local byte, sub, upper, find, format, gmatch = string.byte, string.sub, string.upper, string.find, string.format,
   string.gmatch

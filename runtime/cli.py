@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -306,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         from runtime.supervisor import die_with_supervisor
 
         die_with_supervisor()
+    else:  # the start-up log says how many workers run, and why
+        why = "--workers 1" if ns.workers != "auto" else "one per core; this machine has one"
+        if workers == 1:
+            logging.getLogger("moonlet").info("1 worker process (%s)", why)
     if workers > 1:
         from runtime.supervisor import Supervisor
 

@@ -27,6 +27,9 @@ from pathlib import Path
 log = logging.getLogger("moonlet")
 
 ENV = "MOONLET_SUPERVISOR"  # the supervisor's socket path, in a worker's environment
+# What a worker's log says that its supervisor acts on (it reads the workers' standard error):
+LISTENING_MARK = b" listening on "  # worker N serves: an app that listens gets every core (--workers auto)
+SINGLE_PROCESS_MARK = "the app runs as one process: "  # workers.single(): no other worker, ever
 
 
 def shared_listener(host: str, port: int | None, backlog: int) -> socket.socket | None:

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 
-from runtime.listeners import ListenerRegistry
+from runtime.listeners import LISTENING_MARK, SINGLE_PROCESS_MARK, ListenerRegistry
 from runtime.services.console import remove_console_files
 
 log = logging.getLogger("moonlet")
@@ -67,6 +67,7 @@ class Worker:
         self.listening_since = 0.0  # when it said it listens (0: not yet)
         self.listening = asyncio.Event()
         self.exited = asyncio.Event()
+        self.retired = False  # stopped for good (the app runs as one process): not started again
 
     @property
     def name(self) -> str:
@@ -87,6 +88,7 @@ class Supervisor:
         self.lenders: dict[int, Worker] = {}  # slot -> the worker accepting from it while it has none
         self.shared_dir = tempfile.mkdtemp(prefix="moonlet-shared-")
         self.listeners = ListenerRegistry(self.shared_dir)
+        self.single = False  # the app declared state in a worker's memory (workers.single): one worker only
         self._done: asyncio.Future[None] | None = None
 
     def run(self) -> int:
@@ -104,7 +106,10 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGINT, self._stop, signal.SIGINT)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
         if self.widened:
-            log.info("supervisor %d: starting %d workers", os.getpid(), self.count)
+            log.info("supervisor %d: starting %d workers (--workers %d)", os.getpid(), self.count, self.count)
+        else:
+            log.info("supervisor %d: worker 1 starts the app; %d more once it listens (one per core)",
+                     os.getpid(), self.count - 1)  # fmt: skip
         for i in range(self.count if self.widened else 1):
             self._start(Worker(i + 1, self.generation))
         await self._done
@@ -116,6 +121,19 @@ class Supervisor:
                  self.count - 1)  # fmt: skip
         for i in range(1, self.count):
             self._start(Worker(i + 1, self.generation))
+
+    def _go_single(self, declaring: Worker) -> None:
+        """The app keeps state in a worker's memory: from now on one worker, the one that said so."""
+        self.single = True
+        others = [w for w in self.workers if w is not declaring and w.generation == declaring.generation]
+        if self.count > 1:
+            why = f"of --workers {self.count}" if self.widened else "of one per core"
+            log.info("supervisor %d: 1 worker instead %s (the app keeps state in memory)", os.getpid(), why)
+        self.count = 1
+        for worker in others:  # (started at once with an explicit --workers N)
+            worker.retired = True
+            if worker.proc is not None and worker.proc.returncode is None:
+                worker.proc.send_signal(signal.SIGTERM)
 
     def _start(self, worker: Worker) -> None:
         self.workers.append(worker)
@@ -150,12 +168,16 @@ class Supervisor:
         while line := await worker.proc.stderr.readline():  # pass the worker's log through
             sys.stderr.buffer.write(line)
             sys.stderr.flush()
-            if b" listening on " in line and not worker.listening.is_set():
+            if SINGLE_PROCESS_MARK.encode() in line and not self.single:
+                self._go_single(worker)
+            if LISTENING_MARK in line and not worker.listening.is_set():
                 worker.listening_since = time.monotonic()
                 worker.listening.set()
                 if worker.generation == self.generation:
                     self._take_back_share(worker.index)
-                if not self.widened and not self.stopping:
+                    if self.single:  # the slots of workers stopped for it: it serves them from now on
+                        self._lend_all(worker)
+                if not self.widened and not self.stopping and not self.single:
                     self._widen()
         status = await worker.proc.wait()
         worker.exited.set()
@@ -165,6 +187,14 @@ class Supervisor:
         if not self.widened and not self.stopping:  # a script: it ran once, its status is ours
             self.exit_status = status if status >= 0 else 128 - status
             self.stopping = True
+        if worker.retired:  # its slot's waiting connections go to the one worker
+            log.info("%s (pid %d) stopped: the app runs as one process", worker.name, worker.proc.pid)
+            self.listeners.orphaned.add(worker.index)
+            for w in self.workers:
+                if w.listening.is_set() and w.proc and w.proc.returncode is None and not self.stopping:
+                    self._lend_all(w)
+            self._check_done()
+            return
         if self.stopping or worker.generation != self.generation:
             how = (
                 f"was killed by {signal.Signals(-status).name}"
@@ -213,6 +243,16 @@ class Supervisor:
                 self.lenders[slot] = w
                 w.proc.send_signal(signal.SIGUSR1)  # it asks the registry for the orphaned sockets
                 return
+
+    def _lend_all(self, worker: Worker) -> None:
+        """The one worker of a single-process app accepts from every orphaned slot (there is no other)."""
+        slots = sorted(self.listeners.orphaned - {worker.index})
+        if slots and worker.proc is not None and worker.proc.returncode is None:
+            for slot in slots:
+                self.lenders[slot] = worker
+            log.info("%s takes the connections of slot%s %s", worker.name, "s" if len(slots) > 1 else "",
+                     ", ".join(map(str, slots)))  # fmt: skip
+            worker.proc.send_signal(signal.SIGUSR1)
 
     def _take_back_share(self, slot: int) -> None:
         """Slot ``slot`` has a listening worker again: whoever stood in for it lets its sockets go."""

@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, Server, run_script
 
 
@@ -352,3 +354,54 @@ def test_workers_share_a_unix_socket_and_the_supervisor_removes_it(run_app, tmp_
     assert seen == {b"1", b"2"}  # one socket, both workers accepting from it
     assert server.stop(signal.SIGTERM) == 0
     assert not path.exists()
+
+
+SINGLE_APP = """
+local net, workers = require "moonlet.net", require "moonlet.workers"
+workers.single("the counter is a Lua number in this process")
+local count = 0
+net.listen { host = "127.0.0.1", port = tonumber(arg[1]), handler = function(conn)
+  while conn:readline() do
+    count = count + 1
+    conn:write("hi ", workers.id(), " ", count, "\\n")
+  end
+end }
+"""
+
+
+@pytest.mark.parametrize("workers", ["auto", "3"])
+def test_an_app_that_declares_state_in_memory_runs_as_one_process(tmp_path: Path, workers: str) -> None:
+    app = tmp_path / "single.lua"
+    app.write_text(SINGLE_APP)
+    port = free_port()
+    server = Server(app, [str(port)], options=["--workers", workers])
+    try:
+        server.wait_log(b"the app runs as one process: the counter is a Lua number in this process")
+        if workers == "3" or (os.cpu_count() or 1) > 1:
+            server.wait_log(re.compile(rb"1 worker instead of (--workers 3|one per core)"))
+        # every new connection reaches the one store: 30 answers numbered 1..30, none lost or stranded
+        answers = [ask(port).split() for _ in range(30)]
+        assert [int(a[2]) for a in answers] == list(range(1, 31)), answers
+        assert {a[1] for a in answers} == {answers[0][1]}
+        assert "more workers" not in server.log_text()
+    finally:
+        assert server.stop(signal.SIGTERM) == 0
+
+
+def test_declaring_one_process_after_listening_is_an_error(tmp_path: Path) -> None:
+    script = tmp_path / "late.lua"
+    script.write_text(
+        'local net = require "moonlet.net"\n'
+        "local l = net.listen { port = 0, handler = function() end }\n"
+        'print(pcall(require("moonlet.workers").single, "too late"))\n'
+        'print(pcall(require("moonlet.workers").single))\n'
+        "l:close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime", "run", "--workers", "1", str(script)],
+        cwd=ROOT, capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    lines = done.stdout.decode().splitlines()
+    assert lines[0].startswith("false\t") and "before the app listens" in lines[0], lines
+    assert "bad argument #1 to 'single'" in lines[1], lines
+    assert b"1 worker process (--workers 1)" in done.stderr

@@ -45,6 +45,7 @@ class Op(enum.IntEnum):
         20  # (conn, out, served): a request worker sends `out` and gives conn back; reply (conn, data, last):
     )
     # a connection to serve next (its bytes; last: its next answer is its last), or nil: the worker ends
+    DB_EXEC_MANY = 21  # (target, sql, sets): the statement once per parameter set, all or none: as DB_EXEC
     # -- calls (synchronous, never suspend) --
     WRITE = 32  # (conn, out): hand `out` to the transport now
     CLOSE = 33  # (conn, out): send `out` and close
@@ -87,8 +88,8 @@ class Op(enum.IntEnum):
     OWN = 69  # (conn, task or nil): that task (nil: the running one) owns conn: it closes when the task ends
     OPEN = 70  # (conn): true until the connection is closed (by either side, or with the task that owned it)
     TASK_FAILURES = 71  # (): spawned tasks that failed with nobody waiting for them: how many, the last error
-    DB_EXEC_MANY = 21  # (target, sql, sets): the statement once per parameter set, all or none: as DB_EXEC
     VIRTUAL_TIME = 72  # (on): moonlet test's clock jumps ahead whenever every task waits (or stops doing so)
+    SINGLE_PROCESS = 73  # (reason, where): the app keeps state in this process's memory: one worker, ever
 
     @property
     def yields(self) -> bool:

@@ -30,7 +30,7 @@ from runtime.config import Limits
 from runtime.kernel.core import SUSPEND, BadRequestError, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Extra, Task
-from runtime.listeners import remove_stale_socket, shared_listener
+from runtime.listeners import SINGLE_PROCESS_MARK, remove_stale_socket, shared_listener
 from runtime.lua.state import resume_thread
 from runtime.lua.values import from_plain, to_plain
 from runtime.services.background import Background
@@ -697,6 +697,7 @@ class StreamService:
         kernel.register_call(Op.SETTIMEOUTS, self._settimeouts, Connection)
         kernel.register_call(Op.BUFFERED, self._buffered, Connection)
         kernel.register_call(Op.UNLISTEN, self._unlisten, Listener)
+        kernel.register_call(Op.SINGLE_PROCESS, self._single_process)
         kernel.register_call(Op.KEEP, self._keep, Connection)
         kernel.register_call(Op.OWN, self._own, Connection)
         kernel.register_call(Op.OPEN, self._open, Connection)
@@ -1055,6 +1056,15 @@ class StreamService:
                 conn.reader is not None and conn.bytes_in and conn.listener and conn.listener.workers is None
             ):
                 conn._wake_reader(_CLOSED_REPLY)
+
+    def _single_process(self, reason: object, where: object, _c: object) -> object:
+        """workers.single(reason): said before the app listens, in the line the supervisor reads."""
+        if self.listeners:
+            return (None, b"declare it before the app listens (workers.single at the top of the app)")
+        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else "state in memory"
+        place = where.decode("utf-8", "replace") if isinstance(where, bytes) else "?"
+        log.info("%s%s (declared at %s)", SINGLE_PROCESS_MARK, one_line(text.encode()), place)
+        return True
 
     def waits_on_another_process(self) -> bool:
         """A task waits to read from or send to a connection whose peer is not a connection of this process

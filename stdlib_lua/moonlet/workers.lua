@@ -1,0 +1,38 @@
+--- Worker processes, from the app's side. `moonlet run` gives a server one worker process per core (see the
+--- README, "Every core"); they share the listening ports, `moonlet.shared`, the database, and nothing else.
+--- An app that keeps state in a worker's memory (a store in a Lua table, counters, a room of connections)
+--- must say so, at its top, before it listens:
+--
+--     local workers = require "moonlet.workers"
+--     workers.single("the store is a Lua table in this process")
+--
+--- `moonlet run` then runs it as one process and says so in its start-up log (with `--workers N` too: the
+--- other workers are stopped at once). Without it, every worker would keep a store of its own, and a client
+--- would see whichever one its connection landed on.
+-- @module moonlet.workers
+local host = require "moonlet._host"
+local call, OP, where = host.call, host.OP, host.where
+local getenv = os.getenv
+local type, error, tostring, tonumber = type, error, tostring, tonumber
+
+local M = {}
+
+--- Declare that this app keeps state in its process's memory, so it must run as one process. Call it
+--- before the app listens (an error otherwise: workers may already have started).
+---@param reason string what lives in memory (said in the start-up log)
+function M.single(reason)
+  if type(reason) ~= "string" or reason == "" then
+    error("bad argument #1 to 'single' (a non-empty string saying what state is in memory expected, got "
+      .. type(reason) .. ")", 2)
+  end
+  local ok, err = call(OP.SINGLE_PROCESS, reason, where(2))
+  if not ok then error("workers.single: " .. tostring(err), 2) end
+end
+
+--- This process's worker number: 1 to N under `moonlet run`'s supervisor, 1 when it runs alone.
+---@return integer
+function M.id()
+  return tonumber(getenv("MOONLET_WORKER") or "1") or 1
+end
+
+return M
