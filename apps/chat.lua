@@ -13,6 +13,7 @@
 --   S: <ann> hello                    (and on every client of every node)
 --   C: /quit
 local net = require "moonlet.net"
+local group = require "moonlet.group"
 local redis = require "moonlet.redis"
 local log = require "moonlet.log"
 local db = require "moonlet.db"
@@ -20,7 +21,9 @@ local opts = require("moonlet.args").parse(arg, { port = 7010, host = "127.0.0.1
   redis_port = 6379, room = "moonlet-chat", history = 20 })
 
 local r = redis.new { host = opts.redis_host, port = opts.redis_port }
-local clients = {} -- conn -> name, on this node
+-- This node's clients: each message goes to all of them without waiting; one that stops reading is
+-- disconnected once 256 KiB wait for it, instead of stalling the room (and the Redis subscription).
+local room = group.new { outbox = 256 * 1024, slow = "close" }
 
 assert(db.exec([[CREATE TABLE IF NOT EXISTS chat_messages (]]
   .. (db.dialect() == "postgresql" and "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
@@ -48,7 +51,7 @@ spawn(function()
       log.error("chat: lost the Redis subscription: " .. tostring(err))
       return
     end
-    for conn in pairs(clients) do conn:write(msg.data, "\n") conn:flush() end
+    room:send(msg.data, "\n")
   end
 end):detach()
 
@@ -58,16 +61,15 @@ local server = assert(net.listen { host = opts.host, port = opts.port, handler =
   local name = conn:readline()
   if not name or not name:match("^[%w_%-]+$") then return conn:write("BYE names are letters and digits\n") end
   for _, row in ipairs(history() or {}) do conn:write(row.body, "\n") end
-  local count = 0
-  for _ in pairs(clients) do count = count + 1 end
-  clients[conn] = name
+  local count = room:size()
+  room:add(conn)
   publish("* " .. name .. " joined (" .. count .. " here before you)")
   while true do
     local line = conn:readline()
     if not line or line == "/quit" then break end
     if line ~= "" then publish("<" .. name .. "> " .. line) end
   end
-  clients[conn] = nil
+  room:remove(conn)
   publish("* " .. name .. " left")
 end })
 log.info("chat on " .. server.host .. ":" .. server.port .. " (room " .. opts.room .. ")")

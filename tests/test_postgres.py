@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -208,6 +209,55 @@ def test_chat_across_two_nodes_history_in_the_database(
     assert bob.line() == b"<bob> hi from b"
     bob.send(b"/quit\n")
     assert ann.line() == b"* bob left"
+
+
+def test_a_chat_member_that_never_reads_is_dropped_and_the_room_goes_on(
+    run_app, redis_server: int, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    room = ["--redis-port", str(redis_server), "--room", "slow-room", "--history", "0"]
+    node = run_app("apps/chat.lua", "--port", "0", *room, options=["--db", str(tmp_path / "chat.db")])
+    ann = node.connect()
+    assert ann.line() == b"WELCOME, your name?"
+    ann.send(b"ann\n")
+    assert ann.line().startswith(b"* ann joined")
+    sid = socket.socket()  # joins, then never reads again; a small receive buffer fills at once
+    sid.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sid.connect(("127.0.0.1", node.port))
+    sid.sendall(b"sid\n")
+    assert ann.line().startswith(b"* sid joined")
+    bob = node.connect()
+    assert bob.line() == b"WELCOME, your name?"
+    bob.send(b"bob\n")
+    assert bob.line().startswith(b"* bob joined")
+    assert ann.line().startswith(b"* bob joined")
+    line = b"x" * 2000
+    sender = threading.Thread(  # 8 MB: past the kernel's socket buffers and then the 256 KiB outbox
+        target=lambda: [ann.send(b"%d " % i + line + b"\n") for i in range(4000)], daemon=True
+    )
+    sender.start()
+    left = 0
+
+    def next_message(client) -> bytes:  # type: ignore[no-untyped-def]
+        nonlocal left
+        got = client.line()
+        while got == b"* sid left":  # (the slow member's handler saw its connection closed)
+            left += 1
+            got = client.line()
+        return got  # type: ignore[no-any-return]
+
+    for i in range(4000):  # everyone else keeps receiving, in order, without a stall
+        assert next_message(bob) == b"<ann> %d " % i + line
+        assert next_message(ann) == b"<ann> %d " % i + line
+    sender.join(30)
+    node.wait_log(b"group: closing a slow member")
+    bob.send(b"still here\n")
+    assert ann.line() == b"<bob> still here"
+    sid.settimeout(10)
+    got = b""
+    while chunk := sid.recv(65536):  # what it had been sent, then the end: it was disconnected
+        got += chunk
+    assert len(got) < 8_000_000
+    sid.close()
 
 
 def test_cancelled_task_gives_back_its_transaction_and_connection(tmp_path: Path, pg_url: str) -> None:

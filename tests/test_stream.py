@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -311,3 +312,67 @@ def test_a_blocked_loop_does_not_time_out_a_connection_whose_bytes_arrived(lua_s
     steady.send(b"b\n")  # arrives 0.1 s into a 0.3 s read timeout, while the loop is blocked past it
     assert steady.line() == b"b"  # read once the loop runs again, not timed out
     assert blocker.line() == b"block"
+
+
+GROUP_APP = """
+local net, group = require "moonlet.net", require "moonlet.group"
+local members = group.new { outbox = 65536, slow = "drop" }
+net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
+  local line = conn:readline()
+  if line == "join" then
+    members:add(conn)
+    conn:write("joined ", members:size(), "\\n")
+    while conn:readline() do end
+    members:remove(conn)
+  elseif line and line:match("^send %d+$") then
+    local n = tonumber(line:match("%d+"))
+    local sent, dropped, closed = 0, 0, 0
+    for i = 1, n do
+      local s, d, c = members:send(i, " ", string.rep("m", 1000), "\\n")
+      sent, dropped, closed = sent + s, dropped + d, closed + c
+      if i % 20 == 0 then sleep(0) end -- (let the loop send: the reader keeps up, the other one does not)
+    end
+    conn:write(sent, " ", dropped, " ", closed, " ", members:size(), "\\n")
+  end
+end }
+"""
+
+
+def test_a_group_send_never_waits_and_drops_for_a_member_that_does_not_read(lua_server) -> None:  # type: ignore[no-untyped-def]
+    server = lua_server(GROUP_APP)
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", server.port))
+    slow.sendall(b"join\n")
+    assert slow.recv(100) == b"joined 1\n"
+    fast = server.connect()
+    fast.send(b"join\n")
+    assert fast.line() == b"joined 2"
+    counts: list[bytes] = []
+
+    def publish(n: int) -> None:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as p:
+            p.sendall(b"send %d\n" % n)
+            counts.append(p.recv(100))
+
+    n = 8000
+    publisher = threading.Thread(target=publish, args=(n,))  # ~8 MB to each member
+    publisher.start()
+    for i in range(1, n + 1):  # the member that reads gets every message, in order
+        assert fast.line() == b"%d " % i + b"m" * 1000
+    publisher.join(10)
+    sent, dropped, closed, size = (int(x) for x in counts[0].split())
+    assert dropped > 0 and closed == 0 and size == 2 and sent + dropped == 2 * n, counts
+    # the slow member stayed: once it has read what was sent to it, it receives again
+    slow.settimeout(5)
+    taken = b""
+    while taken.count(b"\n") < sent - n:
+        taken += slow.recv(1 << 20)
+    publish(1)
+    assert fast.line() == b"1 " + b"m" * 1000
+    assert counts[1].split()[:3] == [b"2", b"0", b"0"]
+    got = b""
+    while not got.endswith(b"\n"):
+        got += slow.recv(4096)
+    assert got == b"1 " + b"m" * 1000 + b"\n"
+    slow.close()

@@ -96,7 +96,7 @@ def test_workers_share_the_port_and_the_dictionary(run_app, tmp_path: Path) -> N
         cwd=ROOT, capture_output=True, timeout=20, check=False,
     )  # fmt: skip
     assert repl.returncode == 0, repl.stderr
-    assert repl.stdout.strip() == b"1" and b"worker 1 of 2" in repl.stderr
+    assert repl.stdout.strip() == b'"1"' and b"worker 1 of 2" in repl.stderr
 
 
 def test_a_killed_worker_is_replaced_and_clients_are_still_served(lua_server) -> None:  # type: ignore[no-untyped-def]

@@ -48,7 +48,7 @@ class Op(enum.IntEnum):
     DB_EXEC_MANY = 21  # (target, sql, sets): the statement once per parameter set, all or none: as DB_EXEC
     # -- calls (synchronous, never suspend) --
     WRITE = 32  # (conn, out): hand `out` to the transport now
-    CLOSE = 33  # (conn, out): send `out` and close
+    CLOSE = 33  # (conn, out, abort): send `out` and close; abort: close now, dropping what is unsent
     PEER = 34  # (conn): host, port of the peer (or the socket path)
     SETTIMEOUTS = 35  # (conn, send, read): seconds; math.huge or false means never
     BUFFERED = 36  # (conn): bytes received but not handed to Lua, bytes not yet sent

@@ -979,7 +979,10 @@ class StreamService:
     def _write(self, conn: Connection, out: bytes | None, _: object) -> object:
         return True if conn.send(out) else _CLOSED_REPLY
 
-    def _close(self, conn: Connection, out: bytes | None, _: object) -> object:
+    def _close(self, conn: Connection, out: bytes | None, abort: object) -> object:
+        if abort is True:  # what is unsent is dropped (a peer that stopped reading)
+            conn.abort()
+            return True
         conn.send(out)
         conn.close()
         return True

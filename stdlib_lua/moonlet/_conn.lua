@@ -11,7 +11,7 @@ local find, sub, byte, concat = string.find, string.sub, string.byte, table.conc
 local type, error, setmetatable, tostring, select, floor = type, error, setmetatable, tostring, select, math.floor
 local huge = math.huge
 
-local SEND, SENDALL, WRITE, CLOSE = OP.SEND, OP.SENDALL, OP.WRITE, OP.CLOSE
+local SEND, SENDALL, WRITE, CLOSE, BUFFERED = OP.SEND, OP.SENDALL, OP.WRITE, OP.CLOSE, OP.BUFFERED
 local HIGH_WATER = host.limits.write_high_water
 local MIN_LINE_LIMIT = 256 -- setlimits refuses a smaller line limit
 
@@ -279,18 +279,48 @@ function Conn:writen(...)
   return ok, err
 end
 
+-- For moonlet.group: hand `s` to the host now, after what is buffered, unless more than `limit` bytes would
+-- then be waiting to be sent. Never waits. Returns true; or false, bytes waiting (over the limit); or
+-- nil, "closed".
+function Conn:_offer(s, limit)
+  if self[CLOSED] then return nil, "closed" end
+  local _, unsent = call(BUFFERED, self[PY])
+  if unsent == nil then self[CLOSED] = true return nil, "closed" end
+  local waiting = self[OUTB] + unsent
+  if waiting + #s > limit then return false, waiting end
+  local out = take(self)
+  if not call(WRITE, self[PY], out and out .. s or s) then
+    self[CLOSED] = true
+    return nil, "closed"
+  end
+  return true
+end
+
 --- Send what is buffered, then close. Other coroutines waiting on this connection get nil, "closed".
 ---@return true? ok
 ---@return string? err
 function Conn:close()
   if self[CLOSED] then return nil, "closed" end
   self[CLOSED] = true
-  call(CLOSE, self[PY], take(self))
+  call(CLOSE, self[PY], take(self), false)
   if self._counted then
     self._counted = false
     M.release(self._key, self)
   end
   return true
+end
+
+-- For moonlet.group: close now, dropping what is not sent (a peer that stopped reading would otherwise keep
+-- the connection open until it took every byte).
+function Conn:_abort()
+  if self[CLOSED] then return end
+  self[CLOSED] = true
+  take(self)
+  call(CLOSE, self[PY], nil, true)
+  if self._counted then
+    self._counted = false
+    M.release(self._key, self)
+  end
 end
 
 --- Send what is buffered, then end the sending direction (half-close): the peer reads end-of-stream while
