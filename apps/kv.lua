@@ -1,4 +1,5 @@
--- A Redis-protocol (RESP2) key-value store, in memory. Works with redis-cli, redis-benchmark and redis-py.
+-- A Redis-protocol key-value store, in memory, answering byte for byte as redis-server 7.0 does for the
+-- commands below (tests/test_kv_vs_redis.py compares the two). Works with redis-cli, redis-benchmark, redis-py.
 --
 -- Run:   moonlet run apps/kv.lua [--port 6380] [--host 127.0.0.1]
 -- Try:   redis-cli -p 6380 set greeting hello EX 60     ->  OK
@@ -7,26 +8,42 @@
 --        redis-cli -p 6380 ttl greeting                 ->  (integer) 60
 --        redis-benchmark -p 6380 -t ping_inline,set,get -P 16
 --
--- Commands: PING ECHO SET(EX PX NX XX KEEPTTL) GET DEL EXISTS INCR INCRBY DECR DECRBY EXPIRE PEXPIRE TTL PTTL
--- PERSIST KEYS DBSIZE FLUSHDB FLUSHALL SELECT(0) QUIT, plus the handshake commands clients send (COMMAND,
--- CONFIG GET, CLIENT, HELLO 2|3). Both RESP arrays and inline commands; pipelining is just reading the next one.
+-- Commands: PING ECHO SET(NX XX GET KEEPTTL EX PX EXAT PXAT) GET DEL EXISTS INCR INCRBY DECR DECRBY
+-- EXPIRE PEXPIRE(NX XX GT LT) TTL PTTL PERSIST KEYS DBSIZE SELECT(0-15) FLUSHDB FLUSHALL HELLO(2|3) QUIT, plus
+-- the handshake commands clients send (COMMAND, CONFIG GET, CLIENT). RESP arrays and inline commands (with
+-- Redis's quoting); pipelining is just reading the next one. Differences from Redis: see the README.
 local net = require "moonlet.net"
 local log = require "moonlet.log"
 local time = require "moonlet.time"
 local opts = require("moonlet.args").parse(arg, { port = 6380, host = "127.0.0.1" })
 require("moonlet.workers").single("the store is a Lua table in this process")
 
-local byte, sub, upper, find, format, gmatch = string.byte, string.sub, string.upper, string.find, string.format,
-  string.gmatch
-local tointeger, tostring, tonumber, concat = math.tointeger, tostring, tonumber, table.concat
-local monotonic = time.monotonic
+local byte, sub, upper, find, format, gsub = string.byte, string.sub, string.upper, string.find, string.format,
+  string.gsub
+local tointeger, tostring, tonumber, concat, floor = math.tointeger, tostring, tonumber, table.concat, math.floor
+local wall = time.now
 
 local MAX_BULK = 16 * 1024 * 1024
 local MAX_ARGS = 1024 * 1024
+local DATABASES = 16 -- SELECT 0..15, as Redis's default
 
-local data = {}      -- key -> string value
-local expires = {}   -- key -> monotonic deadline, for keys with a TTL
-local nexpires = 0   -- how many keys have a TTL (skip the clock when none do)
+-- Expiry is kept as Redis keeps it: an absolute unix time in milliseconds, an integer; a key is gone once
+-- the clock has passed it (`now > when`), and TTL rounds (ms + 500) // 1000.
+local function now_ms() return tointeger(floor(wall() * 1000)) end
+
+-- The databases, and the selected one's tables in upvalues (commands never wait, so a connection's
+-- database is switched in before each of its commands: see `serve`).
+local dbs = {}
+for i = 0, DATABASES - 1 do dbs[i] = { data = {}, expires = {}, nexpires = 0 } end
+local active = dbs[0]
+local data = active.data         -- key -> string value
+local expires = active.expires   -- key -> expiry (unix ms), for keys with a TTL
+local nexpires = 0               -- how many keys have a TTL (skip the clock when none do)
+
+local function use_db(db)
+  active.nexpires = nexpires
+  active, data, expires, nexpires = db, db.data, db.expires, db.nexpires
+end
 
 ---------------------------------------------------------------------------------------------------------
 -- keyspace
@@ -41,7 +58,7 @@ local function lookup(key)
   local v = data[key]
   if v ~= nil and nexpires > 0 then
     local deadline = expires[key]
-    if deadline and deadline <= monotonic() then
+    if deadline and now_ms() > deadline then
       expire_now(key)
       return nil
     end
@@ -68,9 +85,9 @@ end
 
 local function purge_expired()
   if nexpires == 0 then return end
-  local now = monotonic()
+  local now = now_ms()
   for key, deadline in pairs(expires) do
-    if deadline <= now then expire_now(key) end
+    if now > deadline then expire_now(key) end
   end
 end
 
@@ -82,6 +99,13 @@ local OK, PONG, NIL = "+OK\r\n", "+PONG\r\n", "$-1\r\n"
 local function bulk(s) return "$" .. #s .. "\r\n" .. s .. "\r\n" end
 local function int(n) return ":" .. n .. "\r\n" end
 local function err(msg) return "-ERR " .. msg .. "\r\n" end
+-- An error that quotes the client's bytes: CR and LF become spaces, as Redis does, so the reply stays one line.
+local function err_quoting(msg) return "-ERR " .. gsub(msg, "[\r\n]", " ") .. "\r\n" end
+-- A client's bytes as Redis quotes them in an error: as a C string, up to the first NUL byte.
+local function cstring(s)
+  local zero = find(s, "\0", 1, true)
+  return zero and sub(s, 1, zero - 1) or s
+end
 local function array(items)
   local parts = { "*" .. #items .. "\r\n" }
   for i = 1, #items do parts[i + 1] = bulk(items[i]) end
@@ -90,6 +114,7 @@ end
 
 local NOT_INTEGER = err("value is not an integer or out of range")
 local SYNTAX = err("syntax error")
+local function bad_expire(name) return err(format("invalid expire time in '%s' command", name)) end
 
 local function wrong_args(name)
   return err(format("wrong number of arguments for '%s' command", name:lower()))
@@ -206,13 +231,16 @@ local function incr_by(key, delta)
   return int(result)
 end
 
-local function ttl_reply(key, scale)
+local function ttl_reply(key, in_ms)
   if lookup(key) == nil then return int(-2) end
   local deadline = expires[key]
   if deadline == nil then return int(-1) end
-  local left = (deadline - monotonic()) * scale
-  return int(math.max(0, math.floor(left + 0.5)))
+  local left = deadline - now_ms()
+  if left < 0 then left = 0 end
+  return int(in_ms and left or (left + 500) // 1000)
 end
+
+local LLONG_MAX = math.maxinteger
 
 local commands = {}
 
@@ -232,29 +260,46 @@ commands.GET = function(a)
   return v == nil and NIL or bulk(v)
 end
 
+-- SET key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL], with Redis 7.0's rules: a repeated option
+-- is allowed (the last value wins), options that conflict are a syntax error, the time is checked after.
 commands.SET = function(a)
-  if #a < 3 then return wrong_args("set") end
+  local n = #a
+  if n < 3 then return wrong_args("set") end
   local key, value = a[2], a[3]
-  local deadline, nx, xx, keepttl = nil, false, false, false
+  local nx, xx, get, keepttl, unit, when = false, false, false, false, nil, nil
   local i = 4
-  while i <= #a do
+  while i <= n do
     local o = upper(a[i])
-    if (o == "EX" or o == "PX") and a[i + 1] then
-      local n = parse_int(a[i + 1])
-      if n == nil then return NOT_INTEGER end
-      if n <= 0 then return err("invalid expire time in 'set' command") end
-      deadline = monotonic() + (o == "EX" and n or n / 1000)
-      i = i + 2
-    elseif o == "NX" then nx, i = true, i + 1
-    elseif o == "XX" then xx, i = true, i + 1
-    elseif o == "KEEPTTL" then keepttl, i = true, i + 1
-    else return SYNTAX end
+    local next_arg = a[i + 1]
+    if o == "NX" and not xx then nx = true
+    elseif o == "XX" and not nx then xx = true
+    elseif o == "GET" then get = true
+    elseif o == "KEEPTTL" and not unit then keepttl = true
+    elseif (o == "EX" or o == "PX" or o == "EXAT" or o == "PXAT") and next_arg ~= nil and not keepttl
+      and (unit == nil or unit == o) then
+      unit, when = o, next_arg
+      i = i + 1
+    else
+      return SYNTAX
+    end
+    i = i + 1
   end
-  if (nx and xx) or (keepttl and deadline) then return SYNTAX end
-  local exists = lookup(key) ~= nil
-  if (nx and exists) or (xx and not exists) then return NIL end
+  local deadline
+  if unit then
+    local t = parse_int(when)
+    if t == nil then return NOT_INTEGER end
+    local seconds = unit == "EX" or unit == "EXAT"
+    if t <= 0 or (seconds and t > LLONG_MAX // 1000) then return bad_expire("set") end
+    if seconds then t = t * 1000 end
+    if unit == "EX" or unit == "PX" then t = t + now_ms() end
+    if t <= 0 then return bad_expire("set") end -- (it wrapped around)
+    deadline = t
+  end
+  local old = lookup(key)
+  if (nx and old ~= nil) or (xx and old == nil) then return get and (old == nil and NIL or bulk(old)) or NIL end
   data[key] = value
   if not keepttl then set_ttl(key, deadline) end
+  if get then return old == nil and NIL or bulk(old) end
   return OK
 end
 
@@ -292,34 +337,62 @@ end
 commands.DECRBY = function(a)
   if #a ~= 3 then return wrong_args("decrby") end
   local delta = parse_int(a[3])
-  if delta == nil or delta == math.mininteger then return NOT_INTEGER end
+  if delta == nil then return NOT_INTEGER end
+  if delta == math.mininteger then return err("decrement would overflow") end
   return incr_by(a[2], -delta)
 end
 
-local function expire(a, name, scale)
-  if #a ~= 3 then return wrong_args(name) end
-  local n = parse_int(a[3])
-  if n == nil then return NOT_INTEGER end
-  if lookup(a[2]) == nil then return int(0) end
-  if n <= 0 then
-    delete(a[2])
+-- EXPIRE/PEXPIRE key time [NX|XX|GT|LT] (Redis 7.0): options first, then the time's range, then the key.
+local EXPIRE_OPTIONS = { NX = true, XX = true, GT = true, LT = true }
+
+local function expire(a, name, in_seconds)
+  local n = #a
+  if n < 3 then return wrong_args(name) end
+  local flag = {}
+  for i = 4, n do
+    local o = upper(a[i])
+    if not EXPIRE_OPTIONS[o] then return err_quoting("Unsupported option " .. cstring(a[i])) end
+    flag[o] = true
+  end
+  if flag.NX and (flag.XX or flag.GT or flag.LT) then
+    return err("NX and XX, GT or LT options at the same time are not compatible")
+  end
+  if flag.GT and flag.LT then return err("GT and LT options at the same time are not compatible") end
+  local when = parse_int(a[3])
+  if when == nil then return NOT_INTEGER end
+  if in_seconds then
+    if when > LLONG_MAX // 1000 or when < math.mininteger // 1000 then return bad_expire(name) end
+    when = when * 1000
+  end
+  local now = now_ms()
+  if when > LLONG_MAX - now then return bad_expire(name) end
+  when = when + now
+  local key = a[2]
+  if lookup(key) == nil then return int(0) end
+  local current = expires[key] -- nil: no expiry (Redis's -1, an infinite TTL)
+  if (flag.NX and current ~= nil) or (flag.XX and current == nil)
+    or (flag.GT and (current == nil or when <= current)) or (flag.LT and current ~= nil and when >= current) then
+    return int(0)
+  end
+  if when <= now then
+    delete(key)
   else
-    set_ttl(a[2], monotonic() + n / scale)
+    set_ttl(key, when)
   end
   return int(1)
 end
 
-commands.EXPIRE = function(a) return expire(a, "expire", 1) end
-commands.PEXPIRE = function(a) return expire(a, "pexpire", 1000) end
+commands.EXPIRE = function(a) return expire(a, "expire", true) end
+commands.PEXPIRE = function(a) return expire(a, "pexpire", false) end
 
 commands.TTL = function(a)
   if #a ~= 2 then return wrong_args("ttl") end
-  return ttl_reply(a[2], 1)
+  return ttl_reply(a[2], false)
 end
 
 commands.PTTL = function(a)
   if #a ~= 2 then return wrong_args("pttl") end
-  return ttl_reply(a[2], 1000)
+  return ttl_reply(a[2], true)
 end
 
 commands.PERSIST = function(a)
@@ -348,15 +421,39 @@ commands.DBSIZE = function(a)
   return int(n)
 end
 
-commands.FLUSHDB = function()
-  data, expires, nexpires = {}, {}, 0
+-- FLUSHDB/FLUSHALL [ASYNC|SYNC]: the error for anything else, or nil
+local function bad_flush_mode(a)
+  if #a > 2 or (#a == 2 and upper(a[2]) ~= "ASYNC" and upper(a[2]) ~= "SYNC") then return SYNTAX end
+end
+
+commands.FLUSHDB = function(a)
+  local bad = bad_flush_mode(a)
+  if bad then return bad end
+  for k in pairs(data) do data[k] = nil end
+  for k in pairs(expires) do expires[k] = nil end
+  nexpires = 0
   return OK
 end
-commands.FLUSHALL = commands.FLUSHDB
 
-commands.SELECT = function(a)
+commands.FLUSHALL = function(a)
+  local bad = bad_flush_mode(a)
+  if bad then return bad end
+  for i = 0, DATABASES - 1 do
+    local db = dbs[i]
+    db.data, db.expires, db.nexpires = {}, {}, 0
+  end
+  active.nexpires = 0
+  data, expires, nexpires = active.data, active.expires, 0
+  return OK
+end
+
+commands.SELECT = function(a, session)
   if #a ~= 2 then return wrong_args("select") end
-  if a[2] ~= "0" then return err("DB index is out of range") end
+  local i = parse_int(a[2])
+  if i == nil then return NOT_INTEGER end
+  if i < 0 or i >= DATABASES then return err("DB index is out of range") end
+  session.db = dbs[i]
+  use_db(session.db)
   return OK
 end
 
@@ -374,17 +471,105 @@ commands.CLIENT = function(a)
   if sub_command == "GETNAME" then return NIL end
   return err("unsupported CLIENT subcommand")
 end
--- HELLO [2|3]: RESP3 differs from RESP2 here only in the null reply and the HELLO map (redis-py 5+ asks for 3).
+-- HELLO [protover [AUTH user pass] [SETNAME name]]: switches to RESP3 on 3 (the null reply and maps differ;
+-- redis-py 5+ asks for it), and answers Redis's map of the connection, naming this server (no AUTH here).
 commands.HELLO = function(a, session)
-  local proto = a[2] or "2"
-  if proto ~= "2" and proto ~= "3" then return "-NOPROTO unsupported protocol version\r\n" end
-  session.resp3 = proto == "3"
-  local fields = "$6\r\nserver\r\n$7\r\nmoonlet\r\n$5\r\nproto\r\n:" .. proto .. "\r\n"
-  return (session.resp3 and "%2\r\n" or "*4\r\n") .. fields
+  local n = #a
+  if n >= 2 then
+    local ver = parse_int(a[2])
+    if ver == nil then return err("Protocol version is not an integer or out of range") end
+    if ver < 2 or ver > 3 then return "-NOPROTO unsupported protocol version\r\n" end
+    local i = 3
+    while i <= n do
+      local o = upper(a[i])
+      if o == "SETNAME" and i < n then i = i + 2
+      else return err_quoting("Syntax error in HELLO option '" .. cstring(a[i]) .. "'") end
+    end
+    session.resp3 = ver == 3
+  end
+  local fields = bulk("server") .. bulk("moonlet-kv") .. bulk("version") .. bulk("7.0.15") .. bulk("proto")
+    .. int(session.resp3 and 3 or 2) .. bulk("id") .. int(session.id) .. bulk("mode") .. bulk("standalone")
+    .. bulk("role") .. bulk("master") .. bulk("modules") .. "*0\r\n"
+  return (session.resp3 and "%7\r\n" or "*14\r\n") .. fields
 end
 
 ---------------------------------------------------------------------------------------------------------
 -- the protocol
+
+-- An inline command split as Redis splits it (sdssplitargs): words between blanks; "double quotes" with
+-- \n \r \t \b \a \xHH and \<any> escapes, 'single quotes' with \' only; a closing quote must be followed
+-- by a blank or the end; a NUL byte ends the line (Redis reads it as a C string). Returns the word count,
+-- or nil for unbalanced quotes. One pass over the bytes.
+local ESCAPES = { [110] = "\n", [114] = "\r", [116] = "\t", [98] = "\b", [97] = "\a" }
+local HEX = {}
+for i = 0, 9 do HEX[48 + i] = i end
+for i = 0, 5 do HEX[65 + i], HEX[97 + i] = 10 + i, 10 + i end
+local function blank(c) return c == 32 or (c >= 9 and c <= 13) end
+
+local function split_inline(line, args)
+  local zero = find(line, "\0", 1, true)
+  if zero then line = sub(line, 1, zero - 1) end
+  local n, i, len = 0, 1, #line
+  local word = {}
+  while true do
+    while i <= len and blank(byte(line, i)) do i = i + 1 end
+    if i > len then return n end
+    local w, quote = 0, nil -- quote: 34 or 39 while inside quotes
+    while true do
+      local c = byte(line, i)
+      if quote == 34 then
+        if c == nil then return nil end
+        if c == 92 and byte(line, i + 1) == 120 and HEX[byte(line, i + 2)] and HEX[byte(line, i + 3)] then
+          w = w + 1; word[w] = string.char(HEX[byte(line, i + 2)] * 16 + HEX[byte(line, i + 3)])
+          i = i + 3
+        elseif c == 92 and i < len then
+          i = i + 1
+          local e = byte(line, i)
+          w = w + 1; word[w] = ESCAPES[e] or string.char(e)
+        elseif c == 34 then
+          if i < len and not blank(byte(line, i + 1)) then return nil end
+          i = i + 1
+          break
+        else
+          w = w + 1; word[w] = string.char(c)
+        end
+      elseif quote == 39 then
+        if c == nil then return nil end
+        if c == 92 and byte(line, i + 1) == 39 then
+          i = i + 1
+          w = w + 1; word[w] = "'"
+        elseif c == 39 then
+          if i < len and not blank(byte(line, i + 1)) then return nil end
+          i = i + 1
+          break
+        else
+          w = w + 1; word[w] = string.char(c)
+        end
+      elseif c == nil or c == 32 or c == 10 or c == 13 or c == 9 then
+        break
+      elseif c == 34 or c == 39 then
+        quote = c
+      else
+        w = w + 1; word[w] = string.char(c)
+      end
+      i = i + 1
+    end
+    n = n + 1
+    args[n] = concat(word, "", 1, w)
+  end
+end
+
+-- Redis's reply to an unknown command: its name and the start of its arguments, each cut at a NUL byte
+-- and at 128 bytes in all.
+local function unknown_command(args, n)
+  local given = ""
+  for i = 2, n do
+    if #given >= 128 then break end
+    given = given .. "'" .. sub(cstring(args[i]), 1, 128 - #given) .. "' "
+  end
+  return err_quoting(format("unknown command '%s', with args beginning with: %s", sub(cstring(args[1]), 1, 128),
+    given))
+end
 
 -- Read one command into `args`, which is reused from one command to the next (no garbage per request; no
 -- command keeps it): an array of bulk strings, or an inline line split on whitespace. Returns the argument
@@ -399,11 +584,12 @@ local function read_command(conn, args, last_count)
   if commands[line] then -- an inline command alone on its line (PING): nothing to split
     args[1], n = line, 1
   elseif byte(line, 1) ~= 42 then -- '*' starts an array; anything else is an inline command
-    n = 0
-    for word in gmatch(line, "%S+") do n = n + 1; args[n] = word end
+    n = split_inline(line, args)
+    if n == nil then return false, "Protocol error: unbalanced quotes in request" end
   else
     n = parse_int(sub(line, 2))
     if n == nil or n > MAX_ARGS then return false, "Protocol error: invalid multibulk length" end
+    if n < 0 then n = 0 end -- (*-1 and *0: nothing to run)
     for i = 1, n do
       local header
       header, e = conn:readline()
@@ -423,8 +609,11 @@ local function read_command(conn, args, last_count)
   return n
 end
 
+local next_client_id = 0 -- (client ids, as Redis numbers its connections)
+
 local function serve(conn)
-  local session = { resp3 = false }
+  next_client_id = next_client_id + 1
+  local session = { resp3 = false, db = dbs[0], id = next_client_id }
   conn:settimeouts(nil, nil, false) -- like Redis: idle clients may stay forever
   conn:setlimits { read = MAX_BULK + 2 }
   local args, count = {}, 0
@@ -436,12 +625,12 @@ local function serve(conn)
       return
     end
     count = n
-    local name = args[1]
-    if name ~= nil and name ~= "" then
+    if n > 0 then
+      if session.db ~= active then use_db(session.db) end
+      local name = args[1]
       local command = commands[name] or commands[upper(name)]
       if command == nil then
-        conn:write(err(format("unknown command '%s', with args beginning with: %s", name,
-          n > 1 and ("'" .. concat(args, "' '", 2, math.min(n, 4)) .. "' ") or "")))
+        conn:write(unknown_command(args, n))
       else
         local reply, close = command(args, session)
         if reply == NIL and session.resp3 then reply = "_\r\n" end
