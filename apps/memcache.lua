@@ -25,7 +25,7 @@ local time = require "moonlet.time"
 local opts = require("moonlet.args").parse(arg, { port = 11212, host = "127.0.0.1", memory = 64 })
 require("moonlet.workers").single("the cache is a Lua table in this process")
 
-local byte, sub, find, format, concat = string.byte, string.sub, string.find, string.format, table.concat
+local byte, sub, find, match, concat = string.byte, string.sub, string.find, string.match, table.concat
 local tointeger, tostring, floor = math.tointeger, tostring, math.floor
 local wall = time.now
 
@@ -45,10 +45,11 @@ local newest, oldest = nil, nil
 local used, count, next_cas = 0, 0, 0
 local flush_at = nil      -- flush_all: items stored before this time are gone once it has come
 local started = wall()
-local stats = { cmd_get = 0, cmd_set = 0, cmd_touch = 0, cmd_flush = 0, get_hits = 0, get_misses = 0,
-  get_expired = 0, delete_hits = 0, delete_misses = 0, incr_hits = 0, incr_misses = 0, decr_hits = 0,
-  decr_misses = 0, cas_hits = 0, cas_misses = 0, cas_badval = 0, touch_hits = 0, touch_misses = 0,
-  evictions = 0, total_items = 0, curr_connections = 0, total_connections = 0 }
+-- (the counters of the hot paths are locals; the others live in `stats`)
+local cmd_get, cmd_set, get_hits, get_misses = 0, 0, 0, 0
+local stats = { cmd_touch = 0, cmd_flush = 0, get_expired = 0, delete_hits = 0, delete_misses = 0,
+  incr_hits = 0, incr_misses = 0, decr_hits = 0, decr_misses = 0, cas_hits = 0, cas_misses = 0, cas_badval = 0,
+  touch_hits = 0, touch_misses = 0, evictions = 0, total_items = 0, curr_connections = 0, total_connections = 0 }
 
 local function unlink(it)
   if it.newer then it.newer.older = it.older else newest = it.older end
@@ -69,15 +70,18 @@ local function remove(it)
   used, count = used - it.size, count - 1
 end
 
-local function dead(it, now)
+-- (the clock is read only for items that can expire, or while a flush_all is pending: most gets need none)
+local function dead(it)
+  if it.exptime == 0 and flush_at == nil then return false end
+  local now = wall()
   return (it.exptime ~= 0 and it.exptime <= now) or (flush_at ~= nil and flush_at <= now and it.stored <= flush_at)
 end
 
 -- The live item of key (touched as most recently used), or nil.
-local function find_item(key, now)
+local function find_item(key)
   local it = items[key]
   if it == nil then return nil end
-  if dead(it, now) then
+  if dead(it) then
     remove(it)
     return nil
   end
@@ -101,15 +105,15 @@ local function store(key, value, flags, exp, now)
   local old = items[key]
   if old then remove(old) end
   next_cas = next_cas + 1
-  local it = { key = key, value = value, flags = flags, exptime = exp, cas = next_cas, stored = now,
-    size = #key + #value + OVERHEAD }
+  local it = { key = key, value = value, flags = flags, exptime = exp, cas = next_cas, stored = flush_at and now or 0,
+    size = #key + #value + OVERHEAD, head = " " .. flags .. " " .. #value } -- (head: what VALUE lines say)
   items[key] = it
   push_newest(it)
   used, count = used + it.size, count + 1
   stats.total_items = stats.total_items + 1
   while used > limit_bytes and oldest and oldest ~= it do -- evict from the least recently used end
     local victim = oldest
-    if not dead(victim, now) then stats.evictions = stats.evictions + 1 end
+    if not dead(victim) then stats.evictions = stats.evictions + 1 end
     remove(victim)
   end
   return it
@@ -182,33 +186,34 @@ local function signed32(s)
   return n and int32(n)
 end
 
+-- A key: up to 250 bytes; any but space and newline (the text protocol's separators), as memcached takes them
 local function valid_key(k)
-  return k ~= nil and #k <= MAX_KEY and not find(k, "[%c]")
+  return k ~= nil and #k <= MAX_KEY
 end
 
 ---------------------------------------------------------------------------------------------------------
 -- commands: each returns the reply ("" for none)
 
-local function retrieval(t, n, with_cas, touch_exp, now)
+local function retrieval(t, n, with_cas, touch_exp)
   local first = touch_exp and 3 or 2
   if n < 2 then return ERROR end -- (gat with an exptime and no key answers END, as memcached)
   local out, o = {}, 0
   for i = first, n do
     local key = t[i]
     if #key > MAX_KEY then return BAD_FORMAT end
-    stats.cmd_get = stats.cmd_get + 1
+    cmd_get = cmd_get + 1
     if touch_exp then stats.cmd_touch = stats.cmd_touch + 1 end
-    local it = find_item(key, now)
+    local it = find_item(key)
     if it then
-      stats.get_hits = stats.get_hits + 1
+      get_hits = get_hits + 1
       if touch_exp then it.exptime = touch_exp; stats.touch_hits = stats.touch_hits + 1 end
       o = o + 1
-      out[o] = with_cas and format("VALUE %s %d %d %d\r\n", key, it.flags, #it.value, it.cas)
-        or format("VALUE %s %d %d\r\n", key, it.flags, #it.value)
+      out[o] = with_cas and "VALUE " .. key .. it.head .. " " .. it.cas .. "\r\n"
+        or "VALUE " .. key .. it.head .. "\r\n"
       o = o + 1; out[o] = it.value
       o = o + 1; out[o] = "\r\n"
     else
-      stats.get_misses = stats.get_misses + 1
+      get_misses = get_misses + 1
       if touch_exp then stats.touch_misses = stats.touch_misses + 1 end
     end
   end
@@ -216,13 +221,13 @@ local function retrieval(t, n, with_cas, touch_exp, now)
   return concat(out, "", 1, o)
 end
 
-local function arithmetic(t, n, incr, now)
+local function arithmetic(t, n, incr)
   if n ~= 3 and n ~= 4 then return ERROR end
   local key = t[2]
   if not valid_key(key) then return BAD_FORMAT end
   local d = c_number(t[3], true)
   if d == nil then return "CLIENT_ERROR invalid numeric delta argument\r\n" end
-  local it = find_item(key, now)
+  local it = find_item(key)
   local which = incr and "incr_" or "decr_"
   if it == nil then
     stats[which .. "misses"] = stats[which .. "misses"] + 1
@@ -244,13 +249,13 @@ local function arithmetic(t, n, incr, now)
   if #text < #it.value then value = text .. string.rep(" ", #it.value - #text) end -- (memcached pads in place)
   used = used - #it.value + #value
   it.size = #key + #value + OVERHEAD
-  it.value = value
+  it.value, it.head = value, " " .. it.flags .. " " .. #value
   next_cas = next_cas + 1
   it.cas = next_cas
   return text .. "\r\n"
 end
 
-local function delete(t, n, now)
+local function delete(t, n)
   if n < 2 or n > 4 then return ERROR end
   local key = t[2]
   local valid = n == 2 or (n == 3 and (t[3] == "0" or t[3] == "noreply"))
@@ -259,7 +264,7 @@ local function delete(t, n, now)
     return "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n"
   end
   if not valid_key(key) then return BAD_FORMAT end
-  local it = find_item(key, now)
+  local it = find_item(key)
   if it == nil then
     stats.delete_misses = stats.delete_misses + 1
     return "NOT_FOUND\r\n"
@@ -275,7 +280,7 @@ local function touch(t, n, now)
   if not valid_key(key) then return BAD_FORMAT end
   if exptime == nil then return "CLIENT_ERROR invalid exptime argument\r\n" end
   stats.cmd_touch = stats.cmd_touch + 1
-  local it = find_item(key, now)
+  local it = find_item(key)
   if it == nil then
     stats.touch_misses = stats.touch_misses + 1
     return "NOT_FOUND\r\n"
@@ -315,7 +320,11 @@ local function stats_reply(now)
   add("limit_maxbytes", limit_bytes)
   add("curr_connections", stats.curr_connections)
   add("total_connections", stats.total_connections)
-  for _, name in ipairs { "cmd_get", "cmd_set", "cmd_flush", "cmd_touch", "get_hits", "get_misses", "get_expired",
+  add("cmd_get", cmd_get)
+  add("cmd_set", cmd_set)
+  add("get_hits", get_hits)
+  add("get_misses", get_misses)
+  for _, name in ipairs { "cmd_flush", "cmd_touch", "get_expired",
     "delete_misses", "delete_hits", "incr_misses", "incr_hits", "decr_misses", "decr_hits", "cas_misses",
     "cas_hits", "cas_badval", "touch_hits", "touch_misses", "evictions" } do
     add(name, stats[name])
@@ -338,7 +347,7 @@ local function storage(conn, cmd, t, n, now)
   if not valid_key(key) or flags == nil or exptime == nil or size == nil or size < 0 or (is_cas and not unique) then
     return BAD_FORMAT, noreply -- (memcached then reads the data block as a command line; so do we)
   end
-  stats.cmd_set = stats.cmd_set + 1
+  cmd_set = cmd_set + 1
   if #key + size + OVERHEAD > MAX_ITEM then -- refused: its bytes are read and dropped, the stream goes on
     local left = size + 2
     while left > 0 do
@@ -352,7 +361,7 @@ local function storage(conn, cmd, t, n, now)
   if not block then return nil, e end
   if sub(block, -2) ~= "\r\n" then return "CLIENT_ERROR bad data chunk\r\n", noreply end
   local value = sub(block, 1, size)
-  local it = find_item(key, now)
+  local it = find_item(key)
   local reply = "STORED\r\n"
   if cmd == "set" then
     store(key, value, low32(flags), expiry(exptime, now), now)
@@ -399,15 +408,15 @@ local function run(conn, line)
   end
   local noreply = SILENCEABLE[cmd] and t[n] == "noreply"
   local reply
-  if cmd == "get" then reply = retrieval(t, n, false, nil, now)
-  elseif cmd == "gets" then reply = retrieval(t, n, true, nil, now)
+  if cmd == "get" then reply = retrieval(t, n, false, nil)
+  elseif cmd == "gets" then reply = retrieval(t, n, true, nil)
   elseif cmd == "gat" or cmd == "gats" then
     local exptime = signed32(t[2])
     if n < 2 then reply = ERROR
     elseif exptime == nil then reply = "CLIENT_ERROR invalid exptime argument\r\n"
-    else reply = retrieval(t, n, cmd == "gats", expiry(exptime, now), now) end
-  elseif cmd == "delete" then reply = delete(t, n, now)
-  elseif cmd == "incr" or cmd == "decr" then reply = arithmetic(t, n, cmd == "incr", now)
+    else reply = retrieval(t, n, cmd == "gats", expiry(exptime, now)) end
+  elseif cmd == "delete" then reply = delete(t, n)
+  elseif cmd == "incr" or cmd == "decr" then reply = arithmetic(t, n, cmd == "incr")
   elseif cmd == "touch" then reply = touch(t, n, now)
   elseif cmd == "flush_all" then reply = flush_all(t, n, now)
   elseif cmd == "version" then reply = "VERSION " .. VERSION .. "\r\n"
@@ -416,6 +425,33 @@ local function run(conn, line)
   elseif cmd == "quit" then return nil, "quit"
   else reply = ERROR end
   return noreply and "" or reply
+end
+
+-- The two commands of nearly every request, in their usual form (one key; canonical numbers), answered
+-- without the general tokenizer; anything else goes the general way, with the same results.
+local function fast_get(key)
+  cmd_get = cmd_get + 1
+  local it = find_item(key)
+  if it == nil then
+    get_misses = get_misses + 1
+    return "END\r\n"
+  end
+  get_hits = get_hits + 1
+  return "VALUE " .. key .. it.head .. "\r\n" .. it.value .. "\r\nEND\r\n"
+end
+
+local function fast_set(conn, key, flags, exptime, size)
+  if #flags > 9 or #exptime > 9 or #size > 9 or #key > MAX_KEY then return false end
+  size = tointeger(size)
+  if #key + size + OVERHEAD > MAX_ITEM then return false end
+  local block, e = conn:readn(size + 2)
+  if not block then return nil, e end
+  cmd_set = cmd_set + 1
+  if byte(block, size + 1) ~= 13 or byte(block, size + 2) ~= 10 then return "CLIENT_ERROR bad data chunk\r\n" end
+  exptime = tointeger(exptime)
+  local now = (exptime ~= 0 or flush_at) and wall() or 0
+  store(key, sub(block, 1, size), tointeger(flags), exptime == 0 and 0 or expiry(exptime, now), now)
+  return "STORED\r\n"
 end
 
 local function serve(conn)
@@ -429,7 +465,18 @@ local function serve(conn)
       if e == "line too long" then conn:write("CLIENT_ERROR line too long\r\n") end
       break
     end
-    local reply, why = run(conn, line)
+    local reply, why
+    local c = byte(line, 1)
+    if c == 103 and byte(line, 4) == 32 and byte(line, 2) == 101 and byte(line, 3) == 116 and #line > 4
+      and not find(line, " ", 5, true) then
+      reply = #line - 4 <= MAX_KEY and fast_get(sub(line, 5)) or run(conn, line)
+    elseif c == 115 then
+      local key, flags, exptime, size = match(line, "^set ([^ ]+) (%d+) (%-?%d+) (%d+)$")
+      if key then reply, why = fast_set(conn, key, flags, exptime, size) end
+      if not key or reply == false then reply, why = run(conn, line) end
+    else
+      reply, why = run(conn, line)
+    end
     if reply == nil then
       if why ~= "quit" and why ~= "closed" then log.info("memcache: " .. tostring(why)) end
       break

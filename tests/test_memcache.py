@@ -108,7 +108,7 @@ def test_past_the_memory_limit_the_least_recently_used_go(run_app) -> None:  # t
     c.close()
 
 
-KEYS = [b"a", b"b", b"num", b"k:1", b"x" * 250, b"y" * 251]
+KEYS = [b"a", b"b", b"num", b"k:1", b"\x01k\x7f", b"x" * 250, b"y" * 251]
 NUMBERS = [
     b"0", b"1", b"10", b"18446744073709551615", b"18446744073709551616", b"-1", b"+5", b"-0", b"abc", b" 3",
 ]  # fmt: skip

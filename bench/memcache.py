@@ -1,0 +1,99 @@
+"""apps/memcache.lua against memcached -t 1, both on one core, loaded by memaslap (Debian: `memcaslap`).
+
+    python bench/memcache.py [--seconds 10] [--rounds 3] [--concurrency 32] [--value-size N]
+
+Each round starts both servers fresh (64 MiB each), pinned to CPU 0, and runs memaslap pinned to CPU 1 against
+one, then the other (alternating which goes first); the figure is memaslap's TPS (its default mix: 90 % get,
+10 % set; values of its default size distribution unless --value-size). Prints each round and the medians,
+and the ratio moonlet / memcached. Needs `memcached` and `memcaslap` (libmemcached-tools).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def start(kind: str, port: int) -> subprocess.Popen[bytes]:
+    if kind == "memcached":
+        cmd = ["memcached", "-p", str(port), "-U", "0", "-t", "1", "-m", "64", "-l", "127.0.0.1"]
+        cmd += ["-u", "root"]  # (needed when run as root; ignored otherwise)
+    else:
+        cmd = [sys.executable, "-m", "runtime", "run", "--workers", "1", "--no-console", "apps/memcache.lua",
+               "--port", str(port), "--memory", "64"]  # fmt: skip
+    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    wait_port(port)
+    return proc
+
+
+def load(port: int, seconds: int, concurrency: int, value_size: int | None) -> float:
+    cmd = ["taskset", "-c", "1", "memcaslap", "-s", f"127.0.0.1:{port}", "-t", f"{seconds}s", "-T", "1",
+           "-c", str(concurrency)]  # fmt: skip
+    if value_size:
+        cmd += ["-X", str(value_size)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False).stdout
+    m = re.search(r"TPS: (\d+)", out)
+    if m is None:
+        raise RuntimeError(f"memcaslap printed no TPS:\n{out[-2000:]}")
+    return float(m.group(1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--value-size", type=int, default=None)
+    ns = ap.parse_args()
+    for tool in ("memcached", "memcaslap", "taskset"):
+        if shutil.which(tool) is None:
+            print(f"bench/memcache.py: {tool} is missing (apt-get install memcached libmemcached-tools)")
+            return 2
+    results: dict[str, list[float]] = {"memcached": [], "moonlet": []}
+    for r in range(ns.rounds):
+        order = ["memcached", "moonlet"] if r % 2 == 0 else ["moonlet", "memcached"]
+        for kind in order:
+            port = free_port()
+            proc = start(kind, port)
+            try:
+                tps = load(port, ns.seconds, ns.concurrency, ns.value_size)
+            finally:
+                proc.terminate()
+                proc.wait(10)
+            results[kind].append(tps)
+            print(f"round {r + 1}: {kind:9s} {tps:10,.0f} TPS", flush=True)
+    mc, ml = statistics.median(results["memcached"]), statistics.median(results["moonlet"])
+    print(f"median: memcached -t 1 {mc:,.0f} TPS; moonlet memcache.lua {ml:,.0f} TPS; ratio {ml / mc:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
