@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # real clients, peers and linters from Debian: redis-cli/redis-benchmark (redis-tools), redis-server,
-# PostgreSQL, memcached and memccapable (libmemcached-tools), luacheck
+# PostgreSQL, memcached and memccapable (libmemcached-tools), net-snmp's tools (snmp), luacheck
 need=()
 command -v redis-benchmark >/dev/null || need+=(redis-tools)
 command -v luacheck >/dev/null || need+=(lua-check)
@@ -13,6 +13,7 @@ command -v redis-server >/dev/null || need+=(redis-server)   # a real peer for t
 command -v wrk >/dev/null || need+=(wrk)                     # a real HTTP client under load
 command -v memcached >/dev/null || need+=(memcached)         # a real peer for apps/memcache.lua
 command -v memccapable >/dev/null || need+=(libmemcached-tools)  # libmemcached's protocol checks
+command -v snmpget >/dev/null || need+=(snmp)                # net-snmp's tools, for apps/snmp.lua
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)  # a real server (tests/postgres.py)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
