@@ -54,8 +54,9 @@ IDLE_ONLY = {  # `bench/run.py idle` also holds idle connections to these (a lin
     "moonlet echo.lua": lambda port: moonlet(str(ROOT / "apps" / "echo.lua"), "--port", str(port)),
 }
 PEERS = {  # `bench/run.py peers`: the same pong workload against other servers, where installed
-    "moonlet kv.lua, 2 workers": lambda port: moonlet(
-        "--no-console", str(ROOT / "apps" / "kv.lua"), "--port", str(port), workers=2
+    # (kv.lua keeps its store in one process, so it runs as one: two workers serve a stateless pong)
+    "moonlet pong_server.lua, 2 workers": lambda port: moonlet(
+        "--no-console", str(ROOT / "bench" / "lua" / "pong_server.lua"), "--port", str(port), workers=2
     ),
     "redis-server": lambda port: [
         "redis-server",
