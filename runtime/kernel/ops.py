@@ -46,6 +46,9 @@ class Op(enum.IntEnum):
     )
     # a connection to serve next (its bytes; last: its next answer is its last), or nil: the worker ends
     DB_EXEC_MANY = 21  # (target, sql, sets): the statement once per parameter set, all or none: as DB_EXEC
+    CHAN_GET = 22  # (channel, timeout): a value the spawned job sent: true, value; nil at its end (, err)
+    CHAN_PUT = 23  # (channel, value): queue a value for the job (waits while full): true, or nil, "closed"
+    CHAN_WAIT = 24  # (channel, timeout): the spawned job's results: true, results...; or nil, err
     # -- calls (synchronous, never suspend) --
     WRITE = 32  # (conn, out): hand `out` to the transport now
     CLOSE = 33  # (conn, out, abort): send `out` and close; abort: close now, dropping what is unsent
@@ -90,6 +93,8 @@ class Op(enum.IntEnum):
     TASK_FAILURES = 71  # (): spawned tasks that failed with nobody waiting for them: how many, the last error
     VIRTUAL_TIME = 72  # (on): moonlet test's clock jumps ahead whenever every task waits (or stops doing so)
     SINGLE_PROCESS = 73  # (reason, where): the app keeps state in this process's memory: one worker, ever
+    POOL_SPAWN = 74  # (where, target, packed args): a job beside the running task: its channel, or nil, err
+    CHAN_CLOSE = 75  # (channel): close it from the task's side
 
     @property
     def yields(self) -> bool:

@@ -23,11 +23,20 @@ class NotPlainError(ValueError):
 
 
 def to_plain(value: object, depth: int = 0) -> Plain:
-    """A Lua value (as lupa hands it to Python) as plain Python data."""
+    """A Lua value (as lupa hands it to Python), or a host function's Python value, as plain Python data."""
     if value is None or isinstance(value, bool | int | float | bytes):
         return value
     if isinstance(value, str):
         return value.encode()
+    if isinstance(value, list | tuple | dict):  # (a Python host function's containers)
+        if depth >= MAX_DEPTH:
+            raise NotPlainError(f"tables nested deeper than {MAX_DEPTH} levels (or a cycle) cannot cross")
+        if not isinstance(value, dict):
+            return [to_plain(v, depth + 1) for v in value]
+        keys = [k.encode() if isinstance(k, str) else k for k in value]
+        if not all(isinstance(k, bool | int | float | bytes) for k in keys):
+            raise NotPlainError("table keys must be numbers, strings or booleans to cross")
+        return {k: to_plain(v, depth + 1) for k, v in zip(keys, value.values(), strict=True)}
     if _lupa.lua_type(value) != "table":
         kind = _lupa.lua_type(value) or type(value).__name__
         raise NotPlainError(

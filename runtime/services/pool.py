@@ -21,23 +21,28 @@ import os
 import queue
 import threading
 import time
+import types
 from dataclasses import dataclass
 from typing import Any
 
 from runtime import hostfn
 from runtime.config import Limits
-from runtime.kernel.core import SUSPEND, Kernel
+from runtime.kernel.core import SUSPEND, BadRequestError, Kernel
 from runtime.kernel.ops import Op
-from runtime.kernel.task import Task
+from runtime.kernel.task import Extra, Task
 from runtime.lua.state import LuaError, new_lua_runtime
 from runtime.lua.stdlib import bootstrap
 from runtime.lua.values import NotPlainError, from_plain, to_plain
+from runtime.services.channels import CLOSED, TIMEOUT, CancelledError, Channel
 from runtime.threads import lower_this_thread
 
 log = logging.getLogger("moonlet")
 
 _BUSY = (None, b"busy")
 _TIMEOUT = (None, b"timeout")
+_BUSY_READER = (None, b"busy")  # another task already waits in job:get
+_BUSY_WRITER = (None, b"busy")
+CHANNEL_SIZE = 64  # values queued each way between a spawned job and its task
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ def default_pools() -> dict[str, PoolConfig]:
 
 
 class Job:
-    __slots__ = ("args", "deadline", "done", "function", "module", "pool", "task", "timer")
+    __slots__ = ("args", "channel", "deadline", "done", "function", "module", "pool", "task", "timer")
 
     def __init__(self, pool: Pool, task: Task, module: str | None, function: str, args: list[Any]) -> None:
         self.pool = pool
@@ -68,6 +73,7 @@ class Job:
         self.deadline = math.inf
         self.done = False
         self.timer: asyncio.TimerHandle | None = None
+        self.channel: Channel | None = None  # a spawned job's pipe to its task (pool.spawn)
 
 
 class _Worker:
@@ -75,15 +81,16 @@ class _Worker:
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
-        self.deadline = math.inf
+        self.job: Job | None = None  # the job running in this thread
         self._run_job: Any = None
         self._lua: Any = None
 
     def expired(self) -> bool:
-        return time.monotonic() > self.deadline
+        job = self.job
+        return job is not None and time.monotonic() > job.deadline  # (a cancelled spawn's is -inf)
 
     def run(self, job: Job) -> tuple[bool, list[Any] | bytes]:
-        self.deadline = job.deadline
+        self.job = job
         try:
             if job.module is None:
                 return True, self._call_python(job)
@@ -92,14 +99,28 @@ class _Worker:
             return False, f"{job.function}: {e}".encode()
         except LuaError as e:  # raised outside the job's xpcall: out of memory, or the deadline
             return False, str(e).encode()
+        except CancelledError:
+            return False, b"cancelled"
         except Exception as e:  # a host function raised
             return False, f"{job.function}: {type(e).__name__}: {e}".encode()
         finally:
-            self.deadline = math.inf
+            self.job = None
 
     def _call_python(self, job: Job) -> list[Any]:
         fn = hostfn.lookup(job.function)
         result = fn(*job.args)
+        channel = job.channel
+        if channel is not None and isinstance(result, types.GeneratorType):  # it streams: each value sent
+            while True:
+                try:
+                    value = next(result)
+                except StopIteration as end:
+                    result = end.value
+                    break
+                if not channel.thread_put(to_plain(value)):  # the task closed the channel: stop it
+                    result.close()
+                    result = None
+                    break
         values = list(result) if isinstance(result, tuple) else [result]
         return [to_plain(v) for v in values]
 
@@ -112,7 +133,25 @@ class _Worker:
         lua = self._lua
         args = lua.table_from([from_plain(lua, a) for a in job.args])
         assert job.module is not None
-        r = self._run_job(job.module.encode(), job.function.encode(), args, len(job.args), self.expired)
+        channel = job.channel
+        if channel is None:
+            r = self._run_job(job.module.encode(), job.function.encode(), args, len(job.args), self.expired)
+        else:
+
+            def put(value: Any) -> object:
+                return True if channel.thread_put(to_plain(value)) else CLOSED
+
+            def get(timeout: object = None) -> object:
+                wait = float(timeout) if isinstance(timeout, int | float) else None
+                ok, value = channel.thread_get(wait)
+                if ok:
+                    return from_plain(lua, value)
+                return TIMEOUT if value == b"timeout" else None
+
+            r = self._run_job(
+                job.module.encode(), job.function.encode(), args, len(job.args), self.expired,
+                put, get, channel.thread_close,
+            )  # fmt: skip
         values = list(r) if isinstance(r, tuple) else [r]
         if values[0] is not True:
             return False, values[1] if len(values) > 1 and isinstance(values[1], bytes) else b"job failed"
@@ -146,9 +185,14 @@ class Pool:
         call_soon = self.service.loop.call_soon_threadsafe
         while (job := self.jobs.get()) is not None:
             if job.done:  # timed out or its task ended while it waited in the queue
+                if job.channel is not None:
+                    job.channel.thread_finished((False, b"cancelled"))
                 call_soon(self.service.finished, job, None)
                 continue
-            outcome = worker.run(job)
+            outcome: tuple[bool, list[Any] | bytes] | None = worker.run(job)
+            if job.channel is not None and outcome is not None:  # spawned: the outcome goes to the channel
+                job.channel.thread_finished(outcome)
+                outcome = None
             try:
                 call_soon(self.service.finished, job, outcome)
             except RuntimeError:  # the loop is closed: shutting down
@@ -178,6 +222,11 @@ class PoolService:
         self.pools = {name: Pool(cfg, self) for name, cfg in (pools or default_pools()).items()}
         kernel.register(Op.POOL_RUN, self._run)
         kernel.register(Op.POOL_CALL, self._call)
+        kernel.register_call(Op.POOL_SPAWN, self._spawn)
+        kernel.register(Op.CHAN_GET, self._chan_get, Channel)
+        kernel.register(Op.CHAN_PUT, self._chan_put, Channel)
+        kernel.register(Op.CHAN_WAIT, self._chan_wait, Channel)
+        kernel.register_call(Op.CHAN_CLOSE, self._chan_close, Channel)
 
     def _run(self, task: Task, where: object, target: object, args: object) -> object:
         if not isinstance(target, bytes) or b"\0" not in target:
@@ -195,7 +244,17 @@ class PoolService:
             return (None, str(e.args[0]).encode())
         return self._submit(task, where, None, function, args)
 
-    def _submit(self, task: Task, where: object, module: str | None, function: str, args: object) -> object:
+    def _submit(
+        self,
+        task: Task,
+        where: object,
+        module: str | None,
+        function: str,
+        args: object,
+        *,
+        channel: bool = False,
+    ) -> object:
+        """Queue a job: SUSPEND (its task waits for it), a Channel (pool.spawn: it goes on), or nil, err."""
         name, timeout = self._where(where, (module is None and function) or None)
         pool = self.pools.get(name)
         if pool is None:
@@ -209,6 +268,10 @@ class PoolService:
         count = packed.get(b"n", 0)
         arg_list = [packed.get(i) for i in range(1, int(count) + 1)] if isinstance(count, int) else []
         job = Job(pool, task, module, function, arg_list)
+        if channel:
+            job.channel = Channel(self.kernel, self.loop, CHANNEL_SIZE)
+            job.channel.job = job
+            job.channel.to_lua = lambda v: from_plain(self.lua, v)
         timeout = timeout if timeout is not None else pool.config.timeout
         if timeout != math.inf:
             job.deadline = time.monotonic() + timeout
@@ -217,7 +280,12 @@ class PoolService:
             if job.timer is not None:
                 job.timer.cancel()
             return _BUSY
-        return SUSPEND
+        if job.channel is None:
+            return SUSPEND
+        if task.extra is None:
+            task.extra = Extra()
+        task.extra.on_end.append(job.channel.cancel)  # the job is its task's: it stops when the task ends
+        return job.channel
 
     def _where(self, where: object, host_function: str | None) -> tuple[str, float | None]:
         """The pool (and timeout override) a job goes to: given by Lua, else the host function's own."""
@@ -234,7 +302,61 @@ class PoolService:
     def _expire(self, job: Job) -> None:
         if not job.done:
             job.done = True
+            if job.channel is not None:
+                job.channel.expire()
+                return
             self.kernel.resume(job.task, _TIMEOUT)
+
+    # -- pool.spawn: a job that runs beside its task, with a channel between them ----------------------
+    def _spawn(self, where: object, target: object, args: object) -> object:
+        task = self.kernel.current
+        if task is None:
+            raise BadRequestError("pool.spawn: not in a task")
+        if not isinstance(target, bytes) or not target:
+            raise BadRequestError("pool.spawn: bad target")
+        if b"\0" in target:
+            module, function = target.decode().split("\0", 1)
+            return self._submit(task, where, module, function, args, channel=True)
+        name = target.decode()
+        try:
+            hostfn.lookup(name)
+        except KeyError as e:
+            return (None, str(e.args[0]).encode())
+        return self._submit(task, where, None, name, args, channel=True)
+
+    def _chan_get(self, task: Task, ch: Channel, timeout: object, _c: object) -> object:
+        if ch.getter is not None:
+            return _BUSY_READER
+        reply = ch.take()
+        if reply is not None:
+            return reply
+        ch.park(task, "getter", None, timeout)
+        return SUSPEND
+
+    def _chan_put(self, task: Task, ch: Channel, value: object, _c: object) -> object:
+        if ch.putter is not None:
+            return _BUSY_WRITER
+        try:
+            plain = to_plain(value)
+        except NotPlainError as e:
+            return (None, f"put: {e}".encode())
+        reply = ch.offer(plain)
+        if reply is not None:
+            return reply
+        ch.park(task, "putter", plain, None)
+        return SUSPEND
+
+    def _chan_wait(self, task: Task, ch: Channel, timeout: object, _c: object) -> object:
+        if ch.result is not None:
+            return ch.outcome()
+        if ch.waiter is not None:
+            return (None, b"busy")
+        ch.park(task, "waiter", None, timeout)
+        return SUSPEND
+
+    def _chan_close(self, ch: Channel, _b: object, _c: object) -> object:
+        ch.close()
+        return True
 
     def finished(self, job: Job, outcome: tuple[bool, list[Any] | bytes] | None) -> None:
         job.pool.pending -= 1

@@ -330,10 +330,35 @@ function M.reload_job(name)
   return host.job(table.pack(M.reload, name))
 end
 
---- In a pool thread: run module.fname(args[1..n]); returns true, results... or false, traceback.
---- `expired()` (from the host) says whether the job's time is up: the count hook then fails every
---- instruction (no pcall hides it) until the host says otherwise, after the job.
-function M.run_job(module, fname, job_args, n, expired)
+-- The job's end of a pool.spawn channel (runtime/services/channels.py): `ops` are the host's put/get/close.
+local JobChannel = {}
+JobChannel.__index = JobChannel
+
+--- Send `v` (a plain value, not nil) to the task that started the job; waits while the channel is full.
+--- Returns true, or nil, "closed".
+function JobChannel:put(v)
+  if v == nil then error("bad argument #1 to 'put' (a value expected, got nil)", 2) end
+  return self._ops.put(v)
+end
+
+--- The next value the task sent; waits for one (at most `timeout` seconds: then nil, "timeout").
+--- Returns nil once the task has closed the channel and everything it sent was taken.
+function JobChannel:get(timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    error("bad argument #1 to 'get' (non-negative number expected, got " .. type(timeout) .. ")", 2)
+  end
+  return self._ops.get(timeout)
+end
+
+--- Close the channel: the task's job:get gives nil once it has taken what was sent.
+function JobChannel:close() self._ops.close() end
+
+--- In a pool thread: run module.fname(args[1..n]) (a spawned job, with the host's put, get and close
+--- functions: fname(channel, args...));
+--- returns true, results... or false, traceback. `expired()` (from the host) says whether the job's time
+--- is up: the count hook then fails every instruction (no pcall hides it) until the host says otherwise.
+function M.run_job(module, fname, job_args, n, expired, put, get, close)
+  local ops = put and { put = put, get = get, close = close }
   local sethook = debug.sethook
   sethook(function()
     if expired() then
@@ -346,7 +371,12 @@ function M.run_job(module, fname, job_args, n, expired)
   local f = type(mod) == "table" and mod[fname]
   if type(f) ~= "function" then return false, "module '" .. module .. "' has no function '" .. fname .. "'" end
   local on_error = function(err) return traceback(tostring(err), 2) end
-  local r = table.pack(xpcall(f, on_error, table.unpack(job_args, 1, n)))
+  local r
+  if ops then
+    r = table.pack(xpcall(f, on_error, setmetatable({ _ops = ops }, JobChannel), table.unpack(job_args, 1, n)))
+  else
+    r = table.pack(xpcall(f, on_error, table.unpack(job_args, 1, n)))
+  end
   return table.unpack(r, 1, r.n)
 end
 

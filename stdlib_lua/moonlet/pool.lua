@@ -13,8 +13,9 @@
 -- a Lua job is stopped, a Python one runs on but its result is dropped), or the job's error with its traceback.
 -- @module moonlet.pool
 local host = require "moonlet._host"
-local request, OP = host.request, host.OP
-local type, error, tostring, setmetatable, pack = type, error, tostring, setmetatable, table.pack
+local request, call, OP = host.request, host.call, host.OP
+local type, error, tostring, setmetatable, pack, unpack = type, error, tostring, setmetatable, table.pack,
+  table.unpack
 
 local M = {}
 
@@ -57,7 +58,113 @@ function Pool:call(name, ...)
   return request(OP.POOL_CALL, self._where, name, pack(...))
 end
 
+---------------------------------------------------------------------------------------------------------
+-- spawned jobs: a job that runs beside the task that started it, with a channel between them
+
+---@class moonlet.Job
+local Job = {}
+Job.__index = Job
+
+local function check_timeout(t, what)
+  if t ~= nil and (type(t) ~= "number" or t < 0) then
+    error("bad argument #1 to '" .. what .. "' (non-negative number expected, got " .. type(t) .. ")", 3)
+  end
+end
+
+local function spawn(where, target, ...)
+  local py, err = call(OP.POOL_SPAWN, where, target, pack(...))
+  if not py then return nil, err end
+  return setmetatable({ _py = py }, Job)
+end
+
+--- The next value the job sent (`ch:put`). Waits for one, at most `timeout` seconds (then nil, "timeout").
+--- Returns nil once the job has returned or closed its side and every value it sent was taken; nil, err if
+--- the job failed (err: its error and traceback).
+---@async
+---@param timeout? number
+---@return any value
+---@return string? err
+function Job:get(timeout)
+  check_timeout(timeout, "get")
+  local ok, value = request(OP.CHAN_GET, self._py, timeout)
+  if ok == true then return value end
+  return nil, value
+end
+
+--- Send `value` (a plain value, not nil) to the job (`ch:get` there); waits while the channel is full.
+--- Returns true, or nil, "closed" (the job returned or closed its side).
+---@async
+---@param value any
+---@return true? ok
+---@return string? err
+function Job:put(value)
+  if value == nil then error("bad argument #1 to 'put' (a value expected, got nil)", 2) end
+  return request(OP.CHAN_PUT, self._py, value)
+end
+
+--- Close the channel from this side: the job's `ch:get` gives nil once it has taken what was sent, its
+--- `ch:put` gives nil, "closed".
+function Job:close()
+  call(OP.CHAN_CLOSE, self._py)
+end
+
+--- Wait until the job has returned (at most `timeout` seconds: then nil, "timeout"): its results, or nil,
+--- err if it failed.
+---@async
+---@param timeout? number
+---@return any ...
+function Job:wait(timeout)
+  check_timeout(timeout, "wait")
+  local r = pack(request(OP.CHAN_WAIT, self._py, timeout))
+  if r[1] == true then return unpack(r, 2, r.n) end
+  return nil, r[2]
+end
+
+--- Start `module.fn(ch, ...)` in a thread of this pool, beside the calling task (which goes on): `ch` is the
+--- job's end of a channel to the task. Returns a job handle (see Job), or nil, err ("busy", ...). The job is
+--- the task's: when the task ends, the job is stopped at its next channel operation.
+---@param module string
+---@param fn string
+---@return moonlet.Job? job
+---@return string? err
+function Pool:spawn(module, fn, ...)
+  check_name(module, 1, "spawn")
+  check_name(fn, 2, "spawn")
+  return spawn(self._where, module .. "\0" .. fn, ...)
+end
+
+--- Start the Python host function `name(...)` in a thread of this pool: if it is a generator, each value it
+--- yields is sent on the channel (job:get), waiting while the channel is full; job:wait gives what it
+--- returns.
+---@param name string
+---@return moonlet.Job? job
+---@return string? err
+function Pool:spawn_call(name, ...)
+  check_name(name, 1, "spawn_call")
+  return spawn(self._where, name, ...)
+end
+
 local cpu = setmetatable({ _where = "" }, Pool)
+
+--- Pool:spawn on the "cpu" pool.
+---@param module string
+---@param fn string
+---@return moonlet.Job? job
+---@return string? err
+function M.spawn(module, fn, ...)
+  check_name(module, 1, "spawn")
+  check_name(fn, 2, "spawn")
+  return spawn(cpu._where, module .. "\0" .. fn, ...)
+end
+
+--- Pool:spawn_call in the pool the host function was registered for ("io" by default).
+---@param name string
+---@return moonlet.Job? job
+---@return string? err
+function M.spawn_call(name, ...)
+  check_name(name, 1, "spawn_call")
+  return spawn(cpu._where, name, ...)
+end
 
 --- Run `module.fn(...)` in the "cpu" pool.
 ---@async
