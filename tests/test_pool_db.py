@@ -231,6 +231,48 @@ def test_exec_many_runs_every_set_in_one_trip_all_or_none(tmp_path: Path) -> Non
     ]
 
 
+ROWS = """
+local db, task = require "moonlet.db", require "moonlet.task"
+local target = assert(db.open(arg[1] ~= "" and arg[1] or "sqlite:" .. arg[2], { pool_size = 1 }))
+local SERIES = arg[1] ~= "" and "SELECT x, 'row ' || x AS name FROM generate_series(1, ?) AS x"
+  or "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) "
+     .. "SELECT x, 'row ' || x AS name FROM c"
+collectgarbage() collectgarbage()
+local idle = collectgarbage("count")
+local n, sum, peak = 0, 0, 0
+for row in target:rows(SERIES, 1000000) do
+  n, sum = n + 1, sum + row.x
+  if n % 10000 == 0 then peak = math.max(peak, collectgarbage("count")) end
+end
+print("streamed", n, sum, peak - idle < 4096)   -- KiB: one batch in memory, not a million rows
+local k = 0
+for _ in target:rows(SERIES, 100000) do k = k + 1 if k == 10 then break end end
+print("broke", k, #target:query("SELECT 1 AS one"))   -- (one connection: the cursor let it go)
+local t = task.spawn(function() for _ in target:rows(SERIES, 100000) do sleep(0.001) end end)
+sleep(0.05)
+t:cancel()
+sleep(0.05)
+print("cancelled", #target:query("SELECT 1 AS one"))
+print(pcall(function() for _ in target:rows("SELEC nonsense") do end end))
+print(target:transaction(function(tx)
+  local s = 0
+  for row in tx:rows(SERIES, 100) do s = s + row.x end
+  return s
+end))
+"""
+
+
+def test_db_rows_streams_a_million_rows_in_flat_memory_and_lets_go(tmp_path: Path) -> None:
+    done = run_script(tmp_path, ROWS, "", str(tmp_path / "rows.db"), timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    out = done.stdout.decode().splitlines()
+    assert out[0] == "streamed\t1000000\t500000500000\ttrue"
+    assert out[1] == "broke\t10\t1"
+    assert out[2] == "cancelled\t1"
+    assert out[3].startswith('false\tdb.rows: database error: near "SELEC": syntax error')
+    assert out[4] == "5050"
+
+
 def test_a_query_past_its_timeout_is_interrupted(tmp_path: Path) -> None:
     out = script(
         tmp_path,

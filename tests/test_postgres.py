@@ -127,6 +127,19 @@ def test_exec_many_on_postgresql_is_one_atomic_batch(tmp_path: Path, pg_url: str
     assert lines[-3:] == ["0", "2", "0"]  # (the error above may have a DETAIL line)
 
 
+def test_db_rows_streams_from_a_server_side_cursor(tmp_path: Path, pg_url: str) -> None:
+    from test_pool_db import ROWS
+
+    result = run_script(tmp_path, ROWS, pg_url, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    out = result.stdout.decode().splitlines()
+    assert out[0] == "streamed\t1000000\t500000500000\ttrue"
+    assert out[1] == "broke\t10\t1"  # pool_size 1: the next query waits for nothing
+    assert out[2] == "cancelled\t1"
+    assert out[3].startswith("false\tdb.rows: database error: syntax error")
+    assert out[4] == "5050"
+
+
 def test_billing_runs_unchanged_on_postgresql(run_app, pg_url: str, _pg_shared) -> None:  # type: ignore[no-untyped-def]
     billing_session(run_app("apps/billing.lua", "--port", "0", "--heavy", "2000", options=["--db", pg_url]))
     database = pg_url.rsplit("/", 1)[1]

@@ -38,6 +38,18 @@ class Options:
     connect_timeout: float = 5.0  # PostgreSQL: seconds one connection attempt may take
 
 
+class Cursor(abc.ABC):
+    """An open query's rows, fetched a batch at a time; memory holds one batch, whatever the result's size."""
+
+    @abc.abstractmethod
+    async def fetch(self, n: int) -> list[Row]:
+        """Up to ``n`` more rows; fewer (or none) at the end."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the query (and the connection it held). Closing twice is closing once."""
+
+
 class Database(abc.ABC):
     dialect: ClassVar[str]
 
@@ -57,6 +69,11 @@ class Database(abc.ABC):
     @abc.abstractmethod
     async def exec(self, session: object, sql: str, params: Params) -> tuple[int, int | None]:
         """Run a statement that changes data: rows changed and the id of the last row inserted."""
+
+    @abc.abstractmethod
+    async def open_cursor(self, session: object, sql: str, params: Params) -> Cursor:
+        """Start a query whose rows are fetched in batches (``db.rows``), in ``session`` or on a connection of
+        its own until the cursor is closed."""
 
     @abc.abstractmethod
     async def exec_many(self, session: object, sql: str, sets: list[Params]) -> tuple[int, int | None]:

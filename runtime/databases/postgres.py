@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import decimal
 import logging
@@ -25,7 +26,7 @@ from typing import Any
 
 import asyncpg
 
-from runtime.databases import Database, DatabaseError, Options, Params, QueryTimeoutError, Row, finite
+from runtime.databases import Cursor, Database, DatabaseError, Options, Params, QueryTimeoutError, Row, finite
 from runtime.databases.placeholders import bind
 
 log = logging.getLogger("moonlet")
@@ -84,6 +85,23 @@ class PostgresDatabase(Database):
         args = [a for _, a in bound]
         await self._run(session, lambda c: c.executemany(text, args, timeout=self._timeout()))
         return len(sets), None
+
+    async def open_cursor(self, session: object, sql: str, params: Params) -> Cursor:
+        """A server-side cursor: inside ``session``'s transaction, or on a connection and a (read-only)
+        transaction of its own, held until the cursor is closed."""
+        text, args = bind(sql, params)
+        if isinstance(session, Session):
+            cursor = await self._guarded(session.conn.cursor(text, *args, timeout=self._timeout()))
+            return PgCursor(self, cursor, None)
+        conn = await self._acquire()
+        try:
+            tr = conn.transaction(readonly=True)
+            await self._guarded(tr.start())
+            cursor = await self._guarded(conn.cursor(text, *args, timeout=self._timeout()))
+        except BaseException:
+            await self._release(conn)
+            raise
+        return PgCursor(self, cursor, (conn, tr))
 
     async def begin(self) -> object:
         conn = await self._acquire()
@@ -188,6 +206,30 @@ class PostgresDatabase(Database):
             OverflowError,
         ) as e:  # asyncpg checks arguments with these
             raise DatabaseError(str(e)) from e
+
+
+class PgCursor(Cursor):
+    def __init__(self, db: PostgresDatabase, cursor: Any, own: tuple[asyncpg.Connection, Any] | None) -> None:
+        self._db = db
+        self._cursor: Any = cursor
+        self._own = own  # (connection, transaction) held for this cursor alone, or None inside a session
+
+    async def fetch(self, n: int) -> list[Row]:
+        if self._cursor is None:
+            return []
+        records = await self._db._guarded(self._cursor.fetch(n, timeout=self._db._timeout()))
+        if len(records) < n:
+            await self.close()
+        return [{k.encode(): _plain(v) for k, v in r.items()} for r in records]
+
+    async def close(self) -> None:
+        self._cursor = None
+        own, self._own = self._own, None
+        if own is not None:
+            conn, tr = own
+            with contextlib.suppress(Exception):
+                await tr.rollback()  # (it only read)
+            await self._db._release(conn)
 
 
 # Lua has no date, time or decimal types: these travel as their text both ways (numeric arrives as a number)

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import aiosqlite
 
-from runtime.databases import Database, DatabaseError, Options, Params, QueryTimeoutError, Row
+from runtime.databases import Cursor, Database, DatabaseError, Options, Params, QueryTimeoutError, Row
 from runtime.threads import LowPrioritySQLite
 
 T = TypeVar("T")
@@ -72,6 +72,11 @@ class SQLiteDatabase(Database):
             except DatabaseError as e:
                 await self._reopen_if_read_only(e)
                 raise
+
+    async def open_cursor(self, session: object, sql: str, params: Params) -> Cursor:
+        conn = await self._conn_for(session, write=session is not None)
+        cursor = await self._guarded(conn, conn.execute(sql, params))
+        return SQLiteCursor(self, conn, cursor)
 
     async def begin(self) -> object:
         await self._open()
@@ -204,3 +209,29 @@ class SQLiteDatabase(Database):
             await reader.execute(f"PRAGMA busy_timeout = {busy_ms}")
             await reader.execute("PRAGMA query_only = ON")
             self._readers.append(reader)
+
+
+class SQLiteCursor(Cursor):
+    """A statement stepped in its connection's thread, ``n`` rows a hop (the connection goes on serving other
+    statements in between: SQLite keeps several statements open on one connection)."""
+
+    def __init__(self, db: SQLiteDatabase, conn: aiosqlite.Connection, cursor: aiosqlite.Cursor) -> None:
+        self._db = db
+        self._conn = conn
+        self._cursor: aiosqlite.Cursor | None = cursor
+        self._names = [str(d[0]).encode() for d in cursor.description or ()]
+
+    async def fetch(self, n: int) -> list[Row]:
+        cursor = self._cursor
+        if cursor is None:
+            return []
+        rows = list(await self._db._guarded(self._conn, cursor.fetchmany(n)))
+        if len(rows) < n:
+            await self.close()
+        return [dict(zip(self._names, row, strict=True)) for row in rows]
+
+    async def close(self) -> None:
+        cursor, self._cursor = self._cursor, None
+        if cursor is not None:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await cursor.close()

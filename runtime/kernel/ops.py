@@ -49,6 +49,8 @@ class Op(enum.IntEnum):
     CHAN_GET = 22  # (channel, timeout): a value the spawned job sent: true, value; nil at its end (, err)
     CHAN_PUT = 23  # (channel, value): queue a value for the job (waits while full): true, or nil, "closed"
     CHAN_WAIT = 24  # (channel, timeout): the spawned job's results: true, results...; or nil, err
+    DB_ROWS = 25  # (target, sql, params): start a query read in batches: its handle, or nil, err
+    DB_FETCH = 26  # (rows, n): up to n more rows (fewer at the end, then the query is closed), or nil, err
     # -- calls (synchronous, never suspend) --
     WRITE = 32  # (conn, out): hand `out` to the transport now
     CLOSE = 33  # (conn, out, abort): send `out` and close; abort: close now, dropping what is unsent
@@ -95,6 +97,7 @@ class Op(enum.IntEnum):
     SINGLE_PROCESS = 73  # (reason, where): the app keeps state in this process's memory: one worker, ever
     POOL_SPAWN = 74  # (where, target, packed args): a job beside the running task: its channel, or nil, err
     CHAN_CLOSE = 75  # (channel): close it from the task's side
+    DB_ROWS_CLOSE = 76  # (rows): release a db.rows query before its end
 
     @property
     def yields(self) -> bool:

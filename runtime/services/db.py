@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, cast
 
 from runtime.config import Limits
-from runtime.databases import Database, DatabaseError, Options, Params, QueryTimeoutError, open_database
+from runtime.databases import (
+    Cursor,
+    Database,
+    DatabaseError,
+    Options,
+    Params,
+    QueryTimeoutError,
+    open_database,
+)
 from runtime.kernel.core import SUSPEND, Kernel
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Extra, Task
@@ -27,6 +35,17 @@ from runtime.services.background import Background
 log = logging.getLogger("moonlet")
 
 BLOB_KEY = b"__moonlet_blob"
+MAX_BATCH = 1000  # rows a db.rows fetch brings at most
+
+
+class OpenRows:
+    """A ``db.rows`` query being read by one task: closed at the end of the rows, by the task, or with it."""
+
+    __slots__ = ("cursor", "open")
+
+    def __init__(self, cursor: Cursor) -> None:
+        self.cursor = cursor
+        self.open = True
 
 
 class Transaction:
@@ -97,6 +116,9 @@ class DatabaseService:
         kernel.register(Op.DB_QUERY, self._query)
         kernel.register(Op.DB_EXEC, self._exec)
         kernel.register(Op.DB_EXEC_MANY, self._exec_many)
+        kernel.register(Op.DB_ROWS, self._rows)
+        kernel.register(Op.DB_FETCH, self._fetch, OpenRows)
+        kernel.register_call(Op.DB_ROWS_CLOSE, self._rows_close, OpenRows)
         kernel.register(Op.DB_BEGIN, self._begin)
         kernel.register(Op.DB_END, self._end)
         kernel.register_call(Op.DB_OPEN, self._open)
@@ -135,6 +157,19 @@ class DatabaseService:
 
     def _exec_many(self, task: Task, target: object, sql: object, sets: object) -> object:
         return self._start(task, self._run_exec_many(target, sql, sets))
+
+    def _rows(self, task: Task, target: object, sql: object, params: object) -> object:
+        return self._start(task, self._open_rows(task, target, sql, params))
+
+    def _fetch(self, task: Task, rows: OpenRows, n: object, _c: object) -> object:
+        if not rows.open:
+            return self.lua.table_from([])
+        size = int(n) if isinstance(n, int) and 0 < n <= MAX_BATCH else MAX_BATCH
+        return self._start(task, self._fetch_batch(rows, size))
+
+    def _rows_close(self, rows: OpenRows, _b: object, _c: object) -> object:
+        self._close_rows(rows)
+        return True
 
     def _begin(self, task: Task, target: object, _b: object, _c: object) -> object:
         return self._start(task, self._run_begin(task, self._database(target)))
@@ -189,6 +224,33 @@ class DatabaseService:
             )
         changes, last_id = await db.exec_many(session, self._sql(sql), [_params(one) for one in plain])
         return from_plain(self.lua, {b"changes": changes, b"last_id": last_id})
+
+    async def _open_rows(self, task: Task, target: object, sql: object, params: object) -> object:
+        db, session = self._where(target)
+        cursor = await db.open_cursor(session, self._sql(sql), _params(to_plain(params)))
+        rows = OpenRows(cursor)
+        if task.co is None:  # (the task ended while the query was starting)
+            await cursor.close()
+            return (None, b"closed")
+        if task.extra is None:
+            task.extra = Extra()
+        task.extra.on_end.append(lambda: self._close_rows(rows))
+        return rows
+
+    async def _fetch_batch(self, rows: OpenRows, n: int) -> object:
+        try:
+            batch = await rows.cursor.fetch(n)
+        except BaseException:
+            self._close_rows(rows)
+            raise
+        if len(batch) < n:
+            rows.open = False  # (the engine closed it at its end)
+        return from_plain(self.lua, batch)
+
+    def _close_rows(self, rows: OpenRows) -> None:
+        if rows.open:
+            rows.open = False
+            self.background.run(rows.cursor.close())
 
     async def _run_begin(self, task: Task, db: Database) -> object:
         tx = Transaction(db, await db.begin(), task)

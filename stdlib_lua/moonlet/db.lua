@@ -54,6 +54,44 @@ local function check_sql(sql, what)
   if type(sql) ~= "string" then error("bad argument #1 to '" .. what .. "' (SQL string expected)", 3) end
 end
 
+-- db.rows: a generic for's iterator over a query read in batches, and its closing value (Lua 5.4 closes it
+-- when the loop ends, by its end, a break, a return or an error), which releases the query.
+local BATCH = 256
+local Rows = {}
+Rows.__index = Rows
+Rows.__close = function(self)
+  local py = self._py
+  if py then
+    self._py = nil
+    call(OP.DB_ROWS_CLOSE, py)
+  end
+end
+
+local function rows(target, sql, ...)
+  local py, err = request(OP.DB_ROWS, target, sql, params(...))
+  if not py then error("db.rows: " .. tostring(err), 3) end
+  local state = setmetatable({ _py = py }, Rows)
+  local batch, i, n = nil, 0, 0
+  local function next_row()
+    if i < n then
+      i = i + 1
+      return batch[i]
+    end
+    local handle = state._py
+    if handle == nil then return nil end
+    local got, e = request(OP.DB_FETCH, handle, BATCH)
+    if not got then
+      Rows.__close(state)
+      error("db.rows: " .. tostring(e), 2)
+    end
+    if #got < BATCH then state._py = nil end -- (the host closed it at its end)
+    if #got == 0 then return nil end
+    batch, i, n = got, 1, #got
+    return got[1]
+  end
+  return next_row, nil, nil, state
+end
+
 local function check_sets(sets)
   if type(sets) ~= "table" then
     error("bad argument #2 to 'exec_many' (table of parameter sets expected, got " .. type(sets) .. ")", 3)
@@ -88,6 +126,15 @@ function Tx:exec_many(sql, sets)
   check_sql(sql, "exec_many")
   check_sets(sets)
   return request(DB_EXEC_MANY, self._py, sql, sets)
+end
+
+--- Like db.rows, inside the transaction.
+---@async
+---@param sql string
+---@return fun(): table?
+function Tx:rows(sql, ...)
+  check_sql(sql, "rows")
+  return rows(self._py, sql, ...)
 end
 
 local function transaction(target, fn, ...)
@@ -128,6 +175,15 @@ end
 function Database:exec(sql, ...)
   check_sql(sql, "exec")
   return request(DB_EXEC, self._py, sql, params(...))
+end
+
+--- Like db.rows, on this database.
+---@async
+---@param sql string
+---@return fun(): table?
+function Database:rows(sql, ...)
+  check_sql(sql, "rows")
+  return rows(self._py, sql, ...)
 end
 
 --- Like db.exec_many, on this database.
@@ -200,6 +256,20 @@ end
 function M.exec(sql, ...)
   check_sql(sql, "exec")
   return request(DB_EXEC, nil, sql, params(...))
+end
+
+--- The rows of a query, for a generic for, fetched from the database in batches as the loop goes: memory
+--- holds one batch (256 rows), whatever the result's size. Leaving the loop early (break, return, an
+--- error) releases the query, as does the end of the task. Errors raise (a for loop has no place for err):
+--- `db.rows: database error: ...`.
+---
+---     for row in db.rows("SELECT id, name FROM users WHERE active = ?", true) do conn:write(row.name, "\n") end
+---@async
+---@param sql string
+---@return fun(): table?
+function M.rows(sql, ...)
+  check_sql(sql, "rows")
+  return rows(nil, sql, ...)
 end
 
 --- Run one statement once per parameter set (`sets`: an array of arrays for `?`, or of tables for `:name`)
