@@ -225,3 +225,40 @@ def test_kv_with_redis_benchmark_pipelined(kv) -> None:  # type: ignore[no-untyp
     assert set(rows) == {"PING_INLINE", "SET", "GET", "INCR"} and all(v > 0 for v in rows.values())
     # every INCR landed (redis-benchmark may round the last pipeline of each client up)
     assert 5000 <= int(r.get("counter:__rand_int__")) <= 5000 + 20 * 16
+
+
+def curl(*args: str, timeout: float = 60) -> str:
+    done = subprocess.run(["curl", "-s", *args], capture_output=True, text=True, timeout=timeout, check=False)
+    return done.stdout
+
+
+def test_report_streams_csv_through_a_pool_job_while_others_are_served(run_app, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    server = run_app(APPS / "report.lua", "--port", "0", options=["--db", str(tmp_path / "r.db")])
+    base = f"http://127.0.0.1:{server.port}"
+
+    def expected(i: int, steps: int) -> str:  # what apps/lib/figures.lua computes for row i
+        amount = (i * 7919) % 1000
+        h = amount
+        for k in range(1, steps + 1):
+            h = (h * 31 + k) % 1000003
+        return f"{i},{amount},{h},{amount * 0.2:.2f}"
+
+    lines = curl(f"{base}/report?rows=300").splitlines()
+    assert lines[0] == "id,amount,score,tax" and len(lines) == 301
+    assert lines[1] == expected(1, 2000) and lines[300] == expected(300, 2000)
+    assert curl("-o", "/dev/null", "-w", "%{http_code}", f"{base}/report?rows=0") == "400"
+    # a long report (its rows streamed, each scored in a pool thread) while another client asks for /health
+    cmd = ["curl", "-s", "-N", f"{base}/report?rows=20000"]
+    big = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert big.stdout is not None
+        assert big.stdout.readline() == "id,amount,score,tax\n"
+        assert curl(f"{base}/health", timeout=10) == "ok\n"
+        assert big.poll() is None  # answered while the report was still streaming
+        rest = big.stdout.read().splitlines()
+        assert len(rest) == 20000 and rest[-1] == expected(20000, 2000)
+    finally:
+        big.kill()
+        big.wait()
+        if big.stdout is not None:
+            big.stdout.close()
