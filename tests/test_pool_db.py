@@ -469,6 +469,32 @@ def test_echo_latency_holds_while_slow_queries_and_cpu_jobs_run(run_app, tmp_pat
     assert loaded < unloaded + 0.030, f"echo p99 {loaded * 1e3:.1f} ms loaded vs {unloaded * 1e3:.1f} ms"
 
 
+def test_echo_latency_holds_while_rows_and_channels_stream(run_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = run_app("bench/lua/mixed.lua", "--port", "0", options=["--db", str(tmp_path / "mixed.db")])
+    unloaded = echo_p99(server)
+    stop = threading.Event()
+    answers: dict[str, list[bytes]] = {"rows": [], "chan": []}
+
+    def load(kind: str) -> None:
+        c = server.connect(timeout=60)
+        while not stop.is_set():
+            c.send(kind.encode() + b"\n")
+            answers[kind].append(c.line())
+
+    workers = [threading.Thread(target=load, args=(k,)) for k in ("rows", "chan")]
+    for w in workers:
+        w.start()
+    time.sleep(0.3)
+    loaded = echo_p99(server)
+    stop.set()
+    for w in workers:
+        w.join(60)
+    assert answers["rows"] and set(answers["rows"]) == {b"200000"}
+    assert answers["chan"] and set(answers["chan"]) == {b"50000"}
+    # "unchanged": within a few milliseconds (generous for a shared 2-core CI machine)
+    assert loaded < unloaded + 0.030, f"echo p99 {loaded * 1e3:.1f} ms streaming vs {unloaded * 1e3:.1f} ms"
+
+
 def test_deleting_the_database_file_gives_errors_not_a_stop(lua_server, tmp_path: Path) -> None:
     path = tmp_path / "gone.db"
     server = lua_server(

@@ -8,4 +8,12 @@ function M.spin(n)
   return x
 end
 
+-- A spawned job (pool.spawn) that streams 1..n through its channel.
+function M.count(ch, n)
+  for i = 1, n do
+    if not ch:put(i) then return i end
+  end
+  return n
+end
+
 return M
