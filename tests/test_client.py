@@ -305,6 +305,25 @@ def test_tls_verified_by_default_starttls_and_a_failed_verification(tmp_path: Pa
     assert out[5].startswith("wrong name\tnil\ttls: certificate verify failed: Hostname mismatch")
 
 
+def test_the_connect_timeout_of_settimeouts_bounds_a_later_tls_handshake(tmp_path: Path) -> None:
+    done = run_script(
+        tmp_path,
+        """
+        local net, time = require "moonlet.net", require "moonlet.time"
+        -- a peer that never answers the handshake
+        local silent = assert(net.listen { port = 0, handler = function(c) c:readn(100000) end })
+        local c = assert(net.connect("127.0.0.1", silent.port))
+        c:settimeouts(0.2, nil, nil)
+        local t0 = time.monotonic()
+        local ok, err = c:starttls { verify = false }
+        print(ok, err, time.monotonic() - t0 < 5)   -- (the default handshake timeout is 10 s)
+        silent:close()
+        """,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().split() == ["nil", "timeout", "true"]
+
+
 def test_udp_round_trips_through_the_echo_app(run_app) -> None:  # type: ignore[no-untyped-def]
     server = run_app("apps/udp_echo.lua", "--port", "0", ready=re.compile(rb"serving udp on (\S+):(\d+)"))
     port = server.port

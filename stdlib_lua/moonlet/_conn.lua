@@ -349,12 +349,14 @@ function Conn:settimeout(seconds)
   call(OP.SETTIMEOUTS, self[PY], s, s)
 end
 
---- Set the connect, send and read timeouts separately; nil leaves one unchanged.
+--- Set the connect, send and read timeouts separately; nil leaves one unchanged. The connection is open
+--- already: its connect timeout bounds a later TLS handshake (`conn:starttls`).
 ---@param connect number|false|nil
 ---@param send number|false|nil
 ---@param read number|false|nil
 function Conn:settimeouts(connect, send, read)
-  self._connect_timeout = check_timeout(connect, 1, "settimeouts")
+  local c = check_timeout(connect, 1, "settimeouts")
+  if c ~= nil then self._connect_timeout = c end
   call(OP.SETTIMEOUTS, self[PY], check_timeout(send, 2, "settimeouts"), check_timeout(read, 3, "settimeouts"))
 end
 

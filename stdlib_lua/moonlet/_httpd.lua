@@ -153,7 +153,7 @@ local function request_index(req, key)
   return Request[key]
 end
 
----@class moonlet.HttpResponse
+---@class moonlet.HttpReply
 local Reply = {}
 Reply.__index = Reply
 

@@ -337,7 +337,7 @@ end
 --- body), keepalive_timeout (75 s), max_requests (1000 per connection), send_timeout (60 s: how long a
 --- response write may wait for a peer that takes no data before the connection is closed).
 ---@async
----@param opts {host?: string, port: integer, handler: fun(req: moonlet.HttpRequest, res: moonlet.HttpResponse)}
+---@param opts {host?: string, port: integer, handler: fun(req: moonlet.HttpRequest, res: moonlet.HttpReply)}
 ---@return moonlet.HttpServer? server
 ---@return string? err
 function M.serve(opts)

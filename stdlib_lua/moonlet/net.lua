@@ -210,7 +210,8 @@ function M.connect(dest, port, opts)
 end
 
 --- Upgrade this connection to TLS (for protocols that start in the clear: STARTTLS). Options as for
---- `net.connect`'s `tls` (plus `timeout`). Returns true, or nil, err (the connection is then closed).
+--- `net.connect`'s `tls` (plus `timeout`: by default the connect timeout set with `conn:settimeouts`, else
+--- 10 s). Returns true, or nil, err (the connection is then closed).
 ---@async
 ---@param opts? {verify?: boolean, cafile?: string, server_name?: string, timeout?: number}
 function Conn:starttls(opts)
@@ -219,7 +220,7 @@ function Conn:starttls(opts)
   if self[POS] <= #self[BUF] then return nil, "unread data before the TLS handshake" end
   local out = take(self)
   if out then call(OP.WRITE, self[PY], out) end
-  return request(OP.STARTTLS, self[PY], { tls = opts, timeout = opts.timeout })
+  return request(OP.STARTTLS, self[PY], { tls = opts, timeout = opts.timeout or self._connect_timeout })
 end
 
 --- Put this outgoing connection in its destination's pool for reuse by a later `net.connect`, for at most
@@ -294,13 +295,13 @@ Udp.__index = Udp
 
 --- Send one datagram to `host` (an IP address; see net.resolve) and `port`.
 ---@param data string
----@param dest string  host name or address, or a Unix socket path
+---@param addr string  an IP address (see net.resolve)
 ---@param port integer
-function Udp:sendto(data, host_, port)
-  if type(data) ~= "string" or type(host_) ~= "string" or type(port) ~= "number" then
+function Udp:sendto(data, addr, port)
+  if type(data) ~= "string" or type(addr) ~= "string" or type(port) ~= "number" then
     error("bad arguments to 'sendto' (data, host, port expected)", 2)
   end
-  return call(OP.UDP_SEND, self._py, data, host_, port)
+  return call(OP.UDP_SEND, self._py, data, addr, port)
 end
 
 --- Wait for the next datagram: returns data, host, port; or nil, "timeout" / "closed".
