@@ -87,7 +87,11 @@ PUBLIC = re.compile(r"^function ([A-Za-z_][\w]*)([.:])([a-z][\w]*)\(([^)]*)\)", 
 
 @pytest.mark.parametrize(
     "module",
-    sorted(p.stem for p in (ROOT / "stdlib_lua" / "moonlet").glob("*.lua") if not p.stem.startswith("_")),
+    sorted(
+        str(p.relative_to(ROOT / "stdlib_lua" / "moonlet").with_suffix(""))
+        for p in (ROOT / "stdlib_lua" / "moonlet").rglob("*.lua")
+        if not p.stem.startswith("_")
+    ),
 )
 def test_every_public_stdlib_function_is_annotated_and_in_the_reference(module: str) -> None:
     """Each public function: a --- annotation whose @param names are its parameters, ---@async when its body

@@ -10,7 +10,8 @@ from runtime.kernel.ops import Op
 
 
 def lua_sources() -> dict[str, str]:
-    return {p.name: p.read_text() for p in (ROOT / "stdlib_lua" / "moonlet").glob("*.lua")}
+    base = ROOT / "stdlib_lua" / "moonlet"
+    return {str(p.relative_to(base)): p.read_text() for p in base.rglob("*.lua")}
 
 
 def test_every_op_named_in_the_lua_stdlib_exists() -> None:
