@@ -1,0 +1,64 @@
+--- UDP sockets behind `moonlet.net` (net.udp): a server that runs a handler per datagram, or a client socket.
+-- @module moonlet.net.udp
+local host = require "moonlet._host"
+local request, call, OP = host.request, host.call, host.OP
+local type, error, setmetatable = type, error, setmetatable
+
+local M = {}
+
+local function check_opts(opts)
+  if opts ~= nil and type(opts) ~= "table" then error("bad argument to 'udp' (options table expected)", 3) end
+  return opts or {}
+end
+
+---@class moonlet.Udp
+---@field port integer
+local Udp = {}
+Udp.__index = Udp
+
+--- Send one datagram to `host` (an IP address; see net.resolve) and `port`.
+---@param data string
+---@param addr string  an IP address (see net.resolve)
+---@param port integer
+function Udp:sendto(data, addr, port)
+  if type(data) ~= "string" or type(addr) ~= "string" or type(port) ~= "number" then
+    error("bad arguments to 'sendto' (data, host, port expected)", 2)
+  end
+  return call(OP.UDP_SEND, self._py, data, addr, port)
+end
+
+--- Wait for the next datagram: returns data, host, port; or nil, "timeout" / "closed".
+---@async
+---@param timeout? number
+function Udp:recvfrom(timeout)
+  return request(OP.UDP_RECV, self._py, timeout)
+end
+
+--- Close the socket.
+function Udp:close()
+  return call(OP.UDP_CLOSE, self._py)
+end
+
+--- A UDP socket. With `handler`, it serves datagrams: `handler(data, peer, sock)` runs in its own coroutine
+--- for each one (`peer` is {host =, port =}; answer with `sock:sendto(reply, peer.host, peer.port)`).
+--- Without, it is a client socket (`:sendto`, `:recvfrom`, `:close`). `host` defaults to 127.0.0.1, `port`
+--- to 0 (any free port; see `sock.port`). Returns the socket, or nil, err.
+---@async
+---@param opts? {host?: string, port?: integer, handler?: fun(data: string, peer: table, sock: moonlet.Udp)}
+---@return moonlet.Udp? sock
+---@return string? err
+function M.udp(opts)
+  opts = check_opts(opts)
+  local handler = opts.handler
+  if handler ~= nil and type(handler) ~= "function" then error("udp: 'handler' must be a function", 2) end
+  local sock = setmetatable({}, Udp)
+  local entry = handler and function(_, data, peer_host, peer_port)
+    handler(data, { host = peer_host, port = peer_port }, sock)
+  end
+  local py, port = request(OP.UDP_OPEN, opts.host or "127.0.0.1", opts.port or 0, entry)
+  if not py then return nil, port end
+  sock._py, sock.port = py, port
+  return sock
+end
+
+return M
