@@ -38,6 +38,7 @@ from runtime.services.console import ConsoleService, remove_console_files
 from runtime.services.datagram import DatagramService
 from runtime.services.db import DatabaseService, default_database
 from runtime.services.httpserver import HttpService
+from runtime.services.outgoing import OutgoingService
 from runtime.services.pool import PoolConfig, PoolService
 from runtime.services.shared import SharedService
 from runtime.services.stream import StreamService
@@ -80,6 +81,7 @@ class Services:
     udp: DatagramService
     http: HttpService
     shared: SharedService
+    outgoing: OutgoingService
 
     def in_flight(self) -> bool:
         """Work a task waits for runs outside the loop (a pool job, a query, a connect or listen)."""
@@ -112,6 +114,7 @@ def wire_services(
         udp=DatagramService(kernel, loop),
         http=HttpService(kernel, stream),
         shared=SharedService(kernel, wall_clock(loop)),
+        outgoing=OutgoingService(kernel, loop, limits, stream),
     )
     capacity = ConnectionCapacity(loop, limits.max_connections)  # (HTTP connections are stream connections)
     capacity.count(stream.connections)
@@ -206,6 +209,7 @@ class Host:
             services.stream,
             services.udp,
             services.shared,
+            services.outgoing,
         ):
             service.lua = lua  # replies are built in the main Lua state
         tasks.task_body = timers.task_body = boot[b"task_body"]

@@ -19,7 +19,7 @@ from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
 from runtime.services.background import Background
-from runtime.services.stream import connect_error
+from runtime.services.outgoing import connect_error
 
 log = logging.getLogger("moonlet")
 
