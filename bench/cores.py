@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import cpu_seconds, free_port  # bench/run.py's helpers
+from harness import cpu_seconds, free_port  # bench/harness.py
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -28,7 +28,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import PIN_CLIENT, PIN_SERVER, PYTHON, ROOT, free_port, moonlet, redis_benchmark, wait_port
+from harness import (  # bench/harness.py
+    PIN_CLIENT,
+    PIN_SERVER,
+    PYTHON,
+    ROOT,
+    free_port,
+    moonlet,
+    redis_benchmark,
+    wait_port,
+)
 
 RESULTS = ROOT / "bench" / "results"
 

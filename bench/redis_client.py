@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import PEERS, free_port, wait_port  # bench/run.py's helpers and its redis-server command
+from harness import free_port, wait_port  # bench/harness.py
+from run import PEERS  # bench/run.py's catalogue: its redis-server command
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -36,14 +36,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-TICK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
-PIN_SERVER, PIN_CLIENT = (
-    (["taskset", "-c", "0"], ["taskset", "-c", "1"])
-    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset")
-    else ([], [])
+from harness import (  # bench/harness.py: what every benchmark shares
+    PIN_CLIENT,
+    PIN_SERVER,
+    PYTHON,
+    ROOT,
+    cpu_seconds,
+    free_port,
+    moonlet,
+    redis_benchmark,
+    rss_bytes,
+    running,
+    wait_port,
 )
 
 SERVERS = {
@@ -76,81 +80,11 @@ PEERS = {  # `bench/run.py peers`: the same pong workload against other servers,
 }
 
 
-def moonlet(*args: str, workers: int = 1) -> list[str]:
-    """`moonlet run` with `workers` processes (1: no supervisor), warnings only, then options and app."""
-    return [PYTHON, "-m", "runtime", "run", "--workers", str(workers), "--log-level", "warning", *args]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its live child processes (nginx's worker is a child)."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if stat.parent.name == str(pid) or fields[1] == str(pid):  # itself, or its parent is pid
-            total += (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
-    return total
-
-
-def rss_bytes(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
-
-
-@contextlib.contextmanager
-def running(cmd: list[str], port: int) -> Iterator[tuple[int, int]]:
-    """Start a server (pinned like every server here), wait for its port; yield its pid and port."""
-    proc = subprocess.Popen([*PIN_SERVER, *cmd], cwd=ROOT, stdout=subprocess.DEVNULL)
-    try:
-        wait_port(port, proc)
-        yield proc.pid, port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 @contextlib.contextmanager
 def server(name: str) -> Iterator[tuple[int, int]]:
     port = free_port()
     with running({**SERVERS, **IDLE_ONLY, **PEERS}[name](port), port) as started:
         yield started
-
-
-def redis_benchmark(port: int, n: int, pipeline: int, clients: int = 50) -> float:
-    """Requests per second of `redis-benchmark -t ping_inline` (pinned like every load generator here)."""
-    out = subprocess.run(
-        [
-            *PIN_CLIENT,
-            "redis-benchmark",
-            "-p",
-            str(port),
-            "-t",
-            "ping_inline",
-            "-c",
-            str(clients),
-            "-n",
-            str(n),
-            "-P",
-            str(pipeline),
-            "--csv",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    ).stdout
-    row = [line for line in out.splitlines() if line.startswith('"PING_INLINE"')][0]
-    return float(row.split(",")[1].strip('"'))
 
 
 def bench_pong(runs: int, n1: int, n16: int, names: list[str] | None = None) -> list[dict[str, object]]:
@@ -525,21 +459,6 @@ def _timed_requests(port: int, requests: list[bytes]) -> float:
         sock.makefile("rb").readline()
         sock.close()
     return time.perf_counter() - t0
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 15) -> None:
-    """Wait until something accepts on 127.0.0.1:port; RuntimeError if ``proc`` exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
-                raise RuntimeError(
-                    f"the server on port {port} did not start ({proc.args if proc else ''})"
-                ) from None
-            time.sleep(0.05)
 
 
 def report(rows: list[dict[str, object]]) -> None:

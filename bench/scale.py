@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import free_port, moonlet, wait_port  # bench/run.py's helpers
+from harness import free_port, moonlet, wait_port  # bench/harness.py
 
 ROOT = Path(__file__).resolve().parent.parent
 PER_HOLDER = 15_000

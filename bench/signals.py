@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import PYTHON, ROOT, free_port, wait_port
+from harness import PYTHON, ROOT, free_port, wait_port  # bench/harness.py
 
 
 def line(f: object) -> bytes:
