@@ -615,7 +615,7 @@ local function serve(conn)
   next_client_id = next_client_id + 1
   local session = { resp3 = false, db = dbs[0], id = next_client_id }
   conn:settimeouts(nil, nil, false) -- like Redis: idle clients may stay forever
-  conn:setlimits { read = MAX_BULK + 2 }
+  conn:setlimits { max_read = MAX_BULK + 2 }
   local args, count = {}, 0
   while true do
     local n, e = read_command(conn, args, count)

@@ -458,7 +458,7 @@ local function serve(conn)
   stats.curr_connections = stats.curr_connections + 1
   stats.total_connections = stats.total_connections + 1
   conn:settimeouts(nil, nil, false) -- like memcached: idle clients may stay
-  conn:setlimits { line = MAX_LINE * 8, read = MAX_ITEM + 2 }
+  conn:setlimits { max_line = MAX_LINE * 8, max_read = MAX_ITEM + 2 }
   while true do
     local line, e = conn:readline()
     if not line then

@@ -83,7 +83,7 @@ def test_lua_semantics_inside_moonlet(tmp_path: Path) -> None:
     assert lines[1] == "wrap false true true", lines[1]
     assert lines[2] == "create bad argument #1 to 'create' (function expected, got number)"
     assert "bad argument #1 to 'resume' (coroutine expected, got string)" in lines[3]
-    assert lines[4] == "sleep bad argument #1 to 'sleep' (non-negative number expected, got -1)", lines[4]
+    assert lines[4] == "sleep bad argument #1 to 'sleep' (seconds >= 0 expected, got -1)", lines[4]
     assert lines[5] == "json 0.1 0.3333333333333333 1e+300 9007199254740992", lines[5]
     assert lines[6] == "send timeout closed closed", lines[6]
     assert lines[7] == "flags false x false false true", lines[7]

@@ -8,7 +8,8 @@ local host = require "moonlet._host"
 local request, call, OP = host.request, host.call, host.OP
 local mark_dirty, unmark, recv = host.mark_dirty, host.unmark, host.recv
 local find, sub, byte, concat = string.find, string.sub, string.byte, table.concat
-local type, error, setmetatable, tostring, select, floor = type, error, setmetatable, tostring, select, math.floor
+local type, error, setmetatable, tostring, select, pairs, floor = type, error, setmetatable, tostring, select,
+  pairs, math.floor
 local huge = math.huge
 
 local SEND, SENDALL, WRITE, CLOSE, BUFFERED = OP.SEND, OP.SENDALL, OP.WRITE, OP.CLOSE, OP.BUFFERED
@@ -375,11 +376,20 @@ function Conn:buffered()
   return #self[BUF] - self[POS] + 1 + pending, self[OUTB] + unsent
 end
 
---- Change this connection's line limit (readline, readuntil) and read limit (readn).
----@param limits {line?: integer, read?: integer}
+--- Change this connection's line limit (readline, readuntil) and read limit (readn): the same knobs, by the
+--- same names, as net.listen's `max_line` and `max_read`.
+---@param limits {max_line?: integer, max_read?: integer}
 function Conn:setlimits(limits)
-  if type(limits) ~= "table" then error("bad argument #1 to 'setlimits' (table expected)", 2) end
-  local line, read = limits.line or self[LIM].line, limits.read or self[LIM].read
+  if type(limits) ~= "table" then
+    error("bad argument #1 to 'setlimits' (table expected, got " .. type(limits) .. ")", 2)
+  end
+  for k in pairs(limits) do
+    if k ~= "max_line" and k ~= "max_read" then
+      error("bad argument #1 to 'setlimits' (unknown limit '" .. tostring(k) .. "'; the limits are max_line and "
+        .. "max_read)", 2)
+    end
+  end
+  local line, read = limits.max_line or self[LIM].line, limits.max_read or self[LIM].read
   check_count(line, "setlimits"); check_count(read, "setlimits")
   if line < MIN_LINE_LIMIT then error("setlimits: the line limit must be at least " .. MIN_LINE_LIMIT, 2) end
   self[LIM] = { line = line, read = read }

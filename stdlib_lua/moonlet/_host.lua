@@ -340,4 +340,16 @@ function M.where(level)
   return info.short_src .. ":" .. (info.currentline or 0)
 end
 
+--- The stdlib's one check of a time argument, raising Lua's own message at the API's caller:
+--- "bad argument #i to 'what' (seconds >= 0 expected, got -1)". With `optional`, nil and math.huge mean no
+--- limit (nil is returned).
+function M.check_seconds(t, i, what, optional)
+  if optional and (t == nil or t == math.huge) then return nil end
+  if type(t) ~= "number" or t ~= t or t < 0 then
+    error(("bad argument #%d to '%s' (seconds >= 0%s expected, got %s)"):format(i, what,
+      optional and " or nil" or "", type(t) == "number" and tostring(t) or type(t)), 3)
+  end
+  return t
+end
+
 return M

@@ -13,6 +13,8 @@
 -- a Lua job is stopped, a Python one runs on but its result is dropped), or the job's error with its traceback.
 -- @module moonlet.pool
 local host = require "moonlet._host"
+-- (a tail call: the error still points at the API's caller)
+local function check_timeout(t, i, what) return host.check_seconds(t, i, what, true) end
 local request, call, OP = host.request, host.call, host.OP
 local type, error, tostring, setmetatable, pack, unpack = type, error, tostring, setmetatable, table.pack,
   table.unpack
@@ -65,12 +67,6 @@ end
 local Job = {}
 Job.__index = Job
 
-local function check_timeout(t, what)
-  if t ~= nil and (type(t) ~= "number" or t < 0) then
-    error("bad argument #1 to '" .. what .. "' (non-negative number expected, got " .. type(t) .. ")", 3)
-  end
-end
-
 local function spawn(where, target, ...)
   local py, err = call(OP.POOL_SPAWN, where, target, pack(...))
   if not py then return nil, err end
@@ -85,7 +81,7 @@ end
 ---@return any value
 ---@return string? err
 function Job:get(timeout)
-  check_timeout(timeout, "get")
+  check_timeout(timeout, 1, "get")
   local ok, value = request(OP.CHAN_GET, self._py, timeout)
   if ok == true then return value end
   return nil, value
@@ -114,7 +110,7 @@ end
 ---@param timeout? number
 ---@return any ...
 function Job:wait(timeout)
-  check_timeout(timeout, "wait")
+  check_timeout(timeout, 1, "wait")
   local r = pack(request(OP.CHAN_WAIT, self._py, timeout))
   if r[1] == true then return unpack(r, 2, r.n) end
   return nil, r[2]

@@ -12,6 +12,8 @@
 --     lock:with(function() conn:writen(request); reply = conn:readline() end)
 -- @module moonlet.sync
 local host = require "moonlet._host"
+-- (a tail call: the error still points at the API's caller)
+local function check_timeout(t, i, what) return host.check_seconds(t, i, what, true) end
 local request, call, OP = host.request, host.call, host.OP
 local type, error, setmetatable, pcall = type, error, setmetatable, pcall
 local unpack, pack = table.unpack, table.pack
@@ -59,14 +61,6 @@ local function wake_all(list, closed)
   end
 end
 
-local function check_timeout(t, what)
-  if t == nil or t == huge then return nil end
-  if type(t) ~= "number" or t ~= t or t < 0 then
-    error("bad argument to '" .. what .. "' (timeout: seconds >= 0 or nil expected)", 3)
-  end
-  return t
-end
-
 -- Park the running task in `list` until woken; returns its record, or nil, "timeout".
 local function park(list, timeout, value)
   local rec = { py = call(CURRENT), value = value }
@@ -104,7 +98,7 @@ end
 ---@return string? err
 function Queue:put(v, timeout)
   if v == nil then error("bad argument #1 to 'put' (nil cannot be queued)", 2) end
-  timeout = check_timeout(timeout, "put")
+  timeout = check_timeout(timeout, 2, "put")
   if self._closed then return nil, "closed" end
   local getter = wake_one(self._getters)
   if getter then -- somebody is waiting: hand it over directly
@@ -129,7 +123,7 @@ end
 ---@return any item
 ---@return string? err
 function Queue:get(timeout)
-  timeout = check_timeout(timeout, "get")
+  timeout = check_timeout(timeout, 1, "get")
   if self._n > 0 then
     local v = shift(self._items)
     self._n = self._n - 1
@@ -182,7 +176,7 @@ end
 ---@return true? ok
 ---@return string? err
 function Semaphore:acquire(timeout)
-  timeout = check_timeout(timeout, "acquire")
+  timeout = check_timeout(timeout, 1, "acquire")
   local waiters = self._waiters
   if self._permits > 0 and waiters.head > waiters.tail then
     self._permits = self._permits - 1
@@ -249,7 +243,7 @@ end
 ---@return true? ok
 ---@return string? err
 function Event:wait(timeout)
-  timeout = check_timeout(timeout, "wait")
+  timeout = check_timeout(timeout, 1, "wait")
   if self._set then return true end
   local rec, err = park(self._waiters, timeout)
   if not rec then return nil, err end

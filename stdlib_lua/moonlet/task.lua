@@ -14,9 +14,10 @@
 -- @module moonlet.task
 local host = require "moonlet._host"
 local request, call, OP, where = host.request, host.call, host.OP, host.where
+-- (a tail call: the error still points at the API's caller)
+local function check_timeout(t, i, what) return host.check_seconds(t, i, what, true) end
 local type, error, setmetatable, getmetatable = type, error, setmetatable, getmetatable
 local pack, unpack = table.pack, table.unpack
-local huge = math.huge
 
 local SPAWN, RESULT, WATCH, UNWATCH, PARK, JOIN = OP.SPAWN, OP.RESULT, OP.WATCH, OP.UNWATCH, OP.PARK, OP.JOIN
 local RUNNING, DONE = 0, 1
@@ -27,14 +28,6 @@ local M = {}
 local Task = {}
 Task.__index = Task
 M.Task = Task
-
-local function check_timeout(t, i, what)
-  if t == nil or t == huge then return nil end
-  if type(t) ~= "number" or t ~= t or t < 0 then
-    error("bad argument #" .. i .. " to '" .. what .. "' (seconds >= 0 or nil expected)", 3)
-  end
-  return t
-end
 
 local function is_task(t)
   return type(t) == "table" and getmetatable(t) == Task

@@ -1,7 +1,7 @@
 --- Time: sleeping, clocks and timers.
 -- @module moonlet.time
 local host = require "moonlet._host"
-local request, call, OP, where = host.request, host.call, host.OP, host.where
+local request, call, OP, where, check_seconds = host.request, host.call, host.OP, host.where, host.check_seconds
 local type, error, setmetatable, pack = type, error, setmetatable, table.pack
 
 local M = {}
@@ -12,11 +12,7 @@ local M = {}
 ---@param seconds number
 ---@return true
 function M.sleep(seconds)
-  if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 then
-    error("bad argument #1 to 'sleep' (non-negative number expected, got "
-      .. (type(seconds) == "number" and tostring(seconds) or type(seconds)) .. ")", 2)
-  end
-  return request(OP.SLEEP, seconds)
+  return request(OP.SLEEP, check_seconds(seconds, 1, "sleep"))
 end
 
 --- Wall-clock time in seconds since the epoch, with sub-second precision. Never yields.

@@ -156,7 +156,7 @@ local function once(opts, method, url, body)
   if not conn then return nil, err end
   conn:settimeout(timeout)
   local max_body = opts.max_body or M.MAX_BODY
-  conn:setlimits { line = 64 * 1024, read = max_body > PIECE and max_body or PIECE }
+  conn:setlimits { max_line = 64 * 1024, max_read = max_body > PIECE and max_body or PIECE }
   local ok
   ok, err = send_request(conn, method, host, port, scheme, path, opts.headers or {}, body)
   if not ok then
