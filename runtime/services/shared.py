@@ -23,6 +23,7 @@ import lmdb
 
 from runtime.kernel.core import Kernel
 from runtime.kernel.ops import Op
+from runtime.lua.values import to_plain
 
 MAP_SIZE = 1 << 30  # address space reserved for the store (the file grows with use)
 _HEAD = struct.Struct("<dc")  # expiry (0: never), type
@@ -90,10 +91,14 @@ class SharedService:
         return value if present else None
 
     def _set(self, name: object, key: object, value: object, how: object = None) -> object:
-        """how: b"MODE:TTL" (mode set, add or replace; ttl seconds, 0 for none); value nil deletes."""
+        """how: {mode = "set" | "add" | "replace", ttl = seconds (0: none)}; value nil deletes."""
         db = self._db(name)
-        mode_text, _, ttl_text = how.partition(b":") if isinstance(how, bytes) else (b"set", b"", b"")
-        mode, ttl = mode_text, float(ttl_text or 0)
+        options = to_plain(how) if how is not None else {}
+        if not isinstance(options, dict):
+            options = {}
+        mode = options.get(b"mode", b"set")
+        ttl_value = options.get(b"ttl", 0)
+        ttl = float(ttl_value) if isinstance(ttl_value, int | float) else 0.0
         with self.env.begin(db=db, write=True) as txn:
             _, present = _decode(txn.get(key), self.now())
             if mode == b"add" and present:

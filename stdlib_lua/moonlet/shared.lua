@@ -11,7 +11,7 @@
 -- @module moonlet.shared
 local host = require "moonlet._host"
 local call, OP = host.call, host.OP
-local type, error, setmetatable, tostring = type, error, setmetatable, tostring
+local type, error, setmetatable = type, error, setmetatable
 
 local M = {}
 
@@ -19,14 +19,18 @@ local M = {}
 local Dict = {}
 Dict.__index = Dict
 
-local function check_key(key)
-  if type(key) ~= "string" or key == "" then error("bad key (non-empty string expected)", 3) end
+-- (the stdlib's message, at the caller of the method: "bad argument #1 to 'set' (... expected, got ...)")
+local function check_key(key, what)
+  if type(key) ~= "string" or key == "" then
+    error("bad argument #1 to '" .. what .. "' (non-empty string expected, got "
+      .. (key == "" and "an empty string" or type(key)) .. ")", 3)
+  end
 end
 
-local function check_value(v)
+local function check_value(v, what)
   local tv = type(v)
   if tv ~= "string" and tv ~= "number" and tv ~= "boolean" then
-    error("bad value (string, number or boolean expected, got " .. tv .. ")", 3)
+    error("bad argument #2 to '" .. what .. "' (string, number or boolean expected, got " .. tv .. ")", 3)
   end
 end
 
@@ -40,15 +44,16 @@ end
 
 --- The value of `key`, or nil (absent or expired).
 function Dict:get(key)
-  check_key(key)
+  check_key(key, "get")
   return call(OP.SHARED_GET, self._name, key)
 end
 
+-- (called in tail position by set/add/replace, so its checks point at their caller)
 local function store(self, key, value, ttl, mode)
-  check_key(key)
-  check_value(value)
-  if ttl ~= nil and (type(ttl) ~= "number" or ttl < 0) then error("bad ttl (seconds >= 0 expected)", 3) end
-  return call(OP.SHARED_SET, self._name, key, value, mode .. ":" .. tostring(ttl or 0))
+  check_key(key, mode)
+  check_value(value, mode)
+  ttl = host.check_seconds(ttl, 3, mode, true)
+  return call(OP.SHARED_SET, self._name, key, value, { mode = mode, ttl = ttl or 0 })
 end
 
 --- Set `key` to `value`, expiring after `ttl` seconds if given. Returns true.
@@ -63,13 +68,13 @@ function Dict:replace(key, value, ttl) return store(self, key, value, ttl, "repl
 --- Add `by` (default 1) to the number at `key` atomically; an absent key starts from `init` (or the call
 --- returns nil, "not found"). Returns the new value.
 function Dict:incr(key, by, init)
-  check_key(key)
+  check_key(key, "incr")
   return call(OP.SHARED_INCR, self._name, key, by or 1, init)
 end
 
 --- Remove `key`.
 function Dict:delete(key)
-  check_key(key)
+  check_key(key, "delete")
   return call(OP.SHARED_DELETE, self._name, key)
 end
 
