@@ -27,8 +27,8 @@ class Op(enum.IntEnum):
     LISTEN = 5  # (host_or_path, port, entry): reply a listener handle and its port, or nil, err
     PARK = 6  # (timeout): sleep until UNPARK (reply its value) or the timeout (nil, "timeout")
     JOIN = 7  # (task, timeout): wait until the task ends; reply as RESULT does, or nil, "timeout"
-    POOL_RUN = 8  # (pool "\0" timeout, module "\0" function, packed args): run a Lua function in a pool
-    POOL_CALL = 9  # (pool "\0" timeout, host function name, packed args): run a Python host function
+    POOL_RUN = 8  # ({pool=, timeout=}, {module=, fn=}, packed args): run a Lua function in a pool
+    POOL_CALL = 9  # ({pool=, timeout=}, host function name, packed args): run a Python host function
     DB_QUERY = 10  # (target, sql, params): rows; target: a transaction, a database, or nil (the default)
     DB_EXEC = 11  # (target, sql, params): {changes=, last_id=}
     DB_BEGIN = 12  # (database or nil): a transaction handle once a connection (SQLite: the writer) is ours
@@ -95,7 +95,7 @@ class Op(enum.IntEnum):
     TASK_FAILURES = 71  # (): spawned tasks that failed with nobody waiting for them: how many, the last error
     VIRTUAL_TIME = 72  # (on): moonlet test's clock jumps ahead whenever every task waits (or stops doing so)
     SINGLE_PROCESS = 73  # (reason, where): the app keeps state in this process's memory: one worker, ever
-    POOL_SPAWN = 74  # (where, target, packed args): a job beside the running task: its channel, or nil, err
+    POOL_SPAWN = 74  # ({pool=, timeout=}, {module=, fn=} or {host=}, packed args): a job beside the task
     CHAN_CLOSE = 75  # (channel): close it from the task's side
     DB_ROWS_CLOSE = 76  # (rows): release a db.rows query before its end
 

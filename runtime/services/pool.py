@@ -229,9 +229,7 @@ class PoolService:
         kernel.register_call(Op.CHAN_CLOSE, self._chan_close, Channel)
 
     def _run(self, task: Task, where: object, target: object, args: object) -> object:
-        if not isinstance(target, bytes) or b"\0" not in target:
-            raise TypeError("pool.run: bad target")
-        module, function = target.decode().split("\0", 1)
+        module, function = _lua_target(target, "pool.run")
         return self._submit(task, where, module, function, args)
 
     def _call(self, task: Task, where: object, name: object, args: object) -> object:
@@ -289,12 +287,12 @@ class PoolService:
 
     def _where(self, where: object, host_function: str | None) -> tuple[str, float | None]:
         """The pool (and timeout override) a job goes to: given by Lua, else the host function's own."""
-        name: str | None = None
-        timeout: float | None = None
-        if isinstance(where, bytes) and where:
-            text = where.decode()
-            name, _, t = text.partition("\0")
-            timeout = float(t) if t else None
+        options = to_plain(where) if where is not None else {}
+        if not isinstance(options, dict):
+            options = {}
+        given, t = options.get(b"pool"), options.get(b"timeout")
+        name = given.decode() if isinstance(given, bytes) else None
+        timeout = float(t) if isinstance(t, int | float) else None
         if not name:
             name = hostfn.pool_of(host_function) if host_function else "cpu"
         return name, timeout
@@ -312,12 +310,14 @@ class PoolService:
         task = self.kernel.current
         if task is None:
             raise BadRequestError("pool.spawn: not in a task")
-        if not isinstance(target, bytes) or not target:
+        plain = to_plain(target)
+        if not isinstance(plain, dict):
             raise BadRequestError("pool.spawn: bad target")
-        if b"\0" in target:
-            module, function = target.decode().split("\0", 1)
+        host = plain.get(b"host")
+        if not isinstance(host, bytes):
+            module, function = _lua_target(target, "pool.spawn")
             return self._submit(task, where, module, function, args, channel=True)
-        name = target.decode()
+        name = host.decode()
         try:
             hostfn.lookup(name)
         except KeyError as e:
@@ -381,6 +381,16 @@ class PoolService:
     def stop(self) -> None:
         for pool in self.pools.values():
             pool.stop()
+
+
+def _lua_target(target: object, what: str) -> tuple[str, str]:
+    """A Lua job's {module =, fn =}."""
+    plain = to_plain(target)
+    module = plain.get(b"module") if isinstance(plain, dict) else None
+    function = plain.get(b"fn") if isinstance(plain, dict) else None
+    if not isinstance(module, bytes) or not isinstance(function, bytes):
+        raise BadRequestError(f"{what}: bad target")
+    return module.decode(), function.decode()
 
 
 __all__ = ["PoolConfig", "PoolService", "default_pools"]

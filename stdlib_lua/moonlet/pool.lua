@@ -16,7 +16,7 @@ local host = require "moonlet._host"
 -- (a tail call: the error still points at the API's caller)
 local function check_timeout(t, i, what) return host.check_seconds(t, i, what, true) end
 local request, call, OP = host.request, host.call, host.OP
-local type, error, tostring, setmetatable, pack, unpack = type, error, tostring, setmetatable, table.pack,
+local type, error, setmetatable, pack, unpack = type, error, setmetatable, table.pack,
   table.unpack
 
 local M = {}
@@ -42,7 +42,7 @@ function M.named(name, opts)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout <= 0) then
     error("bad option 'timeout' (seconds > 0 expected)", 2)
   end
-  return setmetatable({ _where = name .. "\0" .. (timeout and tostring(timeout) or "") }, Pool)
+  return setmetatable({ _where = { pool = name, timeout = timeout } }, Pool)
 end
 
 --- Run `module.fn(...)` in a thread of this pool; returns what it returns, or nil, err.
@@ -50,7 +50,7 @@ end
 function Pool:run(module, fn, ...)
   check_name(module, 1, "run")
   check_name(fn, 2, "run")
-  return request(OP.POOL_RUN, self._where, module .. "\0" .. fn, pack(...))
+  return request(OP.POOL_RUN, self._where, { module = module, fn = fn }, pack(...))
 end
 
 --- Call the Python host function `name(...)` in a thread of this pool; returns its results, or nil, err.
@@ -126,7 +126,7 @@ end
 function Pool:spawn(module, fn, ...)
   check_name(module, 1, "spawn")
   check_name(fn, 2, "spawn")
-  return spawn(self._where, module .. "\0" .. fn, ...)
+  return spawn(self._where, { module = module, fn = fn }, ...)
 end
 
 --- Start the Python host function `name(...)` in a thread of this pool: if it is a generator, each value it
@@ -137,10 +137,10 @@ end
 ---@return string? err
 function Pool:spawn_call(name, ...)
   check_name(name, 1, "spawn_call")
-  return spawn(self._where, name, ...)
+  return spawn(self._where, { host = name }, ...)
 end
 
-local cpu = setmetatable({ _where = "" }, Pool)
+local cpu = setmetatable({ _where = {} }, Pool) -- (no pool named: "cpu", or a host function's own)
 
 --- Pool:spawn on the "cpu" pool.
 ---@param module string
@@ -150,7 +150,7 @@ local cpu = setmetatable({ _where = "" }, Pool)
 function M.spawn(module, fn, ...)
   check_name(module, 1, "spawn")
   check_name(fn, 2, "spawn")
-  return spawn(cpu._where, module .. "\0" .. fn, ...)
+  return spawn(cpu._where, { module = module, fn = fn }, ...)
 end
 
 --- Pool:spawn_call in the pool the host function was registered for ("io" by default).
@@ -159,7 +159,7 @@ end
 ---@return string? err
 function M.spawn_call(name, ...)
   check_name(name, 1, "spawn_call")
-  return spawn(cpu._where, name, ...)
+  return spawn(cpu._where, { host = name }, ...)
 end
 
 --- Run `module.fn(...)` in the "cpu" pool.
@@ -167,7 +167,7 @@ end
 function M.run(module, fn, ...)
   check_name(module, 1, "run")
   check_name(fn, 2, "run")
-  return request(OP.POOL_RUN, cpu._where, module .. "\0" .. fn, pack(...))
+  return request(OP.POOL_RUN, cpu._where, { module = module, fn = fn }, pack(...))
 end
 
 --- Call Python host function `name(...)` in the pool it was registered for ("io" by default).
