@@ -32,6 +32,7 @@ from runtime.listeners import adopt_orphans
 from runtime.lua.interrupt import new_interrupter
 from runtime.lua.state import new_lua_runtime
 from runtime.lua.stdlib import bootstrap
+from runtime.services import Service
 from runtime.services.capacity import ConnectionCapacity
 from runtime.services.clock import ClockService, Deadlines, LagMonitor, TimerService
 from runtime.services.console import ConsoleService, remove_console_files
@@ -82,6 +83,13 @@ class Services:
     http: HttpService
     shared: SharedService
     outgoing: OutgoingService
+
+    def all(self) -> list[Service]:
+        """Every service, in the order they are closed (connections first, the database last)."""
+        return [
+            self.stream, self.outgoing, self.http, self.tasks, self.timers, self.udp, self.pools, self.shared,
+            self.db,
+        ]  # fmt: skip
 
     def in_flight(self) -> bool:
         """Work a task waits for runs outside the loop (a pool job, a query, a connect or listen)."""
@@ -157,6 +165,7 @@ class Host:
         self.udp: DatagramService | None = None
         self.kernel: Kernel | None = None
         self.console: ConsoleService | None = None
+        self.services: Services | None = None
 
     def run(self) -> int:
         """Serve the app until it ends or is stopped; return the process exit status."""
@@ -173,6 +182,7 @@ class Host:
         self._done = loop.create_future()
         kernel = self.kernel = Kernel(loop.call_soon)
         services = wire_services(kernel, loop, self.limits, self.app_path, self.pools)
+        self.services = services
         self.stream, self.timers, tasks = services.stream, services.timers, services.tasks
         self.udp = services.udp
         timers = services.timers
@@ -270,18 +280,14 @@ class Host:
                 console.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
-            self.stream.close_all()
-            services.pools.stop()
-            services.shared.close()
-            services.udp.close_all()
-            await services.db.close()
+            for each in services.all():
+                await each.close()
             await asyncio.sleep(0)  # let transports flush and close
 
     def _check_idle(self) -> None:
-        assert self.kernel is not None and self.stream is not None and self.timers is not None
-        assert self.udp is not None
-        serving_udp = any(sock.entry is not None for sock in self.udp.sockets)
-        if self.kernel.live == 0 and not self.stream.listeners and not self.timers.active and not serving_udp:
+        """An app with no task left and no service that keeps it alive (a listener, a timer) has finished."""
+        assert self.kernel is not None and self.services is not None
+        if self.kernel.live == 0 and not any(s.keeps_alive() for s in self.services.all()):
             self._finish()
 
     def finish(self) -> None:
@@ -313,15 +319,11 @@ class Host:
             signal.Signals(sig).name,
             self.limits.drain_timeout,
         )
-        self.stream.start_drain()
+        assert self.services is not None
+        for service in self.services.all():
+            service.drain()
         if self.console is not None:
             self.console.stop_tcp()
-        assert self.timers is not None
-        self.timers.cancel_all()
-        assert self.udp is not None
-        for sock in list(self.udp.sockets):
-            if sock.entry is not None:
-                self.udp._close(sock, None, None)
         asyncio.get_running_loop().call_later(self.limits.drain_timeout, self._drain_expired)
         self._check_idle()
 

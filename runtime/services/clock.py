@@ -236,6 +236,16 @@ class TimerService:
         for timer in list(self.active.values()):
             timer.cancel()
 
+    # -- the service's lifecycle (runtime/services/__init__.py) -------------------------------------
+    def keeps_alive(self) -> bool:
+        return bool(self.active)
+
+    def drain(self) -> None:
+        self.cancel_all()
+
+    async def close(self) -> None:
+        self.cancel_all()
+
 
 class LagMonitor:
     """Warns when the event loop was blocked (a long C call, blocking work on the loop thread), naming what

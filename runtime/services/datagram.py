@@ -156,3 +156,15 @@ class DatagramService:
     def close_all(self) -> None:
         for sock in list(self.sockets):
             self._close(sock, None, None)
+
+    # -- the service's lifecycle (runtime/services/__init__.py) -------------------------------------
+    def keeps_alive(self) -> bool:
+        return any(sock.entry is not None for sock in self.sockets)  # (a serving socket, not a client's)
+
+    def drain(self) -> None:
+        for sock in list(self.sockets):
+            if sock.entry is not None:
+                self._close(sock, None, None)
+
+    async def close(self) -> None:
+        self.close_all()

@@ -301,6 +301,12 @@ class DatabaseService:
             raise ValueError("SQL must be a string")
         return sql.decode("utf-8")
 
+    def keeps_alive(self) -> bool:  # (the service's lifecycle: runtime/services/__init__.py)
+        return False
+
+    def drain(self) -> None:
+        pass  # (statements in flight finish; transactions end with their tasks)
+
     async def close(self) -> None:
         """At shutdown: refuse new work, finish what is running, roll back the transactions still open (a
         drain that timed out ends their tasks mid-way), then close every connection."""

@@ -17,6 +17,7 @@ from typing import Any
 from runtime.kernel.core import Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
+from runtime.services import Quiet
 from runtime.services.stream import Connection, RequestWorkers, StreamService
 
 log = logging.getLogger("moonlet")
@@ -55,7 +56,7 @@ def _seconds(value: object, default: float) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
-class HttpService:
+class HttpService(Quiet):
     """HTTP_LISTEN (yielding); HTTP_REJECT, HTTP_ERROR (calls)."""
 
     def __init__(self, kernel: Kernel, stream: StreamService) -> None:

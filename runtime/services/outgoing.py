@@ -20,10 +20,11 @@ from runtime.kernel.core import SUSPEND, Kernel
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
 from runtime.lua.values import from_plain, to_plain
+from runtime.services import Quiet
 from runtime.services.stream import _CLOSED_REPLY, TIMEOUT, Connection, StreamService
 
 
-class OutgoingService:
+class OutgoingService(Quiet):
     """CONNECT, STARTTLS and RESOLVE."""
 
     def __init__(

@@ -378,6 +378,16 @@ class PoolService:
             return
         self.kernel.resume(job.task, reply if len(reply) != 1 else reply[0])
 
+    # -- the service's lifecycle (runtime/services/__init__.py) -------------------------------------
+    def keeps_alive(self) -> bool:
+        return False
+
+    def drain(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self.stop()
+
     def stop(self) -> None:
         for pool in self.pools.values():
             pool.stop()

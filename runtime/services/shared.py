@@ -150,7 +150,14 @@ class SharedService:
                         break
         return self.lua.table_from(out)
 
-    def close(self) -> None:
+    # -- the service's lifecycle (runtime/services/__init__.py) -------------------------------------
+    def keeps_alive(self) -> bool:
+        return False
+
+    def drain(self) -> None:
+        pass
+
+    async def close(self) -> None:
         if self.env is not None:
             self.env.close()
         if self._own:

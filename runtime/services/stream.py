@@ -993,6 +993,16 @@ class StreamService:
         for conn in list(self.connections):
             conn.close()
 
+    # -- the service's lifecycle (runtime/services/__init__.py) -------------------------------------
+    def keeps_alive(self) -> bool:
+        return bool(self.listeners)
+
+    def drain(self) -> None:
+        self.start_drain()
+
+    async def close(self) -> None:
+        self.close_all()
+
     def log_task_error(self, conn: Connection, error: bytes | None) -> None:
         log.error("handler error on %s: %s", conn.describe(), one_line(error))
 

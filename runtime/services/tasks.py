@@ -34,6 +34,7 @@ from runtime.kernel.ops import Op
 from runtime.kernel.task import PARKED, Extra, Task
 from runtime.lua.interrupt import Interrupter
 from runtime.lua.state import LuaFunction
+from runtime.services import Quiet
 
 log = logging.getLogger("moonlet")
 
@@ -42,7 +43,7 @@ RUNNING, DONE, FAILED = 0, 1, 2  # RESULT's first value
 CANCELLED = b"cancelled"
 
 
-class TaskService:
+class TaskService(Quiet):
     """Owner of the tasks Lua spawns; serves the task, park and stall requests."""
 
     def __init__(self, kernel: Kernel, loop: asyncio.AbstractEventLoop, limits: Limits) -> None:
