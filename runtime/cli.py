@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if ns.command == "repl":
-        from runtime import repl as console
+        from runtime.console import client as console
 
         return console.main(ns.target, ns.eval, ns.token)
     logs.setup(ns.log_level, ns.log_json)

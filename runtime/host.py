@@ -24,6 +24,8 @@ from pathlib import Path
 import uvloop
 
 from runtime.config import Limits
+from runtime.console.files import remove_console_files
+from runtime.console.server import ConsoleContext, ConsoleService
 from runtime.errors import AppLoadError
 from runtime.kernel.core import Kernel, one_line
 from runtime.kernel.task import Task
@@ -32,20 +34,13 @@ from runtime.listeners import adopt_orphans
 from runtime.lua.interrupt import new_interrupter
 from runtime.lua.state import new_lua_runtime
 from runtime.lua.stdlib import bootstrap
-from runtime.services import Service
-from runtime.services.capacity import ConnectionCapacity
-from runtime.services.clock import ClockService, Deadlines, LagMonitor, TimerService
-from runtime.services.console import ConsoleService, remove_console_files
+from runtime.services.clock import LagMonitor, TimerService
 from runtime.services.datagram import DatagramService
-from runtime.services.db import DatabaseService, default_database
-from runtime.services.httpserver import HttpService
-from runtime.services.outgoing import OutgoingService
-from runtime.services.pool import PoolConfig, PoolService
-from runtime.services.shared import SharedService
+from runtime.services.pool import PoolConfig
+from runtime.services.registry import Services, wire_services
 from runtime.services.stream import StreamService
-from runtime.services.system import SystemService
-from runtime.services.tasks import StallGuard, TaskService
-from runtime.virtualtime import VirtualTimeLoop, wall_clock
+from runtime.services.tasks import StallGuard
+from runtime.virtualtime import VirtualTimeLoop
 
 log = logging.getLogger("moonlet")
 
@@ -70,68 +65,6 @@ class _Main:
             self._host.fail()
         elif self._host.engine is not None:  # the load generator or test runner is done: so is the process
             self._host.finish()
-
-
-@dataclasses.dataclass(frozen=True)
-class Services:
-    stream: StreamService
-    tasks: TaskService
-    timers: TimerService
-    pools: PoolService
-    db: DatabaseService
-    udp: DatagramService
-    http: HttpService
-    shared: SharedService
-    outgoing: OutgoingService
-
-    def all(self) -> list[Service]:
-        """Every service, in the order they are closed (connections first, the database last)."""
-        return [
-            self.stream, self.outgoing, self.http, self.tasks, self.timers, self.udp, self.pools, self.shared,
-            self.db,
-        ]  # fmt: skip
-
-    def in_flight(self) -> bool:
-        """Work a task waits for runs outside the loop (a pool job, a query, a connect or listen)."""
-        return any(pool.pending for pool in self.pools.pools.values()) or bool(
-            self.db.background.jobs or self.stream.background.jobs or self.udp.background.jobs
-        )
-
-    def waits_on_io(self) -> bool:
-        """A task waits for a peer in another process (on a connection), or for a datagram."""
-        return self.stream.waits_on_another_process() or any(s.reader is not None for s in self.udp.sockets)
-
-
-def wire_services(
-    kernel: Kernel,
-    loop: asyncio.AbstractEventLoop,
-    limits: Limits,
-    app_path: str | None = None,
-    pools: dict[str, PoolConfig] | None = None,
-) -> Services:
-    """Create every service, each registering the ops it serves; every op ends up with a handler."""
-    app = Path(app_path) if app_path else Path("app.lua")
-    deadlines = Deadlines(loop)
-    stream = StreamService(kernel, loop, limits, deadlines)
-    services = Services(
-        stream=stream,
-        tasks=TaskService(kernel, loop, limits),
-        timers=TimerService(kernel, loop, limits.max_timers),
-        pools=PoolService(kernel, loop, limits, app_path, pools),
-        db=DatabaseService(kernel, loop, limits, default_database(limits, app)),
-        udp=DatagramService(kernel, loop),
-        http=HttpService(kernel, stream),
-        shared=SharedService(kernel, wall_clock(loop)),
-        outgoing=OutgoingService(kernel, loop, limits, stream),
-    )
-    capacity = ConnectionCapacity(loop, limits.max_connections)  # (HTTP connections are stream connections)
-    capacity.count(stream.connections)
-    stream.capacity = capacity
-    ClockService(kernel, loop)
-    SystemService(kernel)
-    missing = kernel.missing_handlers()
-    assert not missing, f"ops without a handler: {missing}"
-    return services
 
 
 class Host:
@@ -241,10 +174,8 @@ class Host:
         )
         console = None
         if self.console_wanted and self.engine is None:
-            console = ConsoleService(kernel, loop, self.app_path)
-            console.boot, console.task_body, console.services = boot, boot[b"task_body"], services
-            console.lag, console.lua = lag, lua
-            console.tcp_port = self.console_tcp
+            context = ConsoleContext(boot=boot, services=services, lag=lag, lua=lua)
+            console = ConsoleService(kernel, loop, self.app_path, context, self.console_tcp)
             try:
                 await console.start()
             except OSError as e:

@@ -36,8 +36,8 @@ import sys
 import tempfile
 import time
 
+from runtime.console.files import remove_console_files
 from runtime.listeners import LISTENING_MARK, SINGLE_PROCESS_MARK, ListenerRegistry
-from runtime.services.console import remove_console_files
 
 log = logging.getLogger("moonlet")
 

@@ -33,7 +33,7 @@ def test_every_op_has_exactly_one_handler() -> None:
     import asyncio
 
     from runtime.config import Limits
-    from runtime.host import wire_services
+    from runtime.services.registry import wire_services
 
     loop = asyncio.new_event_loop()
     try:

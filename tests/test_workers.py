@@ -258,7 +258,7 @@ def test_a_connection_made_during_a_drain_is_refused_at_once(lua_server) -> None
 
 
 def test_each_worker_has_its_tcp_console_and_leaves_no_socket_file(lua_server) -> None:  # type: ignore[no-untyped-def]
-    from runtime.services.console import runtime_dir
+    from runtime.console.files import runtime_dir
 
     port, console = free_port(), free_port_pair()
     server = lua_server(APP, str(port), options=["--workers", "2", "--console-tcp", str(console)])

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Server
-from runtime.repl import Session, find_socket
+from runtime.console.client import Session, find_socket
 
 STALL_BUDGET = 0.3
 FAULTS = r"""

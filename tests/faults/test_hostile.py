@@ -255,7 +255,7 @@ def test_a_forged_handle_is_refused_without_a_host_traceback(tmp_path: Path) -> 
 
 
 def test_console_completion_runs_no_app_code(lua_server) -> None:  # type: ignore[no-untyped-def]
-    from runtime.services.console import runtime_dir
+    from runtime.console.files import runtime_dir
 
     server = lua_server(
         """

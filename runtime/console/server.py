@@ -20,22 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import secrets
 import socket
 import struct
-import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from runtime.console.files import runtime_dir
 from runtime.kernel.core import Kernel
 from runtime.kernel.task import Extra, Task
-
-if TYPE_CHECKING:
-    from runtime.host import Services
+from runtime.services.registry import Services
 
 log = logging.getLogger("moonlet")
 
@@ -45,17 +44,6 @@ MAX_AUTH_REQUEST = 4096
 AUTH_TIMEOUT = 5.0
 MAX_UNAUTHENTICATED = 8
 MAX_REQUEST = 1 << 20
-
-
-def runtime_dir() -> Path:
-    """The per-user directory of console sockets (created 0700 on first use)."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    path = Path(base) / "moonlet" if base else Path(tempfile.gettempdir()) / f"moonlet-{os.getuid()}"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)  # whatever the umask or an older directory said
-    if path.stat().st_uid != os.getuid():
-        raise PermissionError(f"{path} belongs to another user")
-    return path
 
 
 def waiting_on(task: Task) -> str:
@@ -75,16 +63,6 @@ def waiting_on(task: Task) -> str:
     if kind == "Datagrams":
         return "waiting for a datagram"
     return f"waiting on {kind}"
-
-
-def remove_console_files(pid: int) -> None:
-    """The console files of process ``pid`` (its socket, info and token), which a process killed outright
-    leaves behind (the supervisor removes its workers')."""
-    with contextlib.suppress(OSError):
-        directory = runtime_dir()
-        for suffix in (".sock", ".json", ".token"):
-            with contextlib.suppress(FileNotFoundError):
-                (directory / f"{pid}{suffix}").unlink()
 
 
 class ConsoleSession(asyncio.Protocol):
@@ -263,22 +241,39 @@ class _LogForwarder(logging.Handler):
                 session.send({"log": line})
 
 
+@dataclasses.dataclass(frozen=True)
+class ConsoleContext:
+    """What the host hands the console: the live server's parts it shows and drives."""
+
+    boot: Any  # the bootstrap's table (console_env, console_compile, console_show, reload_job, ...)
+    services: Services
+    lag: Any  # the lag monitor (worst loop lag, for \\stats)
+    lua: Any  # the main Lua state
+
+
 class ConsoleService:
-    def __init__(self, kernel: Kernel, loop: asyncio.AbstractEventLoop, app_path: str) -> None:
+    def __init__(
+        self,
+        kernel: Kernel,
+        loop: asyncio.AbstractEventLoop,
+        app_path: str,
+        context: ConsoleContext,
+        tcp_port: int | None = None,
+    ) -> None:
         self.kernel = kernel
         self.loop = loop
         self.app_path = app_path
-        self.boot: Any = None  # the bootstrap's table (console_env, console_compile, ...)
-        self.task_body: Any = None
-        self.services: Services | None = None
-        self.lag: Any = None
-        self.lua: Any = None
+        self.boot: Any = context.boot
+        self.task_body: Any = context.boot[b"task_body"]
+        self.services: Services | None = context.services
+        self.lag: Any = context.lag
+        self.lua: Any = context.lua
         self.sessions: set[ConsoleSession] = set()
         self.server: asyncio.AbstractServer | None = None
         self.path: Path | None = None
         self.started = time.time()
         self._forwarder = _LogForwarder(self)
-        self.tcp_port: int | None = None  # --console-tcp: also listen on 127.0.0.1 (with a token)
+        self.tcp_port = tcp_port  # --console-tcp: also listen on 127.0.0.1 (with a token)
         self.token = secrets.token_hex(16)
         self.tcp_server: asyncio.AbstractServer | None = None
         self.tcp_closed = False

@@ -1,4 +1,4 @@
-"""``moonlet repl``: attach to a running server's console (runtime/services/console.py).
+"""``moonlet repl``: attach to a running server's console (runtime/console/server.py).
 
     moonlet repl                 # the only running server (or a list of them)
     moonlet repl 12345           # by pid;  moonlet repl kv  # by app name;  or a socket path
@@ -23,7 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
-from runtime.services.console import runtime_dir
+from runtime.console.files import runtime_dir
 
 HISTORY = Path.home() / ".moonlet_history"
 
