@@ -8,8 +8,8 @@ import os
 import sys
 
 from runtime import __version__, hostfn
+from runtime.config import PoolConfig, default_pools
 from runtime.errors import MoonletError
-from runtime.services.pool import PoolConfig, default_pools
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""Limits and defaults, in one place. Each has a row in the README's limits table and a test."""
+"""Limits and defaults, in one place (each limit has a row in the README's limits table and a test), the
+thread pools' configuration, and what a moonlet process and the tool that started it agree on."""
 
 from __future__ import annotations
 
@@ -39,3 +40,24 @@ class Limits:
     db_readers: int = 4  # reader connections (each its own thread) beside the one writer
     db_busy_timeout: float = 5.0  # seconds to wait for a lock held by another process
     db_query_timeout: float = 30.0  # seconds a query may run before it is interrupted
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    name: str
+    size: int
+    queue: int  # jobs waiting beyond the running ones before `busy`
+    timeout: float  # seconds per job (math.inf: none)
+
+
+def default_pools() -> dict[str, PoolConfig]:
+    cores = os.cpu_count() or 1
+    return {
+        "cpu": PoolConfig("cpu", cores, 256 * cores, 60.0),
+        "io": PoolConfig("io", 32, 4096, 60.0),
+    }
+
+
+# The prefix of the machine-readable lines a moonlet process writes on standard output for the tool that
+# started it (moonlet bench's load generator, moonlet test's runner): see OP.REPORT.
+REPORT_PREFIX = b"@moonlet-report "

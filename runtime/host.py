@@ -23,7 +23,7 @@ from pathlib import Path
 
 import uvloop
 
-from runtime.config import Limits
+from runtime.config import Limits, PoolConfig
 from runtime.console.files import remove_console_files
 from runtime.console.server import ConsoleContext, ConsoleService
 from runtime.errors import AppLoadError
@@ -36,7 +36,6 @@ from runtime.lua.state import new_lua_runtime
 from runtime.lua.stdlib import bootstrap
 from runtime.services.clock import LagMonitor, TimerService
 from runtime.services.datagram import DatagramService
-from runtime.services.pool import PoolConfig
 from runtime.services.registry import Services, wire_services
 from runtime.services.stream import StreamService
 from runtime.services.tasks import StallGuard

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from runtime.services.system import REPORT_PREFIX
+from runtime.config import REPORT_PREFIX
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 MAX_LATENCY_US = 3_600_000_000  # an hour: anything slower is recorded as that

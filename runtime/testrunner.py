@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from runtime.services.system import REPORT_PREFIX
+from runtime.config import REPORT_PREFIX
 
 
 def discover(paths: list[str]) -> list[Path]:

@@ -17,16 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import queue
 import threading
 import time
 import types
-from dataclasses import dataclass
 from typing import Any
 
 from runtime import hostfn
-from runtime.config import Limits
+from runtime.config import Limits, PoolConfig, default_pools
 from runtime.kernel.core import SUSPEND, BadRequestError, Kernel
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Extra, Task
@@ -43,22 +41,6 @@ _TIMEOUT = (None, b"timeout")
 _BUSY_READER = (None, b"busy")  # another task already waits in job:get
 _BUSY_WRITER = (None, b"busy")
 CHANNEL_SIZE = 64  # values queued each way between a spawned job and its task
-
-
-@dataclass(frozen=True)
-class PoolConfig:
-    name: str
-    size: int
-    queue: int  # jobs waiting beyond the running ones before `busy`
-    timeout: float  # seconds per job (math.inf: none)
-
-
-def default_pools() -> dict[str, PoolConfig]:
-    cores = os.cpu_count() or 1
-    return {
-        "cpu": PoolConfig("cpu", cores, 256 * cores, 60.0),
-        "io": PoolConfig("io", 32, 4096, 60.0),
-    }
 
 
 class Job:

@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
-from runtime.config import Limits
+from runtime.config import Limits, PoolConfig
 from runtime.kernel.core import Kernel
 from runtime.services import Service
 from runtime.services.capacity import ConnectionCapacity
@@ -17,7 +17,7 @@ from runtime.services.datagram import DatagramService
 from runtime.services.db import DatabaseService, default_database
 from runtime.services.httpserver import HttpService
 from runtime.services.outgoing import OutgoingService
-from runtime.services.pool import PoolConfig, PoolService
+from runtime.services.pool import PoolService
 from runtime.services.shared import SharedService
 from runtime.services.stream import StreamService
 from runtime.services.system import SystemService

@@ -7,13 +7,12 @@ import logging
 import sys
 from typing import Any, Protocol, runtime_checkable
 
+from runtime.config import REPORT_PREFIX
 from runtime.kernel.core import Kernel
 from runtime.kernel.ops import Op
 from runtime.lua.values import to_plain
 
 app_log = logging.getLogger("moonlet.app")
-
-REPORT_PREFIX = b"@moonlet-report "
 
 
 def _jsonable(value: Any) -> Any:
