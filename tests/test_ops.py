@@ -52,3 +52,73 @@ def test_a_yield_outside_the_apps_coroutines_is_a_lua_error(tmp_path) -> None:  
     assert result.returncode == 1
     assert b"attempt to yield from outside a coroutine" in result.stderr
     assert b"script.lua:1" in result.stderr
+
+
+def declared_arity() -> dict[str, int]:
+    """Each op's arguments as ops.py declares them: the parenthesised list that starts its comment."""
+    text = (ROOT / "runtime" / "kernel" / "ops.py").read_text()
+    arity: dict[str, int] = {}
+    for m in re.finditer(r"^    ([A-Z_]+) = \(?\s*\d+\)?\s*#\s*\(([^)]*)\)", text, re.M):
+        name, params = m.groups()
+        params = re.sub(r"\{[^}]*\}", "T", params)  # (a table's fields are one argument)
+        arity[name] = 0 if not params.strip() else len(params.split(","))
+    return arity
+
+
+def call_arguments(source: str, start: int) -> list[str]:
+    """The top-level arguments of the call whose '(' is at ``start``."""
+    depth, quote, args, current = 0, "", [], []
+    i = start + 1
+    while i < len(source):
+        c = source[i]
+        if quote:
+            if c == "\\":
+                current.append(source[i : i + 2])
+                i += 2
+                continue
+            if c == quote:
+                quote = ""
+        elif c in "\"'":
+            quote = c
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            if depth == 0:
+                args.append("".join(current).strip())
+                return [a for a in args if a]
+            depth -= 1
+        elif c == "," and depth == 0:
+            args.append("".join(current).strip())
+            current = []
+            i += 1
+            continue
+        current.append(c)
+        i += 1
+    raise AssertionError("unbalanced call")
+
+
+def test_every_lua_call_site_passes_what_its_op_declares() -> None:
+    """A request or call made with an op (by name, or a local alias of it) passes no more arguments than the
+    op's declaration in ops.py names; every op has a declaration."""
+    arity = declared_arity()
+    assert set(arity) == {op.name for op in Op}, {op.name for op in Op} - set(arity)
+    checked, wrong = 0, []
+    for name, source in lua_sources().items():
+        aliases: dict[str, str] = {}
+        for m in re.finditer(r"local ([\w, ]+?)\s*=\s*((?:OP\.\w+\s*,?\s*)+)", source):
+            names = [n.strip() for n in m.group(1).split(",")]
+            ops = re.findall(r"OP\.(\w+)", m.group(2))
+            aliases.update(dict(zip(names, ops, strict=False)))
+        for m in re.finditer(r"(?<![\w:.])(?:host\.|door\.)?(request|call)\(", source):
+            args = call_arguments(source, m.end() - 1)
+            if not args:
+                continue
+            op = args[0][3:] if args[0].startswith("OP.") else aliases.get(args[0])
+            if op is None or op not in arity:
+                continue
+            checked += 1
+            if len(args) - 1 > arity[op]:
+                line = source[: m.start()].count("\n") + 1
+                wrong.append(f"{name}:{line}: {op} takes {arity[op]}, given {len(args) - 1}")
+    assert checked > 60, checked
+    assert wrong == [], wrong

@@ -93,7 +93,8 @@ class Op(enum.IntEnum):
     OWN = 69  # (conn, task or nil): that task (nil: the running one) owns conn: it closes when the task ends
     OPEN = 70  # (conn): true until the connection is closed (by either side, or with the task that owned it)
     TASK_FAILURES = 71  # (): spawned tasks that failed with nobody waiting for them: how many, the last error
-    VIRTUAL_TIME = 72  # (on): moonlet test's clock jumps ahead whenever every task waits (or stops doing so)
+    VIRTUAL_TIME = 72  # (on, real_limit, task): moonlet test's jumping clock on (for task, ended after
+    # real_limit seconds of real time) or off (then: whether that limit ended it)
     SINGLE_PROCESS = 73  # (reason, where): the app keeps state in this process's memory: one worker, ever
     POOL_SPAWN = 74  # ({pool=, timeout=}, {module=, fn=} or {host=}, packed args): a job beside the task
     CHAN_CLOSE = 75  # (channel): close it from the task's side
