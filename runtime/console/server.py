@@ -419,11 +419,11 @@ class ConsoleService:
     def _cmd_stats(self, session: ConsoleSession, _arg: str) -> None:
         assert self.services is not None
         rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        stats = {
-            "uptime_s": round(time.time() - self.started, 1),
-            "tasks": self.kernel.live,
-            "connections": len(self.services.stream.connections),
-            "timers": len(self.services.timers.active),
+        stats: dict[str, object] = {"uptime_s": round(time.time() - self.started, 1)}
+        stats["tasks"] = self.kernel.live
+        for service in self.services.all():  # (each service's own counters: runtime/services/__init__.py)
+            stats.update(service.statistics())
+        stats |= {
             "lua_memory_bytes": self.lua.get_memory_used() if self.lua is not None else None,
             "process_memory_bytes": rss,
             "worst_loop_lag_ms": round(self.lag.worst * 1000, 1) if self.lag is not None else None,

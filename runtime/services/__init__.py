@@ -8,6 +8,7 @@ special cases:
   socket that serves): an app with none of these and no task left has finished.
 * ``drain()``: SIGTERM: take no new work, let what runs finish (a listener stops accepting, timers stop).
 * ``close()``: the end: release everything the service holds (awaited, in the order the host lists them).
+* ``statistics()``: a few counters by name (the console's ``\\stats`` shows every service's).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class Service(Protocol):
 
     async def close(self) -> None: ...
 
+    def statistics(self) -> dict[str, int | float]: ...
+
 
 class Quiet:
     """The lifecycle of a service that holds nothing of its own: never keeps the process alive."""
@@ -34,6 +37,9 @@ class Quiet:
 
     async def close(self) -> None:
         pass
+
+    def statistics(self) -> dict[str, int | float]:
+        return {}
 
 
 __all__ = ["Quiet", "Service"]

@@ -246,6 +246,9 @@ class TimerService:
     async def close(self) -> None:
         self.cancel_all()
 
+    def statistics(self) -> dict[str, int | float]:
+        return {"timers": len(self.active)}
+
 
 class LagMonitor:
     """Warns when the event loop was blocked (a long C call, blocking work on the loop thread), naming what

@@ -168,3 +168,6 @@ class DatagramService:
 
     async def close(self) -> None:
         self.close_all()
+
+    def statistics(self) -> dict[str, int | float]:
+        return {"udp_sockets": len(self.sockets)}

@@ -307,6 +307,9 @@ class DatabaseService:
     def drain(self) -> None:
         pass  # (statements in flight finish; transactions end with their tasks)
 
+    def statistics(self) -> dict[str, int | float]:
+        return {"db_statements": len(self.background.jobs), "db_transactions": len(self.transactions)}
+
     async def close(self) -> None:
         """At shutdown: refuse new work, finish what is running, roll back the transactions still open (a
         drain that timed out ends their tasks mid-way), then close every connection."""

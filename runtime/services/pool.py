@@ -370,6 +370,9 @@ class PoolService:
     async def close(self) -> None:
         self.stop()
 
+    def statistics(self) -> dict[str, int | float]:
+        return {f"pool_{name}_jobs": pool.pending for name, pool in self.pools.items()}
+
     def stop(self) -> None:
         for pool in self.pools.values():
             pool.stop()

@@ -157,6 +157,9 @@ class SharedService:
     def drain(self) -> None:
         pass
 
+    def statistics(self) -> dict[str, int | float]:
+        return {"shared_dicts": len(self.dbs)}
+
     async def close(self) -> None:
         if self.env is not None:
             self.env.close()

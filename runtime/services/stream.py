@@ -1003,6 +1003,9 @@ class StreamService:
     async def close(self) -> None:
         self.close_all()
 
+    def statistics(self) -> dict[str, int | float]:
+        return {"connections": len(self.connections), "listeners": len(self.listeners)}
+
     def log_task_error(self, conn: Connection, error: bytes | None) -> None:
         log.error("handler error on %s: %s", conn.describe(), one_line(error))
 
