@@ -27,42 +27,8 @@ local take = connection.take
 
 local M = { Conn = Conn }
 
--- Connection pools of the client side (see net.connect): per destination key, the idle connections kept
--- by setkeepalive, and with `pool_size` the count of open ones and the tasks waiting for one.
-local idle = {}      -- key -> stack of {conn =, expires =}
-local open = {}      -- key -> open connections (idle or in use), when bounded by pool_size
-local waiting = {}   -- key -> tasks waiting for a connection
-local handoff = {}   -- key -> sync.queue passing a connection (or `true`: room to open one) to a waiter
-
-local members = {}  -- key -> {conn = true}: the open connections counted in open[key]
-
--- A bounded pool loses one open connection: give its room to a waiter, or free it.
-local function release_slot(key)
-  if (waiting[key] or 0) > 0 then
-    handoff[key]:put(true)
-  else
-    open[key] = open[key] - 1
-  end
-end
-connection.release = function(key, conn)
-  local set = members[key]
-  if set then set[conn] = nil end
-  release_slot(key)
-end
-
--- Give back the room of counted connections the host has closed behind Lua's back (their owning task ended
--- or was cancelled, so no Lua code closed them).
-local function prune(key)
-  local set = members[key]
-  if not set then return end
-  for conn in pairs(set) do
-    if not call(OP.OPEN, conn[PY]) then
-      set[conn] = nil
-      conn[CLOSED], conn._counted = true, false
-      release_slot(key)
-    end
-  end
-end
+-- The keep-alive pools of the client side live in moonlet/net/_keepalive.lua.
+local keepalive = require "moonlet.net._keepalive"
 
 ---@class moonlet.Listener
 ---@field host string
@@ -117,31 +83,11 @@ end
 ---------------------------------------------------------------------------------------------------------
 -- the client side
 
-local DEFAULT_IDLE_TIMEOUT, DEFAULT_IDLE_SIZE = 60, 30
-
 local function check_opts(opts, what)
   if opts ~= nil and type(opts) ~= "table" then
     error("bad argument to '" .. what .. "' (options table expected)", 3)
   end
   return opts or {}
-end
-
--- An idle pooled connection to `key` that is still usable, or nil (expired or broken ones are closed).
-local function take_idle(key)
-  local stack = idle[key]
-  local now = call(OP.MONOTONIC)
-  while stack and #stack > 0 do
-    local entry = stack[#stack]
-    stack[#stack] = nil
-    local conn = entry.conn
-    if entry.expires > now and call(OP.REUSABLE, conn[PY]) then
-      conn._idle = false
-      call(OP.OWN, conn[PY]) -- it closes with the task that took it
-      return conn
-    end
-    conn:close()
-  end
-  return nil
 end
 
 --- Connect to `host`, `port` (TCP) or to a Unix socket `path` (`net.connect(path)`); the connection has the
@@ -165,47 +111,22 @@ function M.connect(dest, port, opts)
     error("bad argument #2 to 'connect' (port from 1 to 65535 expected)", 2)
   end
   local key = opts.pool or (dest .. ":" .. tostring(port) .. (opts.tls and ":tls" or ""))
-  local conn = take_idle(key)
+  local conn = keepalive.take_idle(key)
   if conn then return conn end
   local size = opts.pool_size
   if size then
-    if (open[key] or 0) >= size then prune(key) end
-    if (open[key] or 0) >= size then -- full: wait for a connection to come back, or for room
-      local q = handoff[key]
-      if q == nil then
-        q = require("moonlet.sync").queue()
-        handoff[key] = q
-      end
-      waiting[key] = (waiting[key] or 0) + 1
-      local got = q:get(opts.pool_timeout or opts.timeout or 10)
-      waiting[key] = waiting[key] - 1
-      if got == nil then
-        got = q:get(0) -- (handed over just as we timed out)
-        if got == nil then return nil, "busy" end
-      end
-      if got ~= true then -- a connection, handed over by setkeepalive
-        call(OP.OWN, got[PY])
-        return got
-      end
-    else
-      open[key] = (open[key] or 0) + 1
-    end
+    local got = keepalive.reserve(key, size, opts.pool_timeout or opts.timeout or 10)
+    if got == nil then return nil, "busy" end
+    if got ~= true then return got end -- a connection, handed over by setkeepalive
   end
   local py, err = request(OP.CONNECT, dest, port, opts)
   if not py then
-    if size then release_slot(key) end
+    if size then keepalive.release_slot(key) end
     return nil, err
   end
   conn = new_conn(py, { line = host_limits.max_line, read = host_limits.max_read })
   conn._key, conn._counted = key, size ~= nil
-  if size then
-    local set = members[key]
-    if set == nil then
-      set = {}
-      members[key] = set
-    end
-    set[conn] = true
-  end
+  if size then keepalive.count(key, conn) end
   return conn
 end
 
@@ -244,26 +165,7 @@ function Conn:setkeepalive(idle_timeout, size)
     self:close()
     return nil, "closed"
   end
-  if self._counted and (waiting[self._key] or 0) > 0 then -- somebody waits for this destination: hand it over
-    call(OP.KEEP, self[PY], idle_timeout or DEFAULT_IDLE_TIMEOUT) -- (ours no longer; the waiter takes it)
-    handoff[self._key]:put(self)
-    return true
-  end
-  local stack = idle[self._key]
-  if stack == nil then
-    stack = {}
-    idle[self._key] = stack
-  end
-  if #stack >= (size or DEFAULT_IDLE_SIZE) then
-    self:close()
-    return true
-  end
-  self._idle = true
-  idle_timeout = idle_timeout or DEFAULT_IDLE_TIMEOUT
-  -- no task owns it now; the host closes it if the peer does, or once its idle time is up
-  call(OP.KEEP, self[PY], idle_timeout)
-  stack[#stack + 1] = { conn = self, expires = call(OP.MONOTONIC) + idle_timeout }
-  return true
+  return keepalive.keep(self, idle_timeout, size)
 end
 
 --- Hand this connection to another task: it then closes when `task` ends instead of when the task that
