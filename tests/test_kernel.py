@@ -1,0 +1,89 @@
+"""The kernel's rules (runtime/kernel/core.py), each shown by a small Lua app run in this process (no
+subprocess, no sockets: a Host runs the app to its end in milliseconds) with its printed transcript."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from runtime.host import Host
+
+
+def run_lua(tmp_path: Path, capsys: pytest.CaptureFixture[str], source: str) -> tuple[int, list[str]]:
+    app = tmp_path / "app.lua"
+    app.write_text(textwrap.dedent(source))
+    code = Host(str(app), [], console=False).run()
+    return code, capsys.readouterr().out.splitlines()
+
+
+def test_tasks_run_in_the_order_they_were_spawned_and_hand_back_results(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out = run_lua(
+        tmp_path,
+        capsys,
+        """
+        local order = {}
+        local tasks = {}
+        for i = 1, 5 do tasks[i] = spawn(function(n) order[#order + 1] = n return n * 10, "x" end, i) end
+        for i = 1, 5 do assert(select(2, tasks[i]:wait()) == i * 10) end
+        print(table.concat(order, ","))
+        print(tasks[3]:wait())
+        print(spawn(function() error("boom", 0) end):wait())
+        print(spawn(function() error({ code = 7 }) end):wait() == false)
+        """,
+    )
+    assert code == 0
+    assert out == ["1,2,3,4,5", "true\t30\tx", "false\tboom", "true"]
+
+
+def test_a_cancelled_task_is_never_resumed_and_cannot_cancel_itself(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out = run_lua(
+        tmp_path,
+        capsys,
+        """
+        local task = require "moonlet.task"
+        local reached, child_reached = false, false
+        local child
+        local parent = spawn(function()
+          child = spawn(function() sleep(0.05) child_reached = true end)
+          sleep(0.05)
+          reached = true
+        end)
+        sleep(0.01)
+        print(parent:cancel(), parent:status(), child:status())
+        sleep(0.1)
+        print(reached, child_reached)
+        local ok, err = parent:wait()
+        print(ok, err)
+        print(task.current():cancel())
+        """,
+    )
+    assert code == 0
+    # (its child goes on: only the tasks a connection's handler started end with it, unless detached)
+    assert out[0] == "true\tfailed\trunning"
+    assert out[1] == "false\ttrue"
+    assert out[2].startswith("false\tcancelled")
+    assert out[3] == "nil\ta task cannot cancel itself (return from it instead)"
+
+
+def test_waits_time_out_and_waits_where_lua_cannot_yield_are_refused(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out = run_lua(
+        tmp_path,
+        capsys,
+        """
+        local slow = spawn(function() sleep(10) end)
+        print(slow:wait(0.01))
+        slow:cancel()
+        local ok, err = pcall(table.sort, { 3, 1, 2 }, function(a, b) sleep(0) return a < b end)
+        print(ok, err:match("cannot wait here") ~= nil)
+        """,
+    )
+    assert code == 0
+    assert out == ["nil\ttimeout", "false\ttrue"]
+
+
+def test_an_error_in_the_main_chunk_ends_the_process_with_status_1(tmp_path, capsys, caplog) -> None:  # type: ignore[no-untyped-def]
+    code, out = run_lua(tmp_path, capsys, 'print("before") error("the main chunk broke")\n')
+    assert code == 1 and out == ["before"]
+    assert "the main chunk broke" in caplog.text
