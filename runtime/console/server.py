@@ -377,44 +377,24 @@ class ConsoleService:
     def _cmd_help(self, session: ConsoleSession, _arg: str) -> None:
         session.send({"text": HELP})
 
-    def _cmd_connections(self, session: ConsoleSession, _arg: str) -> None:
+    def _rows(self, topic: str) -> list[str]:
+        """Every service's lines for a listing (the service contract's console_rows)."""
         assert self.services is not None
-        now = self.loop.time()
-        rows = []
-        for conn in list(self.services.stream.connections):
-            waiting = (
-                "reading"
-                if conn.reader is not None
-                else "writing"
-                if conn.writer is not None
-                else "idle (keep-alive)"
-                if conn.parked
-                else "running"
-            )
-            left = conn.read_deadline - now if conn.reader is not None and conn.read_deadline else None
-            rows.append(
-                f"{id(conn):x}  {conn.describe()}  age {now - conn.since:.1f}s  in {conn.bytes_in}B out "
-                f"{conn.bytes_out}B  {waiting}" + (f" (timeout in {left:.1f}s)" if left is not None else "")
-            )
-        session.send({"text": "\n".join(rows) or "no connections"})
+        return [row for service in self.services.all() for row in service.console_rows(topic)]
+
+    def _cmd_connections(self, session: ConsoleSession, _arg: str) -> None:
+        session.send({"text": "\n".join(self._rows("connections")) or "no connections"})
 
     def _cmd_tasks(self, session: ConsoleSession, _arg: str) -> None:
         assert self.services is not None
         rows = []
         for task in list(self.kernel.tasks):
             rows.append(f"{id(task):x}  {task.describe()}  {waiting_on(task)}")
-        for timer in list(self.services.timers.active.values()):
-            rows.append(f"timer  {timer.describe()}  next in {timer.when - self.loop.time():.2f}s")
+        rows += self._rows("tasks")  # (timers)
         session.send({"text": "\n".join(rows) or "no tasks"})
 
     def _cmd_pools(self, session: ConsoleSession, _arg: str) -> None:
-        assert self.services is not None
-        rows = [
-            f"{name}: {len(p.threads)}/{p.config.size} threads, {p.pending} queued or running (max "
-            f"{p.config.size + p.config.queue})"
-            for name, p in self.services.pools.pools.items()
-        ]
-        session.send({"text": "\n".join(rows)})
+        session.send({"text": "\n".join(self._rows("pools"))})
 
     def _cmd_stats(self, session: ConsoleSession, _arg: str) -> None:
         assert self.services is not None

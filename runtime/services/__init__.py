@@ -9,6 +9,8 @@ special cases:
 * ``drain()``: SIGTERM: take no new work, let what runs finish (a listener stops accepting, timers stop).
 * ``close()``: the end: release everything the service holds (awaited, in the order the host lists them).
 * ``statistics()``: a few counters by name (the console's ``\\stats`` shows every service's).
+* ``console_rows(topic)``: the lines this service adds to a console listing (``"connections"``,
+  ``"tasks"``, ``"pools"``), each starting with an id ``\\kill`` takes where it has one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class Service(Protocol):
 
     def statistics(self) -> dict[str, int | float]: ...
 
+    def console_rows(self, topic: str) -> list[str]: ...
+
 
 class Quiet:
     """The lifecycle of a service that holds nothing of its own: never keeps the process alive."""
@@ -40,6 +44,9 @@ class Quiet:
 
     def statistics(self) -> dict[str, int | float]:
         return {}
+
+    def console_rows(self, topic: str) -> list[str]:
+        return []
 
 
 __all__ = ["Quiet", "Service"]

@@ -249,6 +249,12 @@ class TimerService:
     def statistics(self) -> dict[str, int | float]:
         return {"timers": len(self.active)}
 
+    def console_rows(self, topic: str) -> list[str]:
+        if topic != "tasks":
+            return []
+        now = self.loop.time()
+        return [f"timer  {t.describe()}  next in {t.when - now:.2f}s" for t in list(self.active.values())]
+
 
 class LagMonitor:
     """Warns when the event loop was blocked (a long C call, blocking work on the loop thread), naming what

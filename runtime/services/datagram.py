@@ -169,5 +169,8 @@ class DatagramService:
     async def close(self) -> None:
         self.close_all()
 
+    def console_rows(self, topic: str) -> list[str]:
+        return []
+
     def statistics(self) -> dict[str, int | float]:
         return {"udp_sockets": len(self.sockets)}

@@ -307,6 +307,9 @@ class DatabaseService:
     def drain(self) -> None:
         pass  # (statements in flight finish; transactions end with their tasks)
 
+    def console_rows(self, topic: str) -> list[str]:
+        return []
+
     def statistics(self) -> dict[str, int | float]:
         return {"db_statements": len(self.background.jobs), "db_transactions": len(self.transactions)}
 

@@ -373,6 +373,15 @@ class PoolService:
     def statistics(self) -> dict[str, int | float]:
         return {f"pool_{name}_jobs": pool.pending for name, pool in self.pools.items()}
 
+    def console_rows(self, topic: str) -> list[str]:
+        if topic != "pools":
+            return []
+        return [
+            f"{name}: {len(p.threads)}/{p.config.size} threads, {p.pending} queued or running (max "
+            f"{p.config.size + p.config.queue})"
+            for name, p in self.pools.items()
+        ]
+
     def stop(self) -> None:
         for pool in self.pools.values():
             pool.stop()

@@ -157,6 +157,9 @@ class SharedService:
     def drain(self) -> None:
         pass
 
+    def console_rows(self, topic: str) -> list[str]:
+        return []
+
     def statistics(self) -> dict[str, int | float]:
         return {"shared_dicts": len(self.dbs)}
 

@@ -1006,6 +1006,28 @@ class StreamService:
     def statistics(self) -> dict[str, int | float]:
         return {"connections": len(self.connections), "listeners": len(self.listeners)}
 
+    def console_rows(self, topic: str) -> list[str]:
+        if topic != "connections":
+            return []
+        now = self.loop.time()
+        rows = []
+        for conn in list(self.connections):
+            waiting = (
+                "reading"
+                if conn.reader is not None
+                else "writing"
+                if conn.writer is not None
+                else "idle (keep-alive)"
+                if conn.parked
+                else "running"
+            )
+            left = conn.read_deadline - now if conn.reader is not None and conn.read_deadline else None
+            rows.append(
+                f"{id(conn):x}  {conn.describe()}  age {now - conn.since:.1f}s  in {conn.bytes_in}B out "
+                f"{conn.bytes_out}B  {waiting}" + (f" (timeout in {left:.1f}s)" if left is not None else "")
+            )
+        return rows
+
     def log_task_error(self, conn: Connection, error: bytes | None) -> None:
         log.error("handler error on %s: %s", conn.describe(), one_line(error))
 
