@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 from conftest import ROOT
 from runtime.kernel.core import Kernel
@@ -122,3 +123,31 @@ def test_every_lua_call_site_passes_what_its_op_declares() -> None:
                 wrong.append(f"{name}:{line}: {op} takes {arity[op]}, given {len(args) - 1}")
     assert checked > 60, checked
     assert wrong == [], wrong
+
+
+def test_every_service_declares_the_ops_it_serves() -> None:
+    """Each op's handler is a method of the service whose SERVES names it, and each service serves all it
+    names: the ops a service owns are declared once, beside it (EXIT is the kernel's own)."""
+    import asyncio
+
+    from runtime.config import Limits
+    from runtime.services.registry import wire_services
+
+    loop = asyncio.new_event_loop()
+    try:
+        kernel = Kernel(loop.call_soon)
+        wire_services(kernel, loop, Limits())
+        served: dict[type, set[Op]] = {}
+        for op in Op:
+            if op is Op.EXIT:
+                continue
+            handler = (kernel._handlers if op.yields else kernel._calls)[op]
+            # (a method's class; a static method's too, from where it was defined)
+            module = sys.modules[handler.__module__]  # type: ignore[union-attr]
+            owner = getattr(module, handler.__qualname__.split(".")[0])  # type: ignore[union-attr]
+            assert op in getattr(owner, "SERVES", frozenset()), f"{op.name} is served by {owner.__name__}"
+            served.setdefault(owner, set()).add(op)
+        for owner, ops in served.items():
+            assert ops == set(owner.SERVES), (owner.__name__, set(owner.SERVES) - ops)  # type: ignore[attr-defined]
+    finally:
+        loop.close()

@@ -20,7 +20,7 @@ import termios
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
@@ -99,16 +99,26 @@ class Deadlines:
 
 
 class ClockService:
+    SERVES: ClassVar[frozenset[Op]] = frozenset(
+        {Op.SLEEP, Op.NOW, Op.MONOTONIC, Op.VIRTUAL_TIME}
+    )  # (its ops)
+
     def __init__(self, kernel: Kernel, loop: asyncio.AbstractEventLoop) -> None:
         self._kernel = kernel
         self._loop = loop
         self._guard: threading.Timer | None = None  # ends a virtual-time test that runs too long for real
         self._guard_expired = False
         kernel.register(Op.SLEEP, self.sleep)
-        wall, monotonic = wall_clock(loop), monotonic_clock(loop)
-        kernel.register_call(Op.NOW, lambda a, b, c: wall())
-        kernel.register_call(Op.MONOTONIC, lambda a, b, c: monotonic())
+        self._wall, self._monotonic = wall_clock(loop), monotonic_clock(loop)
+        kernel.register_call(Op.NOW, self._now)
+        kernel.register_call(Op.MONOTONIC, self._monotonic_now)
         kernel.register_call(Op.VIRTUAL_TIME, self._virtual_time)
+
+    def _now(self, _a: object, _b: object, _c: object) -> float:
+        return self._wall()
+
+    def _monotonic_now(self, _a: object, _b: object, _c: object) -> float:
+        return self._monotonic()
 
     def _virtual_time(self, on: object, real_limit: object, task: object) -> object:
         """Turn the jumping clock of ``moonlet test`` on (for a test run as ``task``) or off.
@@ -196,6 +206,8 @@ class Timer:
 
 class TimerService:
     """``TIMER`` and ``TIMER_CANCEL``: at most ``max_timers`` pending at once."""
+
+    SERVES: ClassVar[frozenset[Op]] = frozenset({Op.TIMER, Op.TIMER_CANCEL})  # (its ops)
 
     def __init__(self, kernel: Kernel, loop: asyncio.AbstractEventLoop, max_timers: int) -> None:
         self.kernel = kernel

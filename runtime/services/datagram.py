@@ -12,7 +12,7 @@ import collections
 import logging
 import math
 import os
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from runtime import listeners
 from runtime.kernel.core import SUSPEND, Kernel, one_line
@@ -90,6 +90,10 @@ class Datagrams(asyncio.DatagramProtocol):
 
 
 class DatagramService:
+    SERVES: ClassVar[frozenset[Op]] = frozenset(
+        {Op.UDP_CLOSE, Op.UDP_OPEN, Op.UDP_RECV, Op.UDP_SEND}
+    )  # (its ops)
+
     def __init__(self, kernel: Kernel, loop: asyncio.AbstractEventLoop) -> None:
         self.kernel = kernel
         self.loop = loop

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from runtime.config import Limits
 from runtime.databases import (
@@ -101,6 +101,20 @@ def options_from(limits: Limits, **given: Any) -> Options:
 
 
 class DatabaseService:
+    SERVES: ClassVar[frozenset[Op]] = frozenset(
+        {
+            Op.DB_BEGIN,
+            Op.DB_END,
+            Op.DB_EXEC,
+            Op.DB_EXEC_MANY,
+            Op.DB_FETCH,
+            Op.DB_OPEN,
+            Op.DB_QUERY,
+            Op.DB_ROWS,
+            Op.DB_ROWS_CLOSE,
+        }
+    )  # (its ops)
+
     def __init__(
         self, kernel: Kernel, loop: asyncio.AbstractEventLoop, limits: Limits, default: Database
     ) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 from runtime.kernel.core import Kernel, one_line
 from runtime.kernel.ops import Op
@@ -58,6 +58,8 @@ def _seconds(value: object, default: float) -> float:
 
 class HttpService(Quiet):
     """HTTP_LISTEN (yielding); HTTP_REJECT, HTTP_ERROR (calls)."""
+
+    SERVES: ClassVar[frozenset[Op]] = frozenset({Op.HTTP_ERROR, Op.HTTP_LISTEN, Op.HTTP_REJECT})  # (its ops)
 
     def __init__(self, kernel: Kernel, stream: StreamService) -> None:
         self.stream = stream

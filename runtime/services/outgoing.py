@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from runtime.config import Limits
 from runtime.kernel.core import SUSPEND, Kernel
@@ -26,6 +26,8 @@ from runtime.services.stream import _CLOSED_REPLY, TIMEOUT, Connection, StreamSe
 
 class OutgoingService(Quiet):
     """CONNECT, STARTTLS and RESOLVE."""
+
+    SERVES: ClassVar[frozenset[Op]] = frozenset({Op.CONNECT, Op.RESOLVE, Op.STARTTLS})  # (its ops)
 
     def __init__(
         self, kernel: Kernel, loop: asyncio.AbstractEventLoop, limits: Limits, stream: StreamService

@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 import types
-from typing import Any
+from typing import Any, ClassVar
 
 from runtime import hostfn
 from runtime.config import Limits, PoolConfig, default_pools
@@ -187,6 +187,10 @@ class Pool:
 
 class PoolService:
     """POOL_RUN and POOL_CALL; owns the pools named in the configuration."""
+
+    SERVES: ClassVar[frozenset[Op]] = frozenset(
+        {Op.CHAN_CLOSE, Op.CHAN_GET, Op.CHAN_PUT, Op.CHAN_WAIT, Op.POOL_CALL, Op.POOL_RUN, Op.POOL_SPAWN}
+    )  # (its ops)
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import lmdb
 
@@ -60,6 +60,10 @@ def _decode(raw: bytes | None, now: float) -> tuple[object, bool]:
 
 
 class SharedService:
+    SERVES: ClassVar[frozenset[Op]] = frozenset(
+        {Op.SHARED_DELETE, Op.SHARED_GET, Op.SHARED_INCR, Op.SHARED_KEYS, Op.SHARED_SET}
+    )  # (its ops)
+
     def __init__(self, kernel: Kernel, now: Callable[[], float] = time.time) -> None:
         self.now = now  # wall clock (moved by virtual time in moonlet test)
         given = os.environ.get("MOONLET_SHARED_DIR")

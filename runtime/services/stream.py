@@ -23,7 +23,7 @@ import asyncio
 import logging
 import math
 import socket
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from runtime.config import Limits
 from runtime.kernel.core import SUSPEND, BadRequestError, Kernel, one_line
@@ -659,6 +659,29 @@ class Connection(asyncio.Protocol):
 
 class StreamService:
     """Owns listeners, connections and the stream requests."""
+
+    SERVES: ClassVar[frozenset[Op]] = frozenset(
+        {
+            Op.BUFFERED,
+            Op.CLOSE,
+            Op.IDLE,
+            Op.KEEP,
+            Op.LISTEN,
+            Op.NEXT,
+            Op.OPEN,
+            Op.OWN,
+            Op.PEER,
+            Op.RECV,
+            Op.REUSABLE,
+            Op.SEND,
+            Op.SENDALL,
+            Op.SETTIMEOUTS,
+            Op.SHUTDOWN,
+            Op.SINGLE_PROCESS,
+            Op.UNLISTEN,
+            Op.WRITE,
+        }
+    )  # (its ops)
 
     def __init__(
         self, kernel: Kernel, loop: asyncio.AbstractEventLoop, limits: Limits, deadlines: Deadlines

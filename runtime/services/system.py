@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from runtime.config import REPORT_PREFIX
 from runtime.kernel.core import Kernel
@@ -36,6 +36,8 @@ _LEVELS = {b"debug": logging.DEBUG, b"info": logging.INFO, b"warn": logging.WARN
 
 
 class SystemService:
+    SERVES: ClassVar[frozenset[Op]] = frozenset({Op.LOG, Op.PRINT, Op.REPORT})  # (its ops)
+
     def __init__(self, kernel: Kernel) -> None:
         kernel.register_call(Op.LOG, self._log)
         kernel.register_call(Op.PRINT, self._print)

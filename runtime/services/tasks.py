@@ -27,6 +27,7 @@ import logging
 import math
 import threading
 import time
+from typing import ClassVar
 
 from runtime.config import Limits
 from runtime.kernel.core import SUSPEND, BadRequestError, Kernel, one_line
@@ -45,6 +46,24 @@ CANCELLED = b"cancelled"
 
 class TaskService(Quiet):
     """Owner of the tasks Lua spawns; serves the task, park and stall requests."""
+
+    SERVES: ClassVar[frozenset[Op]] = frozenset(
+        {
+            Op.CANCEL,
+            Op.CURRENT,
+            Op.DETACH,
+            Op.JOIN,
+            Op.PARK,
+            Op.RESULT,
+            Op.SPAWN,
+            Op.STALLED,
+            Op.STALL_CHECK,
+            Op.TASK_FAILURES,
+            Op.UNPARK,
+            Op.UNWATCH,
+            Op.WATCH,
+        }
+    )  # (its ops)
 
     def __init__(self, kernel: Kernel, loop: asyncio.AbstractEventLoop, limits: Limits) -> None:
         self.kernel = kernel
