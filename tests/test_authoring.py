@@ -283,3 +283,14 @@ def test_virtual_time_jumps_over_waits_and_keeps_real_sockets_working(tmp_path: 
     assert "in virtual time hangs without a timer\n    timed out after 0.5s of real time" in out.stdout
     assert re.search(r"7 passed, 1 failed, 0 skipped in 1 file", out.stdout), out.stdout
     assert took < 60, f"{took:.1f}s: the clock did not jump (over an hour of waits, in real time)"
+
+
+def test_the_api_index_is_generated_from_the_annotations_as_they_are() -> None:
+    done = subprocess.run(
+        [sys.executable, "docs/gen_api.py", "--check"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    api = (ROOT / "docs" / "api.md").read_text()
+    assert "### `net.connect(dest, port, opts)`\n\nYields: yes." in api
+    assert "### `Udp:sendto(data, addr, port)`\n\nYields: no." in api
+    assert "(no description)" not in api

@@ -16,9 +16,9 @@ def run(*command: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_lint_and_format() -> None:
-    lint = run(sys.executable, "-m", "ruff", "check", "runtime", "tests", "bench")
+    lint = run(sys.executable, "-m", "ruff", "check", "runtime", "tests", "bench", "docs")
     assert lint.returncode == 0, lint.stdout
-    fmt = run(sys.executable, "-m", "ruff", "format", "--check", "runtime", "tests", "bench")
+    fmt = run(sys.executable, "-m", "ruff", "format", "--check", "runtime", "tests", "bench", "docs")
     assert fmt.returncode == 0, fmt.stdout
 
 

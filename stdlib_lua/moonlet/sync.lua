@@ -232,6 +232,7 @@ function Event:clear()
   self._set = false
 end
 
+--- Whether the event is set.
 ---@return boolean
 function Event:is_set()
   return self._set
