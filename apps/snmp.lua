@@ -100,8 +100,8 @@ end
 -- Is `target` a prefix of some object's OID minus its instance (then GET says noSuchInstance)?
 local function known_object(target)
   local i = search(target, false)
-  local e = mib[i] or mib[i - 1]
-  for _, entry in ipairs { mib[i - 1], e } do
+  for j = i - 1, i do -- (the objects just before and at where target would sort)
+    local entry = mib[j]
     if entry and #target >= #entry.oid - 1 then
       local same = true
       for k = 1, #entry.oid - 1 do if entry.oid[k] ~= target[k] then same = false break end end

@@ -13,32 +13,11 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int) -> None:
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+from harness import ROOT, free_port, wait_port  # bench/harness.py
 
 
 def start(kind: str, port: int) -> subprocess.Popen[bytes]:
@@ -50,7 +29,7 @@ def start(kind: str, port: int) -> subprocess.Popen[bytes]:
                "--port", str(port), "--memory", "64"]  # fmt: skip
     proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
-    wait_port(port)
+    wait_port(port, proc)
     return proc
 
 

@@ -209,6 +209,18 @@ def run_script(
     )
 
 
+def wait_listening(port: int, what: str, timeout: float = 10) -> None:
+    """Wait until something accepts on 127.0.0.1:port (a peer server the test started)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"{what} did not start"
+            time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -235,14 +247,7 @@ def redis_server(tmp_path: Path) -> Iterator[int]:
         ],
         stdout=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
+    wait_listening(port, "redis-server")
     yield port
     proc.terminate()
     proc.wait(10)

@@ -8,14 +8,13 @@ import random
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheServerError
 
-from conftest import APPS, free_port
+from conftest import APPS, free_port, wait_listening
 
 
 def need(tool: str) -> str:
@@ -33,14 +32,7 @@ def memcached() -> Iterator[int]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "memcached did not start"
-            time.sleep(0.05)
+    wait_listening(port, "memcached")
     yield port
     proc.terminate()
     proc.wait(10)

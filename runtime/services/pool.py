@@ -38,8 +38,6 @@ log = logging.getLogger("moonlet")
 
 _BUSY = (None, b"busy")
 _TIMEOUT = (None, b"timeout")
-_BUSY_READER = (None, b"busy")  # another task already waits in job:get
-_BUSY_WRITER = (None, b"busy")
 CHANNEL_SIZE = 64  # values queued each way between a spawned job and its task
 
 
@@ -221,12 +219,7 @@ class PoolService:
     def _call(self, task: Task, where: object, name: object, args: object) -> object:
         if not isinstance(name, bytes):
             raise TypeError("pool.call: bad name")
-        function = name.decode()
-        try:
-            hostfn.lookup(function)
-        except KeyError as e:
-            return (None, str(e.args[0]).encode())
-        return self._submit(task, where, None, function, args)
+        return self._submit(task, where, None, name.decode(), args)
 
     def _submit(
         self,
@@ -239,6 +232,11 @@ class PoolService:
         channel: bool = False,
     ) -> object:
         """Queue a job: SUSPEND (its task waits for it), a Channel (pool.spawn: it goes on), or nil, err."""
+        if module is None:  # a Python host function: it must be registered
+            try:
+                hostfn.lookup(function)
+            except KeyError as e:
+                return (None, str(e.args[0]).encode())
         name, timeout = self._where(where, (module is None and function) or None)
         pool = self.pools.get(name)
         if pool is None:
@@ -303,16 +301,11 @@ class PoolService:
         if not isinstance(host, bytes):
             module, function = _lua_target(target, "pool.spawn")
             return self._submit(task, where, module, function, args, channel=True)
-        name = host.decode()
-        try:
-            hostfn.lookup(name)
-        except KeyError as e:
-            return (None, str(e.args[0]).encode())
-        return self._submit(task, where, None, name, args, channel=True)
+        return self._submit(task, where, None, host.decode(), args, channel=True)
 
     def _chan_get(self, task: Task, ch: Channel, timeout: object, _c: object) -> object:
-        if ch.getter is not None:
-            return _BUSY_READER
+        if ch.getter is not None:  # (another task already waits in job:get)
+            return _BUSY
         reply = ch.take()
         if reply is not None:
             return reply
@@ -321,7 +314,7 @@ class PoolService:
 
     def _chan_put(self, task: Task, ch: Channel, value: object, _c: object) -> object:
         if ch.putter is not None:
-            return _BUSY_WRITER
+            return _BUSY
         try:
             plain = to_plain(value)
         except NotPlainError as e:
@@ -336,7 +329,7 @@ class PoolService:
         if ch.result is not None:
             return ch.outcome()
         if ch.waiter is not None:
-            return (None, b"busy")
+            return _BUSY
         ch.park(task, "waiter", None, timeout)
         return SUSPEND
 

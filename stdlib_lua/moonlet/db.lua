@@ -92,10 +92,13 @@ local function rows(target, sql, ...)
   return next_row, nil, nil, state
 end
 
-local function check_sets(sets)
+-- db.exec_many and its methods (called in tail position, so the checks point at their caller)
+local function exec_many(target, sql, sets)
+  check_sql(sql, "exec_many")
   if type(sets) ~= "table" then
-    error("bad argument #2 to 'exec_many' (table of parameter sets expected, got " .. type(sets) .. ")", 3)
+    error("bad argument #2 to 'exec_many' (table of parameter sets expected, got " .. type(sets) .. ")", 2)
   end
+  return request(DB_EXEC_MANY, target, sql, sets)
 end
 
 ---@class moonlet.Tx
@@ -123,9 +126,7 @@ end
 ---@return {changes: integer, last_id: integer?}? result
 ---@return string? err
 function Tx:exec_many(sql, sets)
-  check_sql(sql, "exec_many")
-  check_sets(sets)
-  return request(DB_EXEC_MANY, self._py, sql, sets)
+  return exec_many(self._py, sql, sets)
 end
 
 --- Like db.rows, inside the transaction.
@@ -193,9 +194,7 @@ end
 ---@return {changes: integer, last_id: integer?}? result
 ---@return string? err
 function Database:exec_many(sql, sets)
-  check_sql(sql, "exec_many")
-  check_sets(sets)
-  return request(DB_EXEC_MANY, self._py, sql, sets)
+  return exec_many(self._py, sql, sets)
 end
 
 --- Run fn(tx, ...) in a transaction on this database: committed when fn returns, rolled back if it
@@ -284,9 +283,7 @@ end
 ---@return {changes: integer, last_id: integer?}? result
 ---@return string? err
 function M.exec_many(sql, sets)
-  check_sql(sql, "exec_many")
-  check_sets(sets)
-  return request(DB_EXEC_MANY, nil, sql, sets)
+  return exec_many(nil, sql, sets)
 end
 
 --- Run fn(tx, ...) in a transaction on the default database (on SQLite it holds the writer): committed
