@@ -134,6 +134,13 @@ def test_backslash_commands(lua_server, tmp_path: Path) -> None:  # type: ignore
     assert "waiting to read from connection 127.0.0.1:" in tasks, tasks  # (in the app's terms)
     stats = repl(server, "-e", "\\stats").stdout
     assert "lua_memory_bytes" in stats and "worst_loop_lag_ms" in stats
+    assert int(re.search(r"^python_heap_blocks: (\d+)$", stats, re.M)[1]) > 1000  # type: ignore[index]
+    assert int(re.search(r"^c_heap_bytes: (\d+)$", stats, re.M)[1]) > 1 << 20  # type: ignore[index]
+    # \gc frees what nothing holds: a 4 MiB string the app dropped (with Lua's own collector stopped)
+    repl(server, "-e", "collectgarbage('stop') _G.big = ('x'):rep(4 << 20) _G.big = nil")
+    freed = re.search(r"^lua_memory_bytes: (\d+) -> (\d+)$", repl(server, "-e", "\\gc").stdout, re.M)
+    repl(server, "-e", "collectgarbage('restart')")
+    assert freed is not None and int(freed[1]) - int(freed[2]) >= 4 << 20, freed
     assert "cpu:" in repl(server, "-e", "\\pools").stdout
     conn_id = conns.split()[0]
     assert "closed connection" in repl(server, "-e", f"\\kill {conn_id}").stdout

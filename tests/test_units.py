@@ -4,6 +4,7 @@ the op vocabulary's invariants. In process, no sockets, no sleeps."""
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import pytest
@@ -136,6 +137,26 @@ def test_a_moved_deadline_fires_only_at_its_new_time() -> None:
     assert w.fired_at is None
     loop.advance(loop.now + 1.0)
     assert w.fired_at is not None and w.fired_at >= 100.5
+
+
+def test_the_wheel_holds_an_object_once_and_lets_it_go_when_removed() -> None:
+    loop = FakeLoop()
+    wheel = Deadlines(loop)  # type: ignore[arg-type]
+    early, late = Waiter(), Waiter()
+    wheel.add(early, loop.now + 75)  # (a keep-alive reminder far ahead ...)
+    wheel.add(early, loop.now + 0.010)  # (... then a header timeout before it)
+    wheel.add(late, loop.now + 75)
+    wheel.remove(late)  # (a connection lost: nothing of it may stay until the keep-alive's time)
+    gone = weakref.ref(late)
+    del late
+    assert gone() is None
+    loop.advance(loop.now + 0.100)
+    assert early.fired_at is not None  # once, at the earlier time ...
+    early.fired_at = None
+    held = weakref.ref(early)
+    del early
+    assert held() is None  # ... and the later bucket let go of it when it moved
+    loop.advance(loop.now + 100)
 
 
 def test_the_virtual_clock_moves_only_forward_and_time_follows_it() -> None:

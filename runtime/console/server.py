@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runtime.console import memory
 from runtime.console.files import runtime_dir
 from runtime.kernel.core import Kernel
 from runtime.kernel.task import Extra, Task
@@ -398,17 +400,34 @@ class ConsoleService:
 
     def _cmd_stats(self, session: ConsoleSession, _arg: str) -> None:
         assert self.services is not None
-        rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         stats: dict[str, object] = {"uptime_s": round(time.time() - self.started, 1)}
         stats["tasks"] = self.kernel.live
         for service in self.services.all():  # (each service's own counters: runtime/services/__init__.py)
             stats.update(service.statistics())
         stats |= {
             "lua_memory_bytes": self.lua.get_memory_used() if self.lua is not None else None,
-            "process_memory_bytes": rss,
+            "process_memory_bytes": memory.resident_bytes(),
+            "python_heap_blocks": memory.python_heap_blocks(),
+            "c_heap_bytes": memory.c_heap_bytes(),
             "worst_loop_lag_ms": round(self.lag.worst * 1000, 1) if self.lag is not None else None,
         }
         session.send({"text": "\n".join(f"{k}: {v}" for k, v in stats.items())})
+
+    def _cmd_gc(self, session: ConsoleSession, _arg: str) -> None:
+        """A full collection of the Lua heap and Python's cycle collector, and what each freed."""
+        lua_before = self.lua.get_memory_used() if self.lua is not None else 0
+        if self.lua is not None:
+            self.lua.gccollect()
+            self.lua.gccollect()  # (the second frees what the first's finalizers released)
+        lua_after = self.lua.get_memory_used() if self.lua is not None else 0
+        blocks_before = memory.python_heap_blocks()
+        unreachable = gc.collect()
+        lines = [
+            f"lua_memory_bytes: {lua_before} -> {lua_after}",
+            f"python_heap_blocks: {blocks_before} -> {memory.python_heap_blocks()}"
+            f" ({unreachable} unreachable objects)",
+        ]
+        session.send({"text": "\n".join(lines)})
 
     def _cmd_kill(self, session: ConsoleSession, arg: str) -> None:
         assert self.services is not None
@@ -440,7 +459,8 @@ class ConsoleService:
 HELP = """\\connections      every connection: peer, age, bytes, what its coroutine waits on
 \\tasks            tasks and timers
 \\pools            thread pools and their queues
-\\stats            uptime, tasks, connections, memory (Lua and process), worst loop lag
+\\stats            uptime, tasks, connections, memory (Lua, process, the Python and C heaps), worst loop lag
+\\gc               a full collection of the Lua and Python heaps; what each freed
 \\kill ID          close a connection (stream or HTTP) or cancel a task (ids from \\connections, \\tasks)
 \\reload MODULE    load a Lua module again (later requires get it; connections stay)
 \\log [off]        follow the server log

@@ -43,9 +43,13 @@ LATE = 0.05  # seconds late a deadline check may run before it waits for one I/O
 
 
 class Deadlines:
+    """A wheel of 5 ms buckets. An object is in one bucket at most, its ``deadline_key``'s: moving it to an
+    earlier one takes it out of the later, and ``remove`` takes it out at once, so a closed connection is
+    not held until a keep-alive or send timeout far ahead would have fired."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._buckets: dict[int, list[HasDeadline]] = {}
+        self._buckets: dict[int, dict[HasDeadline, None]] = {}  # (dicts: ordered sets, O(1) removal)
         self._keys: list[int] = []  # heap of bucket keys
         self._timer: asyncio.TimerHandle | None = None
         self._timer_key = 0
@@ -57,17 +61,27 @@ class Deadlines:
         key = math.ceil(when / TICK)
         if key <= self._fired:
             key = self._fired + 1
-        if obj.deadline_key == key:
+        old = obj.deadline_key
+        if old == key:
             return
+        if old:
+            self.remove(obj)
         obj.deadline_key = key
         bucket = self._buckets.get(key)
         if bucket is not None:
-            bucket.append(obj)
+            bucket[obj] = None
             return
-        self._buckets[key] = [obj]
+        self._buckets[key] = {obj: None}
         heapq.heappush(self._keys, key)
         if self._timer is None or key < self._timer_key:
             self._schedule(key)
+
+    def remove(self, obj: HasDeadline) -> None:
+        """No call for ``obj`` after all."""
+        bucket = self._buckets.get(obj.deadline_key)
+        if bucket is not None:
+            bucket.pop(obj, None)  # (an emptied bucket stays until its time: one per 5 ms slot at most)
+        obj.deadline_key = 0
 
     def _schedule(self, key: int) -> None:
         if self._timer is not None:
@@ -91,7 +105,7 @@ class Deadlines:
             key = heapq.heappop(keys)
             self._fired = key
             for obj in buckets.pop(key):
-                if obj.deadline_key == key:  # not moved to a later bucket since
+                if obj.deadline_key == key:  # (not removed by an earlier one's on_deadline)
                     obj.deadline_key = 0
                     obj.on_deadline(now)
         if keys:

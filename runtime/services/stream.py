@@ -439,6 +439,8 @@ class Connection(asyncio.Protocol):
         self.closing = True
         self.eof = True
         self.svc.connections.pop(self, None)
+        if self.deadline_key:
+            self.svc.deadlines.remove(self)
         self.disown()
         self._wake_reader(_CLOSED_REPLY)
         self._wake_writer(_CLOSED_REPLY)
