@@ -144,7 +144,7 @@ class Host:
             "stall_armed": 1 if stall_guard is not None else 0,  # tasks wait to be armed (no periodic hook)
         }
         boot = bootstrap(lua, kernel.call, lua_limits, self.app_path, self.app_args)
-        kernel.set_body(boot[b"body"])
+        kernel.set_body(boot[b"body"], boot[b"misuse"])
         for service in (
             services.pools,
             services.db,

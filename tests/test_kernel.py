@@ -87,3 +87,27 @@ def test_an_error_in_the_main_chunk_ends_the_process_with_status_1(tmp_path, cap
     code, out = run_lua(tmp_path, capsys, 'print("before") error("the main chunk broke")\n')
     assert code == 1 and out == ["before"]
     assert "the main chunk broke" in caplog.text
+
+
+def test_misuse_the_host_finds_is_an_error_at_the_apps_line_that_pcall_catches(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out = run_lua(
+        tmp_path,
+        capsys,
+        """
+        local t = spawn(function() sleep(10) end)
+        local function try(f) local r = { pcall(f) } print(r[1], r[2]) end
+        try(function() local r = t.cancel({}) return r end)          -- a call: answered at once
+        try(function() local r = t.wait({}) return r end)            -- a yielding request
+        try(function() local r = t.wait(t, "soon") return r end)     -- (checked in Lua: the same form)
+        local caught = 0
+        for _ = 1, 3000 do caught = caught + (pcall(t.wait, {}) and 0 or 1) end  -- no recursion, no leak
+        print(caught, t:status())
+        t:cancel()
+        """,
+    )
+    assert code == 0
+    assert [line.split("\t")[0] for line in out[:3]] == ["false"] * 3
+    assert out[0].endswith("app.lua:4: bad argument #1 to 'cancel' (task expected, got nil)"), out[0]
+    assert out[1].endswith("app.lua:5: bad argument #1 to 'wait' (task expected, got nil)"), out[1]
+    assert out[2].endswith("app.lua:6: bad argument #1 to 'wait' (seconds >= 0 or nil expected, got string)")
+    assert out[3] == "3000\trunning"

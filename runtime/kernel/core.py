@@ -19,8 +19,10 @@ Rules this module keeps:
   other request it hands to :meth:`Kernel.serve`.
 * Lua errors never reach here as exceptions: every task body runs under ``xpcall`` in ``_host.lua`` and
   ends with an ``EXIT`` request carrying the traceback (the exceptions: running out of memory, and a task the
-  stall hook stops, whose error is made to escape every ``pcall``). A Python exception in a handler is a host
-  bug: it is logged with its traceback and ends only that task.
+  stall hook stops, whose error is made to escape every ``pcall``). A handler that refuses its arguments
+  raises :class:`BadRequestError`, which becomes a Lua error at the app's line (misuse, as Lua's own
+  "bad argument"); any other Python exception in a handler is a host bug: it is logged with its traceback
+  and ends only that task.
 * Ending a task (it returned, failed, or was killed) unregisters whatever it was waiting on, ends the tasks
   in its scope, wakes the tasks waiting for it, and tells its owner.
 """
@@ -33,7 +35,7 @@ from typing import Any, Final
 
 from runtime.kernel.ops import CALLS, YIELDING, Op
 from runtime.kernel.task import PARKED, Extra, Owner, Task
-from runtime.lua.state import LuaError, LuaFunction, resume_thread
+from runtime.lua.state import LuaError, LuaFunction, lua_type_of, resume_thread
 
 log = logging.getLogger("moonlet")
 
@@ -49,8 +51,9 @@ SUSPEND: Final = _Suspend()
 
 
 class BadRequestError(Exception):
-    """A request or call whose arguments are not what its op takes (a forged or stale handle): a yielding
-    request ends its task with one log line; a call raises it in Lua as an error. Never a host bug."""
+    """A request or call whose arguments are not what its op takes (a forged or stale handle, a method called
+    with another object as self): raised in Lua as an error at the app's line that called the stdlib, worded
+    as Lua's own argument errors (:func:`bad_argument`); a ``pcall`` catches it. Never a host bug."""
 
 
 MAX_IMMEDIATE = 64  # immediate replies in a row before a task goes to the back of the ready queue
@@ -59,12 +62,35 @@ RequestHandler = Callable[[Task, Any, Any, Any], object]
 CallHandler = Callable[[Any, Any, Any], object]
 
 
+def lua_type(value: object) -> str:
+    """What Lua calls ``value``'s type, or a host handle's kind (its class's ``KIND``, else its name)."""
+    kind = lua_type_of(value)
+    if kind is not None:
+        return str(kind)
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, bytes | str):
+        return "string"
+    return str(getattr(type(value), "KIND", type(value).__name__.lower()))
+
+
+def bad_argument(i: int, fn: str, expected: str, got: object) -> BadRequestError:
+    """Misuse found on the host side, worded as Lua's own: ``bad argument #1 to 'wait' (task expected, got
+    table)``; raised in Lua at the app's line (see ``Kernel.failed`` and ``Kernel.call``)."""
+    return BadRequestError(f"bad argument #{i} to '{fn}' ({expected} expected, got {lua_type(got)})")
+
+
 def bad_request(op: object, handler: object, handle: type | None, a: object) -> BadRequestError:
     """The error for a request or call with an unknown op, or a first argument of the wrong type."""
     if handler is None:
         return BadRequestError(f"unknown host request {op!r}")
     assert handle is not None
-    return BadRequestError(f"{Op(op).name} takes a {handle.__name__}, not {type(a).__name__}")  # type: ignore[arg-type]
+    expected = str(getattr(handle, "KIND", handle.__name__.lower()))
+    return bad_argument(1, Op(op).name.lower(), expected, a)  # type: ignore[arg-type]
 
 
 def one_line(traceback: bytes | str | None) -> str:
@@ -91,6 +117,8 @@ class Kernel:
         # per op: the type its first argument must be (a host handle), or None
         self._handles: list[type | None] = [None] * (max(Op) + 1)
         self._body: LuaFunction | None = None
+        self._misuse_where: Callable[[object], bytes | None] | None = None  # (see set_body)
+        self._misuse_raise_in: Callable[[object, bytes], None] | None = None
         self.live = 0  # tasks started and not yet ended
         # those tasks (the console lists them; a dict takes less room than a set)
         self.tasks: dict[Task, None] = {}
@@ -117,9 +145,12 @@ class Kernel:
     def missing_handlers(self) -> list[Op]:
         return [op for op in Op if (self._handlers if op.yields else self._calls)[op] is None]
 
-    def set_body(self, body: LuaFunction) -> None:
-        """``body(fn, ...)`` is the Lua wrapper every task runs in (``_host.lua``)."""
+    def set_body(self, body: LuaFunction, misuse: Any = None) -> None:
+        """``body(fn, ...)`` is the Lua wrapper every task runs in; ``misuse``: its helpers that raise a
+        refused request at the app's line (``_host.lua``)."""
         self._body = body
+        if misuse is not None:
+            self._misuse_where, self._misuse_raise_in = misuse[b"where"], misuse[b"raise_in"]
 
     # -- tasks -----------------------------------------------------------------------------------
     def spawn(
@@ -210,7 +241,11 @@ class Kernel:
 
     def failed(self, task: Task, e: Exception) -> None:
         """End ``task`` after its run raised ``e``."""
-        if isinstance(e, BadRequestError):  # (the door only makes well-formed requests: a forged handle)
+        if isinstance(e, BadRequestError):  # misuse: a forged handle, or a method given another object
+            if self._misuse_raise_in is not None and task.co is not None:
+                self._misuse_raise_in(task.co, str(e).encode())  # an error the app may catch, at its line
+                self._call_soon(self.resume, task, None)  # (not nested: a loop of misuses cannot recurse)
+                return
             log.error("bad host request from %s: %s; ending that task", task.describe(), e)
             self._end(task, ok=False, error=f"bad host request: {e}".encode())
         elif isinstance(e, LuaError):  # outside the task's xpcall: out of memory, a stall, or a stray resume
@@ -259,11 +294,20 @@ class Kernel:
             handler, handle = self._calls[op], self._handles[op]
         except (IndexError, TypeError):
             handler = handle = None
-        if handler is None or (handle is not None and type(a) is not handle):
-            raise bad_request(op, handler, handle, a)
-        if d is None:
-            return handler(a, b, c)
-        return handler(a, b, c, d)  # type: ignore[call-arg]
+        try:
+            if handler is None or (handle is not None and type(a) is not handle):
+                raise bad_request(op, handler, handle, a)
+            if d is None:
+                return handler(a, b, c)
+            return handler(a, b, c, d)  # type: ignore[call-arg]
+        except BadRequestError as e:  # (raised in Lua: at the app's line, as Lua's own argument errors)
+            task = self.current
+            where = None
+            if self._misuse_where is not None and task is not None and task.co is not None:
+                where = self._misuse_where(task.co)
+            if where is None:
+                raise
+            raise BadRequestError(f"{where.decode('utf-8', 'replace')}: {e}") from None
 
     # -- internals -------------------------------------------------------------------------------
     def _exit(self, task: Task, ok: object, value: object, error_value: object) -> object:

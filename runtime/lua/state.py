@@ -22,6 +22,8 @@ import lupa.lua54 as _lupa  # type: ignore[import-untyped]
 
 LuaError: type[Exception] = _lupa.LuaError
 LuaMemoryError: type[Exception] = _lupa.LuaMemoryError
+# "table", "function", "thread" or "userdata" for a Lua object lupa hands to Python; None for anything else
+lua_type_of: Callable[[object], str | None] = _lupa.lua_type
 
 
 class LuaThread(Protocol):

@@ -38,6 +38,8 @@ class CancelledError(Exception):
 
 
 class Channel:
+    KIND = "pool job"  # (what a misuse error calls it)
+
     __slots__ = (
         "cancelled",
         "closed",

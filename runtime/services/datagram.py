@@ -29,6 +29,8 @@ _CLOSED = (None, b"closed")
 
 
 class Datagrams(asyncio.DatagramProtocol):
+    KIND = "udp socket"  # (what a misuse error calls it)
+
     def __init__(self, svc: DatagramService, entry: object) -> None:
         self.svc = svc
         self.entry = entry  # Lua function spawned per datagram, or None for a client socket

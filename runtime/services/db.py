@@ -41,6 +41,8 @@ MAX_BATCH = 1000  # rows a db.rows fetch brings at most
 class OpenRows:
     """A ``db.rows`` query being read by one task: closed at the end of the rows, by the task, or with it."""
 
+    KIND = "rows"  # (what a misuse error calls it)
+
     __slots__ = ("cursor", "open")
 
     def __init__(self, cursor: Cursor) -> None:

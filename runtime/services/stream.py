@@ -26,7 +26,7 @@ import socket
 from typing import Any, ClassVar, cast
 
 from runtime.config import Limits
-from runtime.kernel.core import SUSPEND, BadRequestError, Kernel, one_line
+from runtime.kernel.core import SUSPEND, BadRequestError, Kernel, bad_argument, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Extra, Task
 from runtime.listeners import SINGLE_PROCESS_MARK, remove_stale_socket, shared_listener
@@ -892,7 +892,7 @@ class StreamService:
     def _own(self, conn: Connection, task: object, _: object) -> object:
         owner = self.kernel.current if task is None else task
         if not isinstance(owner, Task):
-            raise BadRequestError("OWN takes a task")
+            raise bad_argument(2, "own", "task", task)
         if owner is self.kernel.main:
             conn.disown()  # (the main chunk's connections serve the whole process)
             conn.pooled = False

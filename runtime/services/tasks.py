@@ -30,7 +30,7 @@ import time
 from typing import ClassVar
 
 from runtime.config import Limits
-from runtime.kernel.core import SUSPEND, BadRequestError, Kernel, one_line
+from runtime.kernel.core import SUSPEND, Kernel, bad_argument, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import PARKED, Extra, Task
 from runtime.lua.interrupt import Interrupter
@@ -123,7 +123,7 @@ class TaskService(Quiet):
 
     def _join(self, task: Task, target: object, timeout: object, _c: object) -> object:
         if not isinstance(target, Task):
-            raise BadRequestError("wait: not a task")
+            raise bad_argument(1, "wait", "task", target)
         if target.co is None:
             return self._result(target, None, None)
         if target is task:
@@ -138,19 +138,19 @@ class TaskService(Quiet):
 
     def _unpark(self, task: object, value: object, _c: object) -> bool:
         if not isinstance(task, Task):
-            raise BadRequestError("unpark: not a task")
+            raise bad_argument(1, "unpark", "task", task)
         return self.kernel.wake(task, True if value is None else value)
 
     def _cancel(self, task: object, _b: object, _c: object) -> object:
         if not isinstance(task, Task):
-            raise BadRequestError("cancel: not a task")
+            raise bad_argument(1, "cancel", "task", task)
         if not self.kernel.kill(task, CANCELLED):
             return (None, b"a task cannot cancel itself (return from it instead)")
         return True
 
     def _detach(self, task: object, _b: object, _c: object) -> bool:
         if not isinstance(task, Task):
-            raise BadRequestError("detach: not a task")
+            raise bad_argument(1, "detach", "task", task)
         root = task.root
         if root is not None and root is not task:
             task.root = None
@@ -160,7 +160,7 @@ class TaskService(Quiet):
 
     def _result(self, task: object, _b: object, _c: object) -> object:
         if not isinstance(task, Task):
-            raise BadRequestError("not a task")
+            raise bad_argument(1, "result", "task", task)
         extra = task.extra
         if task.co is not None or extra is None or extra.result is None:
             return RUNNING
@@ -170,7 +170,7 @@ class TaskService(Quiet):
     def _watch(self, task: object, _b: object, _c: object) -> bool:
         watcher = self.kernel.current
         if not isinstance(task, Task) or watcher is None:
-            raise BadRequestError("watch: not a task")
+            raise bad_argument(1, "watch", "task", task)
         if task is watcher:
             raise ValueError("a task cannot wait for itself")
         if task.co is None:

@@ -188,7 +188,7 @@ if host_call then
     call = host_call, OP = OP, yield = raw_yield, limits = limits, traceback = traceback,
     create = coroutine.create, resume = coroutine.resume, isyieldable = coroutine.isyieldable,
     running = coroutine.running, stdlib_dir = stdlib_dir,
-    coroutine = coroutine, sethook = debug.sethook, getinfo = getinfo,
+    coroutine = coroutine, sethook = debug.sethook, gethook = debug.gethook, getinfo = getinfo,
   })
   loaded["moonlet._host"] = host
   -- Every Python object Lua holds (a connection, a task, a listener) shares lupa's one metatable: app code
@@ -219,7 +219,7 @@ rawset(app_env, "arg", args)
 strict(app_env)
 
 local M = {}
-if host then M.body, M.task_body = host.body, host.task_body end
+if host then M.body, M.task_body, M.misuse = host.body, host.task_body, host.misuse end
 
 --- A stdlib module, for the host (the load generator's engine).
 function M.stdlib(name)

@@ -27,7 +27,7 @@ local privileged = ...
 local call, OP, raw_yield, traceback = privileged.call, privileged.OP, privileged.yield, privileged.traceback
 local raw_create, raw_resume, isyieldable = privileged.create, privileged.resume, privileged.isyieldable
 local running, setmetatable = privileged.running, setmetatable
-local sethook, getinfo = privileged.sethook, privileged.getinfo
+local sethook, gethook, getinfo = privileged.sethook, privileged.gethook, privileged.getinfo
 local next, pairs, tostring, xpcall, error = next, pairs, tostring, xpcall, error
 local pack, unpack = table.pack, table.unpack
 
@@ -94,6 +94,33 @@ local function app_level(level)
   end
 end
 M.app_level = app_level
+
+-- Misuse the host finds (a request or call whose arguments it refuses: a forged handle, a method called
+-- with another object as self) is raised as an error at the app's line that called the stdlib, as Lua's
+-- own "bad argument" errors are. `misuse.where(co)`: "file:line" of that line in the task coroutine `co`
+-- making a host call (the host runs this on the main thread, so it names the coroutine);
+-- `misuse.raise_in(co, msg)`: raise msg in the suspended task coroutine `co` as soon as it is resumed
+-- (a one-instruction hook, then the hook it had is back), so only the error path pays for it.
+M.misuse = {
+  where = function(co)
+    local level = 0
+    while true do
+      local info = getinfo(co, level, "Sl")
+      if info == nil then return nil end
+      if info.what ~= "C" and info.source:sub(1, #STDLIB_SOURCE) ~= STDLIB_SOURCE then
+        return info.short_src .. ":" .. (info.currentline or 0)
+      end
+      level = level + 1
+    end
+  end,
+  raise_in = function(co, msg)
+    local hook, mask, count = gethook(co)
+    sethook(co, function()
+      if hook == nil then sethook() else sethook(hook, mask, count) end
+      error(msg, app_level(2))
+    end, "", 1)
+  end,
+}
 
 --- Suspend the running coroutine until the host replies to request `op`.
 function M.request(op, a, b, c)
