@@ -111,3 +111,25 @@ def test_misuse_the_host_finds_is_an_error_at_the_apps_line_that_pcall_catches(t
     assert out[1].endswith("app.lua:5: bad argument #1 to 'wait' (task expected, got nil)"), out[1]
     assert out[2].endswith("app.lua:6: bad argument #1 to 'wait' (seconds >= 0 or nil expected, got string)")
     assert out[3] == "3000\trunning"
+
+
+def test_argument_errors_have_one_form_options_included(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out = run_lua(
+        tmp_path,
+        capsys,
+        """
+        local net, http = require "moonlet.net", require "moonlet.http"
+        local function try(f) local ok, err = pcall(f) print(ok, (err:gsub("^.-app%.lua:", "app.lua:"))) end
+        try(function() local r = net.listen { port = -5, handler = print } return r end)
+        try(function() local r = net.udp { port = "z" } return r end)
+        try(function() local r = http.serve { port = 0, handler = print, max_body = 0 } return r end)
+        try(function() local r = net.connect("127.0.0.1", 1.5) return r end)
+        """,
+    )
+    assert code == 0
+    assert out == [
+        "false\tapp.lua:4: bad argument #1 to 'listen' ('port': integer from 0 to 65535 expected, got -5)",
+        "false\tapp.lua:5: bad argument #1 to 'udp' ('port': integer from 0 to 65535 expected, got string)",
+        "false\tapp.lua:6: bad argument #1 to 'serve' ('max_body': number > 0 expected, got 0)",
+        "false\tapp.lua:7: bad argument #2 to 'connect' (port from 1 to 65535 expected, got 1.5)",
+    ]

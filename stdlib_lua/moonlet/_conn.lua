@@ -391,7 +391,7 @@ function Conn:setlimits(limits)
   end
   local line, read = limits.max_line or self[LIM].line, limits.max_read or self[LIM].read
   check_count(line, "setlimits"); check_count(read, "setlimits")
-  if line < MIN_LINE_LIMIT then error("setlimits: the line limit must be at least " .. MIN_LINE_LIMIT, 2) end
+  if line < MIN_LINE_LIMIT then host.argerror(1, "setlimits", "integer >= " .. MIN_LINE_LIMIT, line, "max_line") end
   self[LIM] = { line = line, read = read }
 end
 

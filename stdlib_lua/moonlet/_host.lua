@@ -367,6 +367,21 @@ function M.where(level)
   return info.short_src .. ":" .. (info.currentline or 0)
 end
 
+--- The stdlib's one argument error, in Lua's own words, raised at the caller of the API function that calls
+--- it (`between`: stdlib helper frames in between, default 0): "bad argument #i to 'fn' (EXPECTED expected,
+--- got GOT)", GOT the value for a number, else its type; `field` names an option of an options table:
+--- "bad argument #1 to 'listen' ('port': integer from 0 to 65535 expected, got -5)".
+function M.argerror(i, fn, expected, got, field, between)
+  error(("bad argument #%d to '%s' (%s%s expected, got %s)"):format(i, fn, field and ("'" .. field .. "': ") or "",
+    expected, type(got) == "number" and tostring(got) or type(got)), 3 + (between or 0))
+end
+
+--- A port argument: an integer from `low` (0: any free port; 1 to connect) to 65535.
+function M.is_port(port, low)
+  return math.type(port) == "integer" and port >= low and port <= 65535
+    or type(port) == "number" and port % 1 == 0 and port >= low and port <= 65535
+end
+
 --- The stdlib's one check of a time argument, raising Lua's own message at the API's caller:
 --- "bad argument #i to 'what' (seconds >= 0 expected, got -1)". With `optional`, nil and math.huge mean no
 --- limit (nil is returned).

@@ -14,8 +14,8 @@
 -- @module moonlet.net
 local host = require "moonlet._host"
 local connection = require "moonlet._conn"
-local request, call, OP = host.request, host.call, host.OP
-local type, error, setmetatable, tostring, floor = type, error, setmetatable, tostring, math.floor
+local request, call, OP, argerror = host.request, host.call, host.OP, host.argerror
+local type, error, setmetatable, tostring = type, error, setmetatable, tostring
 
 local host_limits = host.limits
 local Conn, new_conn, check_count = connection.Conn, connection.new, connection.check_count
@@ -52,22 +52,20 @@ end
 ---@return moonlet.Listener? listener
 ---@return string? err
 function M.listen(opts)
-  if type(opts) ~= "table" then error("bad argument #1 to 'listen' (table expected)", 2) end
+  if type(opts) ~= "table" then argerror(1, "listen", "table", opts) end
   local handler = opts.handler
-  if type(handler) ~= "function" then error("listen: 'handler' must be a function", 2) end
+  if type(handler) ~= "function" then argerror(1, "listen", "function", handler, "handler") end
   local lim = { line = opts.max_line or host.limits.max_line, read = opts.max_read or host.limits.max_read }
   check_count(lim.line, "listen"); check_count(lim.read, "listen")
-  if lim.line < MIN_LINE_LIMIT then error("listen: 'max_line' must be at least " .. MIN_LINE_LIMIT, 2) end
+  if lim.line < MIN_LINE_LIMIT then argerror(1, "listen", "integer >= " .. MIN_LINE_LIMIT, lim.line, "max_line") end
   local where, port
   if opts.path ~= nil then
-    if type(opts.path) ~= "string" then error("listen: 'path' must be a string", 2) end
+    if type(opts.path) ~= "string" then argerror(1, "listen", "string", opts.path, "path") end
     where = opts.path
   else
     where, port = opts.host or "127.0.0.1", opts.port
-    if type(where) ~= "string" then error("listen: 'host' must be a string", 2) end
-    if type(port) ~= "number" or port < 0 or port > 65535 or floor(port) ~= port then
-      error("listen: 'port' must be an integer from 0 to 65535", 2)
-    end
+    if type(where) ~= "string" then argerror(1, "listen", "string", where, "host") end
+    if not host.is_port(port, 0) then argerror(1, "listen", "integer from 0 to 65535", port, "port") end
   end
   local function entry(py)
     local conn = new_conn(py, lim)
@@ -106,10 +104,8 @@ end
 function M.connect(dest, port, opts)
   if type(port) == "table" then port, opts = nil, port end
   opts = check_opts(opts, "connect")
-  if type(dest) ~= "string" then error("bad argument #1 to 'connect' (host or socket path expected)", 2) end
-  if port ~= nil and (type(port) ~= "number" or port < 1 or port > 65535 or floor(port) ~= port) then
-    error("bad argument #2 to 'connect' (port from 1 to 65535 expected)", 2)
-  end
+  if type(dest) ~= "string" then argerror(1, "connect", "host or socket path", dest) end
+  if port ~= nil and not host.is_port(port, 1) then argerror(2, "connect", "port from 1 to 65535", port) end
   local key = opts.pool or (dest .. ":" .. tostring(port) .. (opts.tls and ":tls" or ""))
   local conn = keepalive.take_idle(key)
   if conn then return conn end

@@ -2,6 +2,7 @@
 --- the connection pool, chunked bodies, redirects on request, HTTPS, and streaming of large bodies.
 -- @module moonlet.http.client
 local net = require "moonlet.net"
+local argerror = require("moonlet._host").argerror
 local type, error, tonumber, tostring, pairs, setmetatable = type, error, tonumber, tostring, pairs, setmetatable
 local concat, lower, find, sub, format = table.concat, string.lower, string.find, string.sub, string.format
 
@@ -216,7 +217,7 @@ function M.request(opts)
   if type(opts) ~= "table" or type(opts.url) ~= "string" then
     error("bad argument #1 to 'request' (table with a 'url' expected)", 2)
   end
-  if opts.body ~= nil and type(opts.body) ~= "string" then error("request: 'body' must be a string", 2) end
+  if opts.body ~= nil and type(opts.body) ~= "string" then argerror(1, "request", "string", opts.body, "body") end
   local method, url, body = (opts.method or "GET"):upper(), opts.url, opts.body
   local left = opts.redirects or 0
   while true do

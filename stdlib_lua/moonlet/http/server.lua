@@ -3,9 +3,8 @@
 -- @module moonlet.http.server
 local httpd = require "moonlet._httpd"
 local door = require "moonlet._host"
-local request, call, OP = door.request, door.call, door.OP
-local type, error, pairs, setmetatable, getmetatable =
-  type, error, pairs, setmetatable, getmetatable
+local request, call, OP, argerror = door.request, door.call, door.OP, door.argerror
+local type, pairs, setmetatable, getmetatable = type, pairs, setmetatable, getmetatable
 
 local M = {}
 
@@ -30,7 +29,7 @@ local function check_limit(opts, name, fallback)
   local v = opts[name]
   if v == nil then return fallback end
   if type(v) ~= "number" or v ~= v or v <= 0 then
-    error("serve: '" .. name .. "' must be a number > 0", 3)
+    argerror(1, "serve", "number > 0", v, name, 1)
   end
   return v
 end
@@ -48,22 +47,20 @@ end
 ---@return moonlet.HttpServer? server
 ---@return string? err
 function M.serve(opts)
-  if type(opts) ~= "table" then error("bad argument #1 to 'serve' (table expected)", 2) end
+  if type(opts) ~= "table" then argerror(1, "serve", "table", opts) end
   local handler = opts.handler
   if type(handler) ~= "function" and not (type(handler) == "table" and getmetatable(handler)
     and getmetatable(handler).__call) then
-    error("serve: 'handler' must be a function or a router", 2)
+    argerror(1, "serve", "function or router", handler, "handler")
   end
   local lim = {}
   for name, default in pairs(httpd.DEFAULTS) do lim[name] = check_limit(opts, name, default) end
   local spec = { httpd.worker(handler, lim), keepalive_timeout = check_limit(opts, "keepalive_timeout"),
     max_requests = check_limit(opts, "max_requests"), send_timeout = check_limit(opts, "send_timeout") }
   local where = opts.host or "127.0.0.1"
-  if type(where) ~= "string" then error("serve: 'host' must be a string", 2) end
+  if type(where) ~= "string" then argerror(1, "serve", "string", where, "host") end
   local port = opts.port or 0
-  if type(port) ~= "number" or port < 0 or port > 65535 or port % 1 ~= 0 then
-    error("serve: 'port' must be an integer from 0 to 65535", 2)
-  end
+  if not door.is_port(port, 0) then argerror(1, "serve", "integer from 0 to 65535", port, "port") end
   local py, bound = request(OP.HTTP_LISTEN, where, port, spec)
   if not py then return nil, bound end
   return setmetatable({ host = where, port = bound, _py = py }, Server)

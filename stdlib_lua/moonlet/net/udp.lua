@@ -1,7 +1,7 @@
 --- UDP sockets behind `moonlet.net` (net.udp): a server that runs a handler per datagram, or a client socket.
 -- @module moonlet.net.udp
 local host = require "moonlet._host"
-local request, call, OP = host.request, host.call, host.OP
+local request, call, OP, argerror = host.request, host.call, host.OP, host.argerror
 local type, error, setmetatable = type, error, setmetatable
 
 local M = {}
@@ -50,14 +50,17 @@ end
 function M.udp(opts)
   opts = check_opts(opts)
   local handler = opts.handler
-  if handler ~= nil and type(handler) ~= "function" then error("udp: 'handler' must be a function", 2) end
+  if handler ~= nil and type(handler) ~= "function" then argerror(1, "udp", "function", handler, "handler") end
+  local where, port = opts.host or "127.0.0.1", opts.port or 0
+  if type(where) ~= "string" then argerror(1, "udp", "string", where, "host") end
+  if not host.is_port(port, 0) then argerror(1, "udp", "integer from 0 to 65535", port, "port") end
   local sock = setmetatable({}, Udp)
   local entry = handler and function(_, data, peer_host, peer_port)
     handler(data, { host = peer_host, port = peer_port }, sock)
   end
-  local py, port = request(OP.UDP_OPEN, opts.host or "127.0.0.1", opts.port or 0, entry)
-  if not py then return nil, port end
-  sock._py, sock.port = py, port
+  local py, bound = request(OP.UDP_OPEN, where, port, entry)
+  if not py then return nil, bound end
+  sock._py, sock.port = py, bound
   return sock
 end
 
