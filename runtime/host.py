@@ -20,6 +20,7 @@ import os
 import resource
 import signal
 from pathlib import Path
+from typing import Literal
 
 import uvloop
 
@@ -77,10 +78,12 @@ class Host:
         engine: tuple[str, dict[str, float | int | str | None]] | None = None,
         console: bool = True,
         console_tcp: int | None = None,
-        virtual_time: bool = False,
+        virtual_time: bool | Literal["jumping"] = False,
     ) -> None:
         self.console_tcp = console_tcp
-        self.virtual_time = virtual_time  # run on the loop whose clock tests can make jump (moonlet test)
+        # True: run on the loop whose clock tests can make jump (moonlet test); "jumping": that loop, jumping
+        # from the start (a whole app in virtual time: the in-process test harness, tests/conftest.py)
+        self.virtual_time = virtual_time
         self.console_wanted = console
         self.app_path = app_path
         self.pools = pools
@@ -104,7 +107,8 @@ class Host:
         raise_file_limit()
         if not Path(self.app_path).is_file():
             raise AppLoadError(f"no such app file: {self.app_path}")
-        factory = VirtualTimeLoop if self.virtual_time else uvloop.new_event_loop
+        jumping = self.virtual_time == "jumping"
+        factory = (lambda: VirtualTimeLoop(jumping=jumping)) if self.virtual_time else uvloop.new_event_loop
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(self._serve())
         return self.exit_code

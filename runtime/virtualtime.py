@@ -76,9 +76,9 @@ class _JumpingSelector(selectors.BaseSelector):
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
+    def __init__(self, jumping: bool = False) -> None:
         self.offset = 0.0  # seconds this loop's clock is ahead of time.monotonic()
-        self.jumping = False
+        self.jumping = jumping
         # set by the host: is work in flight outside the loop? does a task wait on a socket?
         self.in_flight: Callable[[], bool] = _never
         self.waits_on_io: Callable[[], bool] = _never

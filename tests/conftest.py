@@ -14,8 +14,11 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal, Protocol
 
 import pytest
+
+from runtime.host import Host
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "apps"
@@ -207,6 +210,26 @@ def run_script(
         timeout=timeout,
         check=False,
     )
+
+
+class InProcess(Protocol):
+    def __call__(self, source: str, *args: str, virtual_time: bool = True) -> tuple[int, list[str]]: ...
+
+
+@pytest.fixture
+def lua_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> InProcess:
+    """The in-process harness: run a Lua app to its end inside the test's process (a ``Host``: no subprocess,
+    no console), by default on the virtual clock, jumping from the start, so sleeps, timers and timeouts
+    take no real time while sockets on 127.0.0.1 stay real. Returns (exit status, printed lines)."""
+
+    def run(source: str, *args: str, virtual_time: bool = True) -> tuple[int, list[str]]:
+        app = tmp_path / "app.lua"
+        app.write_text(textwrap.dedent(source))
+        clock: Literal["jumping"] | bool = "jumping" if virtual_time else False
+        code = Host(str(app), list(args), console=False, virtual_time=clock).run()
+        return code, capsys.readouterr().out.splitlines()
+
+    return run
 
 
 def wait_listening(port: int, what: str, timeout: float = 10) -> None:

@@ -1,27 +1,18 @@
-"""The kernel's rules (runtime/kernel/core.py), each shown by a small Lua app run in this process (no
-subprocess, no sockets: a Host runs the app to its end in milliseconds) with its printed transcript."""
+"""The kernel's rules (runtime/kernel/core.py), each shown by a small Lua app run in this process by the
+in-process harness (``lua_run`` in conftest.py: a Host on the virtual clock, so its sleeps take no real
+time) with its printed transcript."""
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
+import time
 
 import pytest
 
-from runtime.host import Host
+from conftest import InProcess
 
 
-def run_lua(tmp_path: Path, capsys: pytest.CaptureFixture[str], source: str) -> tuple[int, list[str]]:
-    app = tmp_path / "app.lua"
-    app.write_text(textwrap.dedent(source))
-    code = Host(str(app), [], console=False).run()
-    return code, capsys.readouterr().out.splitlines()
-
-
-def test_tasks_run_in_the_order_they_were_spawned_and_hand_back_results(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    code, out = run_lua(
-        tmp_path,
-        capsys,
+def test_tasks_run_in_the_order_they_were_spawned_and_hand_back_results(lua_run: InProcess) -> None:
+    code, out = lua_run(
         """
         local order = {}
         local tasks = {}
@@ -37,10 +28,8 @@ def test_tasks_run_in_the_order_they_were_spawned_and_hand_back_results(tmp_path
     assert out == ["1,2,3,4,5", "true\t30\tx", "false\tboom", "true"]
 
 
-def test_a_cancelled_task_is_never_resumed_and_cannot_cancel_itself(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    code, out = run_lua(
-        tmp_path,
-        capsys,
+def test_a_cancelled_task_is_never_resumed_and_cannot_cancel_itself(lua_run: InProcess) -> None:
+    code, out = lua_run(
         """
         local task = require "moonlet.task"
         local reached, child_reached = false, false
@@ -67,10 +56,8 @@ def test_a_cancelled_task_is_never_resumed_and_cannot_cancel_itself(tmp_path, ca
     assert out[3] == "nil\ta task cannot cancel itself (return from it instead)"
 
 
-def test_waits_time_out_and_waits_where_lua_cannot_yield_are_refused(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    code, out = run_lua(
-        tmp_path,
-        capsys,
+def test_waits_time_out_and_waits_where_lua_cannot_yield_are_refused(lua_run: InProcess) -> None:
+    code, out = lua_run(
         """
         local slow = spawn(function() sleep(10) end)
         print(slow:wait(0.01))
@@ -83,16 +70,16 @@ def test_waits_time_out_and_waits_where_lua_cannot_yield_are_refused(tmp_path, c
     assert out == ["nil\ttimeout", "false\ttrue"]
 
 
-def test_an_error_in_the_main_chunk_ends_the_process_with_status_1(tmp_path, capsys, caplog) -> None:  # type: ignore[no-untyped-def]
-    code, out = run_lua(tmp_path, capsys, 'print("before") error("the main chunk broke")\n')
+def test_an_error_in_the_main_chunk_ends_the_process_with_status_1(
+    lua_run: InProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    code, out = lua_run('print("before") error("the main chunk broke")\n')
     assert code == 1 and out == ["before"]
     assert "the main chunk broke" in caplog.text
 
 
-def test_misuse_the_host_finds_is_an_error_at_the_apps_line_that_pcall_catches(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    code, out = run_lua(
-        tmp_path,
-        capsys,
+def test_misuse_the_host_finds_is_an_error_at_the_apps_line_that_pcall_catches(lua_run: InProcess) -> None:
+    code, out = lua_run(
         """
         local t = spawn(function() sleep(10) end)
         local function try(f) local r = { pcall(f) } print(r[1], r[2]) end
@@ -113,10 +100,8 @@ def test_misuse_the_host_finds_is_an_error_at_the_apps_line_that_pcall_catches(t
     assert out[3] == "3000\trunning"
 
 
-def test_argument_errors_have_one_form_options_included(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    code, out = run_lua(
-        tmp_path,
-        capsys,
+def test_argument_errors_have_one_form_options_included(lua_run: InProcess) -> None:
+    code, out = lua_run(
         """
         local net, http = require "moonlet.net", require "moonlet.http"
         local function try(f) local ok, err = pcall(f) print(ok, (err:gsub("^.-app%.lua:", "app.lua:"))) end
@@ -133,3 +118,34 @@ def test_argument_errors_have_one_form_options_included(tmp_path, capsys) -> Non
         "false\tapp.lua:6: bad argument #1 to 'serve' ('max_body': number > 0 expected, got 0)",
         "false\tapp.lua:7: bad argument #2 to 'connect' (port from 1 to 65535 expected, got 1.5)",
     ]
+
+
+def test_the_harness_clock_jumps_over_waits_and_real_sockets_still_work(lua_run: InProcess) -> None:
+    started = time.monotonic()
+    code, out = lua_run(
+        """
+        local net, clock = require "moonlet.net", require "moonlet.time"
+        local t0, fired = clock.monotonic(), {}
+        clock.after(3600, function() fired[#fired + 1] = "hour" end)
+        clock.after(60, function() fired[#fired + 1] = "minute" end)
+        sleep(7200)
+        print(table.concat(fired, ","), math.floor(clock.monotonic() - t0))
+        local l = assert(net.listen { port = 0, handler = function(c)
+          c:write(c:readline(), "\\n")
+          sleep(100)                                 -- then silent: the client's read times out
+        end })
+        local c = assert(net.connect("127.0.0.1", l.port))
+        c:settimeouts(nil, nil, 30)
+        c:write("ping\\n")
+        print(c:readline())
+        local t1 = clock.monotonic()
+        local _, first = c:readline()
+        local _, second = c:readline()
+        print(first, second)
+        print(math.floor(clock.monotonic() - t1))
+        c:close() l:close()
+        """
+    )
+    assert code == 0
+    assert out == ["minute,hour\t7200", "ping", "timeout\ttimeout", "60"]  # (two reads of 30 s each)
+    assert time.monotonic() - started < 5  # (two hours and more of the app's time)
