@@ -115,12 +115,12 @@ class Server:
 
 # A line server whose "slow" request takes a while: `SLOW_ECHO % seconds`. Answers "done <line>".
 SLOW_ECHO = """
-local net = require "moonlet.net"
+local net, log = require "moonlet.net", require "moonlet.log"
 net.listen { port = 0, handler = function(conn)
   while true do
     local line = conn:readline()
     if not line then return end
-    if line == "slow" then sleep(%s) end
+    if line == "slow" then log.info("slow: in its handler") sleep(%s) end
     conn:write("done ", line, "\\n")
   end
 end }

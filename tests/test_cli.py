@@ -90,7 +90,7 @@ def test_sigterm_drains_finishes_in_flight_work_and_exits_0(lua_server) -> None:
     busy.send(b"slow\n")
     idle.send(b"x\n")
     assert idle.line() == b"done x"
-    time.sleep(0.1)
+    server.wait_log(b"slow: in its handler")
     started = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     assert busy.read_all() == b"done slow\n"  # the answer in flight was written, then the connection closed

@@ -409,7 +409,9 @@ def test_every_acknowledged_charge_survives_sigterm(run_app, tmp_path: Path) -> 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while len(acknowledged) < 40 and time.monotonic() < deadline:  # writes are going on
+        time.sleep(0.01)
     assert server.stop(signal.SIGTERM) == 0
     stop.set()
     for t in threads:

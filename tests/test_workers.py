@@ -150,12 +150,12 @@ def test_sighup_reload_under_load_loses_no_connection_or_request(lua_server) -> 
 
 
 SLOW_APP = """
-local net = require "moonlet.net"
+local net, log = require "moonlet.net", require "moonlet.log"
 net.listen { host = "127.0.0.1", port = tonumber(arg[1]), handler = function(conn)
   while true do
     local line = conn:readline()
     if not line then return end
-    if line == "slow" then sleep(1) end
+    if line == "slow" then log.info("a slow request is in its handler") sleep(1) end
     conn:write(line, " ", os.getenv("MOONLET_WORKER") or "0", "\\n")
   end
 end }
@@ -186,7 +186,7 @@ def test_a_signal_to_the_process_group_drains_like_one_to_the_supervisor(lua_ser
     server = lua_server(SLOW_APP, str(port), options=["--workers", "2"])
     wait_count(server, "listening on", 2)
     threads, answers = in_flight(port, 6)
-    time.sleep(0.3)  # the requests are in the handlers
+    wait_count(server, "a slow request is in its handler", 6)
     os.killpg(server.proc.pid, signal.SIGINT)
     for t in threads:
         t.join(10)
@@ -240,10 +240,9 @@ def test_a_connection_made_during_a_drain_is_refused_at_once(lua_server) -> None
     server = lua_server(SLOW_APP, str(port), options=["--workers", "2"])
     wait_count(server, "listening on", 2)
     threads, answers = in_flight(port, 2)
-    time.sleep(0.3)
+    wait_count(server, "a slow request is in its handler", 2)
     server.proc.send_signal(signal.SIGTERM)
-    server.wait_log(b"draining")
-    time.sleep(0.2)
+    wait_count(server, "draining", 3)  # (the supervisor's line and each worker's)
     started = time.monotonic()
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
