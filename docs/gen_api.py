@@ -1,11 +1,17 @@
-"""Write docs/api.md, one entry per public stdlib function, from the LuaLS annotations in stdlib_lua/.
+"""Write docs/api.md, one entry per public stdlib function, from the LuaLS annotations in stdlib_lua/ and the
+code itself.
 
     python docs/gen_api.py          # rewrite docs/api.md
-    python docs/gen_api.py --check  # exit 1 if docs/api.md is not what the annotations say (the suite)
+    python docs/gen_api.py --check  # exit 1 if docs/api.md is not what the code says (the suite runs this)
 
 An entry is the function's syntax (as the source spells it), whether it yields (``---@async``), its
-parameters and results with their types, and the text of its ``---`` comment (where the error strings and
-examples are written). docs/reference.md stays the hand-written guide; this file cannot drift from the code.
+parameters and results with their types, the text of its ``---`` comment, the errors its own code raises
+(misuse: ``host.argerror``, ``host.check_seconds``, ``error("bad argument ...")``) and the error strings it
+returns itself (``return nil, "..."``), and an example: a line of shipped code that calls it (apps, bench
+scripts, the stdlib's own tests), or the example its comment gives (``Example: `...```). The methods of the
+private modules that make up a public type (``_conn.lua``: every connection; ``_httpd.lua``: an HTTP
+server's requests and replies) are listed with their public module. docs/reference.md stays the
+hand-written guide; this file cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -18,25 +24,155 @@ ROOT = Path(__file__).resolve().parent.parent
 STDLIB = ROOT / "stdlib_lua" / "moonlet"
 OUT = ROOT / "docs" / "api.md"
 PUBLIC = re.compile(r"^function ([A-Za-z_]\w*)([.:])([a-z]\w*)\(([^)]*)\)", re.M)
+# private modules whose methods are public API, and where they are listed
+PART_OF = {"_conn.lua": "moonlet.net", "_httpd.lua": "moonlet.http"}
+# where examples come from: code that ships and runs in the suite
+EXAMPLE_SOURCES = ["apps", "bench/lua", "stdlib_lua/tests", "tests/lua"]
+STRING = r'"((?:[^"\\]|\\.)*)"'
+RAISES = [  # (pattern over a function's body, how its message reads)
+    (re.compile(rf"argerror\((\d+), {STRING}, {STRING}, [^,()]+(?:, {STRING})?"), "argerror"),
+    (re.compile(r"check_seconds\([^,]+, (\d+), " + STRING + r"(, true)?"), "seconds"),
+    (re.compile(r"error\(" + STRING + r"(?: \.\.)?"), "error"),
+]
+FAILS = re.compile(r"return nil, " + STRING)
+WRITTEN_EXAMPLE = re.compile(r"Example: `([^`]+)`")
 
 
 def module_name(path: Path) -> str:
     return "moonlet." + ".".join(path.relative_to(STDLIB).with_suffix("").parts)
 
 
-def entries(path: Path) -> list[str]:
+def body_of(lines: list[str], start: int) -> str:
+    """The function that starts at line ``start``: up to its ``end`` in the first column."""
+    if lines[start].rstrip().endswith(" end"):  # (a one-line function)
+        return lines[start]
+    end = start + 1
+    while end < len(lines) and not lines[end].startswith("end"):
+        end += 1
+    return "\n".join(lines[start : end + 1])
+
+
+def raised(body: str) -> list[str]:
+    found: list[str] = []
+    for pattern, kind in RAISES:
+        for m in pattern.finditer(body):
+            if kind == "argerror":
+                i, fn, expected, field = m.groups()
+                what = f"'{field}': {expected}" if field else expected
+                message = f"bad argument #{i} to '{fn}' ({what} expected, got ...)"
+            elif kind == "seconds":
+                i, fn, optional = m.groups()
+                limit = "seconds >= 0" + (" or nil" if optional else "")
+                message = f"bad argument #{i} to '{fn}' ({limit} expected, got ...)"
+            else:
+                message = m.group(1).replace('\\"', '"') + (" ..." if m.group(0).endswith("..") else "")
+            if message not in found:
+                found.append(message)
+    return found
+
+
+def failures(body: str) -> list[str]:
+    found: list[str] = []
+    for m in FAILS.finditer(body):
+        if m.group(1) not in found:
+            found.append(m.group(1))
+    return found
+
+
+def example_corpus() -> list[tuple[str, int, str]]:
+    """Lines of Lua that ship and run: the Lua files of EXAMPLE_SOURCES, the Lua blocks of the README and
+    the reference, and the Lua apps the Python tests write (their triple-quoted strings)."""
+    lines = []
+    for folder in EXAMPLE_SOURCES:
+        for path in sorted((ROOT / folder).rglob("*.lua")):
+            lines += lua_lines(path, path.read_text().splitlines())
+    for doc in (ROOT / "README.md", ROOT / "docs" / "reference.md"):
+        text = doc.read_text().splitlines()
+        blocks = _lua_blocks(text)
+        lines += lua_lines(doc, [line if n in blocks else "" for n, line in enumerate(text)])
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        text = path.read_text().splitlines()
+        inside = [line if n in _lua_strings(text) else "" for n, line in enumerate(text)]
+        lines += lua_lines(path, inside)
+    return lines
+
+
+def lua_lines(path: Path, text: list[str]) -> list[tuple[str, int, str]]:
+    rel = path.relative_to(ROOT).as_posix()
+    out = []
+    for n, line in enumerate(text, 1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("--"):
+            out.append((rel, n, stripped))
+    return out
+
+
+def _lua_blocks(text: list[str]) -> set[int]:
+    """Line numbers (0-based) inside the ```lua blocks of a Markdown file."""
+    found: set[int] = set()
+    inside = False
+    for n, line in enumerate(text):
+        if line.startswith("```"):
+            inside = line.startswith("```lua")
+        elif inside:
+            found.add(n)
+    return found
+
+
+def _lua_strings(text: list[str]) -> set[int]:
+    """Line numbers (0-based) inside a triple-quoted string that holds Lua (one with `require "moonlet.`)."""
+    found: set[int] = set()
+    start = None
+    for n, line in enumerate(text):
+        if line.count('"""') % 2 == 1:
+            if start is None:
+                start = n
+            else:
+                block = range(start + 1, n)
+                if any('require "moonlet.' in text[k] or "require('moonlet." in text[k] for k in block):
+                    found.update(block)
+                start = None
+    return found
+
+
+RANK = ("apps/", "README.md", "docs/", "bench/", "stdlib_lua/", "tests/lua/", "tests/")
+
+
+def example(corpus: list[tuple[str, int, str]], call: re.Pattern[str]) -> str | None:
+    """The line of shipped code that reads best as an example of this call: a whole statement (brackets
+    balanced), from an app or the README before tests, one that keeps what the call returns, then short."""
+    best: tuple[tuple[int, bool, int], str, int, str] | None = None
+    for rel, n, text in corpus:
+        if len(text) > 100 or not call.search(text):
+            continue
+        if any(text.count(a) != text.count(b) for a, b in ("()", "{}", "[]")):
+            continue
+        rank = next(i for i, prefix in enumerate(RANK) if rel.startswith(prefix) or prefix == "tests/")
+        key = (rank, "=" not in text.split("(")[0], len(text))
+        if best is None or key < best[0]:
+            best = (key, rel, n, text)
+    return f"`{best[3]}` ({best[1]}:{best[2]})" if best else None
+
+
+def entries(path: Path, corpus: list[tuple[str, int, str]], ambiguous: set[str]) -> list[str]:
     source = path.read_text()
     lines = source.splitlines()
-    short = module_name(path).split(".")[1]  # (moonlet.http.client's functions are http.*)
+    private = path.name in PART_OF
+    short = (PART_OF.get(path.name) or module_name(path)).split(".")[1]  # (moonlet.http.client's are http.*)
     out = []
     for m in PUBLIC.finditer(source):
         owner, sep, name, params = m.groups()
+        if private and sep != ":":
+            continue  # (a private module's own functions are not API; its type's methods are)
         line = source[: m.start()].count("\n")
         notes: list[str] = []
         k = line - 1
         while k >= 0 and lines[k].startswith("---"):
             notes.insert(0, lines[k])
             k -= 1
+        for j in range(len(notes) - 1, 0, -1):  # (an annotation continued on the next line, indented)
+            if notes[j].startswith("---  ") and notes[j - 1].startswith("---@"):
+                notes[j - 1] += " " + notes.pop(j)[3:].strip()
         text = [n[3:].strip() for n in notes if not n.startswith("---@")]
         async_ = any(n.startswith("---@async") for n in notes)
         params_doc = [n[len("---@param ") :].strip() for n in notes if n.startswith("---@param ")]
@@ -48,27 +184,61 @@ def entries(path: Path) -> list[str]:
             entry.append("Parameters: " + "; ".join(f"`{p}`" for p in params_doc) + ".")
         if returns_doc:
             entry.append("Returns: " + "; ".join(f"`{r}`" for r in returns_doc) + ".")
+        body = body_of(lines, line)
+        if raises := raised(body):
+            entry.append("Raises: " + "; ".join(f"`{r}`" for r in raises) + ".")
+        if fails := failures(body):
+            entry.append("Returns nil and: " + ", ".join(f'`"{f}"`' for f in fails) + ".")
+        description = " ".join(t for t in text if t) or "(no description)"
+        written = WRITTEN_EXAMPLE.search(description)
+        if written is not None:  # (the example its comment gives)
+            description = (description[: written.start()] + description[written.end() :]).strip()
+            entry.append(f"Example: `{written.group(1)}`.")
+        else:
+            if sep == ".":
+                call = re.compile(rf"\b{short}\.{name}\s*[({{\"']")
+            elif name not in ambiguous:
+                call = re.compile(rf":{name}\s*[({{\"']")
+            else:
+                call = None
+            found = example(corpus, call) if call is not None else None
+            entry.append(f"Example: {found}." if found else "Example: none in the shipped code yet.")
         entry.append("")
-        entry.append(" ".join(t for t in text if t) or "(no description)")
+        entry.append(description)
         out.append("\n".join(entry))
     return out
+
+
+def method_names() -> set[str]:
+    """Method names that more than one type has (their examples cannot be found by name alone)."""
+    owners: dict[str, set[str]] = {}
+    for path in STDLIB.rglob("*.lua"):
+        for owner, sep, name, _ in PUBLIC.findall(path.read_text()):
+            if sep == ":":
+                owners.setdefault(name, set()).add(owner)
+    return {name for name, who in owners.items() if len(who) > 1}
 
 
 def render() -> str:
     parts = [
         "# API index",
         "",
-        "Generated from the annotations in `stdlib_lua/` by `python docs/gen_api.py` (the test suite checks",
-        "it is current): one entry per public function, with its syntax, whether it yields, its parameters",
-        "and results as annotated, and its description. The guide with examples and error strings is",
-        "`docs/reference.md`.",
+        "Generated from the annotations and the code in `stdlib_lua/` by `python docs/gen_api.py` (the test",
+        "suite checks it is current): one entry per public function, with its syntax, whether it yields, its",
+        "parameters and results as annotated, the misuse errors it raises and the error strings it returns",
+        "itself (those of the waits it makes are its description's and `docs/naming.md`'s), an example from",
+        "the shipped code, and its description. The guide is `docs/reference.md`.",
     ]
+    corpus, ambiguous = example_corpus(), method_names()
+    sections: dict[str, list[str]] = {}
     for path in sorted(STDLIB.rglob("*.lua")):
-        if path.stem.startswith("_"):
+        if path.stem.startswith("_") and path.name not in PART_OF:
             continue
-        found = entries(path)
+        found = entries(path, corpus, ambiguous)
         if found:
-            parts += ["", f"## {module_name(path)}", "", "\n\n".join(found)]
+            sections.setdefault(PART_OF.get(path.name) or module_name(path), []).extend(found)
+    for module in sorted(sections):
+        parts += ["", f"## {module}", "", "\n\n".join(sections[module])]
     return "\n".join(parts) + "\n"
 
 

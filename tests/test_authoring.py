@@ -294,3 +294,14 @@ def test_the_api_index_is_generated_from_the_annotations_as_they_are() -> None:
     assert "### `net.connect(dest, port, opts)`\n\nYields: yes." in api
     assert "### `Udp:sendto(data, addr, port)`\n\nYields: no." in api
     assert "(no description)" not in api
+    # every entry has an example (shipped code that makes the call, or the one written beside it) ...
+    entries = api.split("\n### ")[1:]
+    assert len(entries) > 130 and all("\nExample: `" in e for e in entries), [
+        e[:60] for e in entries if "\nExample: `" not in e
+    ]
+    # ... the methods of every connection (written in the private _conn.lua) are there with the others ...
+    assert "### `Conn:readline()`\n\nYields: yes." in api and "### `Reply:finish(body)`" in api
+    # ... and the errors read from the code: what it raises and what it returns itself
+    listen = api.split("### `net.listen(opts)`")[1].split("\n### ")[0]
+    assert "`bad argument #1 to 'listen' ('port': integer from 0 to 65535 expected, got ...)`" in listen
+    assert 'Returns nil and: `"line too long"`' in api.split("### `Conn:readline()`")[1].split("\n### ")[0]

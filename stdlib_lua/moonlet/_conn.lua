@@ -186,6 +186,7 @@ function Conn:readn(n)
 end
 
 --- Read whatever has arrived: at least one byte, at most `max` (all that is buffered if omitted).
+--- Example: `local data, err = conn:read(4096)`
 ---@async
 ---@param max? integer
 ---@return string? data
@@ -210,6 +211,7 @@ end
 
 --- Buffer data to send: strings, numbers, or arrays of them. Does not wait unless more than the
 --- high-water mark (64 KiB) is unsent, in which case it waits for the peer to drain (backpressure).
+--- Example: `conn:write("+OK ", count, "\r\n")`
 ---@param ... string|number|(string|number)[]
 ---@return true? ok
 ---@return string? err
@@ -298,6 +300,7 @@ function Conn:_offer(s, limit)
 end
 
 --- Send what is buffered, then close. Other coroutines waiting on this connection get nil, "closed".
+--- Example: `conn:close()`
 ---@return true? ok
 ---@return string? err
 function Conn:close()
@@ -343,6 +346,7 @@ local function check_timeout(v, i, what)
 end
 
 --- Set the send and read timeouts (seconds; `false` or `math.huge` for none). Defaults: 60 s each.
+--- Example: `conn:settimeout(5)`
 ---@param seconds number|false
 function Conn:settimeout(seconds)
   local s = check_timeout(seconds, 1, "settimeout")
@@ -362,6 +366,7 @@ function Conn:settimeouts(connect, send, read)
 end
 
 --- The peer's address: host and port, or the socket path for a Unix socket (nil, "closed" once closed).
+--- Example: `local host, port = conn:peer()`
 ---@return string? host
 ---@return integer|string|nil port
 function Conn:peer()

@@ -262,6 +262,7 @@ end
 
 --- The next piece of the request body as it arrives; nil at its end, or nil, err ("timeout", "closed",
 --- "too large", "malformed").
+--- Example: `local piece, err = req:read()`
 ---@async
 ---@return string? piece
 ---@return string? err
@@ -316,6 +317,7 @@ local function http_date()
 end
 
 --- Set the status code (default 200).
+--- Example: `res:status(201)`
 function Reply:status(code)
   self._status = code
   return self
@@ -378,6 +380,7 @@ end
 --- Send a piece of the body now (the response is chunked unless a content-length header was set). Waits
 --- while more than the high-water mark (64 KiB) of output is unsent, as `conn:write` does; a peer that takes
 --- nothing for `send_timeout` is dropped (nil, "timeout"; then nil, "closed" for every later call).
+--- Example: `res:write(json.encode(row) .. "\n")`
 ---@async
 ---@param chunk string|number
 ---@return true? ok

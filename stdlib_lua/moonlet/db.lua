@@ -106,6 +106,7 @@ local Tx = {}
 Tx.__index = Tx
 
 --- Like db.query, inside the transaction.
+--- Example: `local rows = tx:query("SELECT balance FROM accounts WHERE name = ?", name)`
 ---@async
 function Tx:query(sql, ...)
   check_sql(sql, "query")
@@ -113,6 +114,7 @@ function Tx:query(sql, ...)
 end
 
 --- Like db.exec, inside the transaction.
+--- Example: `tx:exec("UPDATE accounts SET balance = balance - ? WHERE name = ?", amount, name)`
 ---@async
 function Tx:exec(sql, ...)
   check_sql(sql, "exec")
@@ -120,6 +122,7 @@ function Tx:exec(sql, ...)
 end
 
 --- Like db.exec_many, inside the transaction (which then holds the changes).
+--- Example: `tx:exec_many("INSERT INTO tags (id, tag) VALUES (?, ?)", { { 1, "a" }, { 1, "b" } })`
 ---@async
 ---@param sql string
 ---@param sets table[]
@@ -130,6 +133,7 @@ function Tx:exec_many(sql, sets)
 end
 
 --- Like db.rows, inside the transaction.
+--- Example: `for row in tx:rows("SELECT id FROM jobs WHERE done = 0") do ... end`
 ---@async
 ---@param sql string
 ---@return fun(): table?
@@ -158,6 +162,7 @@ local Database = {}
 Database.__index = Database
 
 --- Run a query on this database; returns an array of rows (tables keyed by column name), or nil, err.
+--- Example: `local rows, err = reports:query("SELECT * FROM sales WHERE day = ?", day)`
 ---@async
 ---@param sql string
 ---@return table[]? rows
@@ -169,6 +174,7 @@ end
 
 --- Run a statement that changes data; returns {changes = n, last_id = id}, or nil, err. last_id is
 --- SQLite's rowid, or on PostgreSQL the first column of the last row of a `RETURNING` clause.
+--- Example: `local r = reports:exec("DELETE FROM sales WHERE day < ?", cutoff)`
 ---@async
 ---@param sql string
 ---@return {changes: integer, last_id: integer?}? result
@@ -179,6 +185,7 @@ function Database:exec(sql, ...)
 end
 
 --- Like db.rows, on this database.
+--- Example: `for row in reports:rows("SELECT * FROM sales") do conn:write(row.id, "\n") end`
 ---@async
 ---@param sql string
 ---@return fun(): table?
@@ -188,6 +195,7 @@ function Database:rows(sql, ...)
 end
 
 --- Like db.exec_many, on this database.
+--- Example: `reports:exec_many("INSERT INTO sales (day, total) VALUES (?, ?)", batch)`
 ---@async
 ---@param sql string
 ---@param sets table[]
@@ -199,6 +207,7 @@ end
 
 --- Run fn(tx, ...) in a transaction on this database: committed when fn returns, rolled back if it
 --- raises. Returns what fn returns (true if nothing), or nil, err (the error fn raised, or the commit's).
+--- Example: `local ok, err = reports:transaction(function(tx) tx:exec("DELETE FROM sales") end)`
 ---@async
 ---@param fn async fun(tx: moonlet.Tx, ...): ...
 function Database:transaction(fn, ...)
@@ -288,6 +297,7 @@ end
 
 --- Run fn(tx, ...) in a transaction on the default database (on SQLite it holds the writer): committed
 --- when fn returns, rolled back if it raises. Returns what fn returns (true if nothing), or nil, err.
+--- Example: `local ok, err = db.transaction(function(tx) tx:exec("UPDATE t SET n = n + 1") end)`
 ---@async
 ---@param fn async fun(tx: moonlet.Tx, ...): ...
 function M.transaction(fn, ...)

@@ -51,6 +51,7 @@ function M.new(opts)
 end
 
 --- Add a connection (adding one twice is adding it once).
+--- Example: `room:add(conn)`
 ---@param conn moonlet.Conn
 function Group:add(conn)
   if type(conn) ~= "table" or type(conn._offer) ~= "function" then
@@ -78,6 +79,7 @@ function Group:size()
 end
 
 --- Whether `conn` is a member.
+--- Example: `if not room:has(conn) then room:add(conn) end`
 ---@param conn moonlet.Conn
 ---@return boolean
 function Group:has(conn)
@@ -85,6 +87,7 @@ function Group:has(conn)
 end
 
 --- The members, for a generic for: `for conn in room:each() do ... end`.
+--- Example: `for member in room:each() do member:write("* server restarting\n") end`
 ---@return fun(): moonlet.Conn?
 function Group:each()
   local members, key = self.members, nil

@@ -21,6 +21,7 @@ M.null = setmetatable({}, { __tostring = function() return "null" end, __name = 
 local OBJECT = {} -- metatable marking a table as an object even when empty
 
 --- An empty (or given) table that encodes as an object.
+--- Example: `json.encode(json.object({})) --> {}`
 function M.object(t)
   return setmetatable(t or {}, OBJECT)
 end

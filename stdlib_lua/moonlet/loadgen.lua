@@ -48,6 +48,7 @@ end
 
 --- Run the load described by the script's table; reports progress and the result through REPORT lines.
 --- opts: connections, duration (seconds or nil), requests (total or nil), rate (per second or nil), warmup.
+--- Example: `moonlet bench bench/load/pong.lua (the engine of moonlet bench, not called by scripts)`
 function M.run(spec, opts)
   if type(spec) ~= "table" or type(spec.session) ~= "function" then
     error("the load script must return a table with a 'session' function", 0)

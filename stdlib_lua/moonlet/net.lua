@@ -38,6 +38,7 @@ local Listener = {}
 Listener.__index = Listener
 
 --- Stop accepting new connections; connections already accepted are served on.
+--- Example: `listener:close()`
 function Listener:close()
   call(OP.UNLISTEN, self._py)
 end
@@ -176,6 +177,7 @@ end
 
 --- The addresses of a host name, without blocking the server. Returns an array of address strings, or
 --- nil, "resolve: ..." / "timeout" (default 10 s).
+--- Example: `local addresses, err = net.resolve("localhost", 2)`
 ---@async
 ---@param name string
 ---@param timeout? number

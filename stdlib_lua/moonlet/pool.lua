@@ -54,6 +54,7 @@ function Pool:run(module, fn, ...)
 end
 
 --- Call the Python host function `name(...)` in a thread of this pool; returns its results, or nil, err.
+--- Example: `local digest, err = cpu:call("sha256", data)`
 ---@async
 function Pool:call(name, ...)
   check_name(name, 1, "call")
@@ -76,6 +77,7 @@ end
 --- The next value the job sent (`ch:put`). Waits for one, at most `timeout` seconds (then nil, "timeout").
 --- Returns nil once the job has returned or closed its side and every value it sent was taken; nil, err if
 --- the job failed (err: its error and traceback).
+--- Example: `local row, err = job:get(5)`
 ---@async
 ---@param timeout? number
 ---@return any value
@@ -89,6 +91,7 @@ end
 
 --- Send `value` (a plain value, not nil) to the job (`ch:get` there); waits while the channel is full.
 --- Returns true, or nil, "closed" (the job returned or closed its side).
+--- Example: `job:put({ op = "next" })`
 ---@async
 ---@param value any
 ---@return true? ok
@@ -100,12 +103,14 @@ end
 
 --- Close the channel from this side: the job's `ch:get` gives nil once it has taken what was sent, its
 --- `ch:put` gives nil, "closed".
+--- Example: `job:close()`
 function Job:close()
   call(OP.CHAN_CLOSE, self._py)
 end
 
 --- Wait until the job has returned (at most `timeout` seconds: then nil, "timeout"): its results, or nil,
 --- err if it failed.
+--- Example: `local total, err = job:wait(60)`
 ---@async
 ---@param timeout? number
 ---@return any ...
@@ -132,6 +137,7 @@ end
 --- Start the Python host function `name(...)` in a thread of this pool: if it is a generator, each value it
 --- yields is sent on the channel (job:get), waiting while the channel is full; job:wait gives what it
 --- returns.
+--- Example: `local job = io:spawn_call("export_rows", "sales")`
 ---@param name string
 ---@return moonlet.Job? job
 ---@return string? err

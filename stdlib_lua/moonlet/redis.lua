@@ -112,6 +112,7 @@ end
 
 --- Send a batch of commands in one round trip; returns an array of their replies (a failed command's place
 --- holds {err = "ERR ..."}), or nil, err if the connection failed.
+--- Example: `local replies = r:pipeline { { "INCR", "hits" }, { "GET", "greeting" } }`
 ---@async
 ---@param commands string[][]
 ---@return table? replies
@@ -136,6 +137,7 @@ function Client:pipeline(commands)
 end
 
 --- Run one command: `r:call("SET", "k", "v")`. Returns its reply, or nil, err.
+--- Example: `local value, err = r:call("GET", "greeting")`
 ---@async
 ---@param ... string|number
 ---@return any reply
@@ -162,12 +164,14 @@ local Subscription = {}
 Subscription.__index = Subscription
 
 --- The next message ({channel =, data =}), waiting at most `timeout` seconds: nil, "timeout" / "closed".
+--- Example: `local msg, err = sub:get(30)`
 ---@async
 function Subscription:get(timeout)
   return self._queue:get(timeout)
 end
 
 --- Unsubscribe: the connection is closed and the queue too.
+--- Example: `sub:close()`
 function Subscription:close()
   self._task:cancel()
   self._conn:close()

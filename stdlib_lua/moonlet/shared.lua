@@ -43,6 +43,7 @@ function M.dict(name)
 end
 
 --- The value of `key`, or nil (absent or expired).
+--- Example: `local hits = counters:get("hits")`
 function Dict:get(key)
   check_key(key, "get")
   return call(OP.SHARED_GET, self._name, key)
@@ -57,12 +58,15 @@ local function store(self, key, value, ttl, mode)
 end
 
 --- Set `key` to `value`, expiring after `ttl` seconds if given. Returns true.
+--- Example: `sessions:set(token, user, 3600)`
 function Dict:set(key, value, ttl) return store(self, key, value, ttl, "set") end
 
 --- Set `key` only if it is absent: true, or false, "exists".
+--- Example: `local ok, err = locks:add("report", workers.id(), 30)`
 function Dict:add(key, value, ttl) return store(self, key, value, ttl, "add") end
 
 --- Set `key` only if it is present: true, or false, "not found".
+--- Example: `local ok, err = sessions:replace(token, user, 3600)`
 function Dict:replace(key, value, ttl) return store(self, key, value, ttl, "replace") end
 
 --- Add `by` (default 1) to the number at `key` atomically; an absent key starts from `init` (or the call
@@ -73,12 +77,14 @@ function Dict:incr(key, by, init)
 end
 
 --- Remove `key`.
+--- Example: `sessions:delete(token)`
 function Dict:delete(key)
   check_key(key, "delete")
   return call(OP.SHARED_DELETE, self._name, key)
 end
 
 --- The live keys (at most `max`, default 1024).
+--- Example: `for _, key in ipairs(sessions:keys(100)) do ... end`
 function Dict:keys(max)
   return call(OP.SHARED_KEYS, self._name, max or 1024)
 end

@@ -91,6 +91,7 @@ function M.queue(maxsize)
 end
 
 --- Add `v`; waits while the queue is full. Returns true, or nil, "timeout" / "closed".
+--- Example: `local ok, err = jobs:put(line, 1)`
 ---@async
 ---@param v any
 ---@param timeout? number
@@ -118,6 +119,7 @@ end
 
 --- Take the oldest item; waits while the queue is empty. Returns the item, or nil, "timeout" / "closed"
 --- ("closed" only once a closed queue is empty).
+--- Example: `local line, err = jobs:get(5)`
 ---@async
 ---@param timeout? number
 ---@return any item
@@ -142,6 +144,7 @@ function Queue:get(timeout)
 end
 
 --- Close the queue: puts fail with "closed", gets drain what is left and then fail. Waiters wake at once.
+--- Example: `jobs:close()`
 function Queue:close()
   self._closed = true
   wake_all(self._getters, true)
@@ -222,12 +225,14 @@ function M.event()
 end
 
 --- Set the event and wake every waiter; later waits return at once until `clear`.
+--- Example: `ready:set()`
 function Event:set()
   self._set = true
   wake_all(self._waiters, false)
 end
 
 --- Unset the event.
+--- Example: `ready:clear()`
 function Event:clear()
   self._set = false
 end
@@ -239,6 +244,7 @@ function Event:is_set()
 end
 
 --- Wait until the event is set. Returns true, or nil, "timeout".
+--- Example: `local ok, err = ready:wait(10)`
 ---@async
 ---@param timeout? number
 ---@return true? ok

@@ -60,6 +60,7 @@ end
 --- Wait until the task ends. Returns `true, results...` if it returned, `false, err` if it failed or was
 --- cancelled (err starts with "cancelled"), or `nil, "timeout"` if it is still running after `timeout`
 --- seconds (it keeps running).
+--- Example: `local ok, result = t:wait(5)`
 ---@async
 ---@param timeout? number
 ---@return boolean? ok
@@ -79,6 +80,7 @@ end
 
 --- End the task now. Returns true, or nil and an error for the running task itself (return instead).
 --- Cancelling a task that has ended does nothing.
+--- Example: `t:cancel()`
 ---@return true? ok
 ---@return string? err
 function Task:cancel()
@@ -93,6 +95,7 @@ function Task:detach()
 end
 
 --- "running", "done" (returned) or "failed" (an error, or cancelled).
+--- Example: `if t:status() == "running" then t:cancel() end`
 ---@return string
 function Task:status()
   local status = call(RESULT, self._py)

@@ -42,6 +42,7 @@ local current = root
 
 --- A group of tests (groups nest; `before_each`/`after_each` apply to the group and those inside it).
 --- `opts.virtual_time = true` runs every test of the group in virtual time.
+--- Example: `t.describe("the parser", function() t.it("reads a line", function() ... end) end)`
 ---@param name string
 ---@param body fun()
 ---@param opts? {virtual_time?: boolean}
@@ -58,6 +59,7 @@ end
 
 --- A test: `body` runs in its own task with a timeout (default 10 s; `opts.timeout`), in virtual time with
 --- `opts.virtual_time = true` (or when its group has it; the timeout is then counted in real time).
+--- Example: `t.it("times out", function() t.expect(conn:readline()).to_be_nil() end, { virtual_time = true })`
 ---@param name string
 ---@param body async fun()
 ---@param opts? {timeout?: number, virtual_time?: boolean}
@@ -69,14 +71,17 @@ function M.it(name, body, opts)
 end
 
 --- A test that is not run (reported as skipped).
+--- Example: `t.skip("talks to the staging server", function() ... end)`
 function M.skip(name, _)
   current.tests[#current.tests + 1] = { name = name, skip = true }
 end
 
 --- Run `fn` before each test of the current group.
+--- Example: `t.before_each(function() store = {} end)`
 function M.before_each(fn) current.before[#current.before + 1] = fn end
 
 --- Run `fn` after each test of the current group (also when the test failed).
+--- Example: `t.after_each(function() if conn then conn:close() end end)`
 function M.after_each(fn) current.after[#current.after + 1] = fn end
 
 ---------------------------------------------------------------------------------------------------------
@@ -108,6 +113,7 @@ end
 
 --- expect(actual).to_be(v) (==), .to_equal(v) (deep), .to_be_truthy(), .to_be_nil(), .to_match(pattern),
 --- .to_fail([pattern]) (actual is a function that must raise).
+--- Example: `t.expect(parse("a=1")).to_equal({ a = "1" })`
 function M.expect(actual)
   local e = {}
   function e.to_be(expected)

@@ -74,6 +74,7 @@ function M.every(seconds, fn, ...)
 end
 
 --- Stop the timer. Returns true if it was pending (a callback already running goes on).
+--- Example: `local timer = time.every(1, flush) ... timer:cancel()`
 ---@return boolean
 function Timer:cancel()
   local pending = call(OP.TIMER_CANCEL, self._job)

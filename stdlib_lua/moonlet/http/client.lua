@@ -14,6 +14,7 @@ local PIECE = 64 * 1024
 local DEFAULT_PORTS = { http = 80, https = 443 }
 
 --- Split a URL into scheme, host, port and path (with the query).
+--- Example: `local scheme, host, port, path = http.parse_url("http://127.0.0.1:8080/items?page=2")`
 ---@param url string
 ---@return string? scheme
 ---@return string? host
@@ -94,6 +95,7 @@ end
 
 --- The next piece of a streamed body; nil at the end (the connection then goes back to the pool), or
 --- nil, err.
+--- Example: `local piece, err = res:read()`
 ---@async
 ---@return string? piece
 ---@return string? err
@@ -245,6 +247,7 @@ function M.request(opts)
 end
 
 --- Read the rest of the body at once (at most `max` bytes: past it nil, "http: body too large").
+--- Example: `local body, err = res:read_all(1024 * 1024)`
 ---@async
 ---@param max? integer
 ---@return string? body

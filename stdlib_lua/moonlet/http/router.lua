@@ -18,6 +18,7 @@ function M.router()
 end
 
 --- Add a route for `method` ("GET", ... or "*" for any) and `pattern`.
+--- Example: `r:route("*", "/health", function() return 200, nil, "ok" end)`
 function Router:route(method, pattern, fn)
   if type(pattern) ~= "string" or sub(pattern, 1, 1) ~= "/" then
     error("bad argument #2 to 'route' (a path pattern starting with '/' expected)", 2)

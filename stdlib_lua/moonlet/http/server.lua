@@ -21,6 +21,7 @@ Server.__index = Server
 
 --- Stop accepting new connections (those already accepted are served on); a script whose work is done then
 --- ends.
+--- Example: `server:close()`
 function Server:close()
   call(OP.UNLISTEN, self._py)
 end

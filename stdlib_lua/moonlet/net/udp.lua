@@ -35,6 +35,7 @@ function Udp:recvfrom(timeout)
 end
 
 --- Close the socket.
+--- Example: `sock:close()`
 function Udp:close()
   return call(OP.UDP_CLOSE, self._py)
 end
