@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import select
@@ -214,6 +216,21 @@ def run_script(
 
 class InProcess(Protocol):
     def __call__(self, source: str, *args: str, virtual_time: bool = True) -> tuple[int, list[str]]: ...
+
+
+def run_in_process(
+    tmp_path: Path, source: str, *args: str, virtual_time: bool = True, name: str = "app.lua"
+) -> tuple[int, list[str]]:
+    """Run a Lua app to its end in this process (a ``Host``, no console) and collect what it prints: the
+    harness behind ``lua_run``, for helpers that have no fixture at hand."""
+    app = tmp_path / name
+    app.write_text(textwrap.dedent(source))
+    clock: Literal["jumping"] | bool = "jumping" if virtual_time else False
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="replace")
+    with contextlib.redirect_stdout(out):
+        code = Host(str(app), list(args), console=False, virtual_time=clock).run()
+    out.flush()
+    return code, out.buffer.getvalue().decode("utf-8", "replace").splitlines()  # type: ignore[attr-defined]
 
 
 @pytest.fixture

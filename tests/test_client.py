@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_in_process, run_script
 
 
 def free_port() -> int:
@@ -28,9 +28,11 @@ def free_port() -> int:
 
 
 def lines(tmp_path: Path, source: str, *args: str) -> list[str]:
-    proc = run_script(tmp_path, source, *args)
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stdout.decode().splitlines()
+    """What the script printed, run in this process (the in-process harness, on the real clock: its peers
+    are servers in other processes)."""
+    code, out = run_in_process(tmp_path, source, *args, virtual_time=False, name="script.lua")
+    assert code == 0, out
+    return out
 
 
 def test_resp_over_net_connect_against_redis_server(tmp_path: Path, redis_server: int) -> None:

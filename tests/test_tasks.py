@@ -11,10 +11,16 @@ import socket
 import time
 from pathlib import Path
 
-from conftest import run_script
+from conftest import run_in_process, run_script
 
 
 def lines(tmp_path: Path, source: str, options: list[str] | None = None) -> list[str]:
+    """What the script printed: run in this process on the virtual clock (the in-process harness), or as
+    ``moonlet run`` when it needs command-line options."""
+    if options is None:
+        code, out = run_in_process(tmp_path, source, name="script.lua")
+        assert code == 0, out
+        return out
     proc = run_script(tmp_path, source, options=options)
     assert proc.returncode == 0, proc.stderr.decode()
     return proc.stdout.decode().splitlines()
