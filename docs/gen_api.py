@@ -7,11 +7,11 @@ code itself.
 An entry is the function's syntax (as the source spells it), whether it yields (``---@async``), its
 parameters and results with their types, the text of its ``---`` comment, the errors its own code raises
 (misuse: ``host.argerror``, ``host.check_seconds``, ``error("bad argument ...")``) and the error strings it
-returns itself (``return nil, "..."``), and an example: a line of shipped code that calls it (apps, bench
-scripts, the stdlib's own tests), or the example its comment gives (``Example: `...```). The methods of the
-private modules that make up a public type (``_conn.lua``: every connection; ``_httpd.lua``: an HTTP
-server's requests and replies) are listed with their public module. docs/reference.md stays the
-hand-written guide; this file cannot drift from the code.
+returns itself (``return nil, "..."``), and an example: a line of shipped code that calls it (apps, the
+README and the reference, bench scripts, the Lua tests), or the example its comment gives (``Example:
+`...```). The methods of the private modules that make up a public type (``_conn.lua``: every connection;
+``_httpd.lua``: an HTTP server's requests and replies) are listed with their public module.
+docs/reference.md stays the hand-written guide; this file cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ def failures(body: str) -> list[str]:
 
 
 def example_corpus() -> list[tuple[str, int, str]]:
-    """Lines of Lua that ship and run: the Lua files of EXAMPLE_SOURCES, the Lua blocks of the README and
-    the reference, and the Lua apps the Python tests write (their triple-quoted strings)."""
+    """Lines of Lua that ship and run: the Lua files of EXAMPLE_SOURCES and the Lua blocks of the README and
+    the reference (not the Python tests: an entry would then change with every edit of a test)."""
     lines = []
     for folder in EXAMPLE_SOURCES:
         for path in sorted((ROOT / folder).rglob("*.lua")):
@@ -90,10 +90,6 @@ def example_corpus() -> list[tuple[str, int, str]]:
         text = doc.read_text().splitlines()
         blocks = _lua_blocks(text)
         lines += lua_lines(doc, [line if n in blocks else "" for n, line in enumerate(text)])
-    for path in sorted((ROOT / "tests").rglob("*.py")):
-        text = path.read_text().splitlines()
-        inside = [line if n in _lua_strings(text) else "" for n, line in enumerate(text)]
-        lines += lua_lines(path, inside)
     return lines
 
 
@@ -119,23 +115,7 @@ def _lua_blocks(text: list[str]) -> set[int]:
     return found
 
 
-def _lua_strings(text: list[str]) -> set[int]:
-    """Line numbers (0-based) inside a triple-quoted string that holds Lua (one with `require "moonlet.`)."""
-    found: set[int] = set()
-    start = None
-    for n, line in enumerate(text):
-        if line.count('"""') % 2 == 1:
-            if start is None:
-                start = n
-            else:
-                block = range(start + 1, n)
-                if any('require "moonlet.' in text[k] or "require('moonlet." in text[k] for k in block):
-                    found.update(block)
-                start = None
-    return found
-
-
-RANK = ("apps/", "README.md", "docs/", "bench/", "stdlib_lua/", "tests/lua/", "tests/")
+RANK = ("apps/", "README.md", "docs/", "bench/", "stdlib_lua/", "tests/")
 
 
 def example(corpus: list[tuple[str, int, str]], call: re.Pattern[str]) -> str | None:
@@ -151,7 +131,7 @@ def example(corpus: list[tuple[str, int, str]], call: re.Pattern[str]) -> str | 
         key = (rank, "=" not in text.split("(")[0], len(text))
         if best is None or key < best[0]:
             best = (key, rel, n, text)
-    return f"`{best[3]}` ({best[1]}:{best[2]})" if best else None
+    return f"`{best[3]}` ({best[1]})" if best else None
 
 
 def entries(path: Path, corpus: list[tuple[str, int, str]], ambiguous: set[str]) -> list[str]:

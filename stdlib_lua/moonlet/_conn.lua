@@ -125,6 +125,7 @@ function Conn:readline()
 end
 
 --- Read until `delim` (a plain string, not a pattern); the delimiter is consumed and not returned.
+--- Example: `local headers, err = conn:readuntil("\r\n\r\n")`
 ---@async
 ---@param delim string
 ---@return string? data
@@ -374,6 +375,7 @@ function Conn:peer()
 end
 
 --- Bytes received but not yet read, and bytes written but not yet sent.
+--- Example: `local unread, unsent = conn:buffered()`
 ---@return integer unread
 ---@return integer unsent
 function Conn:buffered()

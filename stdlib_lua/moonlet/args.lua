@@ -18,6 +18,7 @@ end
 --- `--no-name` turns it off). Dashes in names become underscores. Words that are
 --- not options are returned in order as the array part of the result. Never yields.
 --- Raises a clear error for an unknown option or a bad value.
+--- Example: `local opts = args.parse(arg, { port = 6380, host = "127.0.0.1", verbose = false })`
 ---@param argv string[]
 ---@param defaults table<string, string|number|boolean>
 ---@return table options

@@ -35,6 +35,7 @@ local M = {}
 local BLOB = "__moonlet_blob"
 
 --- Mark `s` to be bound as a BLOB (bytea) even if it is valid UTF-8.
+--- Example: `db.exec("INSERT INTO files (name, data) VALUES (?, ?)", name, db.blob(bytes))`
 ---@param s string
 function M.blob(s)
   if type(s) ~= "string" then error("bad argument #1 to 'blob' (string expected)", 2) end
@@ -235,6 +236,7 @@ end
 
 local default
 --- The engine of the default database: "sqlite" or "postgresql" (to choose dialect-specific DDL).
+--- Example: `local now = db.dialect() == "postgresql" and "now()" or "CURRENT_TIMESTAMP"`
 ---@return "sqlite"|"postgresql"
 function M.dialect()
   if not default then

@@ -130,6 +130,7 @@ end
 --- Upgrade this connection to TLS (for protocols that start in the clear: STARTTLS). Options as for
 --- `net.connect`'s `tls` (plus `timeout`: by default the connect timeout set with `conn:settimeouts`, else
 --- 10 s). Returns true, or nil, err (the connection is then closed).
+--- Example: `local ok, err = conn:starttls { server_name = "mail.example.com" }`
 ---@async
 ---@param opts? {verify?: boolean, cafile?: string, server_name?: string, timeout?: number}
 function Conn:starttls(opts)
@@ -145,6 +146,7 @@ end
 --- `idle_timeout` seconds (default 60); at most `size` idle connections are kept per destination (default
 --- 30). The connection must not be used afterwards. Buffered output is sent first; a connection with
 --- unread bytes, or closed by the peer, is closed instead (nil, err).
+--- Example: `upstream:setkeepalive(60, 16)`
 ---@param idle_timeout? number
 ---@param size? integer
 ---@return true? ok
@@ -168,6 +170,7 @@ end
 --- Hand this connection to another task: it then closes when `task` ends instead of when the task that
 --- opened it does (connections opened with `net.connect` belong to the task that opened them, or took them
 --- from a keep-alive pool).
+--- Example: `conn:transfer(worker)`
 ---@param task moonlet.Task
 function Conn:transfer(task)
   if type(task) ~= "table" or task._py == nil then error("bad argument #1 to 'transfer' (task expected)", 2) end

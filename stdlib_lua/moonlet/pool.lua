@@ -33,6 +33,7 @@ end
 
 --- A handle on pool `name` ("cpu" and "io" by default; more with `moonlet run --pool NAME=SIZE`), with
 --- options: `timeout` (seconds per job; the pool's default is 60).
+--- Example: `local cpu = pool.named("cpu", { timeout = 5 })`
 ---@param name string
 ---@param opts? {timeout: number?}
 ---@return moonlet.Pool
@@ -46,6 +47,7 @@ function M.named(name, opts)
 end
 
 --- Run `module.fn(...)` in a thread of this pool; returns what it returns, or nil, err.
+--- Example: `local thumb, err = cpu:run("images", "thumbnail", data, 128)`
 ---@async
 function Pool:run(module, fn, ...)
   check_name(module, 1, "run")
@@ -124,6 +126,7 @@ end
 --- Start `module.fn(ch, ...)` in a thread of this pool, beside the calling task (which goes on): `ch` is the
 --- job's end of a channel to the task. Returns a job handle (see Job), or nil, err ("busy", ...). The job is
 --- the task's: when the task ends, the job is stopped at its next channel operation.
+--- Example: `local job = assert(cpu:spawn("report", "rows", day))`
 ---@param module string
 ---@param fn string
 ---@return moonlet.Job? job
@@ -160,6 +163,7 @@ function M.spawn(module, fn, ...)
 end
 
 --- Pool:spawn_call in the pool the host function was registered for ("io" by default).
+--- Example: `local job = assert(pool.spawn_call("export_rows", "sales"))`
 ---@param name string
 ---@return moonlet.Job? job
 ---@return string? err

@@ -35,6 +35,7 @@ local function check_value(v, what)
 end
 
 --- The dictionary `name` (created on first use).
+--- Example: `local counters = shared.dict("counters")`
 ---@param name string
 ---@return moonlet.SharedDict
 function M.dict(name)
@@ -71,6 +72,7 @@ function Dict:replace(key, value, ttl) return store(self, key, value, ttl, "repl
 
 --- Add `by` (default 1) to the number at `key` atomically; an absent key starts from `init` (or the call
 --- returns nil, "not found"). Returns the new value.
+--- Example: `local n = counters:incr("hits", 1, 0)`
 function Dict:incr(key, by, init)
   check_key(key, "incr")
   return call(OP.SHARED_INCR, self._name, key, by or 1, init)

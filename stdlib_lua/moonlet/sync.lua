@@ -174,6 +174,7 @@ function M.semaphore(n)
 end
 
 --- Take a permit, waiting for one if none is free. Returns true, or nil, "timeout".
+--- Example: `local ok, err = slots:acquire(2)`
 ---@async
 ---@param timeout? number
 ---@return true? ok
@@ -191,11 +192,13 @@ function Semaphore:acquire(timeout)
 end
 
 --- Give a permit back (to the first waiter, if any).
+--- Example: `slots:release()`
 function Semaphore:release()
   if not wake_one(self._waiters) then self._permits = self._permits + 1 end
 end
 
 --- Permits free right now.
+--- Example: `log.info("free slots: " .. slots:available())`
 ---@return integer
 function Semaphore:available()
   return self._permits
@@ -219,6 +222,7 @@ local Event = {}
 Event.__index = Event
 
 --- An event: tasks wait until it is set.
+--- Example: `local ready = sync.event()`
 ---@return moonlet.Event
 function M.event()
   return setmetatable({ _set = false, _waiters = fifo() }, Event)
@@ -238,6 +242,7 @@ function Event:clear()
 end
 
 --- Whether the event is set.
+--- Example: `if not ready:is_set() then ready:wait(5) end`
 ---@return boolean
 function Event:is_set()
   return self._set

@@ -44,6 +44,7 @@ function M.spawn(fn, ...)
 end
 
 --- The running task (a connection's handler and the main chunk are tasks too).
+--- Example: `local me = task.current()`
 ---@return moonlet.Task
 function M.current()
   return setmetatable({ _py = call(OP.CURRENT) }, Task)
@@ -88,6 +89,7 @@ function Task:cancel()
 end
 
 --- Let the task outlive the connection whose handler started it.
+--- Example: `spawn(audit, user, action):detach()`
 ---@return moonlet.Task self
 function Task:detach()
   call(OP.DETACH, self._py)

@@ -8,6 +8,7 @@ local M = {}
 
 --- Suspend the calling coroutine for `seconds` (a number >= 0); other coroutines keep running.
 --- `sleep(0)` lets every other ready coroutine run first.
+--- Example: `sleep(0.5)`
 ---@async
 ---@param seconds number
 ---@return true
@@ -16,6 +17,7 @@ function M.sleep(seconds)
 end
 
 --- Wall-clock time in seconds since the epoch, with sub-second precision. Never yields.
+--- Example: `local stamp = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(time.now()))`
 ---@return number
 function M.now()
   return call(OP.NOW)
@@ -62,6 +64,7 @@ end
 
 --- Run `fn(...)` every `seconds` (first after `seconds`), each time as a task of its own. A beat missed
 --- because the server was busy is skipped, not run late twice. Returns a timer, or nil, err.
+--- Example: `local timer = time.every(10, flush_stats)`
 ---@param seconds number
 ---@param fn async fun(...)
 ---@return moonlet.Timer? timer

@@ -30,6 +30,7 @@ function M.single(reason)
 end
 
 --- This process's worker number: 1 to N under `moonlet run`'s supervisor, 1 when it runs alone.
+--- Example: `log.info("worker " .. workers.id() .. " ready")`
 ---@return integer
 function M.id()
   return tonumber(getenv("MOONLET_WORKER") or "1") or 1
