@@ -109,6 +109,12 @@ def test_argument_errors_have_one_form_options_included(lua_run: InProcess) -> N
         try(function() local r = net.udp { port = "z" } return r end)
         try(function() local r = http.serve { port = 0, handler = print, max_body = 0 } return r end)
         try(function() local r = net.connect("127.0.0.1", 1.5) return r end)
+        local l = assert(net.listen { port = 0, handler = function(c) c:write(c:readline(), "\\n") end })
+        local c = assert(net.connect("127.0.0.1", l.port))
+        try(function() local r = c.readn({}, 4) return r end)     -- a method called with . for :
+        try(function() local r = c.peer(nil) return r end)
+        try(function() local r = c.flush("x") return r end)
+        c:write("still served\\n") print(c:readline()) c:close() l:close()
         """,
     )
     assert code == 0
@@ -117,6 +123,10 @@ def test_argument_errors_have_one_form_options_included(lua_run: InProcess) -> N
         "false\tapp.lua:5: bad argument #1 to 'udp' ('port': integer from 0 to 65535 expected, got string)",
         "false\tapp.lua:6: bad argument #1 to 'serve' ('max_body': number > 0 expected, got 0)",
         "false\tapp.lua:7: bad argument #2 to 'connect' (port from 1 to 65535 expected, got 1.5)",
+        "false\tapp.lua:10: calling 'readn' on bad self (connection expected, got table)",
+        "false\tapp.lua:11: calling 'peer' on bad self (connection expected, got nil)",
+        "false\tapp.lua:12: calling 'flush' on bad self (connection expected, got string)",
+        "still served",
     ]
 
 

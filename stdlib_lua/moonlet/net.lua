@@ -23,7 +23,7 @@ local MIN_LINE_LIMIT = connection.MIN_LINE_LIMIT
 local slots = connection.slots
 local PY <const>, BUF <const>, POS <const>, CLOSED <const> = 1, 2, 3, 8
 assert(slots.PY == PY and slots.BUF == BUF and slots.POS == POS and slots.CLOSED == CLOSED)
-local take = connection.take
+local take, bad_self = connection.take, connection.bad_self
 
 local M = { Conn = Conn }
 
@@ -134,6 +134,7 @@ end
 ---@async
 ---@param opts? {verify?: boolean, cafile?: string, server_name?: string, timeout?: number}
 function Conn:starttls(opts)
+  if type(self) ~= "table" or not self[POS] then bad_self("starttls", self) end
   opts = check_opts(opts, "starttls")
   if self[CLOSED] then return nil, "closed" end
   if self[POS] <= #self[BUF] then return nil, "unread data before the TLS handshake" end
@@ -152,6 +153,7 @@ end
 ---@return true? ok
 ---@return string? err
 function Conn:setkeepalive(idle_timeout, size)
+  if type(self) ~= "table" or not self[POS] then bad_self("setkeepalive", self) end
   if self._key == nil then error("setkeepalive: only connections made with net.connect can be pooled", 2) end
   if self[CLOSED] then return nil, "closed" end
   local out = take(self)
@@ -173,6 +175,7 @@ end
 --- Example: `conn:transfer(worker)`
 ---@param task moonlet.Task
 function Conn:transfer(task)
+  if type(self) ~= "table" or not self[POS] then bad_self("transfer", self) end
   if type(task) ~= "table" or task._py == nil then error("bad argument #1 to 'transfer' (task expected)", 2) end
   if self[CLOSED] then return nil, "closed" end
   return call(OP.OWN, self[PY], task._py)
