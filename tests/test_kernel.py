@@ -83,21 +83,25 @@ def test_misuse_the_host_finds_is_an_error_at_the_apps_line_that_pcall_catches(l
         """
         local t = spawn(function() sleep(10) end)
         local function try(f) local r = { pcall(f) } print(r[1], r[2]) end
-        try(function() local r = t.cancel({}) return r end)          -- a call: answered at once
-        try(function() local r = t.wait({}) return r end)            -- a yielding request
-        try(function() local r = t.wait(t, "soon") return r end)     -- (checked in Lua: the same form)
+        try(function() local r = t.cancel({}) return r end)          -- a method called with . for : (Lua)
+        local l = require("moonlet.net").listen { port = 0, handler = print }
+        local forged = setmetatable({ _py = l._py }, getmetatable(t))  -- a task around another handle
+        try(function() local r = forged:cancel() return r end)       -- refused by the host: a call
+        try(function() local r = forged:wait() return r end)         -- and a waiting request
+        try(function() local r = t:wait("soon") return r end)
         local caught = 0
-        for _ = 1, 3000 do caught = caught + (pcall(t.wait, {}) and 0 or 1) end  -- no recursion, no leak
+        for _ = 1, 3000 do caught = caught + (pcall(forged.wait, forged) and 0 or 1) end  -- no recursion
         print(caught, t:status())
-        t:cancel()
-        """,
+        t:cancel() l:close()
+        """
     )
     assert code == 0
-    assert [line.split("\t")[0] for line in out[:3]] == ["false"] * 3
-    assert out[0].endswith("app.lua:4: bad argument #1 to 'cancel' (task expected, got nil)"), out[0]
-    assert out[1].endswith("app.lua:5: bad argument #1 to 'wait' (task expected, got nil)"), out[1]
-    assert out[2].endswith("app.lua:6: bad argument #1 to 'wait' (seconds >= 0 or nil expected, got string)")
-    assert out[3] == "3000\trunning"
+    assert [line.split("\t")[0] for line in out[:4]] == ["false"] * 4
+    assert out[0].endswith("app.lua:4: calling 'cancel' on bad self (task expected, got table)"), out[0]
+    assert out[1].endswith("app.lua:7: bad argument #1 to 'cancel' (task expected, got listener)"), out[1]
+    assert out[2].endswith("app.lua:8: bad argument #1 to 'wait' (task expected, got listener)"), out[2]
+    assert out[3].endswith("app.lua:9: bad argument #1 to 'wait' (seconds >= 0 or nil expected, got string)")
+    assert out[4] == "3000\trunning"
 
 
 def test_argument_errors_have_one_form_options_included(lua_run: InProcess) -> None:

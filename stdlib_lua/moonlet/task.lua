@@ -50,6 +50,15 @@ function M.current()
   return setmetatable({ _py = call(OP.CURRENT) }, Task)
 end
 
+-- A task method called on something that is not a task (`t.wait(x)` for `t:wait()`), in Lua's words.
+local function self_py(self, fn)
+  local py = type(self) == "table" and self._py or nil
+  if py == nil then
+    error(("calling '%s' on bad self (task expected, got %s)"):format(fn, type(self)), 3)
+  end
+  return py
+end
+
 -- done?, and if so true, results... or false, err
 local function outcome(py)
   local status, value = call(RESULT, py)
@@ -67,8 +76,8 @@ end
 ---@return boolean? ok
 ---@return any ...
 function Task:wait(timeout)
+  local py = self_py(self, "wait")
   timeout = check_timeout(timeout, 1, "wait")
-  local py = self._py
   local status, value = request(JOIN, py, timeout)
   if status == true then status, value = call(RESULT, py) end -- woken: it has ended
   if status == DONE then return unpack(value, 1, value.n) end
@@ -85,14 +94,14 @@ end
 ---@return true? ok
 ---@return string? err
 function Task:cancel()
-  return call(OP.CANCEL, self._py)
+  return call(OP.CANCEL, self_py(self, "cancel"))
 end
 
 --- Let the task outlive the connection whose handler started it.
 --- Example: `spawn(audit, user, action):detach()`
 ---@return moonlet.Task self
 function Task:detach()
-  call(OP.DETACH, self._py)
+  call(OP.DETACH, self_py(self, "detach"))
   return self
 end
 
@@ -100,7 +109,7 @@ end
 --- Example: `if t:status() == "running" then t:cancel() end`
 ---@return string
 function Task:status()
-  local status = call(RESULT, self._py)
+  local status = call(RESULT, self_py(self, "status"))
   if status == RUNNING then return "running" elseif status == DONE then return "done" end
   return "failed"
 end
