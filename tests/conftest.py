@@ -234,17 +234,13 @@ def run_in_process(
 
 
 @pytest.fixture
-def lua_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> InProcess:
+def lua_run(tmp_path: Path) -> InProcess:
     """The in-process harness: run a Lua app to its end inside the test's process (a ``Host``: no subprocess,
     no console), by default on the virtual clock, jumping from the start, so sleeps, timers and timeouts
     take no real time while sockets on 127.0.0.1 stay real. Returns (exit status, printed lines)."""
 
     def run(source: str, *args: str, virtual_time: bool = True) -> tuple[int, list[str]]:
-        app = tmp_path / "app.lua"
-        app.write_text(textwrap.dedent(source))
-        clock: Literal["jumping"] | bool = "jumping" if virtual_time else False
-        code = Host(str(app), list(args), console=False, virtual_time=clock).run()
-        return code, capsys.readouterr().out.splitlines()
+        return run_in_process(tmp_path, source, *args, virtual_time=virtual_time)
 
     return run
 

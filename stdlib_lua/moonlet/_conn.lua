@@ -5,7 +5,7 @@
 -- the host. Output is buffered too and handed to the host when the coroutine next waits (or when more than
 -- the high-water mark is waiting, which also suspends the writer until the peer drains).
 local host = require "moonlet._host"
-local request, call, OP = host.request, host.call, host.OP
+local request, call, OP, argerror = host.request, host.call, host.OP, host.argerror
 local mark_dirty, unmark, recv = host.mark_dirty, host.unmark, host.recv
 local find, sub, byte, concat = string.find, string.sub, string.byte, table.concat
 local type, error, setmetatable, tostring, select, pairs, floor = type, error, setmetatable, tostring, select,
@@ -98,7 +98,7 @@ end
 
 local function check_count(n, what)
   if type(n) ~= "number" or n < 0 or floor(n) ~= n then
-    error("bad argument #1 to '" .. what .. "' (non-negative integer expected, got " .. tostring(n) .. ")", 3)
+    argerror(1, what, "non-negative integer", n, nil, 1)
   end
 end
 
@@ -142,7 +142,7 @@ end
 function Conn:readuntil(delim)
   if type(self) ~= "table" or not self[POS] then bad_self("readuntil", self) end
   if type(delim) ~= "string" or delim == "" then
-    error("bad argument #1 to 'readuntil' (non-empty string expected)", 2)
+    argerror(1, "readuntil", "non-empty string", delim)
   end
   local dlen = #delim
   local from = self[POS]
@@ -356,7 +356,7 @@ local function check_timeout(v, i, what)
   if v == nil then return nil end
   if v == false then return huge end
   if type(v) ~= "number" or v ~= v or v <= 0 then
-    error("bad argument #" .. i .. " to '" .. what .. "' (seconds > 0, math.huge or false expected)", 3)
+    argerror(i, what, "seconds > 0, math.huge or false", v, nil, 1)
   end
   return v
 end
@@ -408,7 +408,7 @@ end
 function Conn:setlimits(limits)
   if type(self) ~= "table" or not self[POS] then bad_self("setlimits", self) end
   if type(limits) ~= "table" then
-    error("bad argument #1 to 'setlimits' (table expected, got " .. type(limits) .. ")", 2)
+    argerror(1, "setlimits", "table", limits)
   end
   for k in pairs(limits) do
     if k ~= "max_line" and k ~= "max_read" then
@@ -418,7 +418,7 @@ function Conn:setlimits(limits)
   end
   local line, read = limits.max_line or self[LIM].line, limits.max_read or self[LIM].read
   check_count(line, "setlimits"); check_count(read, "setlimits")
-  if line < MIN_LINE_LIMIT then host.argerror(1, "setlimits", "integer >= " .. MIN_LINE_LIMIT, line, "max_line") end
+  if line < MIN_LINE_LIMIT then argerror(1, "setlimits", "integer >= " .. MIN_LINE_LIMIT, line, "max_line") end
   self[LIM] = { line = line, read = read }
 end
 

@@ -84,6 +84,15 @@ local CANNOT_YIELD = "cannot wait here: this code runs inside a C function that 
 
 local STDLIB_SOURCE = "@" .. privileged.stdlib_dir .. "/"
 
+--- The stdlib's one argument error, in Lua's own words, raised at the caller of the API function that calls
+--- it (`between`: stdlib helper frames in between, default 0): "bad argument #i to 'fn' (EXPECTED expected,
+--- got GOT)", GOT the value for a number, else its type; `field` names an option of an options table:
+--- "bad argument #1 to 'listen' ('port': integer from 0 to 65535 expected, got -5)".
+local function argerror(i, fn, expected, got, field, between)
+  error(("bad argument #%d to '%s' (%s%s expected, got %s)"):format(i, fn, field and ("'" .. field .. "': ") or "",
+    expected, type(got) == "number" and tostring(got) or type(got)), 3 + (between or 0))
+end
+
 -- The stack level (counted from the caller of this function) of the first frame outside the stdlib.
 local function app_level(level)
   while true do
@@ -192,7 +201,7 @@ end
 
 local function create(fn)
   if type(fn) ~= "function" then
-    error("bad argument #1 to 'create' (function expected, got " .. type(fn) .. ")", 2)
+    error("bad argument #1 to 'create' (function expected, got " .. type(fn) .. ")", 2) -- (Lua's own words)
   end
   local co = raw_create(fn)
   app_cos[co] = true
@@ -206,7 +215,7 @@ local waiting_host = setmetatable({}, { __mode = "k" })
 
 local function resume(co, ...)
   if type(co) ~= "thread" then
-    error("bad argument #1 to 'resume' (coroutine expected, got " .. type(co) .. ")", 2)
+    error("bad argument #1 to 'resume' (coroutine expected, got " .. type(co) .. ")", 2) -- (Lua's own words)
   end
   if not app_cos[co] or waiting_host[co] then -- a task's own, or one in a moonlet call: status "normal"
     return false, "cannot resume non-suspended coroutine"
@@ -234,7 +243,7 @@ end
 
 local function wrap(fn)
   if type(fn) ~= "function" then
-    error("bad argument #1 to 'wrap' (function expected, got " .. type(fn) .. ")", 2)
+    error("bad argument #1 to 'wrap' (function expected, got " .. type(fn) .. ")", 2) -- (Lua's own words)
   end
   local co = create(fn)
   return function(...)
@@ -268,7 +277,7 @@ local raw_status = privileged.coroutine.status
 local function app_isyieldable(co)
   if co == nil then return depth > 0 and app_cos[running()] == true and isyieldable() end
   if type(co) ~= "thread" then
-    error("bad argument #1 to 'isyieldable' (coroutine expected, got " .. type(co) .. ")", 2)
+    error("bad argument #1 to 'isyieldable' (coroutine expected, got " .. type(co) .. ")", 2) -- (Lua's own words)
   end
   return app_cos[co] == true and isyieldable(co) and not waiting_host[co]
 end
@@ -280,7 +289,7 @@ end
 
 local function status(co)
   if type(co) ~= "thread" then
-    error("bad argument #1 to 'status' (coroutine expected, got " .. type(co) .. ")", 2)
+    error("bad argument #1 to 'status' (coroutine expected, got " .. type(co) .. ")", 2) -- (Lua's own words)
   end
   local s = raw_status(co)
   if s == "suspended" and (waiting_host[co] or not app_cos[co]) then return "normal" end
@@ -367,14 +376,7 @@ function M.where(level)
   return info.short_src .. ":" .. (info.currentline or 0)
 end
 
---- The stdlib's one argument error, in Lua's own words, raised at the caller of the API function that calls
---- it (`between`: stdlib helper frames in between, default 0): "bad argument #i to 'fn' (EXPECTED expected,
---- got GOT)", GOT the value for a number, else its type; `field` names an option of an options table:
---- "bad argument #1 to 'listen' ('port': integer from 0 to 65535 expected, got -5)".
-function M.argerror(i, fn, expected, got, field, between)
-  error(("bad argument #%d to '%s' (%s%s expected, got %s)"):format(i, fn, field and ("'" .. field .. "': ") or "",
-    expected, type(got) == "number" and tostring(got) or type(got)), 3 + (between or 0))
-end
+M.argerror = argerror
 
 --- A port argument: an integer from `low` (0: any free port; 1 to connect) to 65535.
 function M.is_port(port, low)

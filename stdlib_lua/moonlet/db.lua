@@ -23,7 +23,7 @@
 -- with backoff and the pool recovers by itself once the server is back).
 -- @module moonlet.db
 local host = require "moonlet._host"
-local request, call, OP = host.request, host.call, host.OP
+local request, call, OP, argerror = host.request, host.call, host.OP, host.argerror
 local type, error, select, setmetatable, pack, unpack, pcall, tostring = type, error, select, setmetatable,
   table.pack, table.unpack, pcall, tostring
 
@@ -38,7 +38,7 @@ local BLOB = "__moonlet_blob"
 --- Example: `db.exec("INSERT INTO files (name, data) VALUES (?, ?)", name, db.blob(bytes))`
 ---@param s string
 function M.blob(s)
-  if type(s) ~= "string" then error("bad argument #1 to 'blob' (string expected)", 2) end
+  if type(s) ~= "string" then argerror(1, "blob", "string", s) end
   return { [BLOB] = s }
 end
 
@@ -52,7 +52,7 @@ local function params(...)
 end
 
 local function check_sql(sql, what)
-  if type(sql) ~= "string" then error("bad argument #1 to '" .. what .. "' (SQL string expected)", 3) end
+  if type(sql) ~= "string" then argerror(1, what, "SQL string", sql, nil, 1) end
 end
 
 -- db.rows: a generic for's iterator over a query read in batches, and its closing value (Lua 5.4 closes it
@@ -97,7 +97,7 @@ end
 local function exec_many(target, sql, sets)
   check_sql(sql, "exec_many")
   if type(sets) ~= "table" then
-    error("bad argument #2 to 'exec_many' (table of parameter sets expected, got " .. type(sets) .. ")", 2)
+    argerror(2, "exec_many", "table of parameter sets", sets)
   end
   return request(DB_EXEC_MANY, target, sql, sets)
 end
@@ -212,7 +212,7 @@ end
 ---@async
 ---@param fn async fun(tx: moonlet.Tx, ...): ...
 function Database:transaction(fn, ...)
-  if type(fn) ~= "function" then error("bad argument #1 to 'transaction' (function expected)", 2) end
+  if type(fn) ~= "function" then argerror(1, "transaction", "function", fn) end
   return transaction(self._py, fn, ...)
 end
 
@@ -227,8 +227,8 @@ function Database:__tostring() return "moonlet.Database (" .. self.dialect .. ")
 ---@return moonlet.Database? db
 ---@return string? err
 function M.open(url, opts)
-  if type(url) ~= "string" then error("bad argument #1 to 'open' (URL string expected)", 2) end
-  if opts ~= nil and type(opts) ~= "table" then error("bad argument #2 to 'open' (table expected)", 2) end
+  if type(url) ~= "string" then argerror(1, "open", "URL string", url) end
+  if opts ~= nil and type(opts) ~= "table" then argerror(2, "open", "table", opts) end
   local py, dialect = call(OP.DB_OPEN, url, opts)
   if not py then return nil, dialect end
   return setmetatable({ _py = py, dialect = tostring(dialect) }, Database)
@@ -303,7 +303,7 @@ end
 ---@async
 ---@param fn async fun(tx: moonlet.Tx, ...): ...
 function M.transaction(fn, ...)
-  if type(fn) ~= "function" then error("bad argument #1 to 'transaction' (function expected)", 2) end
+  if type(fn) ~= "function" then argerror(1, "transaction", "function", fn) end
   return transaction(nil, fn, ...)
 end
 

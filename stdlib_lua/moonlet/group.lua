@@ -21,7 +21,8 @@
 -- whose connection has closed leaves the group by itself at the next send.
 -- @module moonlet.group
 local log = require "moonlet.log"
-local type, error, pairs, select, concat, tostring = type, error, pairs, select, table.concat, tostring
+local argerror = require("moonlet._host").argerror
+local type, pairs, select, concat, tostring = type, pairs, select, table.concat, tostring
 
 local M = {}
 
@@ -37,15 +38,15 @@ Group.__index = Group
 ---@return moonlet.Group
 function M.new(opts)
   if opts ~= nil and type(opts) ~= "table" then
-    error("bad argument #1 to 'new' (table or nil expected, got " .. type(opts) .. ")", 2)
+    argerror(1, "new", "table or nil", opts)
   end
   opts = opts or {}
   local outbox, slow = opts.outbox or 256 * 1024, opts.slow or "close"
   if math.type(outbox) ~= "integer" or outbox < 1 then
-    error("bad argument #1 to 'new' (outbox: a positive integer expected, got " .. tostring(outbox) .. ")", 2)
+    argerror(1, "new", "positive integer", outbox, "outbox")
   end
   if slow ~= "close" and slow ~= "drop" then
-    error("bad argument #1 to 'new' (slow: \"close\" or \"drop\" expected, got " .. tostring(slow) .. ")", 2)
+    argerror(1, "new", '"close" or "drop"', slow, "slow")
   end
   return setmetatable({ outbox = outbox, slow = slow, members = {}, count = 0, dropped = 0, closed = 0 }, Group)
 end
@@ -55,7 +56,7 @@ end
 ---@param conn moonlet.Conn
 function Group:add(conn)
   if type(conn) ~= "table" or type(conn._offer) ~= "function" then
-    error("bad argument #1 to 'add' (connection expected, got " .. type(conn) .. ")", 2)
+    argerror(1, "add", "connection", conn)
   end
   if not self.members[conn] then
     self.members[conn] = true
@@ -108,7 +109,7 @@ function Group:send(...)
   local data = select("#", ...) == 1 and ... or concat({ ... })
   if type(data) == "number" then data = tostring(data) end
   if type(data) ~= "string" then
-    error("bad argument #1 to 'send' (string or number expected, got " .. type(data) .. ")", 2)
+    argerror(1, "send", "string or number", data)
   end
   local limit, close_slow = self.outbox, self.slow == "close"
   local sent, dropped, closed = 0, 0, 0

@@ -176,7 +176,7 @@ end
 ---@param task moonlet.Task
 function Conn:transfer(task)
   if type(self) ~= "table" or not self[POS] then bad_self("transfer", self) end
-  if type(task) ~= "table" or task._py == nil then error("bad argument #1 to 'transfer' (task expected)", 2) end
+  if type(task) ~= "table" or task._py == nil then argerror(1, "transfer", "task", task) end
   if self[CLOSED] then return nil, "closed" end
   return call(OP.OWN, self[PY], task._py)
 end
@@ -190,7 +190,7 @@ end
 ---@return string[]? addresses
 ---@return string? err
 function M.resolve(name, timeout)
-  if type(name) ~= "string" then error("bad argument #1 to 'resolve' (string expected)", 2) end
+  if type(name) ~= "string" then argerror(1, "resolve", "string", name) end
   return request(OP.RESOLVE, name, timeout or 10)
 end
 

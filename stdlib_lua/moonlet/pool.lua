@@ -15,7 +15,7 @@
 local host = require "moonlet._host"
 -- (a tail call: the error still points at the API's caller)
 local function check_timeout(t, i, what) return host.check_seconds(t, i, what, true) end
-local request, call, OP = host.request, host.call, host.OP
+local request, call, OP, argerror = host.request, host.call, host.OP, host.argerror
 local type, error, setmetatable, pack, unpack = type, error, setmetatable, table.pack,
   table.unpack
 
@@ -27,7 +27,7 @@ Pool.__index = Pool
 
 local function check_name(v, i, what)
   if type(v) ~= "string" or v == "" then
-    error("bad argument #" .. i .. " to '" .. what .. "' (non-empty string expected)", 3)
+    argerror(i, what, "non-empty string", v, nil, 1)
   end
 end
 
@@ -99,7 +99,7 @@ end
 ---@return true? ok
 ---@return string? err
 function Job:put(value)
-  if value == nil then error("bad argument #1 to 'put' (a value expected, got nil)", 2) end
+  if value == nil then argerror(1, "put", "a value", value) end
   return request(OP.CHAN_PUT, self._py, value)
 end
 

@@ -15,10 +15,10 @@
 -- opens another).
 -- @module moonlet.redis
 local net = require "moonlet.net"
+local argerror = require("moonlet._host").argerror
 local sync = require "moonlet.sync"
 local task = require "moonlet.task"
-local type, error, tostring, tonumber, setmetatable, select = type, error, tostring, tonumber, setmetatable,
-  select
+local type, tostring, tonumber, setmetatable, select = type, tostring, tonumber, setmetatable, select
 
 local M = {}
 
@@ -143,7 +143,7 @@ end
 ---@return any reply
 ---@return string? err
 function Client:call(...)
-  if select("#", ...) == 0 then error("bad argument #1 to 'call' (a command expected)", 2) end
+  if select("#", ...) == 0 then argerror(1, "call", "a command", nil) end
   local conn, err = connect(self)
   if not conn then return nil, err end
   local parts = {}

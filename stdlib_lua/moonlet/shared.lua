@@ -30,7 +30,7 @@ end
 local function check_value(v, what)
   local tv = type(v)
   if tv ~= "string" and tv ~= "number" and tv ~= "boolean" then
-    error("bad argument #2 to '" .. what .. "' (string, number or boolean expected, got " .. tv .. ")", 3)
+    host.argerror(2, what, "string, number or boolean", v, nil, 1)
   end
 end
 
@@ -39,7 +39,7 @@ end
 ---@param name string
 ---@return moonlet.SharedDict
 function M.dict(name)
-  if type(name) ~= "string" or name == "" then error("bad argument #1 to 'dict' (name expected)", 2) end
+  if type(name) ~= "string" or name == "" then host.argerror(1, "dict", "name", name) end
   return setmetatable({ _name = name }, Dict)
 end
 

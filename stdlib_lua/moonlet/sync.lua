@@ -14,7 +14,7 @@
 local host = require "moonlet._host"
 -- (a tail call: the error still points at the API's caller)
 local function check_timeout(t, i, what) return host.check_seconds(t, i, what, true) end
-local request, call, OP = host.request, host.call, host.OP
+local request, call, OP, argerror = host.request, host.call, host.OP, host.argerror
 local type, error, setmetatable, pcall = type, error, setmetatable, pcall
 local unpack, pack = table.unpack, table.pack
 local floor, huge = math.floor, math.huge
@@ -84,7 +84,7 @@ Queue.__index = Queue
 function M.queue(maxsize)
   if maxsize ~= nil
     and (type(maxsize) ~= "number" or maxsize < 1 or (maxsize ~= huge and floor(maxsize) ~= maxsize)) then
-    error("bad argument #1 to 'queue' (integer >= 1 or nil expected)", 2)
+    argerror(1, "queue", "integer >= 1 or nil", maxsize)
   end
   return setmetatable({ _items = fifo(), _n = 0, _max = maxsize or huge, _getters = fifo(),
     _putters = fifo(), _closed = false }, Queue)
@@ -168,7 +168,7 @@ Semaphore.__index = Semaphore
 function M.semaphore(n)
   n = n or 1
   if type(n) ~= "number" or n < 0 or floor(n) ~= n then
-    error("bad argument #1 to 'semaphore' (integer >= 0 expected)", 2)
+    argerror(1, "semaphore", "integer >= 0", n)
   end
   return setmetatable({ _permits = n, _waiters = fifo() }, Semaphore)
 end

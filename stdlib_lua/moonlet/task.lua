@@ -38,7 +38,7 @@ end
 ---@return moonlet.Task
 function M.spawn(fn, ...)
   if type(fn) ~= "function" then
-    error("bad argument #1 to 'spawn' (function expected, got " .. type(fn) .. ")", 2)
+    host.argerror(1, "spawn", "function", fn)
   end
   return setmetatable({ _py = call(SPAWN, host.job(pack(fn, ...)), where(2)) }, Task)
 end
@@ -115,7 +115,7 @@ function Task:status()
 end
 
 local function check_tasks(tasks, what)
-  if type(tasks) ~= "table" then error("bad argument #1 to '" .. what .. "' (array of tasks expected)", 3) end
+  if type(tasks) ~= "table" then host.argerror(1, what, "array of tasks", tasks, nil, 1) end
   for i = 1, #tasks do
     if not is_task(tasks[i]) then
       error("bad argument #1 to '" .. what .. "' (element " .. i .. " is not a task)", 3)

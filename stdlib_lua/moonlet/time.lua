@@ -35,7 +35,7 @@ Timer.__index = Timer
 
 local function check_delay(s, what)
   if type(s) ~= "number" or s ~= s or s < 0 or s == math.huge then
-    error("bad argument #1 to '" .. what .. "' (finite number of seconds >= 0 expected)", 3)
+    host.argerror(1, what, "finite number of seconds >= 0", s, nil, 1)
   end
 end
 
@@ -71,7 +71,7 @@ end
 ---@return string? err
 function M.every(seconds, fn, ...)
   check_delay(seconds, "every")
-  if seconds == 0 then error("bad argument #1 to 'every' (seconds > 0 expected)", 2) end
+  if seconds == 0 then host.argerror(1, "every", "seconds > 0", seconds) end
   local t, err = timer(seconds, seconds, fn, ...)
   return t, err
 end

@@ -22,8 +22,7 @@ local M = {}
 ---@param reason string what lives in memory (said in the start-up log)
 function M.single(reason)
   if type(reason) ~= "string" or reason == "" then
-    error("bad argument #1 to 'single' (a non-empty string saying what state is in memory expected, got "
-      .. type(reason) .. ")", 2)
+    host.argerror(1, "single", "a non-empty string saying what state is in memory", reason)
   end
   local ok, err = call(OP.SINGLE_PROCESS, reason, where(2))
   if not ok then error("workers.single: " .. tostring(err), 2) end

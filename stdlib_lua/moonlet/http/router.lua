@@ -1,7 +1,8 @@
 --- The request router behind `moonlet.http` (http.router).
 -- @module moonlet.http.router
-local type, error, setmetatable, ipairs, gsub, upper, sub =
-  type, error, setmetatable, ipairs, string.gsub, string.upper, string.sub
+local argerror = require("moonlet._host").argerror
+local type, setmetatable, ipairs, gsub, upper, sub =
+  type, setmetatable, ipairs, string.gsub, string.upper, string.sub
 
 local M = {}
 
@@ -21,7 +22,7 @@ end
 --- Example: `r:route("*", "/health", function() return 200, nil, "ok" end)`
 function Router:route(method, pattern, fn)
   if type(pattern) ~= "string" or sub(pattern, 1, 1) ~= "/" then
-    error("bad argument #2 to 'route' (a path pattern starting with '/' expected)", 2)
+    argerror(2, "route", "a path pattern starting with '/'", pattern)
   end
   local names = {}
   local lua_pattern = "^" .. gsub(gsub(pattern, "[%-%.%+%[%]%(%)%$%^%%%?]", "%%%0"), ":([%w_]+)", function(name)
