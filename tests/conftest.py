@@ -20,6 +20,10 @@ from typing import Literal, Protocol
 
 import pytest
 
+# Every moonlet the suite starts, in this process or another, checks that no host object crosses into Lua
+# (runtime/kernel/handles.py): set before the runtime is imported.
+os.environ["MOONLET_CHECK_CROSSING"] = "1"
+
 from runtime.host import Host
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -402,6 +402,8 @@ class ConsoleService:
         assert self.services is not None
         stats: dict[str, object] = {"uptime_s": round(time.time() - self.started, 1)}
         stats["tasks"] = self.kernel.live
+        stats["stale_wakeups"] = self.kernel.stale_wakeups  # (put-off resumes dropped: see kernel/core.py)
+        stats |= self.kernel.handles.statistics()  # (host objects Lua holds numbers for)
         for service in self.services.all():  # (each service's own counters: runtime/services/__init__.py)
             stats.update(service.statistics())
         stats |= {
@@ -419,6 +421,7 @@ class ConsoleService:
         if self.lua is not None:
             self.lua.gccollect()
             self.lua.gccollect()  # (the second frees what the first's finalizers released)
+            self.boot[b"flush_released"]()  # (the handles their tables held: kernel/handles.py)
         lua_after = self.lua.get_memory_used() if self.lua is not None else 0
         blocks_before = memory.python_heap_blocks()
         unreachable = gc.collect()

@@ -56,6 +56,7 @@ class Database(abc.ABC):
     def __init__(self, url: str, options: Options) -> None:
         self.url = url
         self.options = options
+        self.handle = 0  # Lua's number for it (runtime/kernel/handles.py)
 
     @property
     def name(self) -> str:

@@ -25,6 +25,13 @@ Rules this module keeps:
   and ends only that task.
 * Ending a task (it returned, failed, or was killed) unregisters whatever it was waiting on, ends the tasks
   in its scope, wakes the tasks waiting for it, and tells its owner.
+* A wake-up reaches only the wait it answers. Every resume ends the task's current suspension and counts
+  (``Task.runs``); a resume put off to a later loop turn (:meth:`Kernel.resume_soon`, a timer) carries the
+  count it was made for and is dropped, and counted in ``stale_wakeups``, if the task was resumed meanwhile,
+  instead of being delivered to whatever the task waits on next. Resumes made at once, by whoever finds the
+  task registered with it (a reader, an idle worker), answer the current suspension by construction.
+* Host objects reach Lua as numbers (``kernel/handles.py``): an op's handle argument is looked up and
+  checked before its handler runs, and no reply carries a host object.
 """
 
 from __future__ import annotations
@@ -33,9 +40,10 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
+from runtime.kernel.handles import CHECK_CROSSING, Handles, check_plain
 from runtime.kernel.ops import CALLS, YIELDING, Op
 from runtime.kernel.task import PARKED, Extra, Owner, Task
-from runtime.lua.state import LuaError, LuaFunction, lua_type_of, resume_thread
+from runtime.lua.state import LuaError, LuaFunction, LuaObject, lua_type_of, resume_thread
 
 log = logging.getLogger("moonlet")
 
@@ -84,13 +92,14 @@ def bad_argument(i: int, fn: str, expected: str, got: object) -> BadRequestError
     return BadRequestError(f"bad argument #{i} to '{fn}' ({expected} expected, got {lua_type(got)})")
 
 
-def bad_request(op: object, handler: object, handle: type | None, a: object) -> BadRequestError:
-    """The error for a request or call with an unknown op, or a first argument of the wrong type."""
+def bad_request(op: object, handler: object, handle: type | None, got: object) -> BadRequestError:
+    """The error for a request or call with an unknown op, or a first argument of the wrong type (``got``:
+    what it was, the object its number names if it names one)."""
     if handler is None:
         return BadRequestError(f"unknown host request {op!r}")
     assert handle is not None
     expected = str(getattr(handle, "KIND", handle.__name__.lower()))
-    return bad_argument(1, Op(op).name.lower(), expected, a)  # type: ignore[arg-type]
+    return bad_argument(1, Op(op).name.lower(), expected, got)  # type: ignore[arg-type]
 
 
 def one_line(traceback: bytes | str | None) -> str:
@@ -125,14 +134,18 @@ class Kernel:
         self.current: Task | None = None  # the task being resumed, if any
         self.main: Task | None = None  # the app's main chunk (what it opens lives as long as the process)
         self.resumes = 0  # how many resumes have started (the stall check tells runs apart by it)
+        self.stale_wakeups = 0  # put-off resumes dropped: their task had been resumed meanwhile
         self.on_idle: Callable[[], None] | None = None  # called when `live` drops to zero
+        self.handles = Handles()
+        self._resolve = self.handles.resolve
         self.register(Op.EXIT, self._exit)
+        self.register_call(Op.RELEASE, self._release)
 
     # -- wiring ----------------------------------------------------------------------------------
     def register(self, op: Op, handler: RequestHandler, handle: type | None = None) -> None:
         """``handle``: the type the request's first argument must be (checked before the handler runs)."""
         assert op in YIELDING, f"{op!r} is a call, not a yielding request"
-        assert self._handlers[op] is None or op is Op.EXIT, f"{op!r} has two handlers"
+        assert self._handlers[op] is None, f"{op!r} has two handlers"
         self._handlers[op] = handler
         self._handles[op] = handle
 
@@ -171,6 +184,8 @@ class Kernel:
         """
         body = body or self._body
         assert body is not None, "set_body() first"
+        if CHECK_CROSSING:
+            check_plain(args, f"the arguments of a task for {owner.describe()}", LuaObject)
         task = Task(body.coroutine(fn, *args), owner)
         task.extra = extra
         if scope:
@@ -189,16 +204,20 @@ class Kernel:
         self.live += 1
         self.tasks[task] = None
         if soon:
-            self._call_soon(self.resume, task, None)
+            self.resume_soon(task, None)
         else:
             self.resume(task, None)
         return task
 
     def resume(self, task: Task, value: object) -> None:
-        """Resume ``task`` with ``value`` and serve its requests until it waits or ends."""
+        """Resume ``task`` with ``value`` and serve its requests until it waits or ends. Only for whoever
+        finds ``task`` waiting on it now; a resume put off to later goes through :meth:`resume_soon`."""
         co = task.co
         if co is None:  # ended or killed: never resumed again
             return
+        if CHECK_CROSSING:
+            check_plain(value, f"a reply to {task.describe()}", LuaObject)
+        task.runs += 1
         self.resumes += 1  # (before `current`: the stall guard's thread reads them in the other order)
         self.current = task
         try:
@@ -228,15 +247,23 @@ class Kernel:
                 handler, handle = handlers[op], handles[op]
             except (IndexError, TypeError):
                 handler = handle = None
-            if handler is None or (handle is not None and type(a) is not handle):
-                raise bad_request(op, handler, handle, a)
+            if handler is None:
+                raise bad_request(op, None, None, a)
+            if handle is not None:  # a host handle: its number, resolved to the object (kernel/handles.py)
+                obj = self._resolve(a, handle)
+                if obj is None:
+                    raise bad_request(op, handler, handle, self.handles.found(a))
+                a = obj
             value = handler(task, a, b, c)
             if value is SUSPEND:
                 return
             budget -= 1
             if budget == 0:
-                self._call_soon(self.resume, task, value)
+                self.resume_soon(task, value)
                 return
+            if CHECK_CROSSING:
+                check_plain(value, f"a reply to {task.describe()}", LuaObject)
+            task.runs += 1
             req = resume_thread(co, value)
 
     def failed(self, task: Task, e: Exception) -> None:
@@ -244,7 +271,7 @@ class Kernel:
         if isinstance(e, BadRequestError):  # misuse: a forged handle, or a method given another object
             if self._misuse_raise_in is not None and task.co is not None:
                 self._misuse_raise_in(task.co, str(e).encode())  # an error the app may catch, at its line
-                self._call_soon(self.resume, task, None)  # (not nested: a loop of misuses cannot recurse)
+                self.resume_soon(task, None)  # (not nested: a loop of misuses cannot recurse)
                 return
             log.error("bad host request from %s: %s; ending that task", task.describe(), e)
             self._end(task, ok=False, error=f"bad host request: {e}".encode())
@@ -295,11 +322,17 @@ class Kernel:
         except (IndexError, TypeError):
             handler = handle = None
         try:
-            if handler is None or (handle is not None and type(a) is not handle):
-                raise bad_request(op, handler, handle, a)
-            if d is None:
-                return handler(a, b, c)
-            return handler(a, b, c, d)  # type: ignore[call-arg]
+            if handler is None:
+                raise bad_request(op, None, None, a)
+            if handle is not None:
+                obj = self._resolve(a, handle)
+                if obj is None:
+                    raise bad_request(op, handler, handle, self.handles.found(a))
+                a = obj
+            result = handler(a, b, c) if d is None else handler(a, b, c, d)  # type: ignore[call-arg]
+            if CHECK_CROSSING:
+                check_plain(result, f"the result of {Op(op).name}", LuaObject)
+            return result
         except BadRequestError as e:  # (raised in Lua: at the app's line, as Lua's own argument errors)
             task = self.current
             where = None
@@ -309,7 +342,29 @@ class Kernel:
                 raise
             raise BadRequestError(f"{where.decode('utf-8', 'replace')}: {e}") from None
 
+    def resume_soon(self, task: Task, value: object) -> None:
+        """Resume ``task`` with ``value`` on a later loop turn, if it has not been resumed by then (see the
+        rules: such a wake-up belongs to the suspension it was made for)."""
+        self._call_soon(self.resume_if, task, task.runs, value)
+
+    def resume_if(self, task: Task, runs: int, value: object) -> None:
+        """Resume ``task`` if it is still in the suspension that ``runs`` (its ``Task.runs`` then) names;
+        else drop ``value`` and count it. For wake-ups put off to later (``resume_soon``, timers)."""
+        if task.runs != runs:
+            if task.co is not None:
+                self.stale_wakeups += 1
+            return
+        self.resume(task, value)
+
+    def task_number(self, task: Task) -> int:
+        """The number Lua holds for ``task`` (valid while it runs; see ``hold_task`` for one Lua keeps)."""
+        return self.handles.number(task)
+
     # -- internals -------------------------------------------------------------------------------
+    def _release(self, n: object, _b: object, _c: object) -> None:
+        # RELEASE (number): a Lua table that held a handle was collected (see kernel/handles.py)
+        self.handles.release(n)
+
     def _exit(self, task: Task, ok: object, value: object, error_value: object) -> object:
         # ok: value is the packed results (spawned tasks) or nil; failed: value is the traceback and
         # error_value what the task raised (for wait() to return)
@@ -345,6 +400,7 @@ class Kernel:
                     thing.close()
             if extra.children:
                 self.end_children(task, b"cancelled: " + task.describe().encode() + b" ended")
+        self.handles.retire(task)
         owner: Owner = task.owner
         try:
             owner.task_exited(task, ok, error)  # (before the watchers go: it may look at them)
@@ -364,7 +420,7 @@ class Kernel:
         if timer is not None:
             task.timer = None
             timer.cancel()
-        self._call_soon(self.resume, task, value)
+        self.resume_soon(task, value)
         return True
 
     def _stray(self, task: Task, req: object) -> None:

@@ -63,7 +63,7 @@ class Op(enum.IntEnum):
     NOW = 40  # (): wall-clock seconds as a float
     MONOTONIC = 41  # (): monotonic seconds as a float
     SPAWN = 42  # (job, where): start job (see _host.lua) as a task on the next loop turn; reply its handle
-    CURRENT = 43  # (): the running task's handle
+    CURRENT = 43  # (held): the running task's handle (held: for a table that gives it back, see RELEASE)
     UNPARK = 44  # (task, value): wake a parked task with value; false if it was not parked
     CANCEL = 45  # (task): end a task now; it is never resumed again
     DETACH = 46  # (task): the task outlives the connection that started it
@@ -99,6 +99,7 @@ class Op(enum.IntEnum):
     POOL_SPAWN = 74  # ({pool=, timeout=}, {module=, fn=} or {host=}, packed args): a job beside the task
     CHAN_CLOSE = 75  # (channel): close it from the task's side
     DB_ROWS_CLOSE = 76  # (rows): release a db.rows query before its end
+    RELEASE = 77  # (number): a Lua table holding that host handle was collected (kernel/handles.py)
 
     @property
     def yields(self) -> bool:

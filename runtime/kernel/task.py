@@ -64,9 +64,11 @@ class Task:
     coroutine is simply never resumed again (no exception is thrown through Lua, where ``pcall`` would
     swallow it). ``waiting`` and ``timer`` say what a suspended task is registered with, so that killing it
     also unregisters it. ``root`` is the task whose end cancels this one (a connection's handler), if any.
+    ``runs`` counts its resumes: a wake-up put off to later carries the count it answers (see the kernel's
+    rules). ``handle``: the number Lua holds for it, 0 until it is given one (``kernel/handles.py``).
     """
 
-    __slots__ = ("co", "extra", "owner", "root", "timer", "waiting")
+    __slots__ = ("co", "extra", "handle", "owner", "root", "runs", "timer", "waiting")
 
     def __init__(self, co: LuaThread, owner: Owner) -> None:
         self.co: LuaThread | None = co
@@ -75,6 +77,8 @@ class Task:
         self.timer: asyncio.TimerHandle | None = None
         self.root: Task | None = None
         self.extra: Extra | None = None
+        self.runs = 0
+        self.handle = 0
 
     @property
     def alive(self) -> bool:

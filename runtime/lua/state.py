@@ -24,6 +24,8 @@ LuaError: type[Exception] = _lupa.LuaError
 LuaMemoryError: type[Exception] = _lupa.LuaMemoryError
 # "table", "function", "thread" or "userdata" for a Lua object lupa hands to Python; None for anything else
 lua_type_of: Callable[[object], str | None] = _lupa.lua_type
+# The class of every Lua object lupa hands to Python (a table, a function, a coroutine); not exported by name
+LuaObject: type = type(_lupa.LuaRuntime().eval("{}")).__mro__[1]
 
 
 class LuaThread(Protocol):

@@ -46,6 +46,7 @@ class Channel:
         "cond",
         "from_job",
         "getter",
+        "handle",
         "job",
         "kernel",
         "loop",
@@ -74,6 +75,7 @@ class Channel:
         self.putter: tuple[Task, Any] | None = None
         self.waiter: Task | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.handle = 0  # Lua's number for it (runtime/kernel/handles.py), held by pool.lua's job table
         self.to_lua: Callable[[Any], Any] = lambda v: v  # plain values into the loop's Lua state (the pool's)
 
     # -- the job's thread -----------------------------------------------------------------------------

@@ -149,6 +149,7 @@ class ClockService:
         if not on:
             expired, self._guard_expired = self._guard_expired, False
             return expired
+        task = self._kernel.handles.get(task)
         if isinstance(real_limit, int | float) and isinstance(task, Task) and real_limit != math.inf:
             why = f"timed out after {real_limit:g}s of real time (the test runs in virtual time)".encode()
 
@@ -164,9 +165,9 @@ class ClockService:
     def sleep(self, task: Task, seconds: object, _b: object, _c: object) -> object:
         delay = float(seconds) if isinstance(seconds, int | float) else 0.0
         if delay <= 0:
-            self._loop.call_soon(self._kernel.resume, task, True)
+            self._kernel.resume_soon(task, True)
         elif delay != math.inf:
-            task.timer = self._loop.call_later(delay, self._kernel.resume, task, True)
+            task.timer = self._loop.call_later(delay, self._kernel.resume_if, task, task.runs, True)
         return SUSPEND
 
 

@@ -39,6 +39,7 @@ class Datagrams(asyncio.DatagramProtocol):
         self.queue: collections.deque[tuple[bytes, bytes, int]] = collections.deque(maxlen=MAX_QUEUED)
         self.reader: Task | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.handle = 0  # the number Lua holds for it (kernel/handles.py), retired when it closes
 
     # -- protocol ----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -47,7 +48,8 @@ class Datagrams(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         host, port = str(addr[0]).encode(), int(addr[1])
         if self.entry is not None:
-            self.svc.kernel.spawn(self, self.entry, self, data, host, port)
+            kernel = self.svc.kernel
+            kernel.spawn(self, self.entry, kernel.handles.number(self), data, host, port)
             return
         reader = self.reader
         if reader is not None:
@@ -61,10 +63,11 @@ class Datagrams(asyncio.DatagramProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.svc.kernel.handles.retire(self)
         reader = self.reader
         if reader is not None:
             self._stop_waiting()
-            self.svc.loop.call_soon(self.svc.kernel.resume, reader, _CLOSED)
+            self.svc.kernel.resume_soon(reader, _CLOSED)
 
     # -- owner of the per-datagram tasks -------------------------------------------------------------
     def describe(self) -> str:
@@ -102,6 +105,7 @@ class DatagramService:
         self.lua: Any = None
         self.sockets: set[Datagrams] = set()
         self.background = Background(loop)
+        kernel.handles.set_gone(Datagrams, Datagrams(self, None))  # (closed: what a retired number names)
         kernel.register(Op.UDP_OPEN, self._open)
         kernel.register(Op.UDP_RECV, self._recv, Datagrams)
         kernel.register_call(Op.UDP_SEND, self._send, Datagrams)
@@ -129,7 +133,7 @@ class DatagramService:
         self.sockets.add(sock)
         if entry is not None:
             log.info("serving udp on %s", sock.label)
-        self.kernel.resume(task, (sock, int(bound[1])))
+        self.kernel.resume(task, (self.kernel.handles.number(sock), int(bound[1])))
 
     def _recv(self, task: Task, sock: Datagrams, timeout: object, _c: object) -> object:
         if sock.queue:

@@ -43,23 +43,25 @@ class OpenRows:
 
     KIND = "rows"  # (what a misuse error calls it)
 
-    __slots__ = ("cursor", "open")
+    __slots__ = ("cursor", "handle", "open")
 
     def __init__(self, cursor: Cursor) -> None:
         self.cursor = cursor
         self.open = True
+        self.handle = 0  # Lua's number for it (kernel/handles.py), held by db.lua's rows table
 
 
 class Transaction:
     """A database session held by one task between DB_BEGIN and DB_END."""
 
-    __slots__ = ("db", "open", "session", "task")
+    __slots__ = ("db", "handle", "open", "session", "task")
 
     def __init__(self, db: Database, session: object, task: Task) -> None:
         self.db = db
         self.session = session
         self.task = task
         self.open = True
+        self.handle = 0  # Lua's number for it (kernel/handles.py), held by db.lua's transaction table
 
 
 def _bind(value: Any) -> Any:
@@ -141,8 +143,9 @@ class DatabaseService:
 
     # -- db.open: a call, connecting happens at the first statement -------------------------------
     def _open(self, url: object, opts: object, _c: object) -> object:
+        handles = self.kernel.handles
         if url is None:
-            return self.default, self.default.dialect.encode()
+            return handles.hold(self.default, host_done=True), self.default.dialect.encode()
         if not isinstance(url, bytes):
             return None, b"bad argument #1 to 'open' (URL string expected)"
         given = to_plain(opts) if opts is not None else {}
@@ -162,7 +165,7 @@ class DatabaseService:
             except ValueError as e:
                 return None, str(e).encode()
             self.opened[key] = db
-        return db, db.dialect.encode()
+        return handles.hold(db, host_done=True), db.dialect.encode()
 
     # -- requests: each starts one asyncio task and resumes the Lua task with its reply ------------
     def _query(self, task: Task, target: object, sql: object, params: object) -> object:
@@ -190,7 +193,8 @@ class DatabaseService:
     def _begin(self, task: Task, target: object, _b: object, _c: object) -> object:
         return self._start(task, self._run_begin(task, self._database(target)))
 
-    def _end(self, task: Task, tx: object, commit: object, _c: object) -> object:
+    def _end(self, task: Task, n: object, commit: object, _c: object) -> object:
+        tx = self.kernel.handles.get(n)
         if not isinstance(tx, Transaction) or tx.task is not task:
             raise TypeError("db: not this task's transaction")
         return self._start(task, self._finish(tx, bool(commit)))
@@ -251,7 +255,7 @@ class DatabaseService:
         if task.extra is None:
             task.extra = Extra()
         task.extra.on_end.append(lambda: self._close_rows(rows))
-        return rows
+        return self.kernel.handles.hold(rows, host_done=True)
 
     async def _fetch_batch(self, rows: OpenRows, n: int) -> object:
         try:
@@ -274,7 +278,7 @@ class DatabaseService:
         if task.extra is None:
             task.extra = Extra()
         task.extra.on_end.append(lambda: self._abandon(tx))
-        return tx
+        return self.kernel.handles.hold(tx, host_done=True)
 
     async def _finish(self, tx: Transaction, commit: bool) -> object:
         if not tx.open:
@@ -300,15 +304,17 @@ class DatabaseService:
     def _database(self, target: object) -> Database:
         if target is None:
             return self.default
-        if isinstance(target, Database):
-            return target
+        db = self.kernel.handles.get(target)
+        if isinstance(db, Database):
+            return db
         raise TypeError("db: not a database")
 
     def _where(self, target: object) -> tuple[Database, object]:
-        if isinstance(target, Transaction):
-            if not target.open:
+        tx = self.kernel.handles.get(target)
+        if isinstance(tx, Transaction):
+            if not tx.open:
                 raise ValueError("the transaction has ended")
-            return target.db, target.session
+            return tx.db, tx.session
         return self._database(target), None
 
     @staticmethod

@@ -82,7 +82,7 @@ class OutgoingService(Quiet):
             return
         if task is not self.kernel.main:  # (the main chunk's connections serve the whole process)
             conn.own(task)
-        self.kernel.resume(task, conn)
+        self.kernel.resume(task, self.kernel.handles.number(conn))
 
     def _starttls(self, task: Task, conn: Connection, opts: object, _c: object) -> object:
         self.background.run(self._upgrade(task, conn, to_plain(opts) or {}))

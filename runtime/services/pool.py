@@ -267,7 +267,7 @@ class PoolService:
         if task.extra is None:
             task.extra = Extra()
         task.extra.on_end.append(job.channel.cancel)  # the job is its task's: it stops when the task ends
-        return job.channel
+        return self.kernel.handles.hold(job.channel, host_done=True)  # (pool.lua's job table holds it)
 
     def _where(self, where: object, host_function: str | None) -> tuple[str, float | None]:
         """The pool (and timeout override) a job goes to: given by Lua, else the host function's own."""

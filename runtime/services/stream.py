@@ -61,9 +61,9 @@ _AFTER_FLUSH_TRUE = 3  # SENDALL: reply true once every byte is taken
 
 
 class Listener:
-    """A listening socket; Lua holds it as an opaque handle."""
+    """A listening socket; Lua holds its number (kernel/handles.py), retired when it closes."""
 
-    __slots__ = ("adopted", "entry", "label", "server", "workers")
+    __slots__ = ("adopted", "entry", "handle", "label", "server", "workers")
 
     def __init__(self, entry: object, label: str, workers: RequestWorkers | None = None) -> None:
         self.entry = entry  # Lua function run as the handler task of each accepted connection
@@ -72,6 +72,7 @@ class Listener:
         self.workers = workers  # (HTTP) connections served by request workers instead of one task each
         # (under a supervisor) slot -> a server on the socket of a dead worker's slot, accepted from meanwhile
         self.adopted: dict[int, asyncio.Server] = {}
+        self.handle = 0
 
 
 MAX_IDLE_WORKERS = 64  # request workers kept waiting per listener; more end when they go idle
@@ -134,8 +135,8 @@ class Worker:
             log.error("%s ended: %s", self.describe(), one_line(error))
         if conn is not None:
             self.conn = None
-            conn.task = None
             conn.close()
+            conn.let_go()
         self.workers.forget(task)
 
 
@@ -146,6 +147,7 @@ class Connection(asyncio.Protocol):
         "closing",
         "deadline_key",
         "eof",
+        "handle",
         "handled",
         "label",
         "listener",
@@ -198,6 +200,7 @@ class Connection(asyncio.Protocol):
         self.owner: Task | None = None  # (outgoing) the task it closes with; None while pooled
         self.pooled = False  # (outgoing) idle in a keep-alive pool (see KEEP)
         self.handled = 0  # (request workers) requests answered
+        self.handle = 0  # the number Lua holds for it (kernel/handles.py): retired once it is lost and let go
 
     # -- protocol callbacks ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -213,7 +216,8 @@ class Connection(asyncio.Protocol):
         if listener is not None:
             workers = listener.workers
             if workers is None:
-                self.task = svc.kernel.spawn(self, listener.entry, self, scope=True)
+                kernel = svc.kernel
+                self.task = kernel.spawn(self, listener.entry, kernel.handles.number(self), scope=True)
             else:  # a worker takes it when its first bytes arrive
                 self.send_timeout = workers.send_timeout
                 self.park()
@@ -244,6 +248,7 @@ class Connection(asyncio.Protocol):
         # The echo cycle, in this one frame (see the kernel's rules): resume the reader with the bytes and,
         # if it asks this connection for more, send what it wrote and wait again.
         kernel = svc.kernel
+        reader.runs += 1
         kernel.resumes += 1
         kernel.current = reader
         try:
@@ -252,7 +257,7 @@ class Connection(asyncio.Protocol):
                 type(req) is not tuple
                 or len(req) != 4
                 or req[0] != _RECV
-                or req[1] is not self
+                or req[1] != self.handle
                 or self.closing
                 or self.write_paused
                 or self.eof
@@ -263,11 +268,12 @@ class Connection(asyncio.Protocol):
                 return
             out = req[2]
             if out:
-                self.transport.write(out)
+                self.transport.write(out)  # type: ignore[union-attr]  # (open: `closing` is false)
                 self.bytes_out += len(out)
                 if self.write_paused:  # above the high-water mark now: read once the peer drains
                     value = self.wait_writer(reader, _AFTER_DRAIN_READ)
                     if value is not SUSPEND:
+                        reader.runs += 1
                         kernel.serve(reader, resume_thread(co, value))
                     return
             self.turn_bytes = 0
@@ -339,7 +345,7 @@ class Connection(asyncio.Protocol):
         workers = listener.workers
         svc = self.svc
         self.turn_bytes = 0
-        reply = (self, self.take_pending(), self.next_is_last())
+        reply = (svc.kernel.handles.number(self), self.take_pending(), self.next_is_last())
         idle = workers.idle
         if idle:
             task = idle.pop()
@@ -381,14 +387,16 @@ class Connection(asyncio.Protocol):
         kernel = svc.kernel
         kernel.resumes += 1
         kernel.current = task
+        number = self.handle or kernel.handles.number(self)
+        task.runs += 1
         try:
             last = svc.draining or self.handled + 1 >= workers.max_requests  # (next_is_last, inline)
-            req = resume_thread(co, (self, data, last))
+            req = resume_thread(co, (number, data, last))
             if (
                 type(req) is not tuple
                 or len(req) != 4
                 or req[0] != _IDLE
-                or req[1] is not self
+                or req[1] != number
                 or self.closing
                 or self.eof
                 or self.pending is not None
@@ -403,10 +411,10 @@ class Connection(asyncio.Protocol):
                     svc.request_done(task, self, counted=True)
             out = req[2]
             if out:
-                self.transport.write(out)
+                self.transport.write(out)  # type: ignore[union-attr]  # (open: `closing` is false)
                 self.bytes_out += len(out)
                 if self.write_paused:  # the general way decides what waits for the peer
-                    kernel.serve(task, (_IDLE, self, None, 0))
+                    kernel.serve(task, (_IDLE, number, None, 0))
                     return
             worker.conn = None
             self.task = None
@@ -439,6 +447,8 @@ class Connection(asyncio.Protocol):
         self.closing = True
         self.eof = True
         self.svc.connections.pop(self, None)
+        if self.task is None:  # (else when its task lets go of it)
+            self.svc.kernel.handles.retire(self)
         if self.deadline_key:
             self.svc.deadlines.remove(self)
         self.disown()
@@ -479,6 +489,14 @@ class Connection(asyncio.Protocol):
         if not ok:
             self.svc.log_task_error(self, error)
         self.close()
+        self.let_go()
+
+    def let_go(self) -> None:
+        """No task serves this connection any more: once it is lost too, Lua's number for it names the
+        closed stand-in (kernel/handles.py)."""
+        self.task = None
+        if self.transport is None:
+            self.svc.kernel.handles.retire(self)
 
     # -- requests --------------------------------------------------------------------------------
     def send(self, out: bytes | None) -> bool:
@@ -511,7 +529,7 @@ class Connection(asyncio.Protocol):
             # has polled the other connections (as a kernel reply that waited its turn: the task does not
             # hold the connection meanwhile)
             self.turn_bytes = 0
-            self.svc.loop.call_soon(self.svc.resume, task, self.take_pending())
+            self.svc.kernel.resume_soon(task, self.take_pending())
             return SUSPEND
         self.turn_bytes = 0
         svc = self.svc
@@ -643,7 +661,7 @@ class Connection(asyncio.Protocol):
         if reader is not None:
             self.reader = None
             if soon:
-                self.svc.loop.call_soon(self.svc.kernel.resume, reader, value)
+                self.svc.kernel.resume_soon(reader, value)
             else:
                 self.svc.kernel.resume(reader, value)
 
@@ -651,7 +669,7 @@ class Connection(asyncio.Protocol):
         writer = self.writer
         if writer is not None:
             self.writer = None
-            self.svc.loop.call_soon(self.svc.kernel.resume, writer, value)
+            self.svc.kernel.resume_soon(writer, value)
 
     def _restore_write_limits(self) -> None:
         if self.transport is not None:
@@ -703,6 +721,11 @@ class StreamService:
         self.lua: Any = None  # the main Lua state, to build replies in (set by the host)
         self.background = Background(loop)
         self.capacity: ConnectionCapacity | None = None  # --max-connections, shared with HTTP (wire_services)
+        # what the number of a connection or listener that is gone names (kernel/handles.py)
+        self.gone = Connection(self, None, "a connection that is gone")
+        self.gone.closing = self.gone.eof = True
+        kernel.handles.set_gone(Connection, self.gone)
+        kernel.handles.set_gone(Listener, Listener(None, "a listener that is closed"))
         kernel.register(Op.RECV, self._recv, Connection)
         kernel.register(Op.SEND, self._send, Connection)
         kernel.register(Op.SENDALL, self._sendall, Connection)
@@ -798,7 +821,7 @@ class StreamService:
         listener.server = server
         self.listeners.add(listener)
         log.info("listening on %s%s", listener.label, " (http)" if workers is not None else "")
-        self.kernel.resume(task, (listener, bound))
+        self.kernel.resume(task, (self.kernel.handles.number(listener), bound))
 
     def open_http(self, task: Task, where: bytes, port: int, workers: RequestWorkers) -> object:
         """HTTP_LISTEN (services/httpserver.py): a TCP listener whose connections request workers serve."""
@@ -814,7 +837,7 @@ class StreamService:
         if out:
             conn.send(out)
         worker.conn = None
-        conn.task = None
+        conn.let_go()
         if not conn.closing and conn.transport is not None:
             if conn.eof:
                 conn.close()  # the peer sends nothing more, and all it sent is answered
@@ -825,7 +848,7 @@ class StreamService:
                     worker.conn = conn
                     conn.task = task
                     conn.turn_bytes = 0
-                    return (conn, conn.take_pending(), conn.next_is_last())
+                    return (conn.handle, conn.take_pending(), conn.next_is_last())
         return SUSPEND if self.rest(task, worker) else None  # (None: the worker ends)
 
     def rest(self, task: Task, worker: Worker) -> bool:
@@ -852,7 +875,7 @@ class StreamService:
         ending, workers.idle = idle[:n], idle[n:]
         for task in ending:
             task.waiting = None
-            self.kernel.resume(task, None)
+            self.kernel.resume(task, None)  # (they end)
         if workers.idle:
             wait = cast(Worker, workers.idle[0].owner).since - expired
             workers.sweep = self.loop.call_later(wait, self._sweep, workers)
@@ -876,6 +899,8 @@ class StreamService:
         return not (conn.closing or conn.eof or conn.pending or transport is None or transport.is_closing())
 
     def _keep(self, conn: Connection, idle_timeout: object, _: object) -> object:
+        if conn is self.gone:
+            return True  # (closed long ago: nothing to keep)
         conn.disown()
         conn.pooled = True
         seconds = float(idle_timeout) if isinstance(idle_timeout, int | float) else 60.0
@@ -890,9 +915,12 @@ class StreamService:
         return not conn.closing and conn.transport is not None
 
     def _own(self, conn: Connection, task: object, _: object) -> object:
-        owner = self.kernel.current if task is None else task
+        handles = self.kernel.handles
+        owner = self.kernel.current if task is None else handles.resolve(task, Task)
         if not isinstance(owner, Task):
-            raise bad_argument(2, "own", "task", task)
+            raise bad_argument(2, "own", "task", handles.found(task))
+        if conn is self.gone:
+            return True  # (closed long ago: nothing to own)
         if owner is self.kernel.main:
             conn.disown()  # (the main chunk's connections serve the whole process)
             conn.pooled = False
@@ -928,6 +956,8 @@ class StreamService:
         return _CLOSED_REPLY if peer is None else peer
 
     def _settimeouts(self, conn: Connection, send: float | None, read: float | None) -> object:
+        if conn is self.gone:
+            return True
         if send is not None:
             conn.send_timeout = float(send)
         if read is not None:
@@ -976,11 +1006,12 @@ class StreamService:
             idle, workers.idle = workers.idle, []
             for task in idle:
                 task.waiting = None
-                self.loop.call_soon(self.kernel.resume, task, None)
+                self.kernel.resume_soon(task, None)
         if listener.server is not None:
             listener.server.close()
             listener.server = None
             self.listeners.discard(listener)
+            self.kernel.handles.retire(listener)
             log.info("stopped listening on %s", listener.label)
 
     def start_drain(self) -> None:

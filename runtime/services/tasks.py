@@ -27,7 +27,7 @@ import logging
 import math
 import threading
 import time
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from runtime.config import Limits
 from runtime.kernel.core import SUSPEND, Kernel, bad_argument, one_line
@@ -75,10 +75,15 @@ class TaskService(Quiet):
         self.guard: StallGuard | None = None  # set by the host when the budget is on and arming works
         self.failures = 0  # spawned tasks that failed with nobody waiting for them (moonlet test reads it)
         self.last_failure = ""
+        # what the number of a task that ended and was forgotten names (kernel/handles.py)
+        gone = Task(None, self)  # type: ignore[arg-type]
+        gone.extra = Extra("a task that ended")
+        gone.extra.result = (False, b"cancelled: the task ended and its handle was let go")
+        kernel.handles.set_gone(Task, gone)
         kernel.register(Op.PARK, self._park)
         kernel.register(Op.JOIN, self._join)
         kernel.register_call(Op.SPAWN, self._spawn)
-        kernel.register_call(Op.CURRENT, lambda a, b, c: kernel.current)
+        kernel.register_call(Op.CURRENT, self._current)
         kernel.register_call(Op.UNPARK, self._unpark)
         kernel.register_call(Op.CANCEL, self._cancel)
         kernel.register_call(Op.DETACH, self._detach)
@@ -104,12 +109,29 @@ class TaskService(Quiet):
         log.error("%s", self.last_failure)
 
     # -- requests --------------------------------------------------------------------------------
-    def _spawn(self, job: object, where: object, _c: object) -> Task:
+    def _spawn(self, job: object, where: object, _c: object) -> int:
         assert self.task_body is not None
         if not isinstance(job, int):
             raise TypeError("spawn: bad job id")
         name = "task spawned at " + (where.decode("utf-8", "replace") if isinstance(where, bytes) else "?")
-        return self.kernel.spawn(self, job, False, body=self.task_body, extra=Extra(name), soon=True)
+        task = self.kernel.spawn(self, job, False, body=self.task_body, extra=Extra(name), soon=True)
+        return self.kernel.handles.hold(task)  # (task.lua's table gives it back when collected)
+
+    def _current(self, held: object, _b: object, _c: object) -> int | None:
+        task = self.kernel.current
+        if task is None:
+            return None
+        handles = self.kernel.handles
+        return handles.hold(task) if held else handles.number(task)
+
+    def _task(self, n: object, fn: str) -> Task:
+        """The task number ``n`` names (a stand-in for one that ended and was forgotten), or Lua's argument
+        error for ``fn``."""
+        handles = self.kernel.handles
+        task = handles.resolve(n, Task)
+        if task is None:
+            raise bad_argument(1, fn, "task", handles.found(n))
+        return cast(Task, task)
 
     def _park(self, task: Task, timeout: object, _b: object, _c: object) -> object:
         if timeout is not None:
@@ -117,40 +139,34 @@ class TaskService(Quiet):
             if delay <= 0:
                 return _TIMEOUT_REPLY
             if delay != math.inf:
-                task.timer = self.loop.call_later(delay, self._park_expired, task)
+                task.timer = self.loop.call_later(delay, self._park_expired, task, task.runs)
         task.waiting = PARKED
         return SUSPEND
 
-    def _join(self, task: Task, target: object, timeout: object, _c: object) -> object:
-        if not isinstance(target, Task):
-            raise bad_argument(1, "wait", "task", target)
+    def _join(self, task: Task, n: object, timeout: object, _c: object) -> object:
+        target = self._task(n, "wait")
         if target.co is None:
-            return self._result(target, None, None)
+            return self._outcome(target)
         if target is task:
             raise ValueError("a task cannot wait for itself")
         self.kernel.watch(target, task)
         return self._park(task, timeout, None, None)
 
-    def _park_expired(self, task: Task) -> None:
-        if task.waiting is PARKED:
+    def _park_expired(self, task: Task, runs: int) -> None:
+        if task.waiting is PARKED and task.runs == runs:
             task.waiting = task.timer = None
             self.kernel.resume(task, _TIMEOUT_REPLY)
 
-    def _unpark(self, task: object, value: object, _c: object) -> bool:
-        if not isinstance(task, Task):
-            raise bad_argument(1, "unpark", "task", task)
-        return self.kernel.wake(task, True if value is None else value)
+    def _unpark(self, n: object, value: object, _c: object) -> bool:
+        return self.kernel.wake(self._task(n, "unpark"), True if value is None else value)
 
-    def _cancel(self, task: object, _b: object, _c: object) -> object:
-        if not isinstance(task, Task):
-            raise bad_argument(1, "cancel", "task", task)
-        if not self.kernel.kill(task, CANCELLED):
+    def _cancel(self, n: object, _b: object, _c: object) -> object:
+        if not self.kernel.kill(self._task(n, "cancel"), CANCELLED):
             return (None, b"a task cannot cancel itself (return from it instead)")
         return True
 
-    def _detach(self, task: object, _b: object, _c: object) -> bool:
-        if not isinstance(task, Task):
-            raise bad_argument(1, "detach", "task", task)
+    def _detach(self, n: object, _b: object, _c: object) -> bool:
+        task = self._task(n, "detach")
         root = task.root
         if root is not None and root is not task:
             task.root = None
@@ -158,19 +174,22 @@ class TaskService(Quiet):
                 root.extra.children.discard(task)
         return True
 
-    def _result(self, task: object, _b: object, _c: object) -> object:
-        if not isinstance(task, Task):
-            raise bad_argument(1, "result", "task", task)
+    def _result(self, n: object, _b: object, _c: object) -> object:
+        return self._outcome(self._task(n, "result"))
+
+    @staticmethod
+    def _outcome(task: Task) -> object:
         extra = task.extra
         if task.co is not None or extra is None or extra.result is None:
             return RUNNING
         ok, value = extra.result
         return (DONE, value) if ok else (FAILED, value)
 
-    def _watch(self, task: object, _b: object, _c: object) -> bool:
+    def _watch(self, n: object, _b: object, _c: object) -> bool:
         watcher = self.kernel.current
-        if not isinstance(task, Task) or watcher is None:
-            raise bad_argument(1, "watch", "task", task)
+        task = self._task(n, "watch")
+        if watcher is None:
+            raise bad_argument(1, "watch", "task", n)
         if task is watcher:
             raise ValueError("a task cannot wait for itself")
         if task.co is None:
@@ -178,9 +197,10 @@ class TaskService(Quiet):
         self.kernel.watch(task, watcher)
         return True
 
-    def _unwatch(self, task: object, _b: object, _c: object) -> None:
+    def _unwatch(self, n: object, _b: object, _c: object) -> None:
         watcher = self.kernel.current
-        if isinstance(task, Task) and task.extra is not None and task.extra.watchers:
+        task = self.kernel.handles.resolve(n, Task)
+        if task is not None and task.extra is not None and task.extra.watchers:
             watchers = task.extra.watchers
             if watcher in watchers:
                 watchers.remove(watcher)

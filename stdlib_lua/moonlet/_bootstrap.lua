@@ -219,7 +219,9 @@ rawset(app_env, "arg", args)
 strict(app_env)
 
 local M = {}
-if host then M.body, M.task_body, M.misuse = host.body, host.task_body, host.misuse end
+if host then
+  M.body, M.task_body, M.misuse, M.flush_released = host.body, host.task_body, host.misuse, host.flush_released
+end
 
 --- A stdlib module, for the host (the load generator's engine).
 function M.stdlib(name)

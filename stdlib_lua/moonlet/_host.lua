@@ -60,6 +60,31 @@ function M.unmark(obj)
   end
 end
 
+-- Host numbers given back by the `__gc` of the tables that held them (runtime/kernel/handles.py). A finalizer
+-- must not call the host (it may run while the state is being closed), so it only notes the number and marks
+-- this list dirty: the next crossing into the host hands the numbers over, as it hands buffered output.
+local released, nreleased = {}, 0
+local releaser = {}
+local RELEASE = OP.RELEASE
+function releaser._sync()
+  local list, n = released, nreleased
+  released, nreleased = {}, 0
+  for i = 1, n do call(RELEASE, list[i]) end
+end
+
+--- Hand the numbers noted so far to the host now (the console's \gc, after a collection).
+function M.flush_released()
+  M.unmark(releaser)
+  releaser._sync()
+end
+
+--- From a `__gc` metamethod: the table holding host number `n` is gone.
+function M.release(n)
+  nreleased = nreleased + 1
+  released[nreleased] = n
+  M.mark_dirty(releaser)
+end
+
 local function sync_all()
   local obj = first
   first = nil

@@ -60,6 +60,12 @@ end
 local BATCH = 256
 local Rows = {}
 Rows.__index = Rows
+-- Each table below holds a host number (runtime/kernel/handles.py) and gives it back when collected.
+local function release(self)
+  local held = rawget(self, "_held")
+  if held ~= nil then host.release(held) end
+end
+Rows.__gc = release
 Rows.__close = function(self)
   local py = self._py
   if py then
@@ -71,7 +77,7 @@ end
 local function rows(target, sql, ...)
   local py, err = request(OP.DB_ROWS, target, sql, params(...))
   if not py then error("db.rows: " .. tostring(err), 3) end
-  local state = setmetatable({ _py = py }, Rows)
+  local state = setmetatable({ _py = py, _held = py }, Rows)
   local batch, i, n = nil, 0, 0
   local function next_row()
     if i < n then
@@ -105,6 +111,7 @@ end
 ---@class moonlet.Tx
 local Tx = {}
 Tx.__index = Tx
+Tx.__gc = release
 
 --- Like db.query, inside the transaction.
 --- Example: `local rows = tx:query("SELECT balance FROM accounts WHERE name = ?", name)`
@@ -146,12 +153,13 @@ end
 local function transaction(target, fn, ...)
   local py, err = request(DB_BEGIN, target)
   if not py then return nil, err end
-  local r = pack(pcall(fn, setmetatable({ _py = py }, Tx), ...))
+  local tx = setmetatable({ _py = py, _held = py }, Tx)
+  local r = pack(pcall(fn, tx, ...))
   if not r[1] then
-    request(DB_END, py, false)
+    request(DB_END, tx._held, false) -- (tx, not py: the table must outlive the transaction)
     return nil, r[2]
   end
-  local ok, cerr = request(DB_END, py, true)
+  local ok, cerr = request(DB_END, tx._held, true)
   if not ok then return nil, cerr end
   if r.n == 1 then return true end
   return unpack(r, 2, r.n)
@@ -161,6 +169,7 @@ end
 ---@field dialect "sqlite"|"postgresql" which engine serves it
 local Database = {}
 Database.__index = Database
+Database.__gc = release
 
 --- Run a query on this database; returns an array of rows (tables keyed by column name), or nil, err.
 --- Example: `local rows, err = reports:query("SELECT * FROM sales WHERE day = ?", day)`
@@ -231,7 +240,7 @@ function M.open(url, opts)
   if opts ~= nil and type(opts) ~= "table" then argerror(2, "open", "table", opts) end
   local py, dialect = call(OP.DB_OPEN, url, opts)
   if not py then return nil, dialect end
-  return setmetatable({ _py = py, dialect = tostring(dialect) }, Database)
+  return setmetatable({ _py = py, _held = py, dialect = tostring(dialect) }, Database)
 end
 
 local default
@@ -241,7 +250,7 @@ local default
 function M.dialect()
   if not default then
     local py, dialect = call(OP.DB_OPEN)
-    default = setmetatable({ _py = py, dialect = tostring(dialect) }, Database)
+    default = setmetatable({ _py = py, _held = py, dialect = tostring(dialect) }, Database)
   end
   return default.dialect
 end

@@ -69,6 +69,11 @@ end
 ---@class moonlet.Job
 local Job = {}
 Job.__index = Job
+-- A job's table holds the host number of its channel (runtime/kernel/handles.py), given back when collected.
+function Job.__gc(self)
+  local py = rawget(self, "_py")
+  if py ~= nil then host.release(py) end
+end
 
 local function spawn(where, target, ...)
   local py, err = call(OP.POOL_SPAWN, where, target, pack(...))

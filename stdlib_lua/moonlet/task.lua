@@ -29,6 +29,14 @@ local Task = {}
 Task.__index = Task
 M.Task = Task
 
+-- A task's table holds its host number (kernel/handles.py): when the table is collected, the host may forget
+-- the task once it has ended. (A table made around another's number gives back nothing the host holds.)
+local release = host.release
+function Task.__gc(self)
+  local py = rawget(self, "_py")
+  if py ~= nil then release(py) end
+end
+
 local function is_task(t)
   return type(t) == "table" and getmetatable(t) == Task
 end
@@ -47,7 +55,7 @@ end
 --- Example: `local me = task.current()`
 ---@return moonlet.Task
 function M.current()
-  return setmetatable({ _py = call(OP.CURRENT) }, Task)
+  return setmetatable({ _py = call(OP.CURRENT, true) }, Task)
 end
 
 -- A task method called on something that is not a task (`t.wait(x)` for `t:wait()`), in Lua's words.
