@@ -18,6 +18,9 @@ import pytest
 
 from bench.handover import APP, drive, start_server
 from conftest import run_script
+from runtime.kernel.core import SUSPEND, Kernel
+from runtime.kernel.ops import Op
+from runtime.kernel.task import Task
 
 
 def test_lupa_hands_back_another_objects_wrapper_once_a_slot_is_reused() -> None:
@@ -72,6 +75,42 @@ def test_host_objects_reach_lua_as_numbers_that_resolve_to_their_kind(tmp_path: 
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     lines = done.stdout.decode().splitlines()
     assert lines == ["integer\tinteger\tinteger", "true\t42", "integer\t1", "true"], lines
+
+
+def test_a_put_off_wake_up_for_a_wait_that_already_ended_is_dropped_and_counted() -> None:
+    """A resume put off to a later loop turn belongs to the suspension it was made for: if the task was
+    resumed meanwhile, it is dropped (and counted), never delivered to the task's next wait."""
+
+    class Owner:
+        ended: list[bool] = []  # noqa: RUF012
+
+        def describe(self) -> str:
+            return "test task"
+
+        def task_exited(self, task: Task, ok: bool, error: bytes | None) -> None:
+            self.ended.append(ok)
+
+    loop = asyncio.new_event_loop()
+    try:
+        kernel = Kernel(loop.call_soon)
+        kernel.register(Op.SLEEP, lambda task, a, b, c: SUSPEND)  # (a wait that only a resume ends)
+        lua = lupa.LuaRuntime(encoding=None)
+        got = lua.table()
+        body = lua.eval(
+            "function(got) for i = 1, 2 do got[i] = coroutine.yield(4, 1, nil, nil) end "
+            "return 0, true, nil, nil end"
+        )
+        owner = Owner()
+        task = kernel.spawn(owner, got, body=body)  # runs to its first wait
+        kernel.resume_soon(task, b"stale")  # a wake-up for that first wait, put off ...
+        kernel.resume(task, b"first")  # ... and the wait ends another way before it fires
+        loop.call_soon(loop.stop)
+        loop.run_forever()  # the put-off wake-up fires now, for a wait that has ended
+        assert kernel.stale_wakeups == 1
+        kernel.resume(task, b"second")
+        assert [got[1], got[2]] == [b"first", b"second"] and owner.ended == [True]
+    finally:
+        loop.close()
 
 
 def raise_open_files(wanted: int) -> None:

@@ -356,10 +356,6 @@ class Kernel:
             return
         self.resume(task, value)
 
-    def task_number(self, task: Task) -> int:
-        """The number Lua holds for ``task`` (valid while it runs; see ``hold_task`` for one Lua keeps)."""
-        return self.handles.number(task)
-
     # -- internals -------------------------------------------------------------------------------
     def _release(self, n: object, _b: object, _c: object) -> None:
         # RELEASE (number): a Lua table that held a handle was collected (see kernel/handles.py)

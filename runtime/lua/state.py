@@ -8,8 +8,10 @@ Every ``LuaRuntime`` in moonlet comes from :func:`new_lua_runtime`. What it guar
   default UTF-8 decoding raises on the first invalid byte).
 * No ``python.eval``, no ``python.builtins``, and the ``python`` global removed: Lua cannot name Python.
 * Attribute access on Python objects handed to Lua goes through an allow-list that is empty: Lua may hold
-  host handles and pass them back through the door, but never walk from them (``x.__class__`` and the like
-  raise). Item access is not covered by lupa's filter, so no dict or list is ever handed to Lua.
+  the few it is given (the door's functions, a console session) and pass them back through the door, but
+  never walk from them (``x.__class__`` and the like raise). Host handles are numbers, not objects
+  (``runtime/kernel/handles.py``). Item access is not covered by lupa's filter, so no dict or list is
+  ever handed to Lua.
 * ``max_memory`` is set, so a runaway allocation raises a Lua memory error instead of taking the process.
 """
 

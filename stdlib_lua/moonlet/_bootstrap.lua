@@ -191,8 +191,9 @@ if host_call then
     coroutine = coroutine, sethook = debug.sethook, gethook = debug.gethook, getinfo = getinfo,
   })
   loaded["moonlet._host"] = host
-  -- Every Python object Lua holds (a connection, a task, a listener) shares lupa's one metatable: app code
-  -- may neither read nor change it (replacing its __gc or __tostring would reach every host handle).
+  -- The few Python objects Lua holds (the door's functions, a console session; host handles are numbers:
+  -- runtime/kernel/handles.py) share lupa's one metatable: app code may neither read nor change it
+  -- (replacing its __gc or __tostring would reach every one of them).
   local handles = debug.getmetatable(host_call)
   if handles then handles.__metatable = "protected" end
   -- both environments see the coroutine library that lets host requests through app coroutines

@@ -29,8 +29,9 @@ local Task = {}
 Task.__index = Task
 M.Task = Task
 
--- A task's table holds its host number (kernel/handles.py): when the table is collected, the host may forget
--- the task once it has ended. (A table made around another's number gives back nothing the host holds.)
+-- A task's table holds its host number (runtime/kernel/handles.py): when the table is collected, the host
+-- may forget the task once it has ended. (A table the app makes around another's number gives back a hold
+-- that is not its own: misuse, like any forged handle.)
 local release = host.release
 function Task.__gc(self)
   local py = rawget(self, "_py")
