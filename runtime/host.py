@@ -40,6 +40,7 @@ from runtime.services.datagram import DatagramService
 from runtime.services.registry import Services, wire_services
 from runtime.services.stream import StreamService
 from runtime.services.tasks import StallGuard
+from runtime.threadclock import ThreadClock
 from runtime.virtualtime import VirtualTimeLoop
 
 log = logging.getLogger("moonlet")
@@ -132,13 +133,14 @@ class Host:
 
         # (the signal handlers below are not added yet: the loop's signal socket is known once they are)
         lag_args = (loop, self.limits.loop_lag_warn, running)
+        loop_clock = ThreadClock.here()  # (budgets count the loop thread's work: runtime/threadclock.py)
 
         lua = new_lua_runtime(self.limits.lua_max_memory)
         budget = self.limits.stall_budget
         interrupter = new_interrupter(lua) if budget > 0 else None
         if budget > 0 and interrupter is None:
             log.warning("stall budget: cannot arm hooks in this lupa build; every coroutine checks instead")
-        stall_guard = StallGuard(kernel, budget, interrupter) if interrupter is not None else None
+        stall_guard = StallGuard(kernel, budget, interrupter, loop_clock) if interrupter is not None else None
         tasks.guard = stall_guard
         lua_limits = {
             "max_line": self.limits.max_line,
@@ -170,6 +172,7 @@ class Host:
             loop.add_signal_handler(signal.SIGUSR1, self._adopt_orphans)
         lag = LagMonitor(
             *lag_args,
+            clock=loop_clock,
             block_limit=self.limits.block_limit,
             drain_timeout=self.limits.drain_timeout,
             signal_fd=signal_socket(),

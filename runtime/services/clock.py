@@ -26,6 +26,7 @@ from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
 from runtime.lua.state import LuaFunction
+from runtime.threadclock import ThreadClock, Work
 from runtime.virtualtime import VirtualTimeLoop, monotonic_clock, wall_clock
 
 log = logging.getLogger("moonlet")
@@ -289,11 +290,15 @@ class LagMonitor:
     ``running()`` what the loop thread is running (Lua and blocking calls release the GIL, so it can).
 
     It is also the last resort against a block nothing else can end (a C call on client input, where the
-    stall budget cannot interrupt): after ``block_limit`` seconds it logs what was running and exits the
-    process (status 70), so the supervisor replaces the worker. A SIGTERM that arrives meanwhile cannot run
-    its handler on the blocked loop; the watchdog sees a signal waiting unread on the loop's signal socket
-    (its write end: the bytes still queued, TIOCOUTQ; which signal is not visible) and exits once
-    ``drain_timeout`` has passed since, as a drain would have ended by then.
+    stall budget cannot interrupt): after ``block_limit`` seconds of the loop thread's work (its CPU time,
+    and time asleep inside the call: runtime/threadclock.py) it logs what was running and exits the process
+    (status 70), so the supervisor replaces the worker. A SIGTERM that arrives meanwhile cannot run its
+    handler on the blocked loop; the watchdog sees a signal waiting unread on the loop's signal socket (its
+    write end: the bytes still queued, TIOCOUTQ; which signal is not visible) and exits once the loop has
+    worked ``drain_timeout`` seconds since, as a drain would have ended by then.
+
+    A late loop that did not work (the process waited for a core on a busy machine, or was stopped) is
+    neither blocked nor stuck: it is logged as such, at info, and never ends the process.
     """
 
     PERIOD = 0.1
@@ -309,8 +314,13 @@ class LagMonitor:
         drain_timeout: float = 30.0,
         signal_fd: int | None = None,
         before_exit: Callable[[], None] | None = None,
+        clock: ThreadClock | None = None,
     ) -> None:
         self._loop = loop
+        self._clock = clock  # the loop thread's; None: wall time counts as work
+        self._work = Work(clock, self.PERIOD) if clock is not None else None
+        self._beat_cpu = 0.0  # the loop thread's CPU time at the last tick
+        self._block_work = 0.0  # the work the watchdog counted in the current block (read by _tick)
         self._warn_after = warn_after
         self._running = running
         self._block_limit = block_limit
@@ -329,7 +339,7 @@ class LagMonitor:
         if self._warn_after > 0 and not isinstance(self._loop, VirtualTimeLoop):
             self._expected = self._loop.time() + self.PERIOD
             self._handle = self._loop.call_at(self._expected, self._tick)
-            self._beat = time.monotonic()
+            self._beat, self._beat_cpu = time.monotonic(), time.thread_time()
             if self._running is not None:
                 threading.Thread(target=self._watch, name="moonlet-lag-watchdog", daemon=True).start()
 
@@ -344,19 +354,31 @@ class LagMonitor:
 
     def _watch(self) -> None:
         assert self._running is not None
-        signalled_at = 0.0  # when a stop signal was first seen waiting during the current block
+        signalled = -1.0  # the block's work when a stop signal was first seen waiting
+        block = -1.0  # the beat the current block began after
+        work = self._work
         while not self._stopped.wait(self.PERIOD):
-            blocked = time.monotonic() - self._beat
+            beat = self._beat
+            blocked = time.monotonic() - beat
             if blocked <= self.PERIOD + self._warn_after / 2:
-                signalled_at = 0.0
+                signalled = block = -1.0
                 continue
+            if beat != block:  # a new block: count the loop thread's work from its last beat
+                block = beat
+                if work is not None:
+                    work.start(self._beat_cpu)
+            worked = work.sample() if work is not None else blocked
+            self._block_work = worked
             if self._culprit is None:
                 self._culprit = self._running() or "no task (host code)"
-            if signalled_at == 0.0 and self._signal_waiting():
-                signalled_at = time.monotonic()
-            if self._block_limit > 0 and blocked >= self._block_limit:
-                self._exit(f"the event loop has been blocked for {blocked:.1f}s (--block-limit)")
-            if signalled_at and time.monotonic() - signalled_at >= self._drain_timeout:
+            if signalled < 0 and self._signal_waiting():
+                signalled = worked
+            if self._block_limit > 0 and worked >= self._block_limit:
+                self._exit(
+                    f"the event loop has been blocked for {blocked:.1f}s, {worked:.1f}s of it working "
+                    "(--block-limit)"
+                )
+            if signalled >= 0 and worked - signalled >= self._drain_timeout:
                 self._exit(
                     f"a signal waited {self._drain_timeout:.3g}s (the drain timeout) for the blocked loop"
                 )
@@ -390,13 +412,24 @@ class LagMonitor:
         lag = now - self._expected
         self.worst = max(self.worst, lag)
         if lag >= self._warn_after:
-            log.warning(
-                "event loop blocked for %.2fs%s: every connection waited (a long C call or blocking work on "
-                "the loop thread; Lua code is stopped by the stall budget instead)",
-                lag,
-                f" in {self._culprit}" if self._culprit else "",
-            )
+            cpu = time.thread_time()
+            worked = lag if self._clock is None else max(cpu - self._beat_cpu, self._block_work)
+            if worked >= lag / 2:
+                log.warning(
+                    "event loop blocked for %.2fs%s: every connection waited (a long C call or blocking work "
+                    "on the loop thread; Lua code is stopped by the stall budget instead)",
+                    lag,
+                    f" in {self._culprit}" if self._culprit else "",
+                )
+            else:
+                log.info(
+                    "event loop late by %.2fs, %.2fs of it working: the process waited for a CPU (a busy "
+                    "machine) or was stopped; nothing was stuck",
+                    lag,
+                    worked,
+                )
         self._culprit = None
-        self._beat = time.monotonic()
+        self._block_work = 0.0
+        self._beat, self._beat_cpu = time.monotonic(), time.thread_time()
         self._expected = now + self.PERIOD
         self._handle = self._loop.call_at(self._expected, self._tick)

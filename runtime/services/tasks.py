@@ -36,6 +36,7 @@ from runtime.kernel.task import PARKED, Extra, Task
 from runtime.lua.interrupt import Interrupter
 from runtime.lua.state import LuaFunction
 from runtime.services import Quiet
+from runtime.threadclock import ThreadClock
 
 log = logging.getLogger("moonlet")
 
@@ -214,7 +215,7 @@ class TaskService(Quiet):
             if guard.stalled_run != kernel.resumes:
                 return None
             return self._stall_message(guard.stalled_for)
-        now = time.monotonic()
+        now = time.thread_time()  # (the loop thread's CPU: this runs on it, from the count hook)
         if kernel.resumes != self._run:
             self._run, self._run_since = kernel.resumes, now
             return None
@@ -238,18 +239,20 @@ class TaskService(Quiet):
 
 
 class StallGuard:
-    """The watchdog thread of the stall budget: finds a run that has lasted ``budget`` seconds and arms the
-    hook of the coroutine running it.
+    """The watchdog thread of the stall budget: finds a run that has used ``budget`` seconds of the loop
+    thread's CPU and arms the hook of the coroutine running it.
 
     It samples ``Kernel.resumes`` and ``Kernel.current`` every ``budget / 10`` seconds (at most 0.1 s) and
-    times a run from the first sample that saw it, so a stall is stopped between ``budget`` and
-    ``budget`` + two periods after it began. Lua releases the GIL while it runs, so this thread reads the
-    kernel's fields while the loop thread is busy in Lua; a sample is used only when the run counter read
-    before and after ``current`` agree.
+    times a run by the loop thread's CPU clock from the first sample that saw it, so a stall is stopped
+    between ``budget`` and ``budget`` + two periods of CPU after it began, and a run that waits for a core
+    (a busy machine) or is stopped (SIGSTOP, a debugger) is never judged stuck (runtime/threadclock.py).
+    Lua releases the GIL while it runs, so this thread reads the kernel's fields while the loop thread is
+    busy in Lua; a sample is used only when the run counter read before and after ``current`` agree.
     """
 
-    def __init__(self, kernel: Kernel, budget: float, interrupter: Interrupter) -> None:
+    def __init__(self, kernel: Kernel, budget: float, interrupter: Interrupter, clock: ThreadClock) -> None:
         self._kernel = kernel
+        self._clock = clock  # the loop thread's
         self._budget = budget
         self._interrupter = interrupter
         self._period = min(0.1, budget / 10)
@@ -265,21 +268,21 @@ class StallGuard:
 
     def _watch(self) -> None:
         kernel = self._kernel
-        seen_run, seen_at = -1, 0.0
+        seen_run, seen_cpu = -1, 0.0
         while not self._stopped.wait(self._period):
             run = kernel.resumes
             task = kernel.current
             if task is None or kernel.resumes != run:
                 seen_run = -1
                 continue
-            now = time.monotonic()
+            cpu = self._clock.cpu()
             if run != seen_run:
-                seen_run, seen_at = run, now
+                seen_run, seen_cpu = run, cpu
                 continue
-            if now - seen_at < self._budget or self.stalled_run == run:
+            if cpu - seen_cpu < self._budget or self.stalled_run == run:
                 continue
             co = task.co  # (held while arming: the coroutine's state stays alive)
             if co is not None:
-                self.stalled_for = now - seen_at
+                self.stalled_for = cpu - seen_cpu
                 self.stalled_run = run
                 self._interrupter.arm(co)
