@@ -171,6 +171,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     bench.add_argument("script", metavar="SCRIPT.lua")
     bench.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the script")
+    # an option is spelt out or refused: "--worker 2" is not taken for --workers (argparse's abbreviations)
+    parser.allow_abbrev = False
+    for command in commands.choices.values():
+        command.allow_abbrev = False
     return parser
 
 

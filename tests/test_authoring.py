@@ -52,6 +52,28 @@ end)
     assert only.returncode == 0 and "1 passed, 0 failed, 0 skipped" in only.stdout
 
 
+def test_a_bad_option_fails_its_test_only_and_the_others_still_run(tmp_path: Path) -> None:
+    (tmp_path / "options_test.lua").write_text(
+        """
+local t = require "moonlet.testing"
+t.it("first", function() end)
+t.it("negative", function() end, { timeout = -1 })
+t.it("misspelt", function() end, { timout = 1 })
+t.it("last", function() end)
+"""
+    )
+    out = moonlet("test", str(tmp_path))
+    assert out.returncode == 1
+    assert re.search(r"2 passed, 2 failed, 0 skipped in 1 file", out.stdout), out.stdout
+    assert (
+        "options_test.lua:4: bad argument #3 to 'it' ('timeout': seconds > 0 expected, got -1)" in out.stdout
+    )
+    assert (
+        "options_test.lua:5: bad argument #3 to 'it' (unknown option 'timout'; the options are timeout, "
+        "virtual_time)" in out.stdout
+    ), out.stdout
+
+
 def test_scaffolds_pass_their_own_tests_and_luacheck(tmp_path: Path) -> None:
     assert moonlet("new", "app", "greeter", cwd=tmp_path).returncode == 0
     assert moonlet("new", "module", "mathx", cwd=tmp_path).returncode == 0

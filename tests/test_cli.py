@@ -46,6 +46,15 @@ def test_bad_option_is_a_clear_error_and_exit_1(tmp_path) -> None:  # type: igno
     assert b"unknown option --prot (options: --port)" in result.stderr
 
 
+def test_an_abbreviated_or_misspelt_moonlet_option_is_refused_not_guessed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    script = tmp_path / "script.lua"
+    script.write_text('print("ran")\n')
+    for wrong in ("--worker", "--stall", "--log"):  # (argparse would take them for --workers, ...)
+        result = moonlet("run", wrong, "1", str(script))
+        assert result.returncode == 2 and result.stdout == "", (wrong, result.stdout)
+        assert f"unrecognized arguments: {wrong}" in result.stderr, result.stderr
+
+
 def test_error_in_main_chunk_exits_1_with_traceback(tmp_path) -> None:  # type: ignore[no-untyped-def]
     result = run_script(
         tmp_path,

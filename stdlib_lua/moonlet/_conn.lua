@@ -8,8 +8,8 @@ local host = require "moonlet._host"
 local request, call, OP, argerror = host.request, host.call, host.OP, host.argerror
 local mark_dirty, unmark, recv = host.mark_dirty, host.unmark, host.recv
 local find, sub, byte, concat = string.find, string.sub, string.byte, table.concat
-local type, error, setmetatable, tostring, select, pairs, floor = type, error, setmetatable, tostring, select,
-  pairs, math.floor
+local type, error, setmetatable, tostring, select, floor = type, error, setmetatable, tostring, select,
+  math.floor
 local huge = math.huge
 
 local SEND, SENDALL, WRITE, CLOSE, BUFFERED = OP.SEND, OP.SENDALL, OP.WRITE, OP.CLOSE, OP.BUFFERED
@@ -402,6 +402,8 @@ function Conn:buffered()
   return #self[BUF] - self[POS] + 1 + pending, self[OUTB] + unsent
 end
 
+local LIMITS = { max_line = true, max_read = true }
+
 --- Change this connection's line limit (readline, readuntil) and read limit (readn): the same knobs, by the
 --- same names, as net.listen's `max_line` and `max_read`.
 ---@param limits {max_line?: integer, max_read?: integer}
@@ -410,12 +412,7 @@ function Conn:setlimits(limits)
   if type(limits) ~= "table" then
     argerror(1, "setlimits", "table", limits)
   end
-  for k in pairs(limits) do
-    if k ~= "max_line" and k ~= "max_read" then
-      error("bad argument #1 to 'setlimits' (unknown limit '" .. tostring(k) .. "'; the limits are max_line and "
-        .. "max_read)", 2)
-    end
-  end
+  host.check_options(limits, 1, "setlimits", LIMITS)
   local line, read = limits.max_line or self[LIM].line, limits.max_read or self[LIM].read
   check_count(line, "setlimits"); check_count(read, "setlimits")
   if line < MIN_LINE_LIMIT then argerror(1, "setlimits", "integer >= " .. MIN_LINE_LIMIT, line, "max_line") end

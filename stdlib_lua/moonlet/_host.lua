@@ -403,6 +403,26 @@ end
 
 M.argerror = argerror
 
+--- The stdlib's one check of a table of options: a key the function does not know is misuse, raised at the
+--- API's caller (`between`: stdlib helper frames in between) in Lua's words: "bad argument #1 to 'request'
+--- (unknown option 'timout'; the options are body, headers, ...)", so a misspelt option never falls back to
+--- its default silently. `known`: the option names, as a set; `refused` (optional): names recognised but not
+--- available, name -> why ("'tls': TLS on a listener is not supported yet: ...").
+function M.check_options(opts, i, fn, known, refused, between)
+  for k in next, opts do
+    if not known[k] then
+      local level = 3 + (between or 0)
+      local why = refused and refused[k]
+      if why then error(("bad argument #%d to '%s' ('%s': %s)"):format(i, fn, tostring(k), why), level) end
+      local names = {}
+      for name in next, known do names[#names + 1] = name end
+      table.sort(names)
+      error(("bad argument #%d to '%s' (unknown option '%s'; the options are %s)"):format(i, fn, tostring(k),
+        table.concat(names, ", ")), level)
+    end
+  end
+end
+
 --- A port argument: an integer from `low` (0: any free port; 1 to connect) to 65535.
 function M.is_port(port, low)
   return math.type(port) == "integer" and port >= low and port <= 65535

@@ -227,6 +227,8 @@ end
 
 function Database:__tostring() return "moonlet.Database (" .. self.dialect .. ")" end
 
+local OPEN_OPTIONS = { timeout = true, pool_size = true, connect_timeout = true, busy_timeout = true }
+
 --- A handle on the database at `url` (`sqlite:PATH` or `postgresql://...`), with query/exec/transaction
 --- and its `dialect`. Connecting happens at the first statement, so this never waits; the same URL and
 --- options give handles on the same connections. Options: `timeout` (seconds per statement),
@@ -238,6 +240,7 @@ function Database:__tostring() return "moonlet.Database (" .. self.dialect .. ")
 function M.open(url, opts)
   if type(url) ~= "string" then argerror(1, "open", "URL string", url) end
   if opts ~= nil and type(opts) ~= "table" then argerror(2, "open", "table", opts) end
+  if opts ~= nil then host.check_options(opts, 2, "open", OPEN_OPTIONS) end
   local py, dialect = call(OP.DB_OPEN, url, opts)
   if not py then return nil, dialect end
   return setmetatable({ _py = py, _held = py, dialect = tostring(dialect) }, Database)

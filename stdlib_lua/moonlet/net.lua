@@ -43,6 +43,12 @@ function Listener:close()
   call(OP.UNLISTEN, self._py)
 end
 
+local LISTEN_OPTIONS = { handler = true, host = true, port = true, path = true, max_line = true,
+  max_read = true }
+local NOT_ON_LISTENERS = {
+  tls = "TLS on a listener is not supported yet: terminate TLS in front of moonlet (docs/deploy.md)" }
+M._NOT_ON_LISTENERS = NOT_ON_LISTENERS -- (http.serve says the same)
+
 --- Serve TCP (host, port) or a Unix socket (path). `handler(conn)` runs in its own coroutine for each
 --- accepted connection; the connection is closed when it returns, and a Lua error in it ends only that
 --- connection (logged with its traceback). Returns a listener, or nil, err if the address cannot be bound.
@@ -54,6 +60,7 @@ end
 ---@return string? err
 function M.listen(opts)
   if type(opts) ~= "table" then argerror(1, "listen", "table", opts) end
+  host.check_options(opts, 1, "listen", LISTEN_OPTIONS, NOT_ON_LISTENERS)
   local handler = opts.handler
   if type(handler) ~= "function" then argerror(1, "listen", "function", handler, "handler") end
   local lim = { line = opts.max_line or host.limits.max_line, read = opts.max_read or host.limits.max_read }
@@ -82,11 +89,18 @@ end
 ---------------------------------------------------------------------------------------------------------
 -- the client side
 
-local function check_opts(opts, what)
-  if opts ~= nil and type(opts) ~= "table" then
+local TLS_OPTIONS = { verify = true, cafile = true, server_name = true }
+local CONNECT_OPTIONS = { timeout = true, tls = true, pool = true, pool_size = true, pool_timeout = true }
+local STARTTLS_OPTIONS = { verify = true, cafile = true, server_name = true, timeout = true }
+
+local function check_opts(opts, what, known)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then
     error("bad argument to '" .. what .. "' (options table expected)", 3)
   end
-  return opts or {}
+  host.check_options(opts, what == "connect" and 3 or 1, what, known, nil, 1)
+  if type(opts.tls) == "table" then host.check_options(opts.tls, 3, what, TLS_OPTIONS, nil, 1) end
+  return opts
 end
 
 --- Connect to `host`, `port` (TCP) or to a Unix socket `path` (`net.connect(path)`); the connection has the
@@ -104,7 +118,7 @@ end
 ---@return string? err
 function M.connect(dest, port, opts)
   if type(port) == "table" then port, opts = nil, port end
-  opts = check_opts(opts, "connect")
+  opts = check_opts(opts, "connect", CONNECT_OPTIONS)
   if type(dest) ~= "string" then argerror(1, "connect", "host or socket path", dest) end
   if port ~= nil and not host.is_port(port, 1) then argerror(2, "connect", "port from 1 to 65535", port) end
   local key = opts.pool or (dest .. ":" .. tostring(port) .. (opts.tls and ":tls" or ""))
@@ -135,7 +149,7 @@ end
 ---@param opts? {verify?: boolean, cafile?: string, server_name?: string, timeout?: number}
 function Conn:starttls(opts)
   if type(self) ~= "table" or not self[POS] then bad_self("starttls", self) end
-  opts = check_opts(opts, "starttls")
+  opts = check_opts(opts, "starttls", STARTTLS_OPTIONS)
   if self[CLOSED] then return nil, "closed" end
   if self[POS] <= #self[BUF] then return nil, "unread data before the TLS handshake" end
   local out = take(self)

@@ -31,6 +31,8 @@ local function check_name(v, i, what)
   end
 end
 
+local NAMED_OPTIONS = { timeout = true }
+
 --- A handle on pool `name` ("cpu" and "io" by default; more with `moonlet run --pool NAME=SIZE`), with
 --- options: `timeout` (seconds per job; the pool's default is 60).
 --- Example: `local cpu = pool.named("cpu", { timeout = 5 })`
@@ -39,6 +41,10 @@ end
 ---@return moonlet.Pool
 function M.named(name, opts)
   check_name(name, 1, "named")
+  if opts ~= nil then
+    if type(opts) ~= "table" then argerror(2, "named", "table", opts) end
+    host.check_options(opts, 2, "named", NAMED_OPTIONS)
+  end
   local timeout = opts and opts.timeout
   if timeout ~= nil and (type(timeout) ~= "number" or timeout <= 0) then
     error("bad option 'timeout' (seconds > 0 expected)", 2)

@@ -15,7 +15,8 @@
 -- opens another).
 -- @module moonlet.redis
 local net = require "moonlet.net"
-local argerror = require("moonlet._host").argerror
+local door = require "moonlet._host"
+local argerror = door.argerror
 local sync = require "moonlet.sync"
 local task = require "moonlet.task"
 local type, tostring, tonumber, setmetatable, select = type, tostring, tonumber, setmetatable, select
@@ -28,6 +29,8 @@ M.null = setmetatable({}, { __tostring = function() return "redis.null" end })
 local Client = {}
 Client.__index = Client
 
+local NEW_OPTIONS = { host = true, port = true, timeout = true, pool_size = true, password = true, db = true }
+
 --- A client for the server at `host`:`port` (127.0.0.1:6379); options: `timeout` (seconds, default 5),
 --- `pool_size` (open connections at most, default 32), `password`, `db`.
 ---@param opts? {host?: string, port?: integer, timeout?: number, pool_size?: integer, password?: string,
@@ -35,6 +38,8 @@ Client.__index = Client
 ---@return moonlet.Redis
 function M.new(opts)
   opts = opts or {}
+  if type(opts) ~= "table" then argerror(1, "new", "table", opts) end
+  door.check_options(opts, 1, "new", NEW_OPTIONS)
   return setmetatable({ host = opts.host or "127.0.0.1", port = opts.port or 6379, timeout = opts.timeout or 5,
     pool_size = opts.pool_size or 32, password = opts.password, db = opts.db }, Client)
 end

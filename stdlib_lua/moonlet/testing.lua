@@ -57,6 +57,18 @@ function M.describe(name, body, opts)
   current = saved
 end
 
+local TEST_OPTIONS = { timeout = true, virtual_time = true }
+
+-- (raises at the test file's line: check_options, this, pcall, M.it, the file)
+local function check_test_options(opts)
+  if type(opts) ~= "table" then host.argerror(3, "it", "table", opts, nil, 2) end
+  host.check_options(opts, 3, "it", TEST_OPTIONS, nil, 2)
+  local timeout = opts.timeout
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout <= 0) then
+    host.argerror(3, "it", "seconds > 0", timeout, "timeout", 2)
+  end
+end
+
 --- A test: `body` runs in its own task with a timeout (default 10 s; `opts.timeout`), in virtual time with
 --- `opts.virtual_time = true` (or when its group has it; the timeout is then counted in real time).
 --- Example: `t.it("times out", function() t.expect(conn:readline()).to_be_nil() end, { virtual_time = true })`
@@ -65,9 +77,18 @@ end
 ---@param opts? {timeout?: number, virtual_time?: boolean}
 function M.it(name, body, opts)
   local virtual = current.virtual_time
-  if opts and opts.virtual_time ~= nil then virtual = opts.virtual_time end
-  current.tests[#current.tests + 1] = { name = name, body = body, timeout = opts and opts.timeout or 10,
-    virtual_time = virtual }
+  local test = { name = name, body = body, timeout = 10 }
+  if opts ~= nil then
+    local ok, err = pcall(check_test_options, opts)
+    if not ok then
+      test.bad = tostring(err) -- (a bad option fails this test only: the others still run)
+    else
+      if opts.virtual_time ~= nil then virtual = opts.virtual_time end
+      test.timeout = opts.timeout or 10
+    end
+  end
+  test.virtual_time = virtual
+  current.tests[#current.tests + 1] = test
 end
 
 --- A test that is not run (reported as skipped).
@@ -170,6 +191,11 @@ local function run_test(group, test, filter, counts)
   if test.skip then
     counts.skipped = counts.skipped + 1
     call(OP.REPORT, "test", { name = name, status = "skipped" })
+    return
+  end
+  if test.bad then
+    counts.failed = counts.failed + 1
+    call(OP.REPORT, "test", { name = name, status = "failed", error = test.bad })
     return
   end
   local failures_before = call(OP.TASK_FAILURES)

@@ -2,7 +2,8 @@
 --- the connection pool, chunked bodies, redirects on request, HTTPS, and streaming of large bodies.
 -- @module moonlet.http.client
 local net = require "moonlet.net"
-local argerror = require("moonlet._host").argerror
+local door = require "moonlet._host"
+local argerror = door.argerror
 local type, error, tonumber, tostring, pairs, setmetatable = type, error, tonumber, tostring, pairs, setmetatable
 local concat, lower, find, sub, format = table.concat, string.lower, string.find, string.sub, string.format
 
@@ -204,6 +205,9 @@ local function resolve_location(base, location)
   return authority .. dir .. location
 end
 
+local REQUEST_OPTIONS = { url = true, method = true, headers = true, body = true, timeout = true, tls = true,
+  pool_size = true, max_body = true, redirects = true, stream = true }
+
 --- Make an HTTP request. Options: `url` (required), `method` ("GET"), `headers` (a table of name = value),
 --- `body` (a string), `timeout` (seconds for connecting and for each read or write, default 30),
 --- `redirects` (how many redirects to follow, default 0), `stream` (true: `res.body` is nil and
@@ -219,6 +223,7 @@ function M.request(opts)
   if type(opts) ~= "table" or type(opts.url) ~= "string" then
     error("bad argument #1 to 'request' (table with a 'url' expected)", 2)
   end
+  door.check_options(opts, 1, "request", REQUEST_OPTIONS)
   if opts.body ~= nil and type(opts.body) ~= "string" then argerror(1, "request", "string", opts.body, "body") end
   local method, url, body = (opts.method or "GET"):upper(), opts.url, opts.body
   local left = opts.redirects or 0
@@ -274,6 +279,10 @@ end
 --- `http.request{url = url}` with other options from `opts`.
 ---@async
 function M.get(url, opts)
+  if opts ~= nil then
+    if type(opts) ~= "table" then argerror(2, "get", "table", opts) end
+    door.check_options(opts, 2, "get", REQUEST_OPTIONS)
+  end
   local o = {}
   for k, v in pairs(opts or {}) do o[k] = v end
   o.url = url

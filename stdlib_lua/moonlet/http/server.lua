@@ -35,6 +35,10 @@ local function check_limit(opts, name, fallback)
   return v
 end
 
+local SERVE_OPTIONS = { handler = true, host = true, port = true, keepalive_timeout = true, max_requests = true,
+  send_timeout = true }
+for name in pairs(httpd.DEFAULTS) do SERVE_OPTIONS[name] = true end
+
 --- Serve HTTP on host:port. `handler(req, res)` runs for each request (in a worker task; tasks it spawns end
 --- with the request unless detached); it answers with `return status, headers, body`, or through `res`
 --- (`res:status`, `res:header`, `res:write`, `res:finish`). An error in it answers 500 (if nothing was sent
@@ -49,6 +53,7 @@ end
 ---@return string? err
 function M.serve(opts)
   if type(opts) ~= "table" then argerror(1, "serve", "table", opts) end
+  door.check_options(opts, 1, "serve", SERVE_OPTIONS, require("moonlet.net")._NOT_ON_LISTENERS)
   local handler = opts.handler
   if type(handler) ~= "function" and not (type(handler) == "table" and getmetatable(handler)
     and getmetatable(handler).__call) then

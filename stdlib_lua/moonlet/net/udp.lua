@@ -6,8 +6,11 @@ local type, error, setmetatable = type, error, setmetatable
 
 local M = {}
 
+local UDP_OPTIONS = { host = true, port = true, handler = true }
+
 local function check_opts(opts)
   if opts ~= nil and type(opts) ~= "table" then error("bad argument to 'udp' (options table expected)", 3) end
+  if opts ~= nil then host.check_options(opts, 1, "udp", UDP_OPTIONS, nil, 1) end
   return opts or {}
 end
 
