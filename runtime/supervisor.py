@@ -7,11 +7,14 @@
 * Each worker is an ordinary ``moonlet run --workers 1`` process; its listeners take their sockets from the
   supervisor (runtime/listeners.py), so every worker accepts from the same queue and a draining worker
   loses none of the connections waiting in it.
-* A worker that dies is started again after a back-off per worker slot (1 s, doubling up to 30 s while it
-  keeps dying young; back to 1 s once a worker of that slot has listened for ``HEALTHY_AFTER``); each death
-  (with its signal) and restart is logged. Meanwhile its share of new connections is not stranded: the
-  dead worker's SO_REUSEPORT socket stays open (its waiting connections are not reset), and a living worker
-  is asked (SIGUSR1) to accept from it too until the replacement listens.
+* A worker killed from outside (SIGKILL from the OOM killer or an operator, SIGTERM, ...) is started again
+  at once: nothing says its replacement would fail. A worker that crashes (it exits with an error status,
+  or dies of its own fault: SIGSEGV, SIGABRT, ...) is started again after a back-off per worker slot (1 s,
+  doubling up to 30 s while it keeps dying young; back to 1 s once a worker of that slot has listened for
+  ``HEALTHY_AFTER``), so a crash loop does not spin. Each death (with its signal) and restart is logged.
+  Meanwhile its share of new connections is not stranded: the dead worker's SO_REUSEPORT socket stays open
+  (its waiting connections are not reset), and a living worker is asked (SIGUSR1) to accept from it too
+  until the replacement listens.
 * SIGTERM/SIGINT: every worker drains (as a single process does), the supervisor closes its copies of the
   listening sockets so that new connections are refused at once, and exits 0 when all workers have. A
   signal sent to the whole process group (Ctrl-C in a terminal, `timeout`, systemd) is the same one
@@ -42,6 +45,11 @@ from runtime.listeners import LISTENING_MARK, SINGLE_PROCESS_MARK, ListenerRegis
 log = logging.getLogger("moonlet")
 
 MAX_BACKOFF = 30.0
+# signals a worker does not send itself: the OOM killer, an operator, a process manager (a crash is SIGSEGV,
+# SIGABRT, SIGBUS, SIGFPE, SIGILL, or an exit status)
+KILLED_FROM_OUTSIDE = frozenset(
+    {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT}
+)
 HEALTHY_AFTER = 10.0  # a worker that has listened this long resets its slot's back-off
 RELOAD_TIMEOUT = 30.0  # seconds a new generation has to listen
 
@@ -207,20 +215,22 @@ class Supervisor:
             return
         now = time.monotonic()
         healthy = worker.listening_since > 0 and now - worker.listening_since >= HEALTHY_AFTER
-        backoff = 1.0 if healthy else self.backoff.get(worker.index, 1.0)
+        outside = status < 0 and -status in KILLED_FROM_OUTSIDE
+        backoff = 0.0 if outside else 1.0 if healthy else self.backoff.get(worker.index, 1.0)
         how = (
             f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited with status {status}"
         )
         log.warning(
-            "%s (pid %d) %s after %.1fs; starting it again in %.0fs%s",
+            "%s (pid %d) %s after %.1fs; starting it again %s%s",
             worker.name,
             worker.proc.pid,
             how,
             now - worker.started,
-            backoff,
-            "" if healthy or backoff == 1.0 else " (it keeps dying young: backing off)",
+            "now" if outside else f"in {backoff:.0f}s",
+            "" if outside or healthy or backoff == 1.0 else " (it keeps dying young: backing off)",
         )
-        self.backoff[worker.index] = min(backoff * 2, MAX_BACKOFF)
+        if not outside:
+            self.backoff[worker.index] = min(backoff * 2, MAX_BACKOFF)
         if worker.listening.is_set():
             self._lend_share(worker.index)
         await asyncio.sleep(backoff)

@@ -115,6 +115,38 @@ def test_a_killed_worker_is_replaced_and_clients_are_still_served(lua_server) ->
         assert ask(port).startswith(b"hi ")
 
 
+def test_a_worker_killed_from_outside_is_started_again_at_once_every_time(lua_server) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL (the OOM killer, an operator) is not a crash loop: no back-off, however often and however
+    young the worker was."""
+    port = free_port()
+    server = lua_server(APP, str(port), options=["--workers", "2"])
+    wait_count(server, "listening on", 2)
+    started = re.compile(r"worker 1 started \(pid (\d+)\)")
+    seen: list[int] = []
+
+    def next_worker_1() -> int:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            server.wait_log(b"started", timeout=1)  # (reads what the server has logged so far)
+            fresh = [int(p) for p in started.findall(server.log_text()) if int(p) not in seen]
+            if fresh:
+                seen.append(fresh[0])
+                return fresh[0]
+            time.sleep(0.05)
+        raise AssertionError(server.log_text()[-2000:])
+
+    pid = next_worker_1()
+    for _ in range(3):
+        os.kill(pid, signal.SIGKILL)
+        server.wait_log(re.compile(rb"worker 1 \(pid %d\) was killed by SIGKILL after [\d.]+s; starting it "
+                                   rb"again now" % pid))  # fmt: skip
+        pid = next_worker_1()
+    assert "backing off" not in server.log_text()
+    wait_count(server, "listening on", 3)  # (at least: a replacement killed before it listened did not)
+    for _ in range(5):
+        assert ask(port).startswith(b"hi ")
+
+
 def test_sighup_reload_under_load_loses_no_connection_or_request(lua_server) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     server = lua_server(APP, str(port), options=["--workers", "2"])
