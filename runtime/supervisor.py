@@ -14,7 +14,9 @@
   ``HEALTHY_AFTER``), so a crash loop does not spin. Each death (with its signal) and restart is logged.
   Meanwhile its share of new connections is not stranded: the dead worker's SO_REUSEPORT socket stays open
   (its waiting connections are not reset), and a living worker is asked (SIGUSR1) to accept from it too
-  until the replacement listens.
+  until the replacement listens. When no worker listens at all (every one died and waits to be started
+  again), the kernel would go on completing handshakes nobody answers: the supervisor accepts and resets
+  them itself, so clients hear at once instead of timing out, until a worker listens again.
 * SIGTERM/SIGINT: every worker drains (as a single process does), the supervisor closes its copies of the
   listening sockets so that new connections are refused at once, and exits 0 when all workers have. A
   signal sent to the whole process group (Ctrl-C in a terminal, `timeout`, systemd) is the same one
@@ -35,6 +37,8 @@ import logging
 import os
 import shutil
 import signal
+import socket
+import struct
 import sys
 import tempfile
 import time
@@ -97,6 +101,7 @@ class Supervisor:
         self.shared_dir = tempfile.mkdtemp(prefix="moonlet-shared-")
         self.listeners = ListenerRegistry(self.shared_dir)
         self.single = False  # the app declared state in a worker's memory (workers.single): one worker only
+        self.refusing: list[socket.socket] = []  # sockets the supervisor resets connections on (none listens)
         self._done: asyncio.Future[None] | None = None
 
     def run(self) -> int:
@@ -181,6 +186,7 @@ class Supervisor:
             if LISTENING_MARK in line and not worker.listening.is_set():
                 worker.listening_since = time.monotonic()
                 worker.listening.set()
+                self._stop_refusing()
                 if worker.generation == self.generation:
                     self._take_back_share(worker.index)
                     if self.single:  # the slots of workers stopped for it: it serves them from now on
@@ -233,11 +239,50 @@ class Supervisor:
             self.backoff[worker.index] = min(backoff * 2, MAX_BACKOFF)
         if worker.listening.is_set():
             self._lend_share(worker.index)
+        if not self._anyone_listens():
+            self._refuse()
         await asyncio.sleep(backoff)
         if not self.stopping and worker.generation == self.generation:
             self._start(Worker(worker.index, worker.generation))
         else:
             self._check_done()
+
+    def _anyone_listens(self) -> bool:
+        return any(
+            w.listening.is_set() and w.proc is not None and w.proc.returncode is None for w in self.workers
+        )
+
+    def _refuse(self) -> None:
+        """No worker listens: reset the connections the kernel completes on every listening socket, now and
+        until a worker listens again (see the module's rules)."""
+        if self.refusing or self.stopping:
+            return
+        loop = asyncio.get_running_loop()
+        self.refusing = [*self.listeners.sockets.values(), *self.listeners.paths.values()]
+        for sock in self.refusing:
+            sock.setblocking(False)  # (the workers' copies are non-blocking already: one open file)
+            loop.add_reader(sock.fileno(), self._reset_waiting, sock)
+        if self.refusing:
+            log.warning("no worker is listening: new connections are refused until one is started again")
+
+    def _reset_waiting(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:  # (BlockingIOError: none left)
+                return
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
+            conn.close()
+
+    def _stop_refusing(self) -> None:
+        if not self.refusing:
+            return
+        loop = asyncio.get_running_loop()
+        for sock in self.refusing:
+            loop.remove_reader(sock.fileno())
+        self.refusing = []
+        log.info("a worker listens again: new connections are served")
 
     def _lend_share(self, slot: int) -> None:
         """The worker of ``slot`` died: a living worker accepts from its sockets until another listens."""
@@ -327,6 +372,7 @@ class Supervisor:
                 w.proc.send_signal(signal.SIGTERM)
         # the workers close their copies as their drain begins: with ours closed too, the kernel refuses new
         # connections at once instead of queueing them for nobody
+        self._stop_refusing()
         self.listeners.close()
         self._check_done()
 

@@ -24,7 +24,7 @@ try("connect", function() local r = net.connect("127.0.0.1", 1, { timout = 0.08 
 try("connect tls", function() local r = net.connect("127.0.0.1", 1, { tls = { verfiy = 1 } }) return r end)
 try("request", function() local r = http.request { url = "http://127.0.0.1:1/", timout = 0.08 } return r end)
 try("get", function() local r = http.get("http://127.0.0.1:1/", { retries = 2 }) return r end)
-try("udp", function() local r = net.udp { port = 0, handlr = nothing } return r end)
+try("udp", function() local r = net.udp { port = 0, handlr = f } return r end)
 try("named", function() local r = pool.named("cpu", { timeot = 1 }) return r end)
 try("open", function() local r = db.open("sqlite:x.db", { pool = 3 }) return r end)
 try("redis", function() local r = redis.new { port = 1, dbs = 2 } return r end)

@@ -147,6 +147,30 @@ def test_a_worker_killed_from_outside_is_started_again_at_once_every_time(lua_se
         assert ask(port).startswith(b"hi ")
 
 
+CRASH_APP = """
+local net = require "moonlet.net"
+net.listen { host = "127.0.0.1", port = tonumber(arg[1]), handler = function(c) c:write("hi\\n") end }
+sleep(0.3)
+error("crashing on purpose")  -- (after it listened: a crash loop)
+"""
+
+
+def test_while_no_worker_listens_connections_are_refused_at_once_not_left_waiting(lua_server) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    server = lua_server(CRASH_APP, str(port), options=["--workers", "2"])
+    server.wait_log(b"no worker is listening: new connections are refused", timeout=10)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        started = time.monotonic()
+        try:
+            answer = s.recv(10)
+        except ConnectionResetError:
+            answer = b"(reset)"
+        took = time.monotonic() - started
+    # reset by the supervisor at once, instead of waiting in the queue for the worker started a second later
+    assert answer in (b"", b"(reset)") and took < 0.5, (answer, took)
+    server.wait_log(b"a worker listens again: new connections are served", timeout=10)
+
+
 def test_sighup_reload_under_load_loses_no_connection_or_request(lua_server) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     server = lua_server(APP, str(port), options=["--workers", "2"])

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import math
 import socket
+import time
 from typing import Any, ClassVar, cast
 
 from runtime.config import Limits
@@ -75,6 +76,7 @@ class Listener:
         self.handle = 0
 
 
+CLOSE_GRACE = 1.0  # seconds the connections get to close when the process ends, before they are aborted
 MAX_IDLE_WORKERS = 64  # request workers kept waiting per listener; more end when they go idle
 IDLE_WORKER_TTL = 2.0  # seconds a request worker waits for a connection before it ends
 
@@ -1057,7 +1059,18 @@ class StreamService:
         self.start_drain()
 
     async def close(self) -> None:
+        """Close every connection and wait, a moment at most, until each is gone: a transport closes on a
+        later loop turn (a TLS one after its close_notify, one whose STARTTLS failed only when aborted), and
+        one that outlives the loop is reset by the loop's own teardown, with an error in the log. What is
+        left after ``CLOSE_GRACE`` seconds (real time: the virtual clock may jump) is aborted."""
         self.close_all()
+        deadline = time.monotonic() + CLOSE_GRACE
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        for conn in list(self.connections):
+            conn.abort()
+            conn.connection_lost(None)  # (a transport another protocol had taken over never says so)
+        await asyncio.sleep(0)
 
     def statistics(self) -> dict[str, int | float]:
         return {"connections": len(self.connections), "listeners": len(self.listeners)}
