@@ -393,8 +393,11 @@ def test_every_acknowledged_charge_survives_sigterm(run_app, tmp_path: Path) -> 
     lock = threading.Lock()
     stop = threading.Event()
 
+    logged_in = threading.Semaphore(0)
+
     def client(n: int) -> None:
         c = login(server, f"user{n}")
+        logged_in.release()
         while not stop.is_set():
             c.send(f"CHARGE acct-{n} 1\n".encode())
             try:
@@ -409,6 +412,8 @@ def test_every_acknowledged_charge_survives_sigterm(run_app, tmp_path: Path) -> 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
     for t in threads:
         t.start()
+    for _ in threads:  # (on a busy machine a login can take a while: the drain must not begin before it)
+        assert logged_in.acquire(timeout=20)
     deadline = time.monotonic() + 10
     while len(acknowledged) < 40 and time.monotonic() < deadline:  # writes are going on
         time.sleep(0.01)
