@@ -192,7 +192,8 @@ def _test(ns: argparse.Namespace) -> int:
 
     _add_module_path(ns.path)
 
-    if ns.one:  # one file, in this process: report each test on standard output
+    if ns.one:  # one file, in this process: reports go to the runner (runtime/testrunner.py)
+        testrunner.die_with_parent()
         logs.setup("warning", False)
         try:
             engine = ("moonlet.testing", {"filter": ns.filter})

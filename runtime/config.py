@@ -61,3 +61,6 @@ def default_pools() -> dict[str, PoolConfig]:
 # The prefix of the machine-readable lines a moonlet process writes on standard output for the tool that
 # started it (moonlet bench's load generator, moonlet test's runner): see OP.REPORT.
 REPORT_PREFIX = b"@moonlet-report "
+# Where those lines go instead, when set: a descriptor the tool passed down (moonlet test), so that nothing
+# the code under test prints can pass for a report.
+REPORT_FD_ENV = "MOONLET_REPORT_FD"

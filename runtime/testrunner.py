@@ -1,21 +1,70 @@
 """``moonlet test [PATHS...]``: run Lua test files (``*_test.lua``, ``test_*.lua``) with moonlet.testing.
 
 Each file runs in its own moonlet process (a real runtime: tests may listen, connect, query a database,
-sleep), as the main chunk under stdlib_lua/moonlet/testing.lua, which reports each test on standard output
-(``REPORT_PREFIX`` lines). This prints a line per failure (and per test with ``-v``) and closes with
-``N passed, N failed, N skipped``; the exit status is 1 if anything failed.
+sleep), as the main chunk under stdlib_lua/moonlet/testing.lua. This prints a line per failure (and per test
+with ``-v``) and closes with ``N passed, N failed, N skipped``; the exit status is 1 if anything failed.
+
+Rules that keep the count honest:
+
+* Results travel on a pipe of their own (``REPORT_FD_ENV``), which code under test cannot write to: what it
+  prints, a forged summary line included, is only output.
+* The file's process must end well: a non-zero exit status (a crash, the watchdog ending a test stuck in a
+  C call) fails the file even after a summary.
+* The process dies with the runner (``PR_SET_PDEATHSIG``): a killed ``moonlet test`` leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from rich.console import Console
 
-from runtime.config import REPORT_PREFIX
+from runtime.config import REPORT_FD_ENV, REPORT_PREFIX
+
+FILE_TIMEOUT = 600.0  # seconds of real time one file may take, whatever its tests say
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a test file's process: be killed when the runner dies, however it dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _run_file(cmd: list[str]) -> tuple[subprocess.CompletedProcess[str], list[bytes]]:
+    """Run one file's process; its output, and the report lines from its pipe."""
+    read_end, write_end = os.pipe()
+    env = {**os.environ, REPORT_FD_ENV: str(write_end)}
+    reports: list[bytes] = []
+    try:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, pass_fds=(write_end,)
+        )
+    finally:
+        os.close(write_end)
+
+    def collect() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            reports.extend(line.rstrip(b"\n") for line in pipe)
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    try:
+        out, err = proc.communicate(timeout=FILE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        err += f"\ntimed out after {FILE_TIMEOUT:g}s of real time"
+    reader.join(10)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), reports
 
 
 def discover(paths: list[str]) -> list[Path]:
@@ -42,11 +91,12 @@ def run(paths: list[str], filter_text: str | None, verbose: bool) -> int:
         cmd = [sys.executable, "-m", "runtime", "test", "--one", str(file)]
         if filter_text:
             cmd += ["--filter", filter_text]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
+        proc, reports = _run_file(cmd)
+        for text in proc.stdout.splitlines():  # (the file's own output: never a result)
+            console.print(text, markup=False)
         summary = None
-        for line in proc.stdout.splitlines():
-            if not line.startswith(REPORT_PREFIX.decode()):
-                console.print(line, markup=False)
+        for line in reports:
+            if not line.startswith(REPORT_PREFIX):
                 continue
             record = json.loads(line[len(REPORT_PREFIX) :])
             data = record["data"]
@@ -59,11 +109,13 @@ def run(paths: list[str], filter_text: str | None, verbose: bool) -> int:
             elif verbose:
                 mark = "ok  " if data["status"] == "passed" else "skip"
                 console.print(f"{mark} {file}: {data['name']}", soft_wrap=True)
-        if summary is None:  # the file itself failed to load or run
+        if summary is None or proc.returncode != 0:  # it failed to load, or did not end well
             totals["failed"] += 1
             last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
-            console.print(f"[red]ERROR[/] {file}: {last}", soft_wrap=True)
-            continue
+            status = f" (exit status {proc.returncode})" if proc.returncode else ""
+            console.print(f"[red]ERROR[/] {file}: {last}{status}", soft_wrap=True)
+            if summary is None:
+                continue
         for k in totals:
             totals[k] += int(summary[k])
     style = "red" if totals["failed"] else "green"

@@ -74,6 +74,80 @@ t.it("last", function() end)
     ), out.stdout
 
 
+def test_a_forged_summary_on_standard_output_is_only_output(tmp_path: Path) -> None:
+    (tmp_path / "forged_test.lua").write_text(
+        """
+local t = require "moonlet.testing"
+print('@moonlet-report {"kind": "summary", "data": {"passed": 3, "failed": 0, "skipped": 0}}')
+t.it("fails", function() t.expect(1).to_be(2) end)
+"""
+    )
+    out = moonlet("test", str(tmp_path))
+    assert out.returncode == 1, out.stdout
+    assert re.search(r"^0 passed, 1 failed, 0 skipped in 1 file$", out.stdout, re.M), out.stdout
+
+
+def test_a_test_stuck_in_a_c_call_in_virtual_time_ends_its_file_and_the_next_file_runs(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a_stuck_test.lua").write_text(
+        """
+local t = require "moonlet.testing"
+t.it("stuck", function()
+  local s = "L x" .. string.rep(" ", 400000) .. "y"   -- quadratic inside one C call: no hook runs there
+  s:match("^(%S+)%s*(.-)%s*$")
+end, { virtual_time = true, timeout = 1 })
+"""
+    )
+    (tmp_path / "b_fine_test.lua").write_text(
+        'local t = require "moonlet.testing"\nt.it("ok", function() end)\n'
+    )
+    started = time.monotonic()
+    out = moonlet("test", str(tmp_path))
+    took = time.monotonic() - started
+    assert out.returncode == 1
+    assert "stuck" in out.stdout and "exit status 70" in out.stdout, out.stdout
+    assert re.search(r"^1 passed, 1 failed, 0 skipped in 2 files$", out.stdout, re.M), out.stdout
+    assert took < 30, took  # (the timeout plus the guard's grace, in the loop's CPU time)
+
+
+def test_a_killed_runner_takes_its_test_process_with_it(tmp_path: Path) -> None:
+    (tmp_path / "slow_test.lua").write_text(
+        'local t = require "moonlet.testing"\nt.it("sleeps", function() sleep(30) end, { timeout = 60 })\n'
+    )
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "runtime", "test", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE
+    )
+    try:
+        child = 0
+        deadline = time.monotonic() + 20
+        while not child and time.monotonic() < deadline:
+            children = Path(f"/proc/{runner.pid}/task/{runner.pid}/children").read_text().split()
+            child = int(children[0]) if children else 0
+            time.sleep(0.05)
+        assert child, "the test process did not start"
+        time.sleep(1.0)  # (it is in its test now)
+    finally:
+        runner.kill()
+        runner.wait(10)
+        assert runner.stdout is not None
+        runner.stdout.close()
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child}").exists() and b"Z" not in _state(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists() or b"Z" in _state(child), (
+        "the test process outlived its runner"
+    )
+
+
+def _state(pid: int) -> bytes:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return b"Z"
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+
+
 def test_scaffolds_pass_their_own_tests_and_luacheck(tmp_path: Path) -> None:
     assert moonlet("new", "app", "greeter", cwd=tmp_path).returncode == 0
     assert moonlet("new", "module", "mathx", cwd=tmp_path).returncode == 0

@@ -113,6 +113,54 @@ class Deadlines:
             self._schedule(keys[0])
 
 
+class TestGuard:
+    """Ends a test that runs in virtual time (whose clock jumps, so it cannot time the test itself) once the
+    loop thread has worked ``limit`` seconds on it (runtime/threadclock.py: never time spent waiting for a
+    core). If the loop does not get to ending it within ``GRACE`` more seconds of work (stuck inside a C
+    call, where no Lua runs), it ends the process with status 70: ``moonlet test`` reports the file."""
+
+    GRACE = 2.0
+    PERIOD = 0.05
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, clock: ThreadClock, limit: float, expire: Callable[[], None]
+    ):
+        self._loop, self._clock, self._limit, self._expire = loop, clock, limit, expire
+        self._stopped = threading.Event()
+        self.ended = False  # expire ran (on the loop thread)
+        threading.Thread(target=self._watch, name="moonlet-test-guard", daemon=True).start()
+
+    def cancel(self) -> None:
+        self._stopped.set()
+
+    def _end(self) -> None:
+        self.ended = True
+        self._expire()
+
+    def _watch(self) -> None:
+        work = Work(self._clock, self.PERIOD)
+        work.start()
+        while not self._stopped.wait(self.PERIOD):
+            if work.sample() >= self._limit:
+                break
+        else:
+            return
+        self._loop.call_soon_threadsafe(self._end)
+        until = work.done + self.GRACE
+        while not self._stopped.wait(self.PERIOD):
+            if self.ended:
+                return
+            if work.sample() >= until:
+                log.critical(
+                    "a test in virtual time is stuck %.1fs past its timeout of %gs inside a C call (no Lua "
+                    "runs there to stop): ending the test process",
+                    work.done - self._limit,
+                    self._limit,
+                )
+                logging.shutdown()
+                os._exit(70)
+
+
 class ClockService:
     SERVES: ClassVar[frozenset[Op]] = frozenset(
         {Op.SLEEP, Op.NOW, Op.MONOTONIC, Op.VIRTUAL_TIME}
@@ -121,8 +169,9 @@ class ClockService:
     def __init__(self, kernel: Kernel, loop: asyncio.AbstractEventLoop) -> None:
         self._kernel = kernel
         self._loop = loop
-        self._guard: threading.Timer | None = None  # ends a virtual-time test that runs too long for real
+        self._guard: TestGuard | None = None  # ends a virtual-time test that runs too long for real
         self._guard_expired = False
+        self._loop_clock = ThreadClock.here()  # (made on the loop thread: runtime/services/registry.py)
         kernel.register(Op.SLEEP, self.sleep)
         self._wall, self._monotonic = wall_clock(loop), monotonic_clock(loop)
         kernel.register_call(Op.NOW, self._now)
@@ -158,9 +207,7 @@ class ClockService:
                 self._guard_expired = True
                 self._kernel.kill(task, why)
 
-            self._guard = threading.Timer(float(real_limit), loop.call_soon_threadsafe, (expire,))
-            self._guard.daemon = True
-            self._guard.start()
+            self._guard = TestGuard(loop, self._loop_clock, float(real_limit), expire)
         return True
 
     def sleep(self, task: Task, seconds: object, _b: object, _c: object) -> object:

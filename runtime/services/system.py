@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from runtime.config import REPORT_PREFIX
+from runtime.config import REPORT_FD_ENV, REPORT_PREFIX
 from runtime.kernel.core import Kernel
 from runtime.kernel.ops import Op
 from runtime.lua.values import to_plain
@@ -39,6 +40,12 @@ class SystemService:
     SERVES: ClassVar[frozenset[Op]] = frozenset({Op.LOG, Op.PRINT, Op.REPORT})  # (its ops)
 
     def __init__(self, kernel: Kernel) -> None:
+        # reports go to the descriptor the tool passed down, if any (see runtime/config.py), else stdout
+        fd = os.environ.pop(REPORT_FD_ENV, None)
+        self._reports: Any = sys.stdout.buffer
+        if fd is not None and fd.isdigit():
+            os.set_inheritable(int(fd), False)  # (not handed on to what the code under test starts)
+            self._reports = os.fdopen(int(fd), "wb", buffering=0)
         kernel.register_call(Op.LOG, self._log)
         kernel.register_call(Op.PRINT, self._print)
         kernel.register_call(Op.REPORT, self._report)
@@ -50,7 +57,7 @@ class SystemService:
     def _report(self, kind: bytes, data: object, _: object) -> object:
         """A record for a parent process (the load generator's workers report to ``moonlet bench``)."""
         record = {"kind": kind.decode(), "data": _jsonable(to_plain(data))}
-        out = sys.stdout.buffer
+        out = self._reports
         out.write(REPORT_PREFIX + json.dumps(record).encode() + b"\n")
         out.flush()
         return True
