@@ -2,8 +2,9 @@
 
 Built on LMDB (a memory-mapped, transactional key-value store): every operation is one LMDB transaction,
 and write transactions are serialised across processes, so ``incr`` and ``add`` are atomic across workers.
-Operations take microseconds and run on the loop thread as calls. Values are strings, numbers or booleans,
-stored with their type and an optional expiry; an expired key reads as absent.
+Operations take microseconds and run on the loop thread as calls: commits are not synced to disk (it is a
+dictionary shared by workers, not a database; ``bench/lua/shared_ops.lua`` measures it). Values are
+strings, numbers or booleans, stored with their type and an optional expiry; an expired key reads as absent.
 
 Where: ``$MOONLET_SHARED_DIR`` (set by the supervisor for all its workers), or a directory of this process.
 """
@@ -84,7 +85,18 @@ class SharedService:
         db = self.dbs.get(name)
         if db is None:
             if self.env is None:
-                self.env = lmdb.open(self.path, map_size=MAP_SIZE, max_dbs=256, subdir=True, lock=True)
+                # no disk sync per commit (LMDB's default, ~0.3 ms a write here): a write is in the shared
+                # memory map for every worker at once; a crash of the machine loses the store, a crash of a
+                # worker does not (the store lives as long as the server, in a directory made for it)
+                self.env = lmdb.open(
+                    self.path,
+                    map_size=MAP_SIZE,
+                    max_dbs=256,
+                    subdir=True,
+                    lock=True,
+                    sync=False,
+                    metasync=False,
+                )
             db = self.dbs[name] = self.env.open_db(name)
         return db
 
