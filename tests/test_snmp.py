@@ -58,6 +58,16 @@ def test_get_getnext_and_the_v2c_exceptions(agent) -> None:  # type: ignore[no-u
     assert f".{TABLE}.3.10 = No more variables left in this MIB View" in out
 
 
+def test_every_legal_oid_is_answered_in_valid_ber(agent) -> None:  # type: ignore[no-untyped-def]
+    """The first two arcs are one subidentifier, 40 * X + Y: for 2.100 that is 180 and for 2.999 it is 1079,
+    both base-128 multi-byte (they were sent as one raw byte, and 2.999 crashed the handler)."""
+    server, where = agent
+    out = snmp("snmpget", "-v2c", "-c", "public", where, "2.999.1", "2.100.3", "1.3.6.1.2.1.1.1.0")
+    assert ".2.999.1 = No Such Object available on this agent at this OID" in out, out
+    assert ".2.100.3 = No Such Object available on this agent at this OID" in out, out
+    assert " ERROR " not in server.log_text()
+
+
 def test_v1_errors_are_nosuchname(agent) -> None:  # type: ignore[no-untyped-def]
     _, where = agent
     out = snmp("snmpget", "-v1", "-c", "public", where, f"{SYS}.1.0", f"{SYS}.9.0")

@@ -144,17 +144,22 @@ end
 function M.octets(s, tag) return M.tlv(tag or 0x04, s) end
 function M.null(tag) return char(tag or 0x05, 0) end
 
-function M.oid(parts)
-  local out = { char(40 * parts[1] + (parts[2] or 0)) }
-  for i = 3, #parts do
-    local v, chunk = parts[i], { char(parts[i] & 0x7F) }
+-- One subidentifier: base 128, most significant group first, every byte but the last with its high bit set.
+local function subidentifier(v)
+  local chunk = { char(v & 0x7F) }
+  v = v >> 7
+  while v > 0 do
+    table.insert(chunk, 1, char(0x80 | (v & 0x7F)))
     v = v >> 7
-    while v > 0 do
-      table.insert(chunk, 1, char(0x80 | (v & 0x7F)))
-      v = v >> 7
-    end
-    out[#out + 1] = concat(chunk)
   end
+  return concat(chunk)
+end
+
+function M.oid(parts)
+  -- the first two arcs share the first subidentifier, 40 * X + Y, which is any size when X is 2 (2.999.1
+  -- is 1079: two bytes, as every other subidentifier past 127)
+  local out = { subidentifier(40 * parts[1] + (parts[2] or 0)) }
+  for i = 3, #parts do out[#out + 1] = subidentifier(parts[i]) end
   return M.tlv(0x06, concat(out))
 end
 
