@@ -169,7 +169,7 @@ def snapshot(server: Server, session: Session) -> dict[str, int]:
     return numbers
 
 
-COUNTS = ("tasks", "connections", "timers", "descriptors")
+COUNTS = ("tasks", "connections", "timers", "descriptors", "handles")
 
 
 def settle(
@@ -345,6 +345,13 @@ FAULT_CASES: list[tuple[Callable[[int, int], None], bytes | None, float]] = [
 ]
 
 
+# A burst of 300 connections accepted and closed leaves Python's free lists and the connection dict at their
+# peak for a while: after the same burst twice, the heap was 537 blocks under to 57 over the warmed-up
+# figure (6 runs, 2026-12-06), and a warmed-up figure taken low by chance failed the +64 bound 2 times in 9
+# suite runs. A leak of host objects shows in `handles` (a count above, which must come back exactly).
+PYTHON_SLACK = {connection_flood: 256}
+
+
 @pytest.mark.parametrize(
     ("fault", "logged", "worst"), FAULT_CASES, ids=[f.__name__ for f, _, _ in FAULT_CASES]
 )
@@ -359,6 +366,7 @@ def test_fault_is_contained_and_the_baseline_returns(
     try:
         # the counts every fault must come back to: the idle server's, plus the probe's task and socket
         pristine = {**idle, "tasks": idle["tasks"] + 1, "connections": idle["connections"] + 1}
+        pristine["handles"] += 1  # (the probe's connection)
         pristine["descriptors"] += 1
         assert settle(server, session, pristine)["connections"] == pristine["connections"]
         fault(port, http_port)  # warm-up: every code path and cache the fault touches now exists
@@ -371,7 +379,7 @@ def test_fault_is_contained_and_the_baseline_returns(
         # fault's peak keeps, which varies with timing)
         ceilings = {
             "lua_memory_bytes": warmed["lua_memory_bytes"] * 1.05 + 64 * 1024,
-            "python_heap_blocks": warmed["python_heap_blocks"] + 64,
+            "python_heap_blocks": warmed["python_heap_blocks"] + PYTHON_SLACK.get(fault, 64),
             "c_heap_bytes": warmed.get("c_heap_bytes", 0) * 1.05 + (2 << 20),  # (glibc's figure)
         }
         after = settle(server, session, pristine, ceilings)
