@@ -5,7 +5,7 @@ address in a weak table of the Lua registry. When Lua drops a wrapper, the colle
 the wrapper's finalizer runs; a wrapper made meanwhile can take the cleared slot, and the same object handed
 to Lua again is then looked up in that slot and arrives as *another* object's wrapper. Under load this handed
 an HTTP request worker a different connection (and once the console's session) than the one the host gave
-it (issue 28; ``tests/test_handles.py`` shows the hazard in lupa alone). An object converted into Lua once
+it (issue 28; ``tests/test_handover.py`` shows the hazard in lupa alone). An object converted into Lua once
 and never again never reads that cache, so the rule here is: **no host object crosses into Lua twice** -- in
 practice, none crosses at all. Each gets a number the first time it is handed out, Lua passes the number
 back, and the kernel turns it into the object (and checks its kind) before an op's handler sees it.

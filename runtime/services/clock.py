@@ -361,11 +361,10 @@ class LagMonitor:
         drain_timeout: float = 30.0,
         signal_fd: int | None = None,
         before_exit: Callable[[], None] | None = None,
-        clock: ThreadClock | None = None,
+        clock: ThreadClock,
     ) -> None:
         self._loop = loop
-        self._clock = clock  # the loop thread's; None: wall time counts as work
-        self._work = Work(clock, self.PERIOD) if clock is not None else None
+        self._work = Work(clock, self.PERIOD)  # (the loop thread's clock)
         self._beat_cpu = 0.0  # the loop thread's CPU time at the last tick
         self._block_work = 0.0  # the work the watchdog counted in the current block (read by _tick)
         self._warn_after = warn_after
@@ -412,9 +411,8 @@ class LagMonitor:
                 continue
             if beat != block:  # a new block: count the loop thread's work from its last beat
                 block = beat
-                if work is not None:
-                    work.start(self._beat_cpu)
-            worked = work.sample() if work is not None else blocked
+                work.start(self._beat_cpu)
+            worked = work.sample()
             self._block_work = worked
             if self._culprit is None:
                 self._culprit = self._running() or "no task (host code)"
@@ -459,8 +457,7 @@ class LagMonitor:
         lag = now - self._expected
         self.worst = max(self.worst, lag)
         if lag >= self._warn_after:
-            cpu = time.thread_time()
-            worked = lag if self._clock is None else max(cpu - self._beat_cpu, self._block_work)
+            worked = max(time.thread_time() - self._beat_cpu, self._block_work)
             if worked >= lag / 2:
                 log.warning(
                     "event loop blocked for %.2fs%s: every connection waited (a long C call or blocking work "
