@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -522,3 +523,77 @@ def test_deleting_the_database_file_gives_errors_not_a_stop(lua_server, tmp_path
     other = server.connect()  # and the server keeps serving
     other.send(b"three\n")
     assert other.line() == b"ok database error: disk I/O error"
+
+
+FRESH = """
+local db = require "moonlet.db"
+db.exec("CREATE TABLE t (x INTEGER)")
+db.exec_many("INSERT INTO t (x) VALUES (?)", (function()
+  local sets = {} for i = 1, 1000 do sets[i] = { i } end return sets end)())
+-- a db.rows loop paused after its first row, as a slow client of a streaming endpoint pauses it
+local next_row, _, _, held = db.rows("SELECT x FROM t")
+print("first", next_row().x)
+local stale = 0
+for i = 1, 40 do
+  assert(db.exec("INSERT INTO t (x) VALUES (?)", i))
+  local n = db.query("SELECT count(*) AS n FROM t")[1].n
+  if n ~= 1000 + i then stale = stale + 1 end
+end
+print("stale", stale)
+local more = 1
+for _ in next_row do more = more + 1 end
+print("cursor", more)       -- the cursor still reads its own snapshot: the rows when it started
+getmetatable(held).__close(held)
+"""
+
+
+def test_every_read_sees_acknowledged_writes_while_a_cursor_is_open(tmp_path: Path) -> None:
+    done = run_script(tmp_path, FRESH, options=["--db", str(tmp_path / "fresh.db")])
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert done.stdout.decode().splitlines() == ["first\t1", "stale\t0", "cursor\t1000"]
+
+
+WAL_BOUND = """
+local db = require "moonlet.db"
+local d = assert(db.open("sqlite:" .. arg[1], { max_wal = 4 * 1024 * 1024 }))
+d:exec("CREATE TABLE blobs (b BLOB)")
+local small = {} for i = 1, 300 do small[i] = { "a" } end
+d:exec_many("INSERT INTO blobs (b) VALUES (?)", small)
+local next_row = d:rows("SELECT b FROM blobs")  -- paused after its first batch (256 rows)
+print("first", next_row().b)
+local big = string.rep("x", 64 * 1024)
+for _ = 1, 400 do assert(d:exec("INSERT INTO blobs (b) VALUES (?)", db.blob(big))) end  -- 25 MiB
+local ok, err repeat ok, err = pcall(next_row) until not ok or err == nil
+print(ok, err)
+for _ = 1, 100 do assert(d:exec("INSERT INTO blobs (b) VALUES (?)", db.blob(big))) end
+print("count", d:query("SELECT count(*) AS n FROM blobs")[1].n)
+"""
+
+
+def test_a_long_open_cursor_cannot_grow_the_wal_past_its_bound(tmp_path: Path) -> None:
+    path = tmp_path / "wal.db"
+    wal = Path(str(path) + "-wal")
+    biggest = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal biggest
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                biggest = max(biggest, wal.stat().st_size)
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        done = run_script(tmp_path, WAL_BOUND, str(path), timeout=60)
+    finally:
+        stop.set()
+        watcher.join()
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    out = done.stdout.decode().splitlines()
+    assert out[0] == "first\ta"
+    assert out[1].startswith("false\t") and "snapshot too old" in out[1], out[1]
+    assert out[2] == "count\t800"
+    # the bound, plus the writes between two checks (each write is checked as it is acknowledged)
+    assert biggest <= 4 * 1024 * 1024 + 512 * 1024, biggest

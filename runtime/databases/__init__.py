@@ -34,6 +34,7 @@ class Options:
     query_timeout: float = 30.0  # seconds a query may run before it is stopped
     busy_timeout: float = 5.0  # SQLite: seconds to wait for a lock held by another process
     readers: int = 4  # SQLite: reader connections beside the one writer
+    max_wal: int = 64 * 1024 * 1024  # SQLite: bytes of WAL that open db.rows cursors may pin
     pool_size: int = 10  # PostgreSQL: connections at most
     connect_timeout: float = 5.0  # PostgreSQL: seconds one connection attempt may take
 

@@ -6,6 +6,16 @@
 * A per-query timeout really stops the query: awaiting is abandoned *and* ``interrupt()`` is called, since
   cancelling an aiosqlite await leaves the query running in its thread.
 * Values keep SQLite's types: integer, real, text (as bytes) and blob; NULL is None.
+* Reads are fresh: a statement on a reader starts a new snapshot, so it sees every write acknowledged
+  before it. An open ``db.rows`` cursor holds its snapshot until it ends, so it never runs on a reader that
+  other statements are routed to: each has a connection of its own (kept for reuse, ``MAX_CURSORS`` open
+  at most; more wait for one, within the query timeout).
+* An open snapshot stops checkpoints from passing it (and any open reader stops the WAL from restarting),
+  so the WAL grows while a cursor is open and others write. The bound: when the WAL file passes
+  ``max_wal`` bytes (checked as each write of this process is acknowledged, and every half second while
+  cursors are open, for other processes' writes), every cursor open on the database in this process ends:
+  its next fetch fails with ``snapshot too old``, as PostgreSQL's ``old_snapshot_threshold`` does. The WAL
+  is then checkpointed and, at its restart, truncated back to ``max_wal`` (``journal_size_limit``).
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import re
 import sqlite3
 from collections.abc import Awaitable
@@ -21,12 +32,23 @@ from typing import TypeVar
 
 import aiosqlite
 
-from runtime.databases import Cursor, Database, DatabaseError, Options, Params, QueryTimeoutError, Row
+from runtime.databases import (
+    Cursor,
+    Database,
+    DatabaseError,
+    Options,
+    Params,
+    QueryTimeoutError,
+    Row,
+    finite,
+)
 from runtime.threads import LowPrioritySQLite
 
 T = TypeVar("T")
 
 _INSERTS = re.compile(r"\s*(INSERT|REPLACE)\b", re.IGNORECASE)  # statements that set last_insert_rowid
+MAX_CURSORS = 64  # db.rows loops open at once outside transactions, each on its own connection and thread
+WAL_CHECK_EVERY = 0.5  # seconds between checks of the WAL's size while cursors are open
 
 
 class SQLiteDatabase(Database):
@@ -41,6 +63,11 @@ class SQLiteDatabase(Database):
         self._write_lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
         self._ready = False
+        self._cursor_slots = asyncio.Semaphore(MAX_CURSORS)
+        self._idle_cursor_conns: list[aiosqlite.Connection] = []  # kept for the next cursor
+        self._cursors: set[SQLiteCursor] = set()  # open, outside transactions: each holds a snapshot
+        self._wal_timer: asyncio.TimerHandle | None = None
+        self._closing_work: set[asyncio.Task[None]] = set()
 
     # -- the interface -----------------------------------------------------------------------------
     async def query(self, session: object, sql: str, params: Params) -> list[Row]:
@@ -59,6 +86,8 @@ class SQLiteDatabase(Database):
             except DatabaseError as e:
                 await self._reopen_if_read_only(e)
                 raise
+            finally:
+                self._check_wal()
 
     async def exec_many(self, session: object, sql: str, sets: list[Params]) -> tuple[int, int | None]:
         if session is not None:
@@ -72,11 +101,76 @@ class SQLiteDatabase(Database):
             except DatabaseError as e:
                 await self._reopen_if_read_only(e)
                 raise
+            finally:
+                self._check_wal()
 
     async def open_cursor(self, session: object, sql: str, params: Params) -> Cursor:
-        conn = await self._conn_for(session, write=session is not None)
-        cursor = await self._guarded(conn, conn.execute(sql, params))
-        return SQLiteCursor(self, conn, cursor)
+        if session is not None:  # inside a transaction: on its connection, ending with it
+            conn = await self._conn_for(session, write=True)
+            return SQLiteCursor(self, conn, await self._guarded(conn, conn.execute(sql, params)), own=False)
+        await self._open()
+        try:
+            await asyncio.wait_for(self._cursor_slots.acquire(), finite(self.options.query_timeout))
+        except TimeoutError:
+            raise QueryTimeoutError from None
+        try:
+            conn = self._idle_cursor_conns.pop() if self._idle_cursor_conns else await self._reader()
+        except BaseException:
+            self._cursor_slots.release()
+            raise
+        try:
+            cursor = await self._guarded(conn, conn.execute(sql, params))
+        except BaseException:
+            self._cursor_done(conn)
+            raise
+        opened = SQLiteCursor(self, conn, cursor, own=True)
+        self._cursors.add(opened)
+        if self._wal_timer is None:
+            self._wal_timer = asyncio.get_running_loop().call_later(WAL_CHECK_EVERY, self._wal_tick)
+        return opened
+
+    def _cursor_done(self, conn: aiosqlite.Connection) -> None:
+        """A cursor's own connection is free again: kept for the next one (as many as there are readers)."""
+        self._cursor_slots.release()
+        if self._ready and len(self._idle_cursor_conns) < self.options.readers:
+            self._idle_cursor_conns.append(conn)
+        else:
+            self._in_background(conn.close())
+
+    def _in_background(self, work: Awaitable[None]) -> None:
+        job = asyncio.ensure_future(work)
+        self._closing_work.add(job)
+        job.add_done_callback(self._closing_work.discard)
+
+    def _wal_tick(self) -> None:
+        self._wal_timer = None
+        self._check_wal()
+        if self._cursors:
+            self._wal_timer = asyncio.get_running_loop().call_later(WAL_CHECK_EVERY, self._wal_tick)
+
+    def _check_wal(self) -> None:
+        """End every open cursor once the WAL has passed its bound (the rule is in the module's header)."""
+        if not self._cursors:
+            return
+        try:
+            size = os.stat(self.path + "-wal").st_size
+        except OSError:
+            return
+        if size <= self.options.max_wal:
+            return
+        reason = (
+            f"snapshot too old: the write-ahead log passed {self.options.max_wal} bytes while this query "
+            "was open (read it faster, or in smaller ranges)"
+        )
+        for cursor in list(self._cursors):
+            cursor.expire(reason)
+        if self._writer is not None:
+            self._in_background(self._checkpoint(self._writer))
+
+    @staticmethod
+    async def _checkpoint(writer: aiosqlite.Connection) -> None:
+        with contextlib.suppress(sqlite3.Error, ValueError):
+            await writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def begin(self) -> object:
         await self._open()
@@ -109,10 +203,16 @@ class SQLiteDatabase(Database):
             raise
         finally:
             self._write_lock.release()
+            self._check_wal()
 
     async def close(self) -> None:
-        conns = [c for c in [self._writer, *self._readers] if c is not None]
-        self._writer, self._readers, self._ready = None, [], False
+        for cursor in list(self._cursors):
+            cursor.expire("closed")
+        if self._wal_timer is not None:
+            self._wal_timer.cancel()
+            self._wal_timer = None
+        conns = [c for c in [self._writer, *self._readers, *self._idle_cursor_conns] if c is not None]
+        self._writer, self._readers, self._idle_cursor_conns, self._ready = None, [], [], False
         for conn in conns:
             with contextlib.suppress(Exception):
                 await conn.close()
@@ -203,25 +303,39 @@ class SQLiteDatabase(Database):
         await writer.execute(f"PRAGMA busy_timeout = {busy_ms}")
         await writer.execute("PRAGMA journal_mode = WAL")
         await writer.execute("PRAGMA synchronous = NORMAL")  # with WAL: a commit survives a process crash
+        await writer.execute(f"PRAGMA journal_size_limit = {self.options.max_wal}")
         for _ in range(self.options.readers):
-            reader = await aiosqlite.connect(self.path, isolation_level=None, factory=LowPrioritySQLite)
+            self._readers.append(await self._reader())
+
+    async def _reader(self) -> aiosqlite.Connection:
+        reader = await aiosqlite.connect(self.path, isolation_level=None, factory=LowPrioritySQLite)
+        try:
             reader.text_factory = bytes
-            await reader.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            await reader.execute(f"PRAGMA busy_timeout = {int(self.options.busy_timeout * 1000)}")
             await reader.execute("PRAGMA query_only = ON")
-            self._readers.append(reader)
+        except BaseException:
+            await reader.close()
+            raise
+        return reader
 
 
 class SQLiteCursor(Cursor):
-    """A statement stepped in its connection's thread, ``n`` rows a hop (the connection goes on serving other
-    statements in between: SQLite keeps several statements open on one connection)."""
+    """A statement stepped in its connection's thread, ``n`` rows a hop: on a connection of its own (``own``),
+    given back when it ends, or on its transaction's."""
 
-    def __init__(self, db: SQLiteDatabase, conn: aiosqlite.Connection, cursor: aiosqlite.Cursor) -> None:
+    def __init__(
+        self, db: SQLiteDatabase, conn: aiosqlite.Connection, cursor: aiosqlite.Cursor, own: bool
+    ) -> None:
         self._db = db
         self._conn = conn
+        self._own = own
         self._cursor: aiosqlite.Cursor | None = cursor
         self._names = [str(d[0]).encode() for d in cursor.description or ()]
+        self._expired = ""  # why the database ended it (its next fetch says so)
 
     async def fetch(self, n: int) -> list[Row]:
+        if self._expired:
+            raise DatabaseError(self._expired)
         cursor = self._cursor
         if cursor is None:
             return []
@@ -230,8 +344,19 @@ class SQLiteCursor(Cursor):
             await self.close()
         return [dict(zip(self._names, row, strict=True)) for row in rows]
 
+    def expire(self, reason: str) -> None:
+        """End it now (its snapshot goes); its next fetch fails with ``reason``."""
+        self._expired = reason
+        self._db._in_background(self.close())
+
     async def close(self) -> None:
         cursor, self._cursor = self._cursor, None
-        if cursor is not None:
+        if cursor is None:
+            return
+        self._db._cursors.discard(self)
+        try:
             with contextlib.suppress(sqlite3.Error, ValueError):
                 await cursor.close()
+        finally:
+            if self._own:
+                self._db._cursor_done(self._conn)

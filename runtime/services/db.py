@@ -100,6 +100,7 @@ def options_from(limits: Limits, **given: Any) -> Options:
         busy_timeout=given.get("busy_timeout", limits.db_busy_timeout),
         readers=limits.db_readers,
         pool_size=given.get("pool_size", defaults.pool_size),
+        max_wal=int(given.get("max_wal", defaults.max_wal)),
         connect_timeout=given.get("connect_timeout", defaults.connect_timeout),
     )
 
@@ -150,7 +151,7 @@ class DatabaseService:
             return None, b"bad argument #1 to 'open' (URL string expected)"
         given = to_plain(opts) if opts is not None else {}
         assert isinstance(given, dict)
-        known = {"timeout", "pool_size", "connect_timeout", "busy_timeout"}
+        known = {"timeout", "pool_size", "connect_timeout", "busy_timeout", "max_wal"}
         settings = {k.decode(): v for k, v in given.items() if isinstance(k, bytes)}
         unknown = sorted(set(settings) - known)
         if unknown or not all(isinstance(v, int | float) and v > 0 for v in settings.values()):

@@ -227,14 +227,18 @@ end
 
 function Database:__tostring() return "moonlet.Database (" .. self.dialect .. ")" end
 
-local OPEN_OPTIONS = { timeout = true, pool_size = true, connect_timeout = true, busy_timeout = true }
+local OPEN_OPTIONS = { timeout = true, pool_size = true, connect_timeout = true, busy_timeout = true,
+  max_wal = true }
 
 --- A handle on the database at `url` (`sqlite:PATH` or `postgresql://...`), with query/exec/transaction
 --- and its `dialect`. Connecting happens at the first statement, so this never waits; the same URL and
 --- options give handles on the same connections. Options: `timeout` (seconds per statement),
---- `pool_size` (PostgreSQL connections, 10), `connect_timeout` (5), `busy_timeout` (SQLite, 5).
+--- `pool_size` (PostgreSQL connections, 10), `connect_timeout` (5), `busy_timeout` (SQLite, 5),
+--- `max_wal` (SQLite: bytes of write-ahead log that open `rows` loops may hold, 64 MiB; past it they end
+--- with "snapshot too old").
 ---@param url string
----@param opts? {timeout: number?, pool_size: integer?, connect_timeout: number?, busy_timeout: number?}
+---@param opts? {timeout: number?, pool_size: integer?, connect_timeout: number?, busy_timeout: number?,
+---  max_wal: integer?}
 ---@return moonlet.Database? db
 ---@return string? err
 function M.open(url, opts)
