@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from conftest import run_script
@@ -164,3 +165,72 @@ def test_a_generator_host_function_streams_its_values(tmp_path: Path) -> None:
         """,
     )
     assert out == ["1000\t999\trow 999\tall\t1000"]
+
+
+BIG = """
+local M = {}
+function M.flood(ch, mib)  -- big values as fast as the channel takes them
+  local v = string.rep("x", mib * 1024 * 1024)
+  while ch:put(v) do end
+end
+function M.array(n)
+  local t = {} for i = 1, n do t[i] = i end
+  return t
+end
+return M
+"""
+
+PROBED = """
+local net, pool = require "moonlet.net", require "moonlet.pool"
+net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
+  while true do
+    local line = conn:readline()
+    if not line then return end
+    if line == "flood" then          -- three jobs sending 16 MiB values to a task that never reads
+      for _ = 1, 3 do assert(pool.named("cpu", { timeout = math.huge }):spawn("big", "flood", 16)) end
+      conn:write("flooding\\n")
+    elseif line == "array" then      -- a 2,000,000-element result
+      local t = assert(pool.run("big", "array", 2000000))
+      conn:write("array ", #t, " ", t[2000000], "\\n")
+    elseif line == "ping" then
+      conn:write("pong\\n")
+    end
+  end
+end }
+"""
+
+
+def worst_round_trip(server, seconds: float) -> float:  # type: ignore[no-untyped-def]
+    probe = server.connect()
+    worst, end = 0.0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        t0 = time.monotonic()
+        probe.send(b"ping\n")
+        assert probe.line() == b"pong"
+        worst = max(worst, time.monotonic() - t0)
+        time.sleep(0.01)
+    return worst
+
+
+def test_channels_hold_bytes_not_values_and_large_results_arrive_in_slices(
+    tmp_path: Path,
+    lua_server,  # type: ignore[no-untyped-def]
+) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "big.lua").write_text(BIG)
+    server = lua_server(PROBED, options=["--pool", "cpu=4"])
+    client = server.connect(timeout=60)
+    before = server.rss()
+    client.send(b"flood\n")
+    assert client.line() == b"flooding"
+    worst = worst_round_trip(server, 3.0)
+    grown = server.rss() - before
+    # each channel holds one 16 MiB value queued (bigger than its 256 KiB, it passes alone), each job one
+    # more it made, and the Lua heap of each job's thread the string it repeats: about 150 MiB; with 64
+    # values a channel, it was 3 GiB
+    assert grown < 400 * 1024 * 1024, grown
+    assert worst < 0.5, worst
+    client.send(b"array\n")
+    worst = worst_round_trip(server, 2.0)
+    assert client.line() == b"array 2000000 2000000"
+    assert worst < 0.5, worst

@@ -8,6 +8,8 @@ Lua strings are bytes.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Generator, Iterable
 from typing import Any
 
 import lupa.lua54 as _lupa  # type: ignore[import-untyped]
@@ -75,3 +77,82 @@ def from_plain(lua: LuaRuntimeFacade, value: object, depth: int = 0) -> object:
             {from_plain(lua, k, depth + 1): from_plain(lua, v, depth + 1) for k, v in value.items()}
         )
     raise NotPlainError(f"a Python {type(value).__name__} cannot cross into Lua (only plain data)")
+
+
+# -- large values: sized for byte bounds, converted in slices --------------------------------------------
+SLICE = 4096  # entries of one table converted in one go; a bigger table is built a slice per loop turn
+ENTRY_BYTES = 16  # what a value's size counts for each number, boolean and table entry besides strings
+
+
+def plain_size(value: object) -> int:
+    """What a plain value weighs against a byte bound: its strings' bytes, and ``ENTRY_BYTES`` for every
+    value and table entry besides (a rule, not Python's or Lua's exact allocation)."""
+    if isinstance(value, bytes | str):
+        return len(value) + ENTRY_BYTES
+    if isinstance(value, list | tuple):
+        return _items_size(value) + ENTRY_BYTES
+    if isinstance(value, dict):
+        return _items_size(value) + _items_size(value.values()) + ENTRY_BYTES
+    return ENTRY_BYTES
+
+
+def _items_size(items: Iterable[object]) -> int:
+    size = 0
+    for v in items:
+        kind = type(v)
+        if kind is bytes:
+            size += len(v)  # type: ignore[arg-type]
+        elif kind is list or kind is dict or kind is tuple or kind is str:
+            size += plain_size(v) - ENTRY_BYTES
+    return size + ENTRY_BYTES * len(items)  # type: ignore[arg-type]
+
+
+def is_large(value: object) -> bool:
+    """A table of more than ``SLICE`` entries: ``from_plain_in_slices`` converts it over several turns."""
+    return isinstance(value, list | tuple | dict) and len(value) > SLICE
+
+
+async def from_plain_in_slices(lua: LuaRuntimeFacade, value: object) -> object:
+    """``from_plain``, giving the event loop a turn after each ``SLICE`` entries of a large table, so a
+    5,000,000-element result costs other connections a few milliseconds at a time, not seconds."""
+    if not is_large(value):
+        return from_plain(lua, value)
+    steps = _slices(lua, value, 0, lua.eval(b"table.move"))
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+        await asyncio.sleep(0)
+
+
+def _slices(lua: LuaRuntimeFacade, value: object, depth: int, move: Any) -> Generator[None, None, object]:
+    if depth >= MAX_DEPTH:
+        raise NotPlainError(f"data nested deeper than {MAX_DEPTH} levels cannot cross")
+    if isinstance(value, list | tuple):
+        table = lua.table_from([])
+        for first in range(0, len(value), SLICE):
+            part = []
+            for v in value[first : first + SLICE]:
+                part.append(
+                    (yield from _slices(lua, v, depth + 1, move))
+                    if is_large(v)
+                    else from_plain(lua, v, depth + 1)
+                )
+            move(lua.table_from(part), 1, len(part), first + 1, table)
+            yield
+        return table
+    if isinstance(value, dict):
+        table = lua.table_from([])
+        items = list(value.items())
+        for first in range(0, len(items), SLICE):
+            for k, v in items[first : first + SLICE]:
+                key = from_plain(lua, k, depth + 1)
+                table[key] = (
+                    (yield from _slices(lua, v, depth + 1, move))
+                    if is_large(v)
+                    else from_plain(lua, v, depth + 1)
+                )
+            yield
+        return table
+    return from_plain(lua, value, depth)

@@ -30,7 +30,8 @@ from runtime.kernel.ops import Op
 from runtime.kernel.task import Extra, Task
 from runtime.lua.state import LuaError, new_lua_runtime
 from runtime.lua.stdlib import bootstrap
-from runtime.lua.values import NotPlainError, from_plain, to_plain
+from runtime.lua.values import NotPlainError, from_plain, from_plain_in_slices, is_large, plain_size, to_plain
+from runtime.services.background import Background
 from runtime.services.channels import CLOSED, TIMEOUT, CancelledError, Channel
 from runtime.threads import lower_this_thread
 
@@ -38,7 +39,7 @@ log = logging.getLogger("moonlet")
 
 _BUSY = (None, b"busy")
 _TIMEOUT = (None, b"timeout")
-CHANNEL_SIZE = 64  # values queued each way between a spawned job and its task
+CHANNEL_BYTES = 256 * 1024  # bytes queued each way between a spawned job and its task (plain_size's rule)
 
 
 class Job:
@@ -204,6 +205,7 @@ class PoolService:
         self.app_path = app_path
         self.lua: Any = None  # the main Lua state, to build replies in (set by the host)
         self.pools = {name: Pool(cfg, self) for name, cfg in (pools or default_pools()).items()}
+        self.background = Background(loop)
         kernel.register(Op.POOL_RUN, self._run)
         kernel.register(Op.POOL_CALL, self._call)
         kernel.register_call(Op.POOL_SPAWN, self._spawn)
@@ -237,7 +239,7 @@ class PoolService:
                 hostfn.lookup(function)
             except KeyError as e:
                 return (None, str(e.args[0]).encode())
-        name, timeout = self._where(where, (module is None and function) or None)
+        name, timeout, buffer = self._where(where, (module is None and function) or None)
         pool = self.pools.get(name)
         if pool is None:
             return (None, f"no pool named '{name}' (configured: {', '.join(self.pools)})".encode())
@@ -251,9 +253,10 @@ class PoolService:
         arg_list = [packed.get(i) for i in range(1, int(count) + 1)] if isinstance(count, int) else []
         job = Job(pool, task, module, function, arg_list)
         if channel:
-            job.channel = Channel(self.kernel, self.loop, CHANNEL_SIZE)
+            job.channel = Channel(self.kernel, self.loop, buffer or CHANNEL_BYTES)
             job.channel.job = job
             job.channel.to_lua = lambda v: from_plain(self.lua, v)
+            job.channel.to_lua_in_slices = lambda v: from_plain_in_slices(self.lua, v)
         timeout = timeout if timeout is not None else pool.config.timeout
         if timeout != math.inf:
             job.deadline = time.monotonic() + timeout
@@ -269,17 +272,19 @@ class PoolService:
         task.extra.on_end.append(job.channel.cancel)  # the job is its task's: it stops when the task ends
         return self.kernel.handles.hold(job.channel, host_done=True)  # (pool.lua's job table holds it)
 
-    def _where(self, where: object, host_function: str | None) -> tuple[str, float | None]:
-        """The pool (and timeout override) a job goes to: given by Lua, else the host function's own."""
+    def _where(self, where: object, host_function: str | None) -> tuple[str, float | None, int | None]:
+        """The pool a job goes to (given by Lua, else the host function's own), and pool.named's timeout
+        and channel buffer, if given."""
         options = to_plain(where) if where is not None else {}
         if not isinstance(options, dict):
             options = {}
-        given, t = options.get(b"pool"), options.get(b"timeout")
+        given, t, b = options.get(b"pool"), options.get(b"timeout"), options.get(b"buffer")
         name = given.decode() if isinstance(given, bytes) else None
         timeout = float(t) if isinstance(t, int | float) else None
+        buffer = int(b) if isinstance(b, int | float) else None
         if not name:
             name = hostfn.pool_of(host_function) if host_function else "cpu"
-        return name, timeout
+        return name, timeout, buffer
 
     def _expire(self, job: Job) -> None:
         if not job.done:
@@ -306,11 +311,12 @@ class PoolService:
     def _chan_get(self, task: Task, ch: Channel, timeout: object, _c: object) -> object:
         if ch.getter is not None:  # (another task already waits in job:get)
             return _BUSY
-        reply = ch.take()
-        if reply is not None:
-            return reply
-        ch.park(task, "getter", None, timeout)
-        return SUSPEND
+        taken = ch.take()
+        if taken is None:
+            ch.park(task, "getter", timeout)
+            return SUSPEND
+        reply = ch.answer(task, taken)
+        return SUSPEND if reply is None else reply
 
     def _chan_put(self, task: Task, ch: Channel, value: object, _c: object) -> object:
         if ch.putter is not None:
@@ -319,18 +325,19 @@ class PoolService:
             plain = to_plain(value)
         except NotPlainError as e:
             return (None, f"put: {e}".encode())
-        reply = ch.offer(plain)
+        reply = ch.offer(plain, plain_size(plain), task)
         if reply is not None:
             return reply
-        ch.park(task, "putter", plain, None)
+        ch.park(task, "putter", None)
         return SUSPEND
 
     def _chan_wait(self, task: Task, ch: Channel, timeout: object, _c: object) -> object:
-        if ch.result is not None:
-            return ch.outcome()
         if ch.waiter is not None:
             return _BUSY
-        ch.park(task, "waiter", None, timeout)
+        if ch.result is not None:
+            reply = ch.outcome(task)
+            return SUSPEND if reply is None else reply
+        ch.park(task, "waiter", timeout)
         return SUSPEND
 
     def _chan_close(self, ch: Channel, _b: object, _c: object) -> object:
@@ -350,12 +357,23 @@ class PoolService:
             self.kernel.resume(job.task, (None, value))
             return
         assert isinstance(value, list)
+        if any(map(is_large, value)):  # (converted a slice per loop turn, the task waiting meanwhile)
+            self.background.run(self._deliver_in_slices(job.task, job.task.runs, value))
+            return
         try:
             reply = tuple(from_plain(self.lua, v) for v in value)
         except NotPlainError as e:
             self.kernel.resume(job.task, (None, f"results: {e}".encode()))
             return
         self.kernel.resume(job.task, reply if len(reply) != 1 else reply[0])
+
+    async def _deliver_in_slices(self, task: Task, runs: int, values: list[Any]) -> None:
+        try:
+            reply = tuple([await from_plain_in_slices(self.lua, v) for v in values])
+        except NotPlainError as e:
+            self.kernel.resume_if(task, runs, (None, f"results: {e}".encode()))
+            return
+        self.kernel.resume_if(task, runs, reply if len(reply) != 1 else reply[0])
 
     # -- the service's lifecycle (runtime/services/__init__.py) -------------------------------------
     def keeps_alive(self) -> bool:

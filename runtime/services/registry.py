@@ -47,7 +47,10 @@ class Services:
     def in_flight(self) -> bool:
         """Work a task waits for runs outside the loop (a pool job, a query, a connect or listen)."""
         return any(pool.pending for pool in self.pools.pools.values()) or bool(
-            self.db.background.jobs or self.stream.background.jobs or self.udp.background.jobs
+            self.pools.background.jobs
+            or self.db.background.jobs
+            or self.stream.background.jobs
+            or self.udp.background.jobs
         )
 
     def waits_on_io(self) -> bool:

@@ -16,6 +16,7 @@ local host = require "moonlet._host"
 -- (a tail call: the error still points at the API's caller)
 local function check_timeout(t, i, what) return host.check_seconds(t, i, what, true) end
 local request, call, OP, argerror = host.request, host.call, host.OP, host.argerror
+local math_type = math.type
 local type, error, setmetatable, pack, unpack = type, error, setmetatable, table.pack,
   table.unpack
 
@@ -31,13 +32,15 @@ local function check_name(v, i, what)
   end
 end
 
-local NAMED_OPTIONS = { timeout = true }
+local NAMED_OPTIONS = { timeout = true, buffer = true }
 
 --- A handle on pool `name` ("cpu" and "io" by default; more with `moonlet run --pool NAME=SIZE`), with
---- options: `timeout` (seconds per job; the pool's default is 60).
+--- options: `timeout` (seconds per job; the pool's default is 60) and `buffer` (bytes queued each way on a
+--- spawned job's channel before the sender waits, 256 KiB: strings count their length, every other value
+--- and table entry 16 bytes; one bigger value passes alone).
 --- Example: `local cpu = pool.named("cpu", { timeout = 5 })`
 ---@param name string
----@param opts? {timeout: number?}
+---@param opts? {timeout: number?, buffer: integer?}
 ---@return moonlet.Pool
 function M.named(name, opts)
   check_name(name, 1, "named")
@@ -49,7 +52,11 @@ function M.named(name, opts)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout <= 0) then
     error("bad option 'timeout' (seconds > 0 expected)", 2)
   end
-  return setmetatable({ _where = { pool = name, timeout = timeout } }, Pool)
+  local buffer = opts and opts.buffer
+  if buffer ~= nil and (math_type(buffer) ~= "integer" or buffer <= 0) then
+    error("bad option 'buffer' (bytes > 0 expected)", 2)
+  end
+  return setmetatable({ _where = { pool = name, timeout = timeout, buffer = buffer } }, Pool)
 end
 
 --- Run `module.fn(...)` in a thread of this pool; returns what it returns, or nil, err.
