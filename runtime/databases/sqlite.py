@@ -42,6 +42,7 @@ from runtime.databases import (
     Row,
     finite,
 )
+from runtime.lua.values import SLICE
 from runtime.threads import LowPrioritySQLite
 
 T = TypeVar("T")
@@ -221,9 +222,14 @@ class SQLiteDatabase(Database):
     @staticmethod
     async def _fetch(conn: aiosqlite.Connection, sql: str, params: Params) -> list[Row]:
         async with conn.execute(sql, params) as cursor:
-            rows = await cursor.fetchall()
+            rows = list(await cursor.fetchall())
             names = [str(d[0]).encode() for d in cursor.description or ()]
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        out: list[Row] = []
+        for first in range(0, len(rows), SLICE):  # (a big result: the loop serves others between slices)
+            if first:
+                await asyncio.sleep(0)
+            out.extend(dict(zip(names, row, strict=True)) for row in rows[first : first + SLICE])
+        return out
 
     @staticmethod
     async def _change(conn: aiosqlite.Connection, sql: str, params: Params) -> tuple[int, int | None]:

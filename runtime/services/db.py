@@ -29,7 +29,7 @@ from runtime.databases import (
 from runtime.kernel.core import SUSPEND, Kernel
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Extra, Task
-from runtime.lua.values import NotPlainError, from_plain, to_plain
+from runtime.lua.values import NotPlainError, from_plain, from_plain_in_slices, to_plain
 from runtime.services.background import Background
 
 log = logging.getLogger("moonlet")
@@ -225,7 +225,7 @@ class DatabaseService:
     async def _run_query(self, target: object, sql: object, params: object) -> object:
         db, session = self._where(target)
         rows = await db.query(session, self._sql(sql), _params(to_plain(params)))
-        return from_plain(self.lua, rows)
+        return await from_plain_in_slices(self.lua, rows)  # (200,000 rows: a slice per loop turn)
 
     async def _run_exec(self, target: object, sql: object, params: object) -> object:
         db, session = self._where(target)
