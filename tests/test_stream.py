@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import struct
@@ -376,3 +377,70 @@ def test_a_group_send_never_waits_and_drops_for_a_member_that_does_not_read(lua_
         got += slow.recv(4096)
     assert got == b"1 " + b"m" * 1000 + b"\n"
     slow.close()
+
+
+BIG_GROUP_APP = """
+local net, group = require "moonlet.net", require "moonlet.group"
+local members = group.new { outbox = 1024 * 1024, slow = "drop" }
+net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
+  local line = conn:readline()
+  if line == "join" then
+    members:add(conn)
+    conn:write("joined\\n")
+    while conn:readline() do end
+    members:remove(conn)
+  elseif line == "ping" then
+    repeat conn:write("pong\\n") until conn:readline() ~= "ping"
+  elseif line and line:match("^send %d+ %d+$") then   -- pipelined sends, in one turn of this handler
+    local count, size = line:match("(%d+) (%d+)")
+    local message = string.rep("m", tonumber(size) - 1) .. "\\n"
+    local sent, dropped = 0, 0
+    for _ = 1, tonumber(count) do
+      local s, d = members:send(message)
+      sent, dropped = sent + s, dropped + d
+    end
+    conn:write(sent, " ", dropped, "\\n")
+  end
+end }
+"""
+
+
+def test_a_fan_out_to_thousands_holds_neither_the_loop_nor_a_copy_per_member(lua_server) -> None:  # type: ignore[no-untyped-def]
+    server = lua_server(BIG_GROUP_APP)
+    members = []
+    for _ in range(2000):  # members that never read (a small receive buffer: the kernel takes little)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", server.port))
+        s.sendall(b"join\n")
+        members.append(s)
+    for s in members:
+        s.settimeout(10)
+        assert s.recv(7) == b"joined\n"
+    probe = server.connect()
+    probe.send(b"ping\n")
+    assert probe.line() == b"pong"
+    before = server.rss()
+    publisher = server.connect(timeout=60)
+    publisher.send(b"send 6 65536\n")  # six 64 KiB messages: 750 MiB if each member held a copy
+    worst, answer = 0.0, b""
+    publisher.sock.setblocking(False)
+    deadline = time.monotonic() + 60
+    while not answer.endswith(b"\n") and time.monotonic() < deadline:
+        t0 = time.monotonic()
+        probe.send(b"ping\n")
+        assert probe.line() == b"pong"
+        worst = max(worst, time.monotonic() - t0)
+        with contextlib.suppress(BlockingIOError):
+            answer += publisher.sock.recv(100)
+        time.sleep(0.005)
+    sent, dropped = (int(x) for x in answer.split())
+    assert sent + dropped == 6 * 2000 and sent >= 2000, answer
+    grown = server.rss() - before
+    for s in members:
+        s.close()
+    print(
+        f"fan-out: probe worst {worst * 1000:.1f} ms, grown {grown >> 20} MiB, sent {sent} dropped {dropped}"
+    )
+    assert worst < 0.5, worst
+    assert grown < 100 * 1024 * 1024, grown

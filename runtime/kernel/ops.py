@@ -100,6 +100,8 @@ class Op(enum.IntEnum):
     CHAN_CLOSE = 75  # (channel): close it from the task's side
     DB_ROWS_CLOSE = 76  # (rows): release a db.rows query before its end
     RELEASE = 77  # (number): a Lua table holding that host handle was collected (kernel/handles.py)
+    OFFER = 78  # (conns, out, limit): `out` to each connection whose unsent output stays within limit;
+    # reply the positions found closed, and the slow ones with their unsent bytes (nil, nil: all took it)
 
     @property
     def yields(self) -> bool:

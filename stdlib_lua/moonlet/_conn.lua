@@ -12,7 +12,8 @@ local type, error, setmetatable, tostring, select, floor = type, error, setmetat
   math.floor
 local huge = math.huge
 
-local SEND, SENDALL, WRITE, CLOSE, BUFFERED = OP.SEND, OP.SENDALL, OP.WRITE, OP.CLOSE, OP.BUFFERED
+local SEND, SENDALL, WRITE, CLOSE, BUFFERED, OFFER = OP.SEND, OP.SENDALL, OP.WRITE, OP.CLOSE, OP.BUFFERED,
+  OP.OFFER
 local HIGH_WATER = host.limits.write_high_water
 local MIN_LINE_LIMIT = 256 -- setlimits refuses a smaller line limit
 
@@ -311,6 +312,48 @@ function Conn:_offer(s, limit)
     return nil, "closed"
   end
   return true
+end
+
+-- For moonlet.group: hand `s` to each of conns[first..last] whose unsent output stays within `limit`, in one
+-- trip to the host, which converts `s` once (every member left with it unsent shares that one copy). A
+-- member with output buffered here goes its own way (_offer), after that output. Returns how many took it,
+-- the members found closed, and the slow ones with their waiting bytes (in pairs).
+function M.offer_many(conns, first, last, s, limit)
+  local handles, members, n = {}, {}, 0
+  local sent, closed, slow = 0, {}, {}
+  for i = first, last do
+    local c = conns[i]
+    if c[CLOSED] then
+      closed[#closed + 1] = c
+    elseif c[OUTN] > 0 then
+      local ok, waiting = c:_offer(s, limit)
+      if ok then
+        sent = sent + 1
+      elseif ok == nil then
+        closed[#closed + 1] = c
+      else
+        slow[#slow + 1], slow[#slow + 2] = c, waiting
+      end
+    else
+      n = n + 1
+      handles[n], members[n] = c[PY], c
+    end
+  end
+  if n == 0 then return sent, closed, slow end
+  sent = sent + n
+  local gone, late = call(OFFER, handles, s, limit)
+  if gone then
+    for k = 1, #gone do
+      local c = members[gone[k]]
+      c[CLOSED] = true
+      closed[#closed + 1] = c
+    end
+    for k = 1, #late, 2 do
+      slow[#slow + 1], slow[#slow + 2] = members[late[k]], late[k + 1]
+    end
+    sent = sent - #gone - #late // 2
+  end
+  return sent, closed, slow
 end
 
 --- Send what is buffered, then close. Other coroutines waiting on this connection get nil, "closed".

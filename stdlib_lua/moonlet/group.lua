@@ -1,5 +1,6 @@
 --- Sending to many connections at once (a chat room, a feed, a pub/sub fan-out) without letting one slow
---- member stall the others or grow memory: every member has a bounded outbox, and `group:send` never waits.
+--- member stall the others or grow memory: every member has a bounded outbox, and `group:send` never waits
+--- for a member.
 --
 --     local group = require "moonlet.group"
 --     local room = group.new { outbox = 256 * 1024, slow = "close" }
@@ -18,11 +19,17 @@
 -- `slow = "close"` (the default) its connection is closed at once (what it had not taken is dropped) with
 -- one log line, and its handler's next read returns nil, "closed"; with `slow = "drop"` the message is not
 -- sent to it (the others get it) and it stays a member, receiving again once it has caught up. A member
--- whose connection has closed leaves the group by itself at the next send.
+-- whose connection has closed leaves the group by itself at the next send. A big group's send yields
+-- between slices of members (see Group:send), so no send holds the event loop for long.
 -- @module moonlet.group
 local log = require "moonlet.log"
+local task = require "moonlet.task"
+local sync = require "moonlet.sync"
 local argerror = require("moonlet._host").argerror
-local type, pairs, select, concat, tostring = type, pairs, select, table.concat, tostring
+local offer_many = require("moonlet._conn").offer_many
+local type, pairs, select, concat, tostring, pcall, error = type, pairs, select, table.concat, tostring, pcall,
+  error
+local min, max = math.min, math.max
 
 local M = {}
 
@@ -48,7 +55,8 @@ function M.new(opts)
   if slow ~= "close" and slow ~= "drop" then
     argerror(1, "new", '"close" or "drop"', slow, "slow")
   end
-  return setmetatable({ outbox = outbox, slow = slow, members = {}, count = 0, dropped = 0, closed = 0 }, Group)
+  return setmetatable({ outbox = outbox, slow = slow, members = {}, count = 0, dropped = 0, closed = 0,
+    _turn_over = sync.event() }, Group)
 end
 
 --- Add a connection (adding one twice is adding it once).
@@ -61,6 +69,7 @@ function Group:add(conn)
   if not self.members[conn] then
     self.members[conn] = true
     self.count = self.count + 1
+    self._list = nil
   end
 end
 
@@ -70,6 +79,7 @@ function Group:remove(conn)
   if self.members[conn] then
     self.members[conn] = nil
     self.count = self.count - 1
+    self._list = nil
   end
 end
 
@@ -98,9 +108,77 @@ function Group:each()
   end
 end
 
---- Send the strings (or numbers) given, concatenated, to every member. Never waits. Returns how many
---- members it was handed to, how many were skipped as slow (`slow = "drop"`), and how many were closed as
---- slow (`slow = "close"`).
+-- A fan-out gives the loop a turn after each slice of members: at most SLICE members, and at most
+-- SLICE_BYTES of message copied into sockets (so a 64 KiB message goes to 16 members a turn).
+local SLICE, SLICE_BYTES = 256, 1024 * 1024
+
+-- The members as an array, rebuilt after the membership changed (a fan-out in progress keeps its own).
+local function list_of(self)
+  local list = self._list
+  if list == nil then
+    list = {}
+    for conn in pairs(self.members) do list[#list + 1] = conn end
+    self._list = list
+  end
+  return list
+end
+
+-- Hand one slice (list[first..last], those still members) to conn.offer_many and settle the slow and the
+-- closed. Returns the counts of this slice.
+local function fan_out(self, list, first, last, data)
+  local members, slice, n = self.members, {}, 0
+  for i = first, last do
+    local c = list[i]
+    if members[c] then
+      n = n + 1
+      slice[n] = c
+    end
+  end
+  local sent, closed_members, slow = offer_many(slice, 1, n, data, self.outbox)
+  for k = 1, #closed_members do self:remove(closed_members[k]) end
+  local dropped, closed = 0, 0
+  for k = 1, #slow, 2 do
+    local conn, waiting = slow[k], slow[k + 1]
+    if self.slow == "close" then
+      local host, port = conn:peer()
+      log.info("group: closing a slow member " .. tostring(host) .. (port and ":" .. port or "")
+        .. " (" .. waiting .. " bytes not taken by its peer; outbox " .. self.outbox .. ")")
+      conn:_abort()
+      self:remove(conn)
+      closed = closed + 1
+    else
+      dropped = dropped + 1
+    end
+  end
+  return sent, dropped, closed
+end
+
+-- One fan-out at a time, so that every member receives the group's messages in the same order. A task
+-- that holds the turn and was cancelled mid-way gives it up by ending.
+local function take_turn(self)
+  local holder = self._turn
+  while holder ~= nil and holder:status() == "running" do
+    self._turn_over:wait(0.1)
+    holder = self._turn
+  end
+  self._turn = task.current()
+end
+
+local function end_turn(self)
+  self._turn = nil
+  local over = self._turn_over
+  over:set()
+  over:clear()
+end
+
+--- Send the strings (or numbers) given, concatenated, to every member. Returns how many members it was
+--- handed to, how many were skipped as slow (`slow = "drop"`), and how many were closed as slow
+--- (`slow = "close"`). The message crosses to the host once per slice of members and is shared by every
+--- member's unsent output, so it costs its size once however many members have not taken it yet. Never
+--- waits for a member; a group of more than one slice (256 members, or 1 MiB of message × members) yields
+--- between slices, so other connections are served meanwhile, and a send waits for the turn of a fan-out
+--- in progress (every member receives the messages in the same order).
+---@async
 ---@param ... string|number
 ---@return integer sent
 ---@return integer dropped
@@ -111,24 +189,24 @@ function Group:send(...)
   if type(data) ~= "string" then
     argerror(1, "send", "string or number", data)
   end
-  local limit, close_slow = self.outbox, self.slow == "close"
-  local sent, dropped, closed = 0, 0, 0
-  for conn in pairs(self.members) do
-    local ok, waiting = conn:_offer(data, limit)
-    if ok then
-      sent = sent + 1
-    elseif ok == nil then -- its connection has closed
-      self:remove(conn)
-    elseif close_slow then
-      local host, port = conn:peer()
-      log.info("group: closing a slow member " .. tostring(host) .. (port and ":" .. port or "")
-        .. " (" .. waiting .. " bytes not taken by its peer; outbox " .. limit .. ")")
-      conn:_abort()
-      self:remove(conn)
-      closed = closed + 1
-    else
-      dropped = dropped + 1
-    end
+  local list = list_of(self)
+  local per_turn = #data == 0 and SLICE or max(1, min(SLICE, SLICE_BYTES // #data))
+  local sent, dropped, closed
+  if #list <= per_turn and self._turn == nil then -- (one slice: at once)
+    sent, dropped, closed = fan_out(self, list, 1, #list, data)
+  else
+    take_turn(self)
+    list = list_of(self)
+    sent, dropped, closed = 0, 0, 0
+    local ok, err = pcall(function()
+      for first = 1, #list, per_turn do
+        if first > 1 then task.yield() end
+        local s, d, c = fan_out(self, list, first, min(first + per_turn - 1, #list), data)
+        sent, dropped, closed = sent + s, dropped + d, closed + c
+      end
+    end)
+    end_turn(self)
+    if not ok then error(err, 0) end
   end
   self.dropped, self.closed = self.dropped + dropped, self.closed + closed
   return sent, dropped, closed
