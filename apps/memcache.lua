@@ -17,8 +17,9 @@
 -- unsigned: incr wraps, decr stops at 0), touch, flush_all [delay], version, stats, verbosity, quit, with
 -- `noreply`. exptime: 0 never, up to 30 days relative, beyond that a unix time, negative already expired.
 -- Items up to 1 MiB (key, value and ~50 bytes of bookkeeping), else SERVER_ERROR object too large for cache;
--- past --memory the least recently used items are evicted. Bad input gets ERROR or CLIENT_ERROR as
--- memcached words it, and the connection goes on.
+-- past --memory the least recently used items are evicted; --memory counts what the items cost in the Lua
+-- heap (their bytes and ~300 more each), so the process stays near it. A get naming many items streams them.
+-- Bad input gets ERROR or CLIENT_ERROR as memcached words it, and the connection goes on.
 local net = require "moonlet.net"
 local log = require "moonlet.log"
 local time = require "moonlet.time"
@@ -31,7 +32,9 @@ local wall = time.now
 
 local VERSION = "1.6.18-moonlet"
 local MAX_ITEM = 1024 * 1024     -- an item's key, value and overhead
-local OVERHEAD = 50              -- bytes of bookkeeping counted per item (memcached's header is ~48)
+local OVERHEAD = 50              -- bytes an item's size limit counts beside key and value (memcached's header)
+local ITEM_COST = 300            -- Lua heap an item costs beside its key's and value's bytes (measured: see
+                                 -- tests/test_memcache.py, which holds the heap to --memory)
 local MAX_KEY = 250
 local MAX_LINE = 2048            -- a command line (get with many keys may be longer: see read_line)
 local RELATIVE_LIMIT = 60 * 60 * 24 * 30 -- exptimes above this are unix times
@@ -40,7 +43,12 @@ local limit_bytes = math.max(1, tointeger(opts.memory) or 64) * 1024 * 1024
 ---------------------------------------------------------------------------------------------------------
 -- the store: items by key, in a doubly linked list from most to least recently used
 
-local items = {}          -- key -> item {key, value, flags, exptime (0 or unix s), cas, size, newer, older}
+-- key -> item: an array (its slots are 16 bytes each; named fields cost a 32-byte node each, in a hash part
+-- rounded up to a power of two: 557 bytes an item against 312)
+local items = {}
+local KEY <const>, VALUE <const>, FLAGS <const>, EXPTIME <const>, CAS <const> = 1, 2, 3, 4, 5
+local STORED <const>, HEAD <const>, NEWER <const>, OLDER <const> = 6, 7, 8, 9 -- (exptime: 0 or unix s;
+-- stored: when, if a flush_all was pending; head: what VALUE lines say after the key)
 local newest, oldest = nil, nil
 local used, count, next_cas = 0, 0, 0
 local flush_at = nil      -- flush_all: items stored before this time are gone once it has come
@@ -51,30 +59,33 @@ local stats = { cmd_touch = 0, cmd_flush = 0, get_expired = 0, delete_hits = 0, 
   incr_hits = 0, incr_misses = 0, decr_hits = 0, decr_misses = 0, cas_hits = 0, cas_misses = 0, cas_badval = 0,
   touch_hits = 0, touch_misses = 0, evictions = 0, total_items = 0, curr_connections = 0, total_connections = 0 }
 
+-- what an item counts against --memory
+local function cost(it) return #it[KEY] + #it[VALUE] + ITEM_COST end
+
 local function unlink(it)
-  if it.newer then it.newer.older = it.older else newest = it.older end
-  if it.older then it.older.newer = it.newer else oldest = it.newer end
-  it.newer, it.older = nil, nil
+  if it[NEWER] then it[NEWER][OLDER] = it[OLDER] else newest = it[OLDER] end
+  if it[OLDER] then it[OLDER][NEWER] = it[NEWER] else oldest = it[NEWER] end
+  it[NEWER], it[OLDER] = nil, nil
 end
 
 local function push_newest(it)
-  it.older, it.newer = newest, nil
-  if newest then newest.newer = it end
+  it[OLDER], it[NEWER] = newest, nil
+  if newest then newest[NEWER] = it end
   newest = it
   if oldest == nil then oldest = it end
 end
 
 local function remove(it)
   unlink(it)
-  items[it.key] = nil
-  used, count = used - it.size, count - 1
+  items[it[KEY]] = nil
+  used, count = used - cost(it), count - 1
 end
 
 -- (the clock is read only for items that can expire, or while a flush_all is pending: most gets need none)
 local function dead(it)
-  if it.exptime == 0 and flush_at == nil then return false end
+  if it[EXPTIME] == 0 and flush_at == nil then return false end
   local now = wall()
-  return (it.exptime ~= 0 and it.exptime <= now) or (flush_at ~= nil and flush_at <= now and it.stored <= flush_at)
+  return (it[EXPTIME] ~= 0 and it[EXPTIME] <= now) or (flush_at ~= nil and flush_at <= now and it[STORED] <= flush_at)
 end
 
 -- The live item of key (touched as most recently used), or nil.
@@ -105,11 +116,10 @@ local function store(key, value, flags, exp, now)
   local old = items[key]
   if old then remove(old) end
   next_cas = next_cas + 1
-  local it = { key = key, value = value, flags = flags, exptime = exp, cas = next_cas, stored = flush_at and now or 0,
-    size = #key + #value + OVERHEAD, head = " " .. flags .. " " .. #value } -- (head: what VALUE lines say)
+  local it = { key, value, flags, exp, next_cas, flush_at and now or 0, " " .. flags .. " " .. #value }
   items[key] = it
   push_newest(it)
-  used, count = used + it.size, count + 1
+  used, count = used + cost(it), count + 1
   stats.total_items = stats.total_items + 1
   while used > limit_bytes and oldest and oldest ~= it do -- evict from the least recently used end
     local victim = oldest
@@ -194,31 +204,32 @@ end
 ---------------------------------------------------------------------------------------------------------
 -- commands: each returns the reply ("" for none)
 
-local function retrieval(t, n, with_cas, touch_exp)
+-- get/gets/gat/gats: each item is written as it is found, so a reply naming a big item many times is never
+-- held whole (memcached streams it too); conn:write waits while the client has not taken 64 KiB of it.
+local function retrieval(conn, t, n, with_cas, touch_exp)
   local first = touch_exp and 3 or 2
   if n < 2 then return ERROR end -- (gat with an exptime and no key answers END, as memcached)
-  local out, o = {}, 0
+  for i = first, n do
+    if #t[i] > MAX_KEY then return BAD_FORMAT end
+  end
   for i = first, n do
     local key = t[i]
-    if #key > MAX_KEY then return BAD_FORMAT end
     cmd_get = cmd_get + 1
     if touch_exp then stats.cmd_touch = stats.cmd_touch + 1 end
     local it = find_item(key)
     if it then
       get_hits = get_hits + 1
-      if touch_exp then it.exptime = touch_exp; stats.touch_hits = stats.touch_hits + 1 end
-      o = o + 1
-      out[o] = with_cas and "VALUE " .. key .. it.head .. " " .. it.cas .. "\r\n"
-        or "VALUE " .. key .. it.head .. "\r\n"
-      o = o + 1; out[o] = it.value
-      o = o + 1; out[o] = "\r\n"
+      if touch_exp then it[EXPTIME] = touch_exp; stats.touch_hits = stats.touch_hits + 1 end
+      local head = with_cas and "VALUE " .. key .. it[HEAD] .. " " .. it[CAS] .. "\r\n"
+        or "VALUE " .. key .. it[HEAD] .. "\r\n"
+      local ok, e = conn:write(head, it[VALUE], "\r\n")
+      if not ok then return nil, e end
     else
       get_misses = get_misses + 1
       if touch_exp then stats.touch_misses = stats.touch_misses + 1 end
     end
   end
-  o = o + 1; out[o] = "END\r\n"
-  return concat(out, "", 1, o)
+  return "END\r\n"
 end
 
 local function arithmetic(t, n, incr)
@@ -233,7 +244,7 @@ local function arithmetic(t, n, incr)
     stats[which .. "misses"] = stats[which .. "misses"] + 1
     return "NOT_FOUND\r\n"
   end
-  local a = c_number(it.value, true)
+  local a = c_number(it[VALUE], true)
   if a == nil then return "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n" end
   stats[which .. "hits"] = stats[which .. "hits"] + 1
   local r
@@ -246,12 +257,11 @@ local function arithmetic(t, n, incr)
   end
   local text = u64_text(r)
   local value = text
-  if #text < #it.value then value = text .. string.rep(" ", #it.value - #text) end -- (memcached pads in place)
-  used = used - #it.value + #value
-  it.size = #key + #value + OVERHEAD
-  it.value, it.head = value, " " .. it.flags .. " " .. #value
+  if #text < #it[VALUE] then value = text .. string.rep(" ", #it[VALUE] - #text) end -- (memcached pads in place)
+  used = used - #it[VALUE] + #value
+  it[VALUE], it[HEAD] = value, " " .. it[FLAGS] .. " " .. #value
   next_cas = next_cas + 1
-  it.cas = next_cas
+  it[CAS] = next_cas
   return text .. "\r\n"
 end
 
@@ -286,7 +296,7 @@ local function touch(t, n, now)
     return "NOT_FOUND\r\n"
   end
   stats.touch_hits = stats.touch_hits + 1
-  it.exptime = expiry(exptime, now)
+  it[EXPTIME] = expiry(exptime, now)
   return "TOUCHED\r\n"
 end
 
@@ -374,15 +384,15 @@ local function storage(conn, cmd, t, n, now)
   elseif cmd == "append" or cmd == "prepend" then
     if not it then reply = "NOT_STORED\r\n"
     else
-      local joined = cmd == "append" and it.value .. value or value .. it.value
+      local joined = cmd == "append" and it[VALUE] .. value or value .. it[VALUE]
       if #key + #joined + OVERHEAD > MAX_ITEM then return "SERVER_ERROR object too large for cache\r\n", noreply end
-      store(key, joined, it.flags, it.exptime, now)
+      store(key, joined, it[FLAGS], it[EXPTIME], now)
     end
   else -- cas
     if not it then
       stats.cas_misses = stats.cas_misses + 1
       reply = "NOT_FOUND\r\n"
-    elseif it.cas ~= unique then
+    elseif it[CAS] ~= unique then
       stats.cas_badval = stats.cas_badval + 1
       reply = "EXISTS\r\n"
     else
@@ -408,13 +418,14 @@ local function run(conn, line)
   end
   local noreply = SILENCEABLE[cmd] and t[n] == "noreply"
   local reply
-  if cmd == "get" then reply = retrieval(t, n, false, nil)
-  elseif cmd == "gets" then reply = retrieval(t, n, true, nil)
+  local why
+  if cmd == "get" then reply, why = retrieval(conn, t, n, false, nil)
+  elseif cmd == "gets" then reply, why = retrieval(conn, t, n, true, nil)
   elseif cmd == "gat" or cmd == "gats" then
     local exptime = signed32(t[2])
     if n < 2 then reply = ERROR
     elseif exptime == nil then reply = "CLIENT_ERROR invalid exptime argument\r\n"
-    else reply = retrieval(t, n, cmd == "gats", expiry(exptime, now)) end
+    else reply, why = retrieval(conn, t, n, cmd == "gats", expiry(exptime, now)) end
   elseif cmd == "delete" then reply = delete(t, n)
   elseif cmd == "incr" or cmd == "decr" then reply = arithmetic(t, n, cmd == "incr")
   elseif cmd == "touch" then reply = touch(t, n, now)
@@ -424,6 +435,7 @@ local function run(conn, line)
   elseif cmd == "stats" then reply = n == 1 and stats_reply(now) or ERROR
   elseif cmd == "quit" then return nil, "quit"
   else reply = ERROR end
+  if reply == nil then return nil, why end
   return noreply and "" or reply
 end
 
@@ -437,7 +449,7 @@ local function fast_get(key)
     return "END\r\n"
   end
   get_hits = get_hits + 1
-  return "VALUE " .. key .. it.head .. "\r\n" .. it.value .. "\r\nEND\r\n"
+  return "VALUE " .. key .. it[HEAD] .. "\r\n" .. it[VALUE] .. "\r\nEND\r\n"
 end
 
 local function fast_set(conn, key, flags, exptime, size)

@@ -8,13 +8,15 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheServerError
 
-from conftest import APPS, free_port, wait_listening
+from conftest import APPS, ROOT, free_port, wait_listening
 
 
 def need(tool: str) -> str:
@@ -180,3 +182,59 @@ def test_memcache_answers_byte_for_byte_as_memcached(run_app, memcached: int, se
         assert a == b, f"seed {seed}, batch {i}: {wire!r}\n moonlet:   {a!r}\n memcached: {b!r}"
     ours.close()
     theirs.close()
+
+
+def lua_heap(server) -> int:  # type: ignore[no-untyped-def]
+    """The server's live Lua heap in bytes (after a full collection), through its console."""
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime", "repl", "-e", 'collectgarbage() collectgarbage() return collectgarbage("count")',
+         str(server.proc.pid)],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return int(float(done.stdout) * 1024)
+
+
+def rss(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_multi_get_of_big_items_streams_and_memory_counts_what_items_cost(run_app) -> None:  # type: ignore[no-untyped-def]
+    server = run_app(APPS / "memcache.lua", "--port", "0", "--memory", "16")
+    c = Client(("127.0.0.1", server.port), timeout=10)
+    big = b"b" * (1024 * 1024 - 100)
+    assert c.set("big", big, noreply=False)
+    before = rss(server.proc.pid)
+    reader = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    reader.sendall(b"get" + b" big" * 100 + b"\r\n")  # 100 MiB of reply, a 205-byte line
+    got, want = 0, 100 * (len(big) + 2 + len(b"VALUE big 0 %d\r\n" % len(big))) + len(b"END\r\n")
+    grown = 0
+    while got < want:  # read slowly: the server must hold at most a little of it
+        chunk = reader.recv(1 << 20)
+        assert chunk
+        got += len(chunk)
+        grown = max(grown, rss(server.proc.pid) - before)
+        assert c.get("big") == big  # another client is served meanwhile
+    reader.close()
+    assert got == want
+    assert grown < 40 * 1024 * 1024, grown  # (the whole reply at once: 200 MiB)
+    stream_grown = grown
+    # fill the cache with small items: --memory bounds what they really cost in the Lua heap
+    c.delete("big")
+    base = lua_heap(server)
+    value = b"v" * 100
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        for batch in range(40):
+            s.sendall(
+                b"".join(
+                    b"set k%d 0 0 100 noreply\r\n%s\r\n" % (batch * 5000 + i, value) for i in range(5000)
+                )
+            )
+        assert exchange(s, b"", b"m") == b""
+    items = int(c.stats()[b"curr_items"])
+    grown = lua_heap(server) - base
+    c.close()
+    print(f"memcache: {items} items, Lua heap grew {grown} bytes, stream grew RSS {stream_grown}")
+    assert 30_000 < items < 200_000, items  # evicted down to the limit
+    # (counting 50 bytes an item, as before: 106,905 items, 66 MiB of heap; the multi-get grew RSS by 304 MiB)
+    assert 16 * 1024 * 1024 * 0.8 < grown < 16 * 1024 * 1024 * 1.15, (grown, items)
