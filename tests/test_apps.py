@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 
 import pytest
 import redis
@@ -262,3 +263,43 @@ def test_report_streams_csv_through_a_pool_job_while_others_are_served(run_app, 
         big.wait()
         if big.stdout is not None:
             big.stdout.close()
+
+
+def test_big_reports_cannot_starve_small_ones_and_their_number_is_bounded(run_app, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # two cpu threads (as on this 2-core machine) and two reports of a million rows that would hold them
+    server = run_app(
+        APPS / "report.lua", "--port", "0", "--reports", "3",
+        options=["--db", str(tmp_path / "r.db"), "--pool", "cpu=2"],
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{server.port}"
+    bigs = [
+        subprocess.Popen(
+            ["curl", "-s", "-N", f"{base}/report?rows=1000000"], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    try:
+        for big in bigs:
+            assert big.stdout is not None
+            assert big.stdout.readline() == "id,amount,score,tax\n"
+            big.stdout.readline()  # (its first batch is out: it is scoring)
+        worst = 0.0
+        for _ in range(10):  # a small report meanwhile, ten times
+            t0 = time.monotonic()
+            assert len(curl(f"{base}/report?rows=5", timeout=30).splitlines()) == 6
+            worst = max(worst, time.monotonic() - t0)
+        assert worst < 0.5, worst  # (a thread held per report: 58 s)
+        # the third report slot is free, so a fourth report at once is refused
+        third = subprocess.Popen(["curl", "-s", "-N", f"{base}/report?rows=1000000"], stdout=subprocess.PIPE)
+        assert third.stdout is not None and third.stdout.readline() == b"id,amount,score,tax\n"
+        refused = curl("-i", f"{base}/report?rows=5", timeout=10)
+        assert refused.startswith("HTTP/1.1 503") and "retry-after: 1" in refused.lower(), refused
+        third.kill()
+        third.wait()
+        third.stdout.close()
+    finally:
+        for big in bigs:
+            big.kill()
+            big.wait()
+            if big.stdout is not None:
+                big.stdout.close()

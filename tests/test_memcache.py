@@ -186,9 +186,9 @@ def test_memcache_answers_byte_for_byte_as_memcached(run_app, memcached: int, se
 
 def lua_heap(server) -> int:  # type: ignore[no-untyped-def]
     """The server's live Lua heap in bytes (after a full collection), through its console."""
+    code = 'collectgarbage() collectgarbage() return collectgarbage("count")'
     done = subprocess.run(
-        [sys.executable, "-m", "runtime", "repl", "-e", 'collectgarbage() collectgarbage() return collectgarbage("count")',
-         str(server.proc.pid)],
+        [sys.executable, "-m", "runtime", "repl", "-e", code, str(server.proc.pid)],
         cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
     return int(float(done.stdout) * 1024)

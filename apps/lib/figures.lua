@@ -1,5 +1,4 @@
--- Per-row figures for apps/report.lua, computed in a pool thread (a spawned job: see moonlet.pool): it takes
--- rows from its channel, answers each with its figures, and returns how many it did once the channel closes.
+-- Per-row figures for apps/report.lua, computed in a pool thread (pool.run: a batch of rows a job).
 local M = {}
 
 -- A deliberately CPU-heavy score (a few thousand steps of arithmetic per row), the kind of work that must
@@ -10,14 +9,14 @@ local function score(amount, steps)
   return h
 end
 
-function M.compute(ch, steps)
-  local done = 0
-  while true do
-    local row = ch:get()
-    if row == nil then return done end
-    done = done + 1
-    ch:put({ id = row.id, score = score(row.amount, steps), tax = row.amount * 0.2 })
+--- The figures of each row of `rows` ({id =, amount =}), in order.
+function M.batch(rows, steps)
+  local out = {}
+  for i = 1, #rows do
+    local amount = rows[i].amount
+    out[i] = { score = score(amount, steps), tax = amount * 0.2 }
   end
+  return out
 end
 
 return M
