@@ -282,7 +282,10 @@ local function drop(why, peer)
 end
 
 local sock = assert(net.udp { host = opts.host, port = opts.port, handler = function(data, peer, s)
-  local reply, why = answer(data)
+  local done, reply, why = pcall(answer, data)
+  if not done then -- (a bug of ours meeting a datagram: dropped and counted like a malformed one)
+    reply, why = nil, "internal error: " .. tostring(reply)
+  end
   if reply then
     s:sendto(reply, peer.host, peer.port)
   elseif why then

@@ -338,6 +338,30 @@ def test_udp_round_trips_through_the_echo_app(run_app) -> None:  # type: ignore[
             assert data == payload
 
 
+def test_a_udp_handler_that_fails_on_every_datagram_is_logged_once_a_second(lua_server) -> None:  # type: ignore[no-untyped-def]
+    server = lua_server(
+        """
+        local net = require "moonlet.net"
+        net.udp { host = "127.0.0.1", port = 0, handler = function(data, peer, s)
+          if data == "ping" then s:sendto("pong", peer.host, peer.port) return end
+          error("cannot parse " .. data)
+        end }
+        """,
+        ready=re.compile(rb"serving udp on (\S+):(\d+)"),
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        for i in range(200):
+            s.sendto(b"bad %d" % i, ("127.0.0.1", server.port))
+        s.sendto(b"ping", ("127.0.0.1", server.port))
+        assert s.recvfrom(100)[0] == b"pong"  # served all along
+    summary = server.wait_log(re.compile(rb"handler error on udp handler on \S+ \((\d+) in the last 1 s"))
+    lines = re.findall(r"handler error", server.log_text())
+    assert len(lines) == 2, server.log_text()[-3000:]  # the first at once, then how many more, a second later
+    assert int(summary.group(1)) == 199
+    assert "cannot parse bad 199" in server.log_text()
+
+
 def test_forwarder_carries_redis_benchmark_to_redis_server(run_app, redis_server: int) -> None:  # type: ignore[no-untyped-def]
     if shutil.which("redis-benchmark") is None:
         pytest.skip("redis-benchmark missing")

@@ -2,7 +2,9 @@
 
 A served socket spawns its Lua entry for every datagram, like a listener for every connection; a client
 socket queues what arrives (at most ``MAX_QUEUED`` datagrams: UDP may drop, and so do we, rather than grow)
-until a task asks with ``UDP_RECV``.
+until a task asks with ``UDP_RECV``. A handler that fails is logged at once, then at most once every
+``ERROR_EVERY`` seconds per socket with how many failed meanwhile: a flood of datagrams that trip the same
+bug is a line a second, not a line a datagram.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from runtime.services.outgoing import connect_error
 log = logging.getLogger("moonlet")
 
 MAX_QUEUED = 1024
+ERROR_EVERY = 1.0  # seconds between two handler-error lines of one socket
 _TIMEOUT = (None, b"timeout")
 _CLOSED = (None, b"closed")
 
@@ -40,6 +43,9 @@ class Datagrams(asyncio.DatagramProtocol):
         self.reader: Task | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.handle = 0  # the number Lua holds for it (kernel/handles.py), retired when it closes
+        self.failed = 0  # handler errors not logged yet (and the last one), while the rate holds them
+        self.last_error = b""
+        self.error_timer: asyncio.TimerHandle | None = None
 
     # -- protocol ----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -74,8 +80,27 @@ class Datagrams(asyncio.DatagramProtocol):
         return f"udp handler on {self.label}"
 
     def task_exited(self, task: Task, ok: bool, error: bytes | None) -> None:
-        if not ok:
+        if ok:
+            return
+        if self.error_timer is None:
             log.error("handler error on %s: %s", self.describe(), one_line(error))
+            self.error_timer = self.svc.loop.call_later(ERROR_EVERY, self._say_errors)
+        else:
+            self.failed, self.last_error = self.failed + 1, error or b""
+
+    def _say_errors(self) -> None:
+        if not self.failed:
+            self.error_timer = None
+            return
+        log.error(
+            "handler error on %s (%d in the last %g s; the last): %s",
+            self.describe(),
+            self.failed,
+            ERROR_EVERY,
+            one_line(self.last_error),
+        )
+        self.failed = 0
+        self.error_timer = self.svc.loop.call_later(ERROR_EVERY, self._say_errors)
 
     def forget(self, task: Task) -> None:
         if self.reader is task:
