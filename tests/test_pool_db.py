@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sqlite3
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import Client, run_script
+from conftest import ROOT, Client, run_script
 
 HEAVY = """
 local M = {}
@@ -597,3 +600,30 @@ def test_a_long_open_cursor_cannot_grow_the_wal_past_its_bound(tmp_path: Path) -
     assert out[2] == "count\t800"
     # the bound, plus the writes between two checks (each write is checked as it is acknowledged)
     assert biggest <= 4 * 1024 * 1024 + 512 * 1024, biggest
+
+
+def unreachable_after_gc(server) -> int:  # type: ignore[no-untyped-def]
+    """``\\gc`` at the server's console: how many unreachable Python objects its collection found."""
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime", "repl", "-e", "\\gc", str(server.proc.pid)],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    m = re.search(r"\((\d+) unreachable objects\)", done.stdout)
+    assert m, done.stdout
+    return int(m.group(1))
+
+
+def test_sessions_leave_no_reference_cycles_for_the_collector(run_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = run_app("apps/billing.lua", "--port", "0", options=["--db", str(tmp_path / "billing.db")])
+    unreachable_after_gc(server)
+    for _ in range(200):  # a session: a connection's task, three transactions, a failed charge
+        c = login(server)
+        for amount in (b"5", b"6", b"7", b"ten"):
+            c.send(b"CHARGE acct-1 " + amount + b"\n")
+            c.line()
+        c.send(b"QUIT\n")
+        assert c.read_all() == b"BYE\n"
+        c.close()
+    # each session left a connection, its task and each transaction in a cycle (a handler task was its own
+    # root; a transaction's cleanup closure held the task that held it): 2,464 unreachable after 200
+    assert unreachable_after_gc(server) < 20

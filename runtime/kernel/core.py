@@ -382,7 +382,7 @@ class Kernel:
             waiting.forget(task)
         if timer is not None:
             timer.cancel()
-        root = task.root
+        root, task.root = task.root, None  # (a connection's handler is its own root: no cycle outlives it)
         if root is not None and root is not task and root.extra is not None and root.extra.children:
             root.extra.children.discard(task)
         extra = task.extra
@@ -390,6 +390,7 @@ class Kernel:
             extra.result = (ok, results if ok or results is not None else error)
             for cleanup in extra.on_end:
                 cleanup()
+            extra.on_end.clear()  # (a cleanup's closure holds what holds the task: no cycle left behind)
             if extra.owned:  # the connections it opened and did not hand on close with it
                 owned, extra.owned = extra.owned, None
                 for thing in owned:
