@@ -172,6 +172,54 @@ def test_a_spinning_chunk_is_stopped_while_clients_are_served(lua_server) -> Non
     assert c.line() == b"still served"
 
 
+HUGE = """
+local net = require "moonlet.net"
+local big = {}
+for i = 1, 1000000 do big["k" .. i] = i if i % 100000 == 0 then sleep(0) end end
+local rows = {}
+for i = 1, 50 do rows[i] = {} for j = 1, 50 do rows[i][j] = big end end
+shared_rows = rows            -- 2,500 references to a table of a million keys
+net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
+  while true do
+    local line = conn:readline()
+    if not line then return end
+    if line == "spinner" then  -- a table whose finalizer never returns, dropped at once
+      setmetatable({}, { __gc = function() while true do end end })
+    end
+    conn:write(line, "\\n")
+  end
+end }
+"""
+
+
+def test_showing_a_huge_value_stops_within_its_budget_and_says_so(lua_server) -> None:  # type: ignore[no-untyped-def]
+    server = lua_server(HUGE)
+    t0 = time.monotonic()
+    out = repl(server, "-e", "return shared_rows").stdout
+    took = time.monotonic() - t0
+    assert re.search(r"--\[\[ more than 99\d\d \]\]", out) and "{--[[ not shown ]]}" in out, out[-500:]
+    assert out.endswith("} --[[ stopped after visiting 200000 keys ]]\n"), out[-500:]
+    assert took < 5, took  # (counting every key of every reference: 30 s, and the watchdog)
+    c = server.connect()
+    c.send(b"still served\n")
+    assert c.line() == b"still served"
+    done = repl(server, "-e", "\\gc").stdout
+    assert "lua_memory_bytes:" in done and "unreachable objects" in done, done
+
+
+def test_a_finalizer_that_never_returns_ends_the_worker_by_the_watchdog(lua_server) -> None:  # type: ignore[no-untyped-def]
+    server = lua_server(HUGE.replace("1000000", "10"), options=["--block-limit", "1"])
+    c = server.connect()
+    c.send(b"spinner\n")
+    assert c.line() == b"spinner"
+    subprocess.run(
+        [sys.executable, "-m", "runtime", "repl", "-e", "\\gc", str(server.proc.pid)],
+        cwd=ROOT, capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert server.proc.wait(30) == 70  # (a collection started from Python held its lock: hung for good)
+    assert "(--block-limit)" in server.log_text(), server.log_text()[-2000:]
+
+
 def test_socket_and_directory_modes_hold_under_umask_000(run_app) -> None:  # type: ignore[no-untyped-def]
     old = os.umask(0)
     try:

@@ -38,6 +38,8 @@ from runtime.kernel.core import Kernel
 from runtime.kernel.task import Extra, Task
 from runtime.services.registry import Services
 
+GC_BUDGET = 1.0  # seconds of CPU the console's gc may spend on the Lua heap before it says it stopped
+
 log = logging.getLogger("moonlet")
 
 # A TCP console peer before its token: a few KiB, a few seconds, and a few such peers at once (any local
@@ -416,17 +418,23 @@ class ConsoleService:
         session.send({"text": "\n".join(f"{k}: {v}" for k, v in stats.items())})
 
     def _cmd_gc(self, session: ConsoleSession, _arg: str) -> None:
-        """A full collection of the Lua heap and Python's cycle collector, and what each freed."""
+        """A full collection of the Lua heap (in steps, for at most ``GC_BUDGET`` seconds of CPU) and of
+        Python's cycle collector, and what each freed."""
         lua_before = self.lua.get_memory_used() if self.lua is not None else 0
+        complete = True
         if self.lua is not None:
-            self.lua.gccollect()
-            self.lua.gccollect()  # (the second frees what the first's finalizers released)
+            complete = bool(self.boot[b"collect"](GC_BUDGET))
             self.boot[b"flush_released"]()  # (the handles their tables held: kernel/handles.py)
         lua_after = self.lua.get_memory_used() if self.lua is not None else 0
         blocks_before = memory.python_heap_blocks()
         unreachable = gc.collect()
         lines = [
-            f"lua_memory_bytes: {lua_before} -> {lua_after}",
+            f"lua_memory_bytes: {lua_before} -> {lua_after}"
+            + (
+                ""
+                if complete
+                else f" (stopped after {GC_BUDGET:g} s of CPU: the collector goes on as the app runs)"
+            ),
             f"python_heap_blocks: {blocks_before} -> {memory.python_heap_blocks()}"
             f" ({unreachable} unreachable objects)",
         ]

@@ -224,6 +224,22 @@ if host then
   M.body, M.task_body, M.misuse, M.flush_released = host.body, host.task_body, host.misuse, host.flush_released
 end
 
+--- The console's \gc: two full collections (the second frees what the first's finalizers released), made in
+--- steps for at most `budget` seconds of the process's CPU time; true if they completed, false if the
+--- budget ran out first (the collector goes on incrementally as the app allocates). The host calls this as a
+--- Lua function, so Python's lock is released meanwhile and its watchdog (--block-limit) can end a worker
+--- whose finalizer never returns, which a collection started from Python would hang for good.
+function M.collect(budget)
+  local clock, step = os.clock, collectgarbage
+  local start = clock()
+  for _ = 1, 2 do
+    repeat
+      if clock() - start > budget then return false end
+    until step("step", 256)
+  end
+  return true
+end
+
 --- A stdlib module, for the host (the load generator's engine).
 function M.stdlib(name)
   return stdlib_env.require(name)

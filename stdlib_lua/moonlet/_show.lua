@@ -9,6 +9,10 @@
 --    `\x1B`...) and for bytes that are not UTF-8; floats keep their point (`1.0`), `math.huge`, `0/0`.
 -- 4. The sequence part first (`1..n`), then the other keys, numbers then strings then the rest, sorted;
 --    a table that does not fit on one line of WIDTH characters is written one entry a line, indented.
+-- 5. Bounded in time too: a table's keys are counted up to MAX_COUNT (then `--[[ more than N ]]`), and one
+--    value visits at most BUDGET keys in all (a table met 2,500 times is counted 2,500 times); past it,
+--    tables are written `{--[[ not shown ]]}` (or `--[[ more, not counted ]]` at their end) and the text
+--    ends with a comment that says it stopped.
 -- @module moonlet._show
 local type, next, rawget, tostring, tonumber, ipairs, format, concat, sort, byte, find, math_type, utf8_len =
   type, next, rawget, tostring, tonumber, ipairs, string.format, table.concat, table.sort, string.byte, string.find,
@@ -17,6 +21,8 @@ local type, next, rawget, tostring, tonumber, ipairs, format, concat, sort, byte
 local M = {}
 
 local MAX_ITEMS, MAX_DEPTH, MAX_STRING, WIDTH = 50, 4, 2000, 100
+local MAX_COUNT, BUDGET = 10000, 200000
+local left = BUDGET -- keys this showing may still visit (M.show resets it)
 
 local KEYWORDS = {}
 for word in ([[and break do else elseif end false for function goto if in local nil not or repeat return
@@ -77,6 +83,7 @@ end
 local function table_text(t, seen, depth, indent)
   if seen[t] then return "<cycle>" end
   if depth >= MAX_DEPTH then return next(t) == nil and "{}" or "{...}" end
+  if left <= 0 then return "{--[[ not shown ]]}" end
   seen[t] = true
   local items, n = {}, 0
   while rawget(t, n + 1) ~= nil and n < MAX_ITEMS do
@@ -84,19 +91,29 @@ local function table_text(t, seen, depth, indent)
     items[n] = show(rawget(t, n), seen, depth + 1, indent .. "  ")
   end
   local sequence = n
-  local keys, total = {}, sequence
+  local keys, total, counted = {}, sequence, 0
   for k in next, t do
+    counted = counted + 1
+    if counted > MAX_COUNT or counted > left then break end
     if not (math_type(k) == "integer" and k >= 1 and k <= sequence) then
       total = total + 1
       if #keys + sequence < MAX_ITEMS then keys[#keys + 1] = k end
     end
   end
+  local uncounted = counted > MAX_COUNT and "over" or counted > left and "budget"
+  left = left - counted
   sort(keys, key_before)
   for _, k in ipairs(keys) do
     items[#items + 1] = key_text(k, seen, depth + 1) .. " = " .. show(rawget(t, k), seen, depth + 1, indent .. "  ")
   end
   local more = total - #items
-  if more > 0 then items[#items + 1] = format("--[[ %d more ]]", more) end
+  if uncounted then
+    more = 1
+    items[#items + 1] = uncounted == "over" and format("--[[ more than %d ]]", total - #items)
+      or "--[[ more, not counted ]]"
+  elseif more > 0 then
+    items[#items + 1] = format("--[[ %d more ]]", more)
+  end
   seen[t] = nil
   if #items == 0 then return "{}" end
   local line = "{ " .. concat(items, ", ") .. " }"
@@ -131,7 +148,10 @@ end
 ---@param v any
 ---@return string
 function M.show(v)
-  return show(v, {}, 0, "")
+  left = BUDGET
+  local text = show(v, {}, 0, "")
+  if left <= 0 then text = text .. format(" --[[ stopped after visiting %d keys ]]", BUDGET) end
+  return text
 end
 
 return M
