@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -218,6 +219,28 @@ def test_a_finalizer_that_never_returns_ends_the_worker_by_the_watchdog(lua_serv
     )  # fmt: skip
     assert server.proc.wait(30) == 70  # (a collection started from Python held its lock: hung for good)
     assert "(--block-limit)" in server.log_text(), server.log_text()[-2000:]
+
+
+def test_print_output_a_console_does_not_read_is_dropped_not_kept(lua_server) -> None:  # type: ignore[no-untyped-def]
+    server = lua_server(APP)
+    before = server.rss()
+    s = socket.socket(socket.AF_UNIX)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(str(console_dir() / f"{server.proc.pid}.sock"))
+    chunk = 'for i = 1, 300000 do print(("x"):rep(1000)) if i % 1000 == 0 then sleep(0) end end return "done"'
+    s.sendall(json.dumps({"op": "eval", "code": chunk}).encode() + b"\n")
+    time.sleep(2)  # printing 300 MB to a console that reads nothing
+    grown = server.rss() - before
+    s.settimeout(30)
+    got = b""
+    while b'"ok": true' not in got:
+        data = s.recv(1 << 20)
+        assert data, got[-300:]
+        got += data
+    s.close()
+    assert grown < 50 * 1024 * 1024, grown
+    assert re.search(rb"\[\d+ lines of output dropped: the console was not reading\]", got)
+    assert got.rstrip().endswith(b'"values": ["\\"done\\""]}'), got[-200:]
 
 
 def test_socket_and_directory_modes_hold_under_umask_000(run_app) -> None:  # type: ignore[no-untyped-def]

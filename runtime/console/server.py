@@ -38,6 +38,7 @@ from runtime.kernel.core import Kernel
 from runtime.kernel.task import Extra, Task
 from runtime.services.registry import Services
 
+MAX_BACKLOG = 1024 * 1024  # bytes of print and log output waiting for a session before more is dropped
 GC_BUDGET = 1.0  # seconds of CPU the console's gc may spend on the Lua heap before it says it stopped
 
 log = logging.getLogger("moonlet")
@@ -82,6 +83,7 @@ class ConsoleSession(asyncio.Protocol):
         self.running: Task | None = None
         self.peer = "?"
         self.following_log = False
+        self.dropped = 0  # print and log lines not sent while the console was not reading
 
     # -- protocol ------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -157,6 +159,21 @@ class ConsoleSession(asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(json.dumps(message).encode() + b"\n")
 
+    def send_output(self, key: str, text: str) -> None:
+        """A ``print`` or log line: dropped (and counted, then said) while more than ``MAX_BACKLOG`` bytes
+        wait for a console that is not reading, so a chunk that prints without end cannot grow the server."""
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size() > MAX_BACKLOG:
+            self.dropped += 1
+            return
+        if self.dropped:
+            note = f"[{self.dropped} lines of output dropped: the console was not reading]\n"
+            self.send({key: note if key == "print" else note.rstrip()})
+            self.dropped = 0
+        self.send({key: text})
+
     # -- requests ------------------------------------------------------------------------------------
     def handle(self, req: dict[str, Any]) -> None:
         op = req["op"]
@@ -216,7 +233,7 @@ class ConsoleSession(asyncio.Protocol):
 
     def print_text(self, text: bytes) -> None:
         """``print`` in a chunk of this session (or a function it defined): the text comes back here."""
-        self.send({"print": text.decode("utf-8", "replace")})
+        self.send_output("print", text.decode("utf-8", "replace"))
 
     # -- owner of the chunks -------------------------------------------------------------------------
     def describe(self) -> str:
@@ -242,7 +259,7 @@ class _LogForwarder(logging.Handler):
         line = f"{time.strftime('%H:%M:%S')} {record.levelname} {record.name}: {record.getMessage()}"
         for session in list(self.console.sessions):
             if session.following_log:
-                session.send({"log": line})
+                session.send_output("log", line)
 
 
 @dataclasses.dataclass(frozen=True)
