@@ -362,6 +362,58 @@ def test_a_udp_handler_that_fails_on_every_datagram_is_logged_once_a_second(lua_
     assert "cannot parse bad 199" in server.log_text()
 
 
+def test_connects_that_time_out_leave_no_connection_records(lua_server) -> None:  # type: ignore[no-untyped-def]
+    full = socket.socket()  # a listener whose accept queue is full: new connects get no answer at all
+    full.bind(("127.0.0.1", 0))
+    full.listen(1)
+    silent = socket.socket()  # one that accepts and never answers (a TLS handshake that never ends)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1024)
+    held = [socket.create_connection(full.getsockname(), timeout=5) for _ in range(2)]  # (the queue: 2)
+    try:
+        server = lua_server(
+            """
+            local http, task, net = require "moonlet.http", require "moonlet.task", require "moonlet.net"
+            local log = require "moonlet.log"
+            local full, silent = tonumber(arg[1]), tonumber(arg[2])
+            net.listen { host = "127.0.0.1", port = 0, handler = function() end }
+            local timeouts = 0
+            local function note(e) if e == "timeout" then timeouts = timeouts + 1 end end
+            for _ = 1, 5 do
+              local ts = {}
+              for i = 1, 60 do
+                ts[i] = spawn(function()
+                  note(select(2, http.request { url = "http://127.0.0.1:" .. full .. "/",
+                    timeout = 0.01 + (i % 5) * 0.005 }))
+                  note(select(2, http.request { url = "https://127.0.0.1:" .. silent .. "/",
+                    timeout = 0.001 + (i % 5) * 0.002 }))
+                  local c = net.connect("127.0.0.1", silent)
+                  if c then note(select(2, c:starttls { timeout = 0.01, verify = false })) end
+                end)
+              end
+              task.wait_all(ts)
+            end
+            log.info("timeouts: " .. timeouts)
+            """,
+            str(full.getsockname()[1]),
+            str(silent.getsockname()[1]),
+        )
+        server.wait_log(re.compile(rb"timeouts: 900"), timeout=30)
+        deadline = time.monotonic() + 5
+        while True:
+            stats = subprocess.run(
+                [sys.executable, "-m", "runtime", "repl", "-e", "\\stats", str(server.proc.pid)],
+                cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
+            ).stdout  # fmt: skip
+            if "\nconnections: 0\n" in stats or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert "\nconnections: 0\n" in stats, stats
+    finally:
+        for s in (*held, full, silent):
+            s.close()
+
+
 def test_forwarder_carries_redis_benchmark_to_redis_server(run_app, redis_server: int) -> None:  # type: ignore[no-untyped-def]
     if shutil.which("redis-benchmark") is None:
         pytest.skip("redis-benchmark missing")
