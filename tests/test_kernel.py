@@ -119,10 +119,25 @@ def test_argument_errors_have_one_form_options_included(lua_run: InProcess) -> N
         try(function() local r = c.peer(nil) return r end)
         try(function() local r = c.flush("x") return r end)
         c:write("still served\\n") print(c:readline()) c:close() l:close()
+        local time, task, sync = require "moonlet.time", require "moonlet.task", require "moonlet.sync"
+        try(function() local r = time.after(1, 42) return r end)     -- (the sites that built the message by
+        try(function() local r = task.wait_any({ 1 }) return r end)   --  hand, each its own way)
+        try(function() local r = sync.queue():put(nil) return r end)
+        try(function() local r = http.request { method = "GET" } return r end)
+        try(function() local r = net.connect("127.0.0.1", 1, 5) return r end)
+        try(function() local u = net.udp() local r = u:sendto("x", "127.0.0.1", 0) return r end)
         """,
     )
     assert code == 0
-    assert out == [
+    assert out[8:] == [
+        "false\tapp.lua:15: bad argument #2 to 'after' (function expected, got 42)",
+        "false\tapp.lua:16: bad argument #1 to 'wait_any' (array of tasks (element 1) expected, got 1)",
+        "false\tapp.lua:17: bad argument #1 to 'put' (a value (nil cannot be queued) expected, got nil)",
+        "false\tapp.lua:18: bad argument #1 to 'request' ('url': string expected, got nil)",
+        "false\tapp.lua:19: bad argument #3 to 'connect' (options table expected, got 5)",
+        "false\tapp.lua:20: bad argument #3 to 'sendto' (integer from 1 to 65535 expected, got 0)",
+    ]
+    assert out[:8] == [
         "false\tapp.lua:4: bad argument #1 to 'listen' ('port': integer from 0 to 65535 expected, got -5)",
         "false\tapp.lua:5: bad argument #1 to 'udp' ('port': integer from 0 to 65535 expected, got string)",
         "false\tapp.lua:6: bad argument #1 to 'serve' ('max_body': number > 0 expected, got 0)",

@@ -254,13 +254,13 @@ function Conn:write(...)
         if type(part) == "number" then part = tostring(part) end
         if type(part) ~= "string" then
           self[OUTN], self[OUTB] = n, size
-          error("bad argument #" .. i .. " to 'write' (element " .. j .. " is a " .. type(part) .. ")", 2)
+          argerror(i, "write", "array of strings and numbers (element " .. j .. ")", part)
         end
         n = n + 1; out[n] = part; size = size + #part
       end
     else
       self[OUTN], self[OUTB] = n, size
-      error("bad argument #" .. i .. " to 'write' (string, number or array expected, got " .. tv .. ")", 2)
+      argerror(i, "write", "string, number or array", v)
     end
   end
   self[OUTN], self[OUTB] = n, size

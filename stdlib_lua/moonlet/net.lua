@@ -96,7 +96,7 @@ local STARTTLS_OPTIONS = { verify = true, cafile = true, server_name = true, tim
 local function check_opts(opts, what, known)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
-    error("bad argument to '" .. what .. "' (options table expected)", 3)
+    host.argerror(what == "connect" and 3 or 1, what, "options table", opts, nil, 1)
   end
   host.check_options(opts, what == "connect" and 3 or 1, what, known, nil, 1)
   if type(opts.tls) == "table" then host.check_options(opts.tls, 3, what, TLS_OPTIONS, nil, 1) end

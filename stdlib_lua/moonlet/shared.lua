@@ -11,7 +11,7 @@
 -- @module moonlet.shared
 local host = require "moonlet._host"
 local call, OP = host.call, host.OP
-local type, error, setmetatable = type, error, setmetatable
+local type, setmetatable = type, setmetatable
 
 local M = {}
 
@@ -21,10 +21,7 @@ Dict.__index = Dict
 
 -- (the stdlib's message, at the caller of the method: "bad argument #1 to 'set' (... expected, got ...)")
 local function check_key(key, what)
-  if type(key) ~= "string" or key == "" then
-    error("bad argument #1 to '" .. what .. "' (non-empty string expected, got "
-      .. (key == "" and "an empty string" or type(key)) .. ")", 3)
-  end
+  if type(key) ~= "string" or key == "" then host.argerror(1, what, "non-empty string", key, nil, 1) end
 end
 
 local function check_value(v, what)

@@ -98,7 +98,7 @@ end
 ---@return true? ok
 ---@return string? err
 function Queue:put(v, timeout)
-  if v == nil then error("bad argument #1 to 'put' (nil cannot be queued)", 2) end
+  if v == nil then argerror(1, "put", "a value (nil cannot be queued)", v) end
   timeout = check_timeout(timeout, 2, "put")
   if self._closed then return nil, "closed" end
   local getter = wake_one(self._getters)

@@ -127,7 +127,7 @@ local function check_tasks(tasks, what)
   if type(tasks) ~= "table" then host.argerror(1, what, "array of tasks", tasks, nil, 1) end
   for i = 1, #tasks do
     if not is_task(tasks[i]) then
-      error("bad argument #1 to '" .. what .. "' (element " .. i .. " is not a task)", 3)
+      host.argerror(1, what, "array of tasks (element " .. i .. ")", tasks[i], nil, 1)
     end
   end
 end
@@ -146,7 +146,7 @@ end
 function M.wait_any(tasks, timeout)
   check_tasks(tasks, "wait_any")
   timeout = check_timeout(timeout, 2, "wait_any")
-  if #tasks == 0 then error("bad argument #1 to 'wait_any' (no tasks)", 2) end
+  if #tasks == 0 then host.argerror(1, "wait_any", "a non-empty array of tasks", tasks) end
   while true do
     for i = 1, #tasks do
       local r = pack(outcome(tasks[i]._py))

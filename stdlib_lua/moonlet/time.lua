@@ -2,7 +2,7 @@
 -- @module moonlet.time
 local host = require "moonlet._host"
 local request, call, OP, where, check_seconds = host.request, host.call, host.OP, host.where, host.check_seconds
-local type, error, setmetatable, pack = type, error, setmetatable, table.pack
+local type, setmetatable, pack = type, setmetatable, table.pack
 
 local M = {}
 
@@ -39,8 +39,8 @@ local function check_delay(s, what)
   end
 end
 
-local function timer(delay, interval, fn, ...)
-  if type(fn) ~= "function" then error("bad argument #2 (function expected, got " .. type(fn) .. ")", 3) end
+local function timer(what, delay, interval, fn, ...)
+  if type(fn) ~= "function" then host.argerror(2, what, "function", fn, nil, 1) end
   local id = host.job(pack(fn, ...))
   local ok, err = call(OP.TIMER, delay, interval, id, where(3)) -- (the host knows the timer by its job id)
   if ok == nil then
@@ -58,7 +58,7 @@ end
 ---@return string? err
 function M.after(seconds, fn, ...)
   check_delay(seconds, "after")
-  local t, err = timer(seconds, 0, fn, ...) -- (not a tail call: `where` counts this frame)
+  local t, err = timer("after", seconds, 0, fn, ...) -- (not a tail call: `where` counts this frame)
   return t, err
 end
 
@@ -72,7 +72,7 @@ end
 function M.every(seconds, fn, ...)
   check_delay(seconds, "every")
   if seconds == 0 then host.argerror(1, "every", "seconds > 0", seconds) end
-  local t, err = timer(seconds, seconds, fn, ...)
+  local t, err = timer("every", seconds, seconds, fn, ...)
   return t, err
 end
 

@@ -4,7 +4,7 @@
 local net = require "moonlet.net"
 local door = require "moonlet._host"
 local argerror = door.argerror
-local type, error, tonumber, tostring, pairs, setmetatable = type, error, tonumber, tostring, pairs, setmetatable
+local type, tonumber, tostring, pairs, setmetatable = type, tonumber, tostring, pairs, setmetatable
 local concat, lower, find, sub, format = table.concat, string.lower, string.find, string.sub, string.format
 
 local M = {}
@@ -220,9 +220,8 @@ local REQUEST_OPTIONS = { url = true, method = true, headers = true, body = true
 ---@return moonlet.HttpResponse? res
 ---@return string? err
 function M.request(opts)
-  if type(opts) ~= "table" or type(opts.url) ~= "string" then
-    error("bad argument #1 to 'request' (table with a 'url' expected)", 2)
-  end
+  if type(opts) ~= "table" then argerror(1, "request", "table", opts) end
+  if type(opts.url) ~= "string" then argerror(1, "request", "string", opts.url, "url") end
   door.check_options(opts, 1, "request", REQUEST_OPTIONS)
   if opts.body ~= nil and type(opts.body) ~= "string" then argerror(1, "request", "string", opts.body, "body") end
   local method, url, body = (opts.method or "GET"):upper(), opts.url, opts.body

@@ -2,14 +2,14 @@
 -- @module moonlet.net.udp
 local host = require "moonlet._host"
 local request, call, OP, argerror = host.request, host.call, host.OP, host.argerror
-local type, error, setmetatable = type, error, setmetatable
+local type, setmetatable = type, setmetatable
 
 local M = {}
 
 local UDP_OPTIONS = { host = true, port = true, handler = true }
 
 local function check_opts(opts)
-  if opts ~= nil and type(opts) ~= "table" then error("bad argument to 'udp' (options table expected)", 3) end
+  if opts ~= nil and type(opts) ~= "table" then host.argerror(1, "udp", "options table", opts, nil, 1) end
   if opts ~= nil then host.check_options(opts, 1, "udp", UDP_OPTIONS, nil, 1) end
   return opts or {}
 end
@@ -24,8 +24,10 @@ Udp.__index = Udp
 ---@param addr string  an IP address (see net.resolve)
 ---@param port integer
 function Udp:sendto(data, addr, port)
-  if type(data) ~= "string" or type(addr) ~= "string" or type(port) ~= "number" then
-    error("bad arguments to 'sendto' (data, host, port expected)", 2)
+  if type(data) ~= "string" then host.argerror(1, "sendto", "string", data) end
+  if type(addr) ~= "string" then host.argerror(2, "sendto", "string (an IP address)", addr) end
+  if math.type(port) ~= "integer" or port < 1 or port > 65535 then
+    host.argerror(3, "sendto", "integer from 1 to 65535", port)
   end
   return call(OP.UDP_SEND, self._py, data, addr, port)
 end
