@@ -36,7 +36,6 @@ from runtime.lua.interrupt import new_interrupter
 from runtime.lua.state import new_lua_runtime
 from runtime.lua.stdlib import bootstrap
 from runtime.services.clock import LagMonitor, TimerService
-from runtime.services.datagram import DatagramService
 from runtime.services.registry import Services, wire_services
 from runtime.services.stream import StreamService
 from runtime.services.tasks import StallGuard
@@ -98,7 +97,6 @@ class Host:
         self._stopping = False
         self.stream: StreamService | None = None
         self.timers: TimerService | None = None
-        self.udp: DatagramService | None = None
         self.kernel: Kernel | None = None
         self.console: ConsoleService | None = None
         self.services: Services | None = None
@@ -121,7 +119,6 @@ class Host:
         services = wire_services(kernel, loop, self.limits, self.app_path, self.pools)
         self.services = services
         self.stream, self.timers, tasks = services.stream, services.timers, services.tasks
-        self.udp = services.udp
         timers = services.timers
         if isinstance(loop, VirtualTimeLoop):
             loop.in_flight = services.in_flight
@@ -151,15 +148,8 @@ class Host:
         }
         boot = bootstrap(lua, kernel.call, lua_limits, self.app_path, self.app_args)
         kernel.set_body(boot[b"body"], boot[b"misuse"])
-        for service in (
-            services.pools,
-            services.db,
-            services.stream,
-            services.udp,
-            services.shared,
-            services.outgoing,
-        ):
-            service.lua = lua  # replies are built in the main Lua state
+        for service in services.all():
+            service.bind(lua)  # replies are built in the main Lua state
         tasks.task_body = timers.task_body = boot[b"task_body"]
         main, error = boot[b"load_main"]()
         if main is None:

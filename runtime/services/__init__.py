@@ -11,11 +11,20 @@ special cases:
 * ``statistics()``: a few counters by name (the console's ``\\stats`` shows every service's).
 * ``console_rows(topic)``: the lines this service adds to a console listing (``"connections"``,
   ``"tasks"``, ``"pools"``), each starting with an id ``\\kill`` takes where it has one.
+* ``bind(lua)``: the main Lua state, once it is built: replies that are tables are made in it.
+* ``in_flight()``: work a task waits for runs outside the loop (a pool job, a query, a connect): the
+  jumping clock of ``moonlet test`` must not jump past it.
+* ``waits_on_io()``: a task waits for a peer in another process (bytes on a connection, a datagram): the
+  jumping clock gives it a moment of real time first.
+
+``Defaults`` holds the answers of a service that has none of these (no Lua replies, nothing off the loop,
+no peers); ``Quiet`` adds the lifecycle of one that holds nothing. ``tests/test_services.py`` runs every
+service of ``Services`` through the contract, and finds any service class that is not in it.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Service(Protocol):
@@ -29,8 +38,29 @@ class Service(Protocol):
 
     def console_rows(self, topic: str) -> list[str]: ...
 
+    def bind(self, lua: Any) -> None: ...
 
-class Quiet:
+    def in_flight(self) -> bool: ...
+
+    def waits_on_io(self) -> bool: ...
+
+
+class Defaults:
+    """The contract's answers for a service with no Lua replies, no work off the loop and no peers."""
+
+    lua: Any = None  # the main Lua state, to build replies in (``bind``)
+
+    def bind(self, lua: Any) -> None:
+        self.lua = lua
+
+    def in_flight(self) -> bool:
+        return False
+
+    def waits_on_io(self) -> bool:
+        return False
+
+
+class Quiet(Defaults):
     """The lifecycle of a service that holds nothing of its own: never keeps the process alive."""
 
     def keeps_alive(self) -> bool:
@@ -49,4 +79,4 @@ class Quiet:
         return []
 
 
-__all__ = ["Quiet", "Service"]
+__all__ = ["Defaults", "Quiet", "Service"]

@@ -26,6 +26,7 @@ from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
 from runtime.lua.state import LuaFunction
+from runtime.services import Defaults, Quiet
 from runtime.threadclock import ThreadClock, Work
 from runtime.virtualtime import VirtualTimeLoop, monotonic_clock, wall_clock
 
@@ -161,7 +162,7 @@ class TestGuard:
                 os._exit(70)
 
 
-class ClockService:
+class ClockService(Quiet):
     SERVES: ClassVar[frozenset[Op]] = frozenset(
         {Op.SLEEP, Op.NOW, Op.MONOTONIC, Op.VIRTUAL_TIME}
     )  # (its ops)
@@ -267,7 +268,7 @@ class Timer:
         return True
 
 
-class TimerService:
+class TimerService(Defaults):
     """``TIMER`` and ``TIMER_CANCEL``: at most ``max_timers`` pending at once."""
 
     SERVES: ClassVar[frozenset[Op]] = frozenset({Op.TIMER, Op.TIMER_CANCEL})  # (its ops)

@@ -20,6 +20,7 @@ from runtime import listeners
 from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
+from runtime.services import Defaults
 from runtime.services.background import Background
 from runtime.services.outgoing import connect_error
 
@@ -119,7 +120,7 @@ class Datagrams(asyncio.DatagramProtocol):
             self.svc.kernel.resume(reader, _TIMEOUT)
 
 
-class DatagramService:
+class DatagramService(Defaults):
     SERVES: ClassVar[frozenset[Op]] = frozenset(
         {Op.UDP_CLOSE, Op.UDP_OPEN, Op.UDP_RECV, Op.UDP_SEND}
     )  # (its ops)
@@ -127,7 +128,6 @@ class DatagramService:
     def __init__(self, kernel: Kernel, loop: asyncio.AbstractEventLoop) -> None:
         self.kernel = kernel
         self.loop = loop
-        self.lua: Any = None
         self.sockets: set[Datagrams] = set()
         self.background = Background(loop)
         kernel.handles.set_gone(Datagrams, Datagrams(self, None))  # (closed: what a retired number names)
@@ -209,3 +209,9 @@ class DatagramService:
 
     def statistics(self) -> dict[str, int | float]:
         return {"udp_sockets": len(self.sockets)}
+
+    def in_flight(self) -> bool:
+        return bool(self.background.jobs)
+
+    def waits_on_io(self) -> bool:
+        return any(s.reader is not None for s in self.sockets)

@@ -30,6 +30,7 @@ from runtime.kernel.core import SUSPEND, Kernel
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Extra, Task
 from runtime.lua.values import NotPlainError, from_plain, from_plain_in_slices, to_plain
+from runtime.services import Defaults
 from runtime.services.background import Background
 
 log = logging.getLogger("moonlet")
@@ -105,7 +106,7 @@ def options_from(limits: Limits, **given: Any) -> Options:
     )
 
 
-class DatabaseService:
+class DatabaseService(Defaults):
     SERVES: ClassVar[frozenset[Op]] = frozenset(
         {
             Op.DB_BEGIN,
@@ -128,7 +129,6 @@ class DatabaseService:
         self.limits = limits
         self.default = default
         self.opened: dict[str, Database] = {}  # by URL: db.open of the same URL shares one engine
-        self.lua: Any = None  # the main Lua state, to build replies in (set by the host)
         self.background = Background(loop)
         self.transactions: set[Transaction] = set()  # begun and not yet ended
         self.closing = False  # the server is stopping: no new statements
@@ -326,6 +326,9 @@ class DatabaseService:
 
     def keeps_alive(self) -> bool:  # (the service's lifecycle: runtime/services/__init__.py)
         return False
+
+    def in_flight(self) -> bool:
+        return bool(self.background.jobs)
 
     def drain(self) -> None:
         pass  # (statements in flight finish; transactions end with their tasks)

@@ -37,7 +37,6 @@ class OutgoingService(Quiet):
         self.limits = limits
         self.stream = stream
         self.background = stream.background
-        self.lua: Any = None  # the main Lua state, to build replies in (set by the host)
         kernel.register(Op.CONNECT, self._connect)
         kernel.register(Op.STARTTLS, self._starttls, Connection)
         kernel.register(Op.RESOLVE, self._resolve)

@@ -31,6 +31,7 @@ from runtime.kernel.task import Extra, Task
 from runtime.lua.state import LuaError, new_lua_runtime
 from runtime.lua.stdlib import bootstrap
 from runtime.lua.values import NotPlainError, from_plain, from_plain_in_slices, is_large, plain_size, to_plain
+from runtime.services import Defaults
 from runtime.services.background import Background
 from runtime.services.channels import CLOSED, TIMEOUT, CancelledError, Channel
 from runtime.threads import lower_this_thread
@@ -184,7 +185,7 @@ class Pool:
             self.jobs.put(None)
 
 
-class PoolService:
+class PoolService(Defaults):
     """POOL_RUN and POOL_CALL; owns the pools named in the configuration."""
 
     SERVES: ClassVar[frozenset[Op]] = frozenset(
@@ -203,7 +204,6 @@ class PoolService:
         self.loop = loop
         self.limits = limits
         self.app_path = app_path
-        self.lua: Any = None  # the main Lua state, to build replies in (set by the host)
         self.pools = {name: Pool(cfg, self) for name, cfg in (pools or default_pools()).items()}
         self.background = Background(loop)
         kernel.register(Op.POOL_RUN, self._run)
@@ -378,6 +378,9 @@ class PoolService:
     # -- the service's lifecycle (runtime/services/__init__.py) -------------------------------------
     def keeps_alive(self) -> bool:
         return False
+
+    def in_flight(self) -> bool:
+        return any(pool.pending for pool in self.pools.values()) or bool(self.background.jobs)
 
     def drain(self) -> None:
         pass

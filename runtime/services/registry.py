@@ -36,26 +36,23 @@ class Services:
     http: HttpService
     shared: SharedService
     outgoing: OutgoingService
+    clock: ClockService
+    system: SystemService
 
     def all(self) -> list[Service]:
         """Every service, in the order they are closed (connections first, the database last)."""
         return [
             self.stream, self.outgoing, self.http, self.tasks, self.timers, self.udp, self.pools, self.shared,
-            self.db,
+            self.db, self.clock, self.system,
         ]  # fmt: skip
 
     def in_flight(self) -> bool:
-        """Work a task waits for runs outside the loop (a pool job, a query, a connect or listen)."""
-        return any(pool.pending for pool in self.pools.pools.values()) or bool(
-            self.pools.background.jobs
-            or self.db.background.jobs
-            or self.stream.background.jobs
-            or self.udp.background.jobs
-        )
+        """Work a task waits for runs outside the loop (see the contract: runtime/services/__init__.py)."""
+        return any(service.in_flight() for service in self.all())
 
     def waits_on_io(self) -> bool:
         """A task waits for a peer in another process (on a connection), or for a datagram."""
-        return self.stream.waits_on_another_process() or any(s.reader is not None for s in self.udp.sockets)
+        return any(service.waits_on_io() for service in self.all())
 
 
 def wire_services(
@@ -79,12 +76,12 @@ def wire_services(
         http=HttpService(kernel, stream),
         shared=SharedService(kernel, wall_clock(loop)),
         outgoing=OutgoingService(kernel, loop, limits, stream),
+        clock=ClockService(kernel, loop),
+        system=SystemService(kernel),
     )
     capacity = ConnectionCapacity(loop, limits.max_connections)  # (HTTP connections are stream connections)
     capacity.count(stream.connections)
     stream.capacity = capacity
-    ClockService(kernel, loop)
-    SystemService(kernel)
     missing = kernel.missing_handlers()
     assert not missing, f"ops without a handler: {missing}"
     return services

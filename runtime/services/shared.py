@@ -25,6 +25,7 @@ import lmdb
 from runtime.kernel.core import Kernel
 from runtime.kernel.ops import Op
 from runtime.lua.values import to_plain
+from runtime.services import Defaults
 
 MAP_SIZE = 1 << 30  # address space reserved for the store (the file grows with use)
 _HEAD = struct.Struct("<dc")  # expiry (0: never), type
@@ -60,7 +61,7 @@ def _decode(raw: bytes | None, now: float) -> tuple[object, bool]:
     return bytes(body), True
 
 
-class SharedService:
+class SharedService(Defaults):
     SERVES: ClassVar[frozenset[Op]] = frozenset(
         {Op.SHARED_DELETE, Op.SHARED_GET, Op.SHARED_INCR, Op.SHARED_KEYS, Op.SHARED_SET}
     )  # (its ops)
@@ -71,7 +72,6 @@ class SharedService:
         self._own = given is None
         self.path = given or tempfile.mkdtemp(prefix="moonlet-shared-")
         self.env: Any = None
-        self.lua: Any = None  # the main Lua state, to build replies in (set by the host)
         self.dbs: dict[bytes, Any] = {}
         kernel.register_call(Op.SHARED_GET, self._get)
         kernel.register_call(Op.SHARED_SET, self._set)

@@ -32,6 +32,7 @@ from runtime.kernel.ops import Op
 from runtime.kernel.task import Extra, Task
 from runtime.listeners import SINGLE_PROCESS_MARK, remove_stale_socket, shared_listener
 from runtime.lua.state import lua_type_of, resume_thread
+from runtime.services import Defaults
 from runtime.services.background import Background
 from runtime.services.capacity import ConnectionCapacity
 from runtime.services.clock import TICK, Deadlines
@@ -679,7 +680,7 @@ class Connection(asyncio.Protocol):
             self.transport.set_write_buffer_limits(high=hwm, low=hwm // 4)
 
 
-class StreamService:
+class StreamService(Defaults):
     """Owns listeners, connections and the stream requests."""
 
     SERVES: ClassVar[frozenset[Op]] = frozenset(
@@ -721,7 +722,6 @@ class StreamService:
         self.by_address: dict[tuple[str, int], Listener] = {}  # TCP listeners from the supervisor
         self.draining = False
         self.input_per_turn = limits.input_per_turn
-        self.lua: Any = None  # the main Lua state, to build replies in (set by the host)
         self.background = Background(loop)
         self.capacity: ConnectionCapacity | None = None  # --max-connections, shared with HTTP (wire_services)
         # what the number of a connection or listener that is gone names (kernel/handles.py)
@@ -1064,6 +1064,12 @@ class StreamService:
         place = where.decode("utf-8", "replace") if isinstance(where, bytes) else "?"
         log.info("%s%s (declared at %s)", SINGLE_PROCESS_MARK, one_line(text.encode()), place)
         return True
+
+    def in_flight(self) -> bool:  # (connects and TLS upgrades run in its background set too)
+        return bool(self.background.jobs)
+
+    def waits_on_io(self) -> bool:
+        return self.waits_on_another_process()
 
     def waits_on_another_process(self) -> bool:
         """A task waits to read from or send to a connection whose peer is not a connection of this process

@@ -12,6 +12,7 @@ from runtime.config import REPORT_FD_ENV, REPORT_PREFIX
 from runtime.kernel.core import Kernel
 from runtime.kernel.ops import Op
 from runtime.lua.values import to_plain
+from runtime.services import Quiet
 
 app_log = logging.getLogger("moonlet.app")
 
@@ -36,7 +37,7 @@ class PrintTarget(Protocol):
 _LEVELS = {b"debug": logging.DEBUG, b"info": logging.INFO, b"warn": logging.WARNING, b"error": logging.ERROR}
 
 
-class SystemService:
+class SystemService(Quiet):
     SERVES: ClassVar[frozenset[Op]] = frozenset({Op.LOG, Op.PRINT, Op.REPORT})  # (its ops)
 
     def __init__(self, kernel: Kernel) -> None:
