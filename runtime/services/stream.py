@@ -24,7 +24,7 @@ import logging
 import math
 import socket
 import time
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Protocol, cast
 
 from runtime.config import Limits
 from runtime.kernel.core import SUSPEND, BadRequestError, Kernel, bad_argument, one_line
@@ -54,7 +54,6 @@ _TOO_LARGE_REPLY = (None, TOO_LARGE)
 _BUSY_REPLY = (None, BUSY)
 
 _RECV = int(Op.RECV)
-_IDLE = int(Op.IDLE)
 
 # What a suspended writer is waiting for.
 _AFTER_DRAIN_READ = 1  # RECV: the output went out above the high-water mark; read once it drains
@@ -67,7 +66,7 @@ class Listener:
 
     __slots__ = ("adopted", "entry", "handle", "label", "server", "workers")
 
-    def __init__(self, entry: object, label: str, workers: RequestWorkers | None = None) -> None:
+    def __init__(self, entry: object, label: str, workers: ServedBy | None = None) -> None:
         self.entry = entry  # Lua function run as the handler task of each accepted connection
         self.label = label
         self.server: asyncio.Server | None = None
@@ -78,69 +77,24 @@ class Listener:
 
 
 CLOSE_GRACE = 1.0  # seconds the connections get to close when the process ends, before they are aborted
-MAX_IDLE_WORKERS = 64  # request workers kept waiting per listener; more end when they go idle
-IDLE_WORKER_TTL = 2.0  # seconds a request worker waits for a connection before it ends
 
 
-class RequestWorkers:
-    """The tasks that serve a listener's connections one request at a time (the HTTP server).
+class ServedBy(Protocol):
+    """The one hook by which a listener's connections are served other than by a task each: the HTTP
+    server's request workers (``RequestWorkers``, runtime/services/httpserver.py). Such a connection is
+    *parked* while no task holds it: kept without a coroutine until bytes arrive (``unpark``, or
+    ``serve_request`` when they can be answered in this frame) or its keep-alive timeout passes."""
 
-    A connection of such a listener has no task of its own. When bytes arrive on it, a waiting worker takes
-    it (or a new one starts) and is resumed with ``(conn, data, last)``; once it has answered everything it
-    got, the worker gives the connection back (``IDLE``) and waits for the next one. So an idle keep-alive
-    connection holds no coroutine, and a busy server reuses a few. ``last`` tells the worker that the next
-    response is the connection's last (``max_requests`` reached, or the server is draining). Workers wait
-    last in, first out; one that has waited ``IDLE_WORKER_TTL`` ends, so a burst of slow requests leaves no
-    coroutines behind once it is over.
-    """
+    entry: object  # (for the listener: what runs)
+    send_timeout: float  # seconds a response write may wait for a peer that takes no data
 
-    __slots__ = ("closed", "entry", "idle", "keepalive_timeout", "max_requests", "send_timeout", "sweep")
+    def park(self, conn: Connection) -> None: ...
 
-    def __init__(
-        self, entry: object, keepalive_timeout: float, max_requests: int, send_timeout: float
-    ) -> None:
-        self.entry = entry  # Lua function a new worker runs: entry(conn, data, last)
-        self.keepalive_timeout = keepalive_timeout  # seconds a connection is kept with nothing to serve
-        self.max_requests = max_requests  # requests per connection
-        self.send_timeout = send_timeout
-        self.idle: list[Task] = []  # workers waiting for a connection with bytes, the longest waiting first
-        self.closed = False  # the listener closed: workers end instead of waiting
-        self.sweep: asyncio.TimerHandle | None = None  # ends the workers that have waited too long
+    def unpark(self, conn: Connection) -> None: ...
 
-    def forget(self, task: Task) -> None:
-        """A waiting worker was killed."""
-        if task in self.idle:
-            self.idle.remove(task)
+    def serve_request(self, conn: Connection, data: bytes, size: int) -> None: ...
 
-
-class Worker:
-    """The owner of one request worker's task: which connection it serves now, if any."""
-
-    __slots__ = ("conn", "label", "since", "workers")
-
-    def __init__(self, workers: RequestWorkers, label: str) -> None:
-        self.workers = workers
-        self.label = label
-        self.conn: Connection | None = None
-        self.since = 0.0  # when it began to wait for a connection
-
-    def describe(self) -> str:
-        conn = self.conn
-        if conn is None:
-            return f"idle http worker on {self.label}"
-        return f"http handler for {conn.peer_label()} on {self.label}"
-
-    def task_exited(self, task: Task, ok: bool, error: bytes | None) -> None:
-        # (handler errors are caught in Lua: a worker itself ends by being killed, stopped for stalling, or
-        # when it is not needed any more)
-        conn = self.conn
-        if not ok:
-            log.error("%s ended: %s", self.describe(), one_line(error))
-        if conn is not None:
-            self.conn = None
-            conn.close()
-            conn.let_go()
-        self.workers.forget(task)
+    def close(self) -> None: ...
 
 
 class Connection(asyncio.Protocol):
@@ -223,30 +177,33 @@ class Connection(asyncio.Protocol):
                 self.task = kernel.spawn(self, listener.entry, kernel.handles.number(self), scope=True)
             else:  # a worker takes it when its first bytes arrive
                 self.send_timeout = workers.send_timeout
-                self.park()
+                workers.park(self)
 
     def data_received(self, data: bytes) -> None:
         size = len(data)
         self.bytes_in += size
         reader = self.reader
         if reader is None:
-            if self.parked and self.pending is None and size <= self.svc.input_per_turn:
-                self._serve_request(data, size)
+            if self.parked:  # (its listener's ServedBy hook: request workers)
+                workers: ServedBy = self.listener.workers  # type: ignore[union-attr,assignment]
+                if self.pending is None and size <= self.svc.input_per_turn:
+                    workers.serve_request(self, data, size)
+                    return
+                self.keep(data)
+                workers.unpark(self)
                 return
-            self._keep(data)
-            if self.parked:
-                self.unpark()
+            self.keep(data)
             return
         self.reader = None
         svc = self.svc
         if size > svc.input_per_turn:  # more than one turn's share: hand it over in shares
-            self._keep(data)
+            self.keep(data)
             svc.resume(reader, self.take_pending())
             return
         self.turn_bytes = size
         co = reader.co
         if co is None:  # (killed: forget() should have let go of it)
-            self._keep(data)
+            self.keep(data)
             return
         # The echo cycle, in this one frame (see the kernel's rules): resume the reader with the bytes and,
         # if it asks this connection for more, send what it wrote and wait again.
@@ -289,7 +246,7 @@ class Connection(asyncio.Protocol):
         finally:
             kernel.current = None
 
-    def _keep(self, data: bytes) -> None:
+    def keep(self, data: bytes) -> None:
         if self.pending is None:
             self.pending = [data]
         else:
@@ -320,119 +277,6 @@ class Connection(asyncio.Protocol):
                 self.transport.resume_reading()
         self.turn_bytes += len(data)
         return data
-
-    # -- request workers (see RequestWorkers) -------------------------------------------------------
-    def park(self) -> None:
-        """No worker holds this connection: keep it, without a coroutine, until bytes arrive or it has been
-        idle for the keep-alive timeout."""
-        self.parked = True
-        assert self.listener is not None and self.listener.workers is not None
-        svc = self.svc
-        self.read_deadline = deadline = svc.time() + self.listener.workers.keepalive_timeout
-        key = self.deadline_key
-        if key == 0 or deadline < key * TICK:
-            svc.deadlines.add(self, deadline)
-
-    def next_is_last(self) -> bool:
-        """(request workers) The next answer on this connection is its last: max_requests, or draining."""
-        workers = self.listener.workers  # type: ignore[union-attr]
-        return self.svc.draining or self.handled + 1 >= workers.max_requests  # type: ignore[union-attr]
-
-    def unpark(self) -> None:
-        """Bytes have arrived for a parked connection: hand them to a waiting worker, or to a new one."""
-        if self.write_paused:
-            return  # its last answers are still going out: resume_writing comes back here
-        self.parked = False
-        listener = self.listener
-        assert listener is not None and listener.workers is not None
-        workers = listener.workers
-        svc = self.svc
-        self.turn_bytes = 0
-        reply = (svc.kernel.handles.number(self), self.take_pending(), self.next_is_last())
-        idle = workers.idle
-        if idle:
-            task = idle.pop()
-            task.waiting = None
-            cast(Worker, task.owner).conn = self
-            self.task = task
-            svc.kernel.resume(task, reply)
-        else:
-            worker = Worker(workers, listener.label)
-            worker.conn = self
-            self.task = svc.kernel.spawn(worker, workers.entry, *reply, scope=True)
-
-    def _serve_request(self, data: bytes, size: int) -> None:
-        """The HTTP request cycle, in this one frame as the echo cycle is (see the kernel's rules): a waiting
-        worker takes the bytes of this parked connection and, if it answers them all and gives the connection
-        back (IDLE), the answer is sent and both wait again. Anything else goes the general way."""
-        listener = self.listener
-        assert listener is not None and listener.workers is not None
-        workers = listener.workers
-        idle = workers.idle
-        svc = self.svc
-        if not idle or self.write_paused:
-            self._keep(data)
-            self.unpark()
-            return
-        task = idle.pop()
-        co = task.co
-        if co is None:  # (killed: forget() should have taken it out)
-            self._keep(data)
-            self.unpark()
-            return
-        # (a worker task's owner is its Worker; cast() would be a call on this hot path)
-        worker: Worker = task.owner  # type: ignore[assignment]
-        worker.conn = self
-        self.task = task
-        task.waiting = None
-        self.parked = False
-        self.turn_bytes = size
-        kernel = svc.kernel
-        kernel.resumes += 1
-        kernel.current = task
-        number = self.handle or kernel.handles.number(self)
-        task.runs += 1
-        try:
-            last = svc.draining or self.handled + 1 >= workers.max_requests  # (next_is_last, inline)
-            req = resume_thread(co, (number, data, last))
-            if (
-                type(req) is not tuple
-                or len(req) != 4
-                or req[0] != _IDLE
-                or req[1] != number
-                or self.closing
-                or self.eof
-                or self.pending is not None
-                or svc.draining
-            ):
-                kernel.serve(task, req)
-                return
-            if req[3]:  # a request was answered (request_done, without a call when it has no children)
-                self.handled += 1
-                extra = task.extra
-                if extra is not None and extra.children:
-                    svc.request_done(task, self, counted=True)
-            out = req[2]
-            if out:
-                self.transport.write(out)  # type: ignore[union-attr]  # (open: `closing` is false)
-                self.bytes_out += len(out)
-                if self.write_paused:  # the general way decides what waits for the peer
-                    kernel.serve(task, (_IDLE, number, None, 0))
-                    return
-            worker.conn = None
-            self.task = None
-            # park(), inline on this path
-            self.parked = True
-            self.read_deadline = deadline = svc.time() + workers.keepalive_timeout
-            key = self.deadline_key
-            if key == 0 or deadline < key * TICK:  # (else the wheel's reminder comes first: it re-checks)
-                svc.deadlines.add(self, deadline)
-            if not svc.rest(task, worker):
-                kernel.resume(task, None)  # it ends (not from inside its own run: resume_thread has returned)
-        except Exception as e:
-            kernel.failed(task, e)
-        finally:
-            kernel.current = None
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -466,7 +310,7 @@ class Connection(asyncio.Protocol):
         writer = self.writer
         if writer is None:
             if self.parked and self.pending is not None:
-                self.unpark()
+                self.listener.workers.unpark(self)  # type: ignore[union-attr]
             return
         self.writer = None
         then = self.writer_then
@@ -688,10 +532,8 @@ class StreamService(Defaults):
             Op.BUFFERED,
             Op.OFFER,
             Op.CLOSE,
-            Op.IDLE,
             Op.KEEP,
             Op.LISTEN,
-            Op.NEXT,
             Op.OPEN,
             Op.OWN,
             Op.PEER,
@@ -733,8 +575,6 @@ class StreamService(Defaults):
         kernel.register(Op.SEND, self._send, Connection)
         kernel.register(Op.SENDALL, self._sendall, Connection)
         kernel.register(Op.LISTEN, self._listen)
-        kernel.register(Op.IDLE, self._idle, Connection)
-        kernel.register_call(Op.NEXT, self._next, Connection)
         kernel.register_call(Op.REUSABLE, self._reusable, Connection)
         kernel.register_call(Op.SHUTDOWN, self._shutdown, Connection)
         kernel.register_call(Op.WRITE, self._write, Connection)
@@ -784,8 +624,13 @@ class StreamService(Defaults):
         self.background.run(self._open_listener(task, where, port, entry))
         return SUSPEND
 
+    def open_listener(self, task: Task, where: bytes, port: int | None, workers: ServedBy) -> object:
+        """A listener whose connections ``workers`` serve (HTTP_LISTEN: runtime/services/httpserver.py)."""
+        self.background.run(self._open_listener(task, where, port, workers.entry, workers))
+        return SUSPEND
+
     async def _open_listener(
-        self, task: Task, where: bytes, port: int | None, entry: object, workers: RequestWorkers | None = None
+        self, task: Task, where: bytes, port: int | None, entry: object, workers: ServedBy | None = None
     ) -> None:
         where_s = where.decode()
         label = where_s if port is None else f"{where_s}:{port}"
@@ -826,76 +671,6 @@ class StreamService(Defaults):
         self.listeners.add(listener)
         log.info("listening on %s%s", listener.label, " (http)" if workers is not None else "")
         self.kernel.resume(task, (self.kernel.handles.number(listener), bound))
-
-    def open_http(self, task: Task, where: bytes, port: int, workers: RequestWorkers) -> object:
-        """HTTP_LISTEN (services/httpserver.py): a TCP listener whose connections request workers serve."""
-        self.background.run(self._open_listener(task, where, port, workers.entry, workers))
-        return SUSPEND
-
-    def _idle(self, task: Task, conn: Connection, out: bytes | None, served: object) -> object:
-        worker = task.owner
-        if not isinstance(worker, Worker) or worker.conn is not conn:
-            raise BadRequestError("IDLE from a task that is not serving that connection")
-        if served:
-            self.request_done(task, conn)
-        if out:
-            conn.send(out)
-        worker.conn = None
-        conn.let_go()
-        if not conn.closing and conn.transport is not None:
-            if conn.eof:
-                conn.close()  # the peer sends nothing more, and all it sent is answered
-            else:
-                conn.park()
-                if conn.pending is not None and not conn.write_paused:  # more arrived meanwhile: go on
-                    conn.parked = False
-                    worker.conn = conn
-                    conn.task = task
-                    conn.turn_bytes = 0
-                    return (conn.handle, conn.take_pending(), conn.next_is_last())
-        return SUSPEND if self.rest(task, worker) else None  # (None: the worker ends)
-
-    def rest(self, task: Task, worker: Worker) -> bool:
-        """A request worker without a connection waits for the next one; False if it is not needed (the
-        listener closed, the server drains, or enough wait already): it should end."""
-        workers = worker.workers
-        if self.draining or workers.closed or len(workers.idle) >= MAX_IDLE_WORKERS:
-            return False
-        workers.idle.append(task)
-        task.waiting = workers
-        worker.since = self.time()
-        if workers.sweep is None:
-            workers.sweep = self.loop.call_later(IDLE_WORKER_TTL, self._sweep, workers)
-        return True
-
-    def _sweep(self, workers: RequestWorkers) -> None:
-        """End the workers that have waited ``IDLE_WORKER_TTL`` for a connection."""
-        workers.sweep = None
-        idle = workers.idle
-        expired = self.time() - IDLE_WORKER_TTL
-        n = 0
-        while n < len(idle) and cast(Worker, idle[n].owner).since <= expired:
-            n += 1
-        ending, workers.idle = idle[:n], idle[n:]
-        for task in ending:
-            task.waiting = None
-            self.kernel.resume(task, None)  # (they end)
-        if workers.idle:
-            wait = cast(Worker, workers.idle[0].owner).since - expired
-            workers.sweep = self.loop.call_later(wait, self._sweep, workers)
-
-    def _next(self, conn: Connection, served: object, _: object) -> object:
-        task = self.kernel.current
-        assert task is not None and conn.listener is not None and conn.listener.workers is not None
-        if served:
-            self.request_done(task, conn)
-        return conn.next_is_last()
-
-    def request_done(self, task: Task, conn: Connection, counted: bool = False) -> None:
-        if not counted:
-            conn.handled += 1
-        # the tasks the request's handler started (and did not detach) end with it
-        self.kernel.end_children(task, b"cancelled: the request that started it ended")
 
     # -- calls -----------------------------------------------------------------------------------
     def _reusable(self, conn: Connection, _a: object, _b: object) -> bool:
@@ -1026,16 +801,8 @@ class StreamService(Defaults):
         for server in listener.adopted.values():
             server.close()
         listener.adopted.clear()
-        workers = listener.workers
-        if workers is not None and not workers.closed:  # its waiting request workers end
-            workers.closed = True
-            if workers.sweep is not None:
-                workers.sweep.cancel()
-                workers.sweep = None
-            idle, workers.idle = workers.idle, []
-            for task in idle:
-                task.waiting = None
-                self.kernel.resume_soon(task, None)
+        if listener.workers is not None:  # its waiting request workers end
+            listener.workers.close()
         if listener.server is not None:
             listener.server.close()
             listener.server = None

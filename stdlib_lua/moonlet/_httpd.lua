@@ -5,7 +5,7 @@
 -- worker is resumed with its bytes and yields the answer. A worker serves one connection at a time and goes
 -- on while bytes of a next request are buffered (pipelining, answered in order); then it gives the
 -- connection back (IDLE), and the host keeps it without a coroutine until more bytes arrive and hands it to
--- a waiting worker (RequestWorkers in runtime/services/stream.py).
+-- a waiting worker (RequestWorkers in runtime/services/httpserver.py).
 --
 -- The parser follows RFC 9112 and refuses what it does not allow, each refusal answered with its status,
 -- logged in one line, and the connection closed (each decision is a function of moonlet.http._head, tested
