@@ -36,7 +36,9 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import inspect
 import logging
+import typing
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -118,6 +120,19 @@ def one_line(traceback: bytes | str | None) -> str:
     return message + (" | stack: " + " < ".join(frames) if frames else "")
 
 
+def handle_kind(handler: Callable[..., object], yields: bool) -> type | None:
+    """The class a handler's handle parameter is annotated with (after the task, for a yielding request),
+    if it is one of the services' classes; else None (the handler takes what it is given)."""
+    params = list(inspect.signature(handler).parameters)
+    index = 1 if yields else 0
+    if len(params) <= index:
+        return None
+    hint = typing.get_type_hints(handler).get(params[index])
+    if isinstance(hint, type) and hint.__module__.startswith("runtime.services."):
+        return hint
+    return None
+
+
 class Kernel:
     def __init__(self, call_soon: Callable[..., object]) -> None:
         self._call_soon = call_soon
@@ -154,6 +169,15 @@ class Kernel:
         assert self._calls[op] is None, f"{op!r} has two handlers"
         self._calls[op] = handler
         self._handles[op] = handle
+
+    def wire(self, service: Any) -> None:
+        """Register every op that ``service.SERVES`` names, its one declaration: the handler of op ``X`` is
+        the service's method ``_x`` (docs/naming.md), a yielding request's or a call's by the op's kind; the
+        request's first argument must be a host handle of the class that handler's parameter is annotated
+        with, when that class is a service's (``Connection``, ``Listener``, ``Channel``, ...)."""
+        for op in sorted(service.SERVES):
+            handler = getattr(service, "_" + op.name.lower())
+            (self.register if op.yields else self.register_call)(op, handler, handle_kind(handler, op.yields))
 
     def missing_handlers(self) -> list[Op]:
         return [op for op in Op if (self._handlers if op.yields else self._calls)[op] is None]

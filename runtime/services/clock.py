@@ -173,17 +173,14 @@ class ClockService(Quiet):
         self._guard: TestGuard | None = None  # ends a virtual-time test that runs too long for real
         self._guard_expired = False
         self._loop_clock = ThreadClock.here()  # (made on the loop thread: runtime/services/registry.py)
-        kernel.register(Op.SLEEP, self.sleep)
-        self._wall, self._monotonic = wall_clock(loop), monotonic_clock(loop)
-        kernel.register_call(Op.NOW, self._now)
-        kernel.register_call(Op.MONOTONIC, self._monotonic_now)
-        kernel.register_call(Op.VIRTUAL_TIME, self._virtual_time)
+        kernel.wire(self)  # (the ops in SERVES, each by its handler _<op>)
+        self._wall_clock, self._monotonic_clock = wall_clock(loop), monotonic_clock(loop)
 
     def _now(self, _a: object, _b: object, _c: object) -> float:
-        return self._wall()
+        return self._wall_clock()
 
-    def _monotonic_now(self, _a: object, _b: object, _c: object) -> float:
-        return self._monotonic()
+    def _monotonic(self, _a: object, _b: object, _c: object) -> float:
+        return self._monotonic_clock()
 
     def _virtual_time(self, on: object, real_limit: object, task: object) -> object:
         """Turn the jumping clock of ``moonlet test`` on (for a test run as ``task``) or off.
@@ -211,7 +208,7 @@ class ClockService(Quiet):
             self._guard = TestGuard(loop, self._loop_clock, float(real_limit), expire)
         return True
 
-    def sleep(self, task: Task, seconds: object, _b: object, _c: object) -> object:
+    def _sleep(self, task: Task, seconds: object, _b: object, _c: object) -> object:
         delay = float(seconds) if isinstance(seconds, int | float) else 0.0
         if delay <= 0:
             self._kernel.resume_soon(task, True)
@@ -282,8 +279,7 @@ class TimerService(Defaults):
         # collector finalises its wrapper, and a burst of timers would leave that table at the burst's size.
         self.active: dict[int, Timer] = {}
         self.task_body: LuaFunction | None = None  # set at bootstrap, like TaskService.task_body
-        kernel.register_call(Op.TIMER, self._timer)
-        kernel.register_call(Op.TIMER_CANCEL, self._cancel)
+        kernel.wire(self)  # (the ops in SERVES, each by its handler _<op>)
 
     def _timer(self, delay: object, interval: object, job: object, where: object = None) -> object:
         if len(self.active) >= self.max_timers:
@@ -301,7 +297,7 @@ class TimerService(Defaults):
         self.active[job] = timer
         return job
 
-    def _cancel(self, job: object, _b: object, _c: object) -> bool:
+    def _timer_cancel(self, job: object, _b: object, _c: object) -> bool:
         if not isinstance(job, int):
             raise TypeError("not a timer")
         timer = self.active.get(job)

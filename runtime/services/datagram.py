@@ -131,12 +131,9 @@ class DatagramService(Defaults):
         self.sockets: set[Datagrams] = set()
         self.background = Background(loop)
         kernel.handles.set_gone(Datagrams, Datagrams(self, None))  # (closed: what a retired number names)
-        kernel.register(Op.UDP_OPEN, self._open)
-        kernel.register(Op.UDP_RECV, self._recv, Datagrams)
-        kernel.register_call(Op.UDP_SEND, self._send, Datagrams)
-        kernel.register_call(Op.UDP_CLOSE, self._close, Datagrams)
+        kernel.wire(self)  # (the ops in SERVES, each by its handler _<op>)
 
-    def _open(self, task: Task, host: object, port: object, entry: object) -> object:
+    def _udp_open(self, task: Task, host: object, port: object, entry: object) -> object:
         self.background.run(self._bind(task, host, port, entry))
         return SUSPEND
 
@@ -160,7 +157,7 @@ class DatagramService(Defaults):
             log.info("serving udp on %s", sock.label)
         self.kernel.resume(task, (self.kernel.handles.number(sock), int(bound[1])))
 
-    def _recv(self, task: Task, sock: Datagrams, timeout: object, _c: object) -> object:
+    def _udp_recv(self, task: Task, sock: Datagrams, timeout: object, _c: object) -> object:
         if sock.queue:
             return sock.queue.popleft()
         if sock.transport is None:
@@ -174,7 +171,7 @@ class DatagramService(Defaults):
             sock.timer = self.loop.call_later(max(delay, 0.0), sock._expire)
         return SUSPEND
 
-    def _send(self, sock: Datagrams, data: object, host: object, port: object = None) -> object:
+    def _udp_send(self, sock: Datagrams, data: object, host: object, port: object = None) -> object:
         if sock.transport is None:
             return _CLOSED
         if not isinstance(data, bytes) or not isinstance(host, bytes) or not isinstance(port, int):
@@ -182,7 +179,7 @@ class DatagramService(Defaults):
         sock.transport.sendto(data, (host.decode(), port))
         return True
 
-    def _close(self, sock: Datagrams, _b: object, _c: object) -> object:
+    def _udp_close(self, sock: Datagrams, _b: object, _c: object) -> object:
         if sock.transport is not None:
             sock.transport.close()
         self.sockets.discard(sock)
@@ -190,7 +187,7 @@ class DatagramService(Defaults):
 
     def close_all(self) -> None:
         for sock in list(self.sockets):
-            self._close(sock, None, None)
+            self._udp_close(sock, None, None)
 
     # -- the service's lifecycle (runtime/services/__init__.py) -------------------------------------
     def keeps_alive(self) -> bool:
@@ -199,7 +196,7 @@ class DatagramService(Defaults):
     def drain(self) -> None:
         for sock in list(self.sockets):
             if sock.entry is not None:
-                self._close(sock, None, None)
+                self._udp_close(sock, None, None)
 
     async def close(self) -> None:
         self.close_all()

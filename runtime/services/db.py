@@ -132,18 +132,10 @@ class DatabaseService(Defaults):
         self.background = Background(loop)
         self.transactions: set[Transaction] = set()  # begun and not yet ended
         self.closing = False  # the server is stopping: no new statements
-        kernel.register(Op.DB_QUERY, self._query)
-        kernel.register(Op.DB_EXEC, self._exec)
-        kernel.register(Op.DB_EXEC_MANY, self._exec_many)
-        kernel.register(Op.DB_ROWS, self._rows)
-        kernel.register(Op.DB_FETCH, self._fetch, OpenRows)
-        kernel.register_call(Op.DB_ROWS_CLOSE, self._rows_close, OpenRows)
-        kernel.register(Op.DB_BEGIN, self._begin)
-        kernel.register(Op.DB_END, self._end)
-        kernel.register_call(Op.DB_OPEN, self._open)
+        kernel.wire(self)  # (the ops in SERVES, each by its handler _<op>)
 
     # -- db.open: a call, connecting happens at the first statement -------------------------------
-    def _open(self, url: object, opts: object, _c: object) -> object:
+    def _db_open(self, url: object, opts: object, _c: object) -> object:
         handles = self.kernel.handles
         if url is None:
             return handles.hold(self.default, host_done=True), self.default.dialect.encode()
@@ -169,32 +161,32 @@ class DatabaseService(Defaults):
         return handles.hold(db, host_done=True), db.dialect.encode()
 
     # -- requests: each starts one asyncio task and resumes the Lua task with its reply ------------
-    def _query(self, task: Task, target: object, sql: object, params: object) -> object:
+    def _db_query(self, task: Task, target: object, sql: object, params: object) -> object:
         return self._start(task, self._run_query(target, sql, params))
 
-    def _exec(self, task: Task, target: object, sql: object, params: object) -> object:
+    def _db_exec(self, task: Task, target: object, sql: object, params: object) -> object:
         return self._start(task, self._run_exec(target, sql, params))
 
-    def _exec_many(self, task: Task, target: object, sql: object, sets: object) -> object:
+    def _db_exec_many(self, task: Task, target: object, sql: object, sets: object) -> object:
         return self._start(task, self._run_exec_many(target, sql, sets))
 
-    def _rows(self, task: Task, target: object, sql: object, params: object) -> object:
+    def _db_rows(self, task: Task, target: object, sql: object, params: object) -> object:
         return self._start(task, self._open_rows(task, target, sql, params))
 
-    def _fetch(self, task: Task, rows: OpenRows, n: object, _c: object) -> object:
+    def _db_fetch(self, task: Task, rows: OpenRows, n: object, _c: object) -> object:
         if not rows.open:
             return self.lua.table_from([])
         size = int(n) if isinstance(n, int) and 0 < n <= MAX_BATCH else MAX_BATCH
         return self._start(task, self._fetch_batch(rows, size))
 
-    def _rows_close(self, rows: OpenRows, _b: object, _c: object) -> object:
+    def _db_rows_close(self, rows: OpenRows, _b: object, _c: object) -> object:
         self._close_rows(rows)
         return True
 
-    def _begin(self, task: Task, target: object, _b: object, _c: object) -> object:
+    def _db_begin(self, task: Task, target: object, _b: object, _c: object) -> object:
         return self._start(task, self._run_begin(task, self._database(target)))
 
-    def _end(self, task: Task, n: object, commit: object, _c: object) -> object:
+    def _db_end(self, task: Task, n: object, commit: object, _c: object) -> object:
         tx = self.kernel.handles.get(n)
         if not isinstance(tx, Transaction) or tx.task is not task:
             raise TypeError("db: not this task's transaction")

@@ -295,13 +295,9 @@ class HttpService(Quiet):
     def __init__(self, kernel: Kernel, stream: StreamService) -> None:
         self.kernel = kernel
         self.stream = stream
-        kernel.register(Op.HTTP_LISTEN, self._listen)
-        kernel.register(Op.IDLE, self._idle, Connection)
-        kernel.register_call(Op.NEXT, self._next, Connection)
-        kernel.register_call(Op.HTTP_REJECT, self._reject, Connection)
-        kernel.register_call(Op.HTTP_ERROR, self._error)
+        kernel.wire(self)  # (the ops in SERVES, each by its handler _<op>)
 
-    def _listen(self, task: Task, where: bytes, port: object, spec: Any) -> object:
+    def _http_listen(self, task: Task, where: bytes, port: object, spec: Any) -> object:
         workers = RequestWorkers(
             self.stream,
             spec[1],
@@ -345,7 +341,7 @@ class HttpService(Quiet):
         return workers.next_is_last(conn)
 
     @staticmethod
-    def _reject(conn: Connection, status: int, why: bytes, answering: object = False) -> object:
+    def _http_reject(conn: Connection, status: int, why: bytes, answering: object = False) -> object:
         """A request Lua refused: one log line, then its status' answer (unless an answer to it has begun:
         then the close alone tells the client), and the close."""
         listener = conn.listener
@@ -362,6 +358,6 @@ class HttpService(Quiet):
         return True
 
     @staticmethod
-    def _error(traceback: object, _b: object, _c: object) -> object:
+    def _http_error(traceback: object, _b: object, _c: object) -> object:
         log.error("http handler error: %s", one_line(traceback if isinstance(traceback, bytes) else None))
         return True

@@ -37,9 +37,7 @@ class OutgoingService(Quiet):
         self.limits = limits
         self.stream = stream
         self.background = stream.background
-        kernel.register(Op.CONNECT, self._connect)
-        kernel.register(Op.STARTTLS, self._starttls, Connection)
-        kernel.register(Op.RESOLVE, self._resolve)
+        kernel.wire(self)  # (the ops in SERVES, each by its handler _<op>)
 
     def _connect(self, task: Task, where: bytes, port: int | None, opts: object) -> object:
         self.background.run(self._open_connection(task, where.decode(), port, to_plain(opts) or {}))

@@ -206,19 +206,13 @@ class PoolService(Defaults):
         self.app_path = app_path
         self.pools = {name: Pool(cfg, self) for name, cfg in (pools or default_pools()).items()}
         self.background = Background(loop)
-        kernel.register(Op.POOL_RUN, self._run)
-        kernel.register(Op.POOL_CALL, self._call)
-        kernel.register_call(Op.POOL_SPAWN, self._spawn)
-        kernel.register(Op.CHAN_GET, self._chan_get, Channel)
-        kernel.register(Op.CHAN_PUT, self._chan_put, Channel)
-        kernel.register(Op.CHAN_WAIT, self._chan_wait, Channel)
-        kernel.register_call(Op.CHAN_CLOSE, self._chan_close, Channel)
+        kernel.wire(self)  # (the ops in SERVES, each by its handler _<op>)
 
-    def _run(self, task: Task, where: object, target: object, args: object) -> object:
+    def _pool_run(self, task: Task, where: object, target: object, args: object) -> object:
         module, function = _lua_target(target, "pool.run")
         return self._submit(task, where, module, function, args)
 
-    def _call(self, task: Task, where: object, name: object, args: object) -> object:
+    def _pool_call(self, task: Task, where: object, name: object, args: object) -> object:
         if not isinstance(name, bytes):
             raise TypeError("pool.call: bad name")
         return self._submit(task, where, None, name.decode(), args)
@@ -295,7 +289,7 @@ class PoolService(Defaults):
             self.kernel.resume(job.task, _TIMEOUT)
 
     # -- pool.spawn: a job that runs beside its task, with a channel between them ----------------------
-    def _spawn(self, where: object, target: object, args: object) -> object:
+    def _pool_spawn(self, where: object, target: object, args: object) -> object:
         task = self.kernel.current
         if task is None:
             raise BadRequestError("pool.spawn: not in a task")

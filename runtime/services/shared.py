@@ -73,11 +73,7 @@ class SharedService(Defaults):
         self.path = given or tempfile.mkdtemp(prefix="moonlet-shared-")
         self.env: Any = None
         self.dbs: dict[bytes, Any] = {}
-        kernel.register_call(Op.SHARED_GET, self._get)
-        kernel.register_call(Op.SHARED_SET, self._set)
-        kernel.register_call(Op.SHARED_INCR, self._incr)
-        kernel.register_call(Op.SHARED_DELETE, self._delete)
-        kernel.register_call(Op.SHARED_KEYS, self._keys)
+        kernel.wire(self)  # (the ops in SERVES, each by its handler _<op>)
 
     def _db(self, name: object) -> Any:
         if not isinstance(name, bytes):
@@ -100,13 +96,13 @@ class SharedService(Defaults):
             db = self.dbs[name] = self.env.open_db(name)
         return db
 
-    def _get(self, name: object, key: object, _c: object) -> object:
+    def _shared_get(self, name: object, key: object, _c: object) -> object:
         db = self._db(name)
         with self.env.begin(db=db) as txn:
             value, present = _decode(txn.get(key), self.now())
         return value if present else None
 
-    def _set(self, name: object, key: object, value: object, how: object = None) -> object:
+    def _shared_set(self, name: object, key: object, value: object, how: object = None) -> object:
         """how: {mode = "set" | "add" | "replace", ttl = seconds (0: none)}; value nil deletes."""
         db = self._db(name)
         options = to_plain(how) if how is not None else {}
@@ -127,7 +123,7 @@ class SharedService(Defaults):
                 txn.put(key, _encode(value, ttl, self.now()))
         return True
 
-    def _incr(self, name: object, key: object, by: object, init: object = None) -> object:
+    def _shared_incr(self, name: object, key: object, by: object, init: object = None) -> object:
         db = self._db(name)
         if not isinstance(by, int | float):
             raise TypeError("shared: incr needs a number")
@@ -147,13 +143,13 @@ class SharedService(Defaults):
             txn.put(key, _encode(new, ttl, now))
         return new
 
-    def _delete(self, name: object, key: object, _c: object) -> object:
+    def _shared_delete(self, name: object, key: object, _c: object) -> object:
         db = self._db(name)
         with self.env.begin(db=db, write=True) as txn:
             txn.delete(key)
         return True
 
-    def _keys(self, name: object, limit: object, _c: object) -> object:
+    def _shared_keys(self, name: object, limit: object, _c: object) -> object:
         db = self._db(name)
         out: list[bytes] = []
         most = int(limit) if isinstance(limit, int) and limit > 0 else 1024

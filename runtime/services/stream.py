@@ -571,23 +571,7 @@ class StreamService(Defaults):
         self.gone.closing = self.gone.eof = True
         kernel.handles.set_gone(Connection, self.gone)
         kernel.handles.set_gone(Listener, Listener(None, "a listener that is closed"))
-        kernel.register(Op.RECV, self._recv, Connection)
-        kernel.register(Op.SEND, self._send, Connection)
-        kernel.register(Op.SENDALL, self._sendall, Connection)
-        kernel.register(Op.LISTEN, self._listen)
-        kernel.register_call(Op.REUSABLE, self._reusable, Connection)
-        kernel.register_call(Op.SHUTDOWN, self._shutdown, Connection)
-        kernel.register_call(Op.WRITE, self._write, Connection)
-        kernel.register_call(Op.CLOSE, self._close, Connection)
-        kernel.register_call(Op.PEER, self._peer, Connection)
-        kernel.register_call(Op.SETTIMEOUTS, self._settimeouts, Connection)
-        kernel.register_call(Op.BUFFERED, self._buffered, Connection)
-        kernel.register_call(Op.OFFER, self._offer)
-        kernel.register_call(Op.UNLISTEN, self._unlisten, Listener)
-        kernel.register_call(Op.SINGLE_PROCESS, self._single_process)
-        kernel.register_call(Op.KEEP, self._keep, Connection)
-        kernel.register_call(Op.OWN, self._own, Connection)
-        kernel.register_call(Op.OPEN, self._open, Connection)
+        kernel.wire(self)  # (the ops in SERVES, each by its handler _<op>)
 
     # -- yielding requests -----------------------------------------------------------------------
     @staticmethod

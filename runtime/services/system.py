@@ -47,9 +47,7 @@ class SystemService(Quiet):
         if fd is not None and fd.isdigit():
             os.set_inheritable(int(fd), False)  # (not handed on to what the code under test starts)
             self._reports = os.fdopen(int(fd), "wb", buffering=0)
-        kernel.register_call(Op.LOG, self._log)
-        kernel.register_call(Op.PRINT, self._print)
-        kernel.register_call(Op.REPORT, self._report)
+        kernel.wire(self)  # (the ops in SERVES, each by its handler _<op>)
 
     def _log(self, level: bytes, message: bytes, _: object) -> object:
         app_log.log(_LEVELS.get(level, logging.INFO), "%s", message.decode("utf-8", "replace"))

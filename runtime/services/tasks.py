@@ -81,19 +81,7 @@ class TaskService(Quiet):
         gone.extra = Extra("a task that ended")
         gone.extra.result = (False, b"cancelled: the task ended and its handle was let go")
         kernel.handles.set_gone(Task, gone)
-        kernel.register(Op.PARK, self._park)
-        kernel.register(Op.JOIN, self._join)
-        kernel.register_call(Op.SPAWN, self._spawn)
-        kernel.register_call(Op.CURRENT, self._current)
-        kernel.register_call(Op.UNPARK, self._unpark)
-        kernel.register_call(Op.CANCEL, self._cancel)
-        kernel.register_call(Op.DETACH, self._detach)
-        kernel.register_call(Op.RESULT, self._result)
-        kernel.register_call(Op.WATCH, self._watch)
-        kernel.register_call(Op.UNWATCH, self._unwatch)
-        kernel.register_call(Op.STALL_CHECK, self._stall_check)
-        kernel.register_call(Op.STALLED, self._stalled)
-        kernel.register_call(Op.TASK_FAILURES, lambda a, b, c: (self.failures, self.last_failure.encode()))
+        kernel.wire(self)  # (the ops in SERVES, each by its handler _<op>)
 
     # -- owner of spawned tasks ------------------------------------------------------------------
     def describe(self) -> str:
@@ -227,6 +215,9 @@ class TaskService(Quiet):
     def _stall_message(self, used: float) -> bytes:
         budget = self.stall_budget
         return f"stalled: ran {used:.2f}s without yielding (the CPU budget is {budget:g}s)".encode()
+
+    def _task_failures(self, _a: object, _b: object, _c: object) -> object:
+        return self.failures, self.last_failure.encode()
 
     def _stalled(self, traceback: object, _b: object, _c: object) -> None:
         task = self.kernel.current
