@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import os
 import re
@@ -367,3 +368,25 @@ def pg_server(pg_cluster) -> Iterator[object]:  # type: ignore[no-untyped-def]
     server = pg_cluster.start()
     yield server
     server.stop()
+
+
+# -- the fast subset ----------------------------------------------------------------------------------------
+# A test that starts another process (a server, a real client, a peer) through a fixture, or a script or
+# program in its own body, is marked `slow` here: it pays a process start and runs on the real clock (a test
+# whose helper starts one and takes seconds is marked by hand). `pytest -m "not slow"` runs the rest, mostly
+# in this process on virtual time: 146 tests in 27 s on this machine; `bash tests/run.sh` runs everything.
+_PROCESS_FIXTURES = {
+    "run_app", "lua_server", "run_app_once", "lua_server_once", "redis_server", "pg_cluster", "pg_server",
+    "pg_url", "memcached", "agent", "target",
+}  # fmt: skip
+_STARTS_A_PROCESS = re.compile(r"\b(run_script|subprocess\.(run|Popen|check_output)|Popen|snmp|repl)\(")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        function = getattr(item, "function", None)
+        if function is None or item.get_closest_marker("slow"):
+            continue
+        uses = set(getattr(item, "fixturenames", ()))
+        if uses & _PROCESS_FIXTURES or _STARTS_A_PROCESS.search(inspect.getsource(function)):
+            item.add_marker(pytest.mark.slow)

@@ -87,6 +87,7 @@ t.it("fails", function() t.expect(1).to_be(2) end)
     assert re.search(r"^0 passed, 1 failed, 0 skipped in 1 file$", out.stdout, re.M), out.stdout
 
 
+@pytest.mark.slow  # (a helper starts its processes)
 def test_a_test_stuck_in_a_c_call_in_virtual_time_ends_its_file_and_the_next_file_runs(
     tmp_path: Path,
 ) -> None:

@@ -119,6 +119,7 @@ def raise_open_files(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
 
 
+@pytest.mark.slow  # (a helper starts its processes)
 def test_every_answer_goes_to_the_request_that_asked_for_it_beside_slow_clients(tmp_path: Path) -> None:
     """Keep-alive clients whose every request carries an id the handler echoes, beside 300 connections that
     never finish their head (answered 408 after a second, then opened again), console sessions and request

@@ -11,6 +11,8 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import run_in_process, run_script
 
 
@@ -186,6 +188,7 @@ def test_timers_after_every_cancel_and_errors(tmp_path: Path) -> None:
     assert "timer (after) set at" in proc.stderr.decode() and "timer broke" in proc.stderr.decode()
 
 
+@pytest.mark.slow  # (a helper starts its processes)
 def test_pending_timers_are_bounded_with_a_clear_error(tmp_path: Path) -> None:
     out = lines(
         tmp_path,
