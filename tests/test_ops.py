@@ -125,6 +125,33 @@ def test_every_lua_call_site_passes_what_its_op_declares() -> None:
     assert wrong == [], wrong
 
 
+def test_every_handler_takes_exactly_what_its_op_declares() -> None:
+    """The arguments ops.py declares for each op are the ones its handler names (after the task, for a
+    yielding request; a parameter named ``_...`` pads to the door's fixed three): one declaration, checked
+    against the code that reads it. (A Lua call site may pass fewer: Lua's missing arguments are nil.)"""
+    import asyncio
+    import inspect
+
+    from runtime.config import Limits
+    from runtime.services.registry import wire_services
+
+    arity = declared_arity()
+    loop = asyncio.new_event_loop()
+    try:
+        kernel = Kernel(loop.call_soon)
+        wire_services(kernel, loop, Limits())
+        wrong = []
+        for op in Op:
+            handler = (kernel._handlers if op.yields else kernel._calls)[op]
+            params = list(inspect.signature(handler).parameters)[1 if op.yields else 0 :]  # type: ignore[arg-type]
+            named = [p for p in params if not p.startswith("_")]
+            if len(named) != arity[op.name]:
+                wrong.append(f"{op.name}: declares {arity[op.name]}, its handler takes {named}")
+        assert wrong == [], wrong
+    finally:
+        loop.close()
+
+
 def test_every_service_declares_the_ops_it_serves() -> None:
     """Each op's handler is a method of the service whose SERVES names it, and each service serves all it
     names: the ops a service owns are declared once, beside it (EXIT and RELEASE are the kernel's own)."""

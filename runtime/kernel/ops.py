@@ -19,7 +19,8 @@ import enum
 
 class Op(enum.IntEnum):
     # -- yielding requests (the coroutine sleeps until the reply) --
-    EXIT = 0  # (ok, result_or_traceback): the task's body has returned; never resumed again
+    EXIT = 0  # (ok, results_or_traceback, error): the task's body has returned (failed: the traceback and
+    # the value it raised); never resumed again
     RECV = 1  # (conn, out): send `out`, then reply with bytes that arrived, or nil, err
     SEND = 2  # (conn, out): send `out`; wait while more than the high-water mark is unsent
     SENDALL = 3  # (conn, out): send `out`; wait until the kernel has taken every byte
