@@ -8,7 +8,7 @@ import os
 import sys
 
 from runtime import __version__, hostfn
-from runtime.config import PoolConfig, default_pools
+from runtime.config import Limits, PoolConfig, default_pools
 from runtime.errors import MoonletError
 
 
@@ -266,6 +266,28 @@ def parse_pools(specs: list[str]) -> dict[str, PoolConfig]:
     return pools
 
 
+def _run_limits(ns: argparse.Namespace) -> Limits:
+    """The limits ``moonlet run``'s options set."""
+    from runtime.host import limits_from  # (the host loads when it runs)
+
+    return limits_from(
+        drain_timeout=ns.drain_timeout,
+        lua_max_memory=ns.max_memory,
+        stall_budget=ns.stall_budget,
+        block_limit=ns.block_limit,
+        db_path=ns.db,
+        db_query_timeout=ns.db_timeout,
+        db_busy_timeout=ns.db_busy_timeout,
+        max_connections=ns.max_connections,
+    )
+
+
+def run_limits(options: list[str]) -> Limits:
+    """The limits ``moonlet run OPTIONS APP`` would run with (the in-process test harness takes the same
+    options as the command, through the same parser)."""
+    return _run_limits(_parser().parse_args(["run", *options, "app.lua"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     ns = parser.parse_args(argv)
@@ -273,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from runtime import logs
-    from runtime.host import Host, limits_from
+    from runtime.host import Host
 
     if ns.command == "bench":
         return _bench(ns)
@@ -322,16 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         args = list(argv if argv is not None else sys.argv[1:])
         worker_args = _without_workers(args[args.index("run") + 1 :], ns.app)
         return Supervisor(worker_args, workers, lazily=ns.workers == "auto").run()
-    limits = limits_from(
-        drain_timeout=ns.drain_timeout,
-        lua_max_memory=ns.max_memory,
-        stall_budget=ns.stall_budget,
-        block_limit=ns.block_limit,
-        db_path=ns.db,
-        db_query_timeout=ns.db_timeout,
-        db_busy_timeout=ns.db_busy_timeout,
-        max_connections=ns.max_connections,
-    )
+    limits = _run_limits(ns)
     try:
         pools = parse_pools(ns.pool)
         for file in ns.python:

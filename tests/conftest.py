@@ -25,6 +25,7 @@ import pytest
 # (runtime/kernel/handles.py): set before the runtime is imported.
 os.environ["MOONLET_CHECK_CROSSING"] = "1"
 
+from runtime.cli import run_limits
 from runtime.host import Host
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,20 +221,29 @@ def run_script(
 
 
 class InProcess(Protocol):
-    def __call__(self, source: str, *args: str, virtual_time: bool = True) -> tuple[int, list[str]]: ...
+    def __call__(
+        self, source: str, *args: str, virtual_time: bool = True, options: list[str] | None = None
+    ) -> tuple[int, list[str]]: ...
 
 
 def run_in_process(
-    tmp_path: Path, source: str, *args: str, virtual_time: bool = True, name: str = "app.lua"
+    tmp_path: Path,
+    source: str,
+    *args: str,
+    virtual_time: bool = True,
+    name: str = "app.lua",
+    options: list[str] | None = None,
 ) -> tuple[int, list[str]]:
     """Run a Lua app to its end in this process (a ``Host``, no console) and collect what it prints: the
-    harness behind ``lua_run``, for helpers that have no fixture at hand."""
+    harness behind ``lua_run``, for helpers that have no fixture at hand. ``options``: ``moonlet run``'s,
+    read by its own parser (``--stall-budget 0.2``, ``--db PATH``, ...)."""
     app = tmp_path / name
     app.write_text(textwrap.dedent(source))
     clock: Literal["jumping"] | bool = "jumping" if virtual_time else False
+    limits = run_limits(options) if options else None
     out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="replace")
     with contextlib.redirect_stdout(out):
-        code = Host(str(app), list(args), console=False, virtual_time=clock).run()
+        code = Host(str(app), list(args), limits, console=False, virtual_time=clock).run()
     out.flush()
     return code, out.buffer.getvalue().decode("utf-8", "replace").splitlines()  # type: ignore[attr-defined]
 
@@ -244,8 +254,10 @@ def lua_run(tmp_path: Path) -> InProcess:
     no console), by default on the virtual clock, jumping from the start, so sleeps, timers and timeouts
     take no real time while sockets on 127.0.0.1 stay real. Returns (exit status, printed lines)."""
 
-    def run(source: str, *args: str, virtual_time: bool = True) -> tuple[int, list[str]]:
-        return run_in_process(tmp_path, source, *args, virtual_time=virtual_time)
+    def run(
+        source: str, *args: str, virtual_time: bool = True, options: list[str] | None = None
+    ) -> tuple[int, list[str]]:
+        return run_in_process(tmp_path, source, *args, virtual_time=virtual_time, options=options)
 
     return run
 

@@ -11,21 +11,15 @@ import socket
 import time
 from pathlib import Path
 
-import pytest
-
 from conftest import run_in_process, run_script
 
 
 def lines(tmp_path: Path, source: str, options: list[str] | None = None) -> list[str]:
-    """What the script printed: run in this process on the virtual clock (the in-process harness), or as
-    ``moonlet run`` when it needs command-line options."""
-    if options is None:
-        code, out = run_in_process(tmp_path, source, name="script.lua")
-        assert code == 0, out
-        return out
-    proc = run_script(tmp_path, source, options=options)
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stdout.decode().splitlines()
+    """What the script printed, run in this process on the virtual clock (the in-process harness), with
+    ``moonlet run``'s options if given."""
+    code, out = run_in_process(tmp_path, source, name="script.lua", options=options)
+    assert code == 0, out
+    return out
 
 
 def test_spawn_and_wait_return_results_errors_and_timeouts(tmp_path: Path) -> None:
@@ -188,7 +182,6 @@ def test_timers_after_every_cancel_and_errors(tmp_path: Path) -> None:
     assert "timer (after) set at" in proc.stderr.decode() and "timer broke" in proc.stderr.decode()
 
 
-@pytest.mark.slow  # (a helper starts its processes)
 def test_pending_timers_are_bounded_with_a_clear_error(tmp_path: Path) -> None:
     out = lines(
         tmp_path,
