@@ -56,13 +56,14 @@ def test_a_yield_outside_the_apps_coroutines_is_a_lua_error(tmp_path) -> None:  
 
 
 def declared_arity() -> dict[str, int]:
-    """Each op's arguments as ops.py declares them: the parenthesised list that starts its comment."""
-    text = (ROOT / "runtime" / "kernel" / "ops.py").read_text()
+    """Each op's arguments as its declaration in ops.py names them (the parenthesised list that starts its
+    signature; a table's fields are one argument)."""
     arity: dict[str, int] = {}
-    for m in re.finditer(r"^    ([A-Z_]+) = \(?\s*\d+\)?\s*#\s*\(([^)]*)\)", text, re.M):
-        name, params = m.groups()
-        params = re.sub(r"\{[^}]*\}", "T", params)  # (a table's fields are one argument)
-        arity[name] = 0 if not params.strip() else len(params.split(","))
+    for op in Op:
+        m = re.match(r"\(([^)]*)\)", op.signature)
+        assert m, f"{op.name}: its signature does not start with its arguments: {op.signature!r}"
+        params = re.sub(r"\{[^}]*\}", "T", m.group(1))
+        arity[op.name] = 0 if not params.strip() else len(params.split(","))
     return arity
 
 

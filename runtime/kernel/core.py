@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from runtime.kernel.handles import CHECK_CROSSING, Handles, check_plain
-from runtime.kernel.ops import CALLS, YIELDING, Op
+from runtime.kernel.ops import CALLS, YIELDING, Op, op_of
 from runtime.kernel.task import PARKED, Extra, Owner, Task
 from runtime.lua.state import LuaError, LuaFunction, LuaObject, lua_type_of, resume_thread
 
@@ -101,7 +101,7 @@ def bad_request(op: object, handler: object, handle: type | None, got: object) -
         return BadRequestError(f"unknown host request {op!r}")
     assert handle is not None
     expected = str(getattr(handle, "KIND", handle.__name__.lower()))
-    return bad_argument(1, Op(op).name.lower(), expected, got)  # type: ignore[arg-type]
+    return bad_argument(1, op_of(op).name.lower(), expected, got)  # type: ignore[arg-type]
 
 
 def one_line(traceback: bytes | str | None) -> str:
@@ -358,7 +358,7 @@ class Kernel:
                 a = obj
             result = handler(a, b, c) if d is None else handler(a, b, c, d)  # type: ignore[call-arg]
             if CHECK_CROSSING:
-                check_plain(result, f"the result of {Op(op).name}", LuaObject)
+                check_plain(result, f"the result of {op_of(op).name}", LuaObject)
             return result
         except BadRequestError as e:  # (raised in Lua: at the app's line, as Lua's own argument errors)
             task = self.current
