@@ -52,44 +52,63 @@ def answer(client) -> tuple[bytes, bytes]:  # type: ignore[no-untyped-def]
 SPLITS = ["whole", "per line", "per byte"]
 
 
-def send_split(client, data: bytes, how: str) -> None:  # type: ignore[no-untyped-def]
-    if how == "whole":
-        client.send(data)
-    elif how == "per line":
-        for piece in data.splitlines(keepends=True):
-            client.send(piece)
-            time.sleep(0.002)
-    else:
-        for i in range(len(data)):
-            client.send(data[i : i + 1])
-            time.sleep(0.0005)
+# Split every way: the probe driven by a client in Lua, all in this process on the virtual clock (the
+# in-process harness): a piece per write, and a turn of the loop between pieces, so the server's reads see
+# the bytes split as `how` says. It prints each answer's head and its body's bytes, escaped.
+IN_PROCESS = (
+    (PROBE % {"timeout": "5"}).replace(
+        "net.listen { port = 0,", 'local server = net.listen { host = "127.0.0.1", port = 0,'
+    )
+    + """
+local c = assert(net.connect("127.0.0.1", server.port))
+local function send(data, how)
+  if how == "whole" then c:write(data) c:flush() return end
+  local pieces = {}
+  if how == "per line" then for piece in data:gmatch("[^\\n]*\\n?") do pieces[#pieces + 1] = piece end
+  else for i = 1, #data do pieces[i] = data:sub(i, i) end end
+  for _, piece in ipairs(pieces) do
+    if piece ~= "" then c:write(piece) c:flush() sleep(0.001) end
+  end
+end
+local function answer()
+  local head = c:readline()
+  local size = tonumber(head:match("(%-?%d+)$"))
+  local body = c:readn(math.max(size, 0) + 1):sub(1, -2)
+  print(head, (body:gsub("[^%w ]", function(ch) return ("\\\\%d"):format(ch:byte()) end)))
+end
+local how, data, answers = arg[1], arg[2]:gsub("\\\\n", "\\n"):gsub("\\\\r", "\\r"), tonumber(arg[3])
+send(data, how)
+for _ = 1, answers do answer() end
+if arg[4] then send(arg[4], how) answer() end
+c:close() server:close()
+"""
+)
+
+
+def probe_in_process(lua_run, how: str, data: bytes, answers: int, then: bytes = b"") -> list[str]:  # type: ignore[no-untyped-def]
+    escaped = data.replace(b"\r", b"\\r").replace(b"\n", b"\\n").decode()
+    args = [how, escaped, str(answers)] + ([then.decode()] if then else [])
+    code, out = lua_run(IN_PROCESS, *args)
+    assert code == 0, out
+    return out
 
 
 @pytest.mark.parametrize("how", SPLITS)
-def test_readline_strips_lf_and_crlf_however_the_bytes_arrive(lua_server, how: str) -> None:
-    server = probe(lua_server)
-    c = server.connect()
-    send_split(c, b"line\nfirst\r\nline\nsecond\nline\n\r\nline\nbare\rcr\n", how)
-    assert answer(c) == (b"OK 5", b"first")
-    assert answer(c) == (b"OK 6", b"second")
-    assert answer(c) == (b"OK 0", b"")
-    assert answer(c) == (b"OK 7", b"bare\rcr")
+def test_readline_strips_lf_and_crlf_however_the_bytes_arrive(lua_run, how: str) -> None:
+    out = probe_in_process(lua_run, how, b"line\nfirst\r\nline\nsecond\nline\n\r\nline\nbare\rcr\n", 4)
+    assert out == ["OK 5\tfirst", "OK 6\tsecond", "OK 0\t", "OK 7\tbare\\13cr"]
 
 
 @pytest.mark.parametrize("how", SPLITS)
-def test_readn_and_readuntil_and_read(lua_server, how: str) -> None:
-    server = probe(lua_server)
-    c = server.connect()
-    send_split(c, b"n 5\nab\ncdline\nx\nuntil --\nhello--line\nafter\n", how)
-    assert answer(c) == (b"OK 5", b"ab\ncd")
-    assert answer(c) == (b"OK 1", b"x")
-    assert answer(c) == (b"OK 5", b"hello")
-    assert answer(c) == (b"OK 5", b"after")
-    c.send(b"max 3\n")
-    time.sleep(0.05)
-    send_split(c, b"abcdef", how)
-    head, data = answer(c)  # whatever has arrived, at least one byte, at most 3
-    assert head == b"OK %d" % len(data) and 1 <= len(data) <= 3 and b"abc".startswith(data)
+def test_readn_and_readuntil_and_read(lua_run, how: str) -> None:
+    out = probe_in_process(
+        lua_run, how, b"n 5\nab\ncdline\nx\nuntil --\nhello--line\nafter\nmax 3\n", 4, b"abcdef"
+    )
+    assert out[:4] == ["OK 5\tab\\10cd", "OK 1\tx", "OK 5\thello", "OK 5\tafter"]
+    head, data = out[4].split("\t")  # whatever has arrived, at least one byte, at most 3
+    if how == "per byte":  # (the split is real: the server's read of up to 3 found 1)
+        assert data == "a", out[4]
+    assert head == f"OK {len(data)}" and 1 <= len(data) <= 3 and "abc".startswith(data)
 
 
 def test_every_byte_value_passes_through_unchanged(lua_server) -> None:
