@@ -139,6 +139,14 @@ def test_request_targets_and_header_values_as_rfc_9112_reads_them(server) -> Non
     assert body(
         b"GET http://example.com/users/7?q=1 HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
     ) == (b"user 7 q=1")
+    # absolute-form: its authority is the host the handler sees, whatever Host says (RFC 9112 3.2.2)
+    assert body(b"GET http://a.example:81/host HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n") == (
+        b"host=a.example:81\n"
+    )
+    # a Host of an IPv6 literal, or of pct-encoded and sub-delim bytes, is a valid one
+    assert body(b"GET /host HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n") == (
+        b"host=[::1]:8080\n"
+    )
     # a fragment never reaches the path or the query
     assert body(b"GET /users/8?q=2#frag HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") == b"user 8 q=2"
     # optional whitespace around a field value is not part of it
@@ -236,6 +244,10 @@ def test_chunked_request_and_response_and_100_continue(server) -> None:  # type:
         (b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n", 400),  # HTTP/1.1 without Host (RFC 9112 3.2)
         (b"GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),  # two Host lines
         (b"GET /hello HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET /hello HTTP/1.1\r\nHost: a b\r\n\r\n", 400),  # not uri-host [":" port] (RFC 9112 3.2)
+        (b"GET /hello HTTP/1.1\r\nHost: a/b?c\r\n\r\n", 400),
+        (b"GET /hello HTTP/1.1\r\nHost: x:80x\r\n\r\n", 400),
+        (b"GET http://u@x/hello HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # userinfo in the target
         (b"GET hello HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # not a request target
         (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # asterisk-form is for OPTIONS only
         (b"GET ftp://x/hello HTTP/1.1\r\nHost: x\r\n\r\n", 400),

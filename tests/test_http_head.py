@@ -44,13 +44,13 @@ def test_request_line(line: bytes, want: tuple[Any, ...]) -> None:
 @pytest.mark.parametrize(
     ("method", "target", "origin", "want"),
     [
-        ("GET", "/a/b?x=1&y=2#frag", True, ("/a/b", "x=1&y=2")),
-        ("GET", "/a%20b?q", True, ("/a b", "q")),
-        ("GET", "/a#f?not-a-query", True, ("/a", "")),
-        ("GET", "http://example.com/p?q", False, ("/p", "q")),
-        ("GET", "HTTPS://example.com", False, ("/", "")),
-        ("GET", "http://example.com?q", False, ("/", "q")),  # an empty path is "/"
-        ("OPTIONS", "*", False, ("*", "")),
+        ("GET", "/a/b?x=1&y=2#frag", True, ("/a/b", "x=1&y=2", None)),
+        ("GET", "/a%20b?q", True, ("/a b", "q", None)),
+        ("GET", "/a#f?not-a-query", True, ("/a", "", None)),
+        ("GET", "http://example.com/p?q", False, ("/p", "q", "example.com")),
+        ("GET", "HTTPS://example.com", False, ("/", "", "example.com")),
+        ("GET", "http://example.com?q", False, ("/", "q", "example.com")),  # an empty path is "/"
+        ("OPTIONS", "*", False, ("*", "", None)),
         ("GET", "*", False, (None, 400, "'*' is a request target for OPTIONS only")),
         ("GET", "ftp://example.com/", False, (None, 400, "malformed request target")),
         ("GET", "http:///p", False, (None, 400, "malformed request target")),
@@ -163,3 +163,39 @@ def test_wants_continue(expect: bytes | None, http10: bool, has_body: bool, want
 )
 def test_host(value: bytes | None, http10: bool, want: tuple[Any, ...]) -> None:
     assert call("host", value, http10) == want
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        (b"example.com", True),
+        (b"example.com:8080", True),
+        (b"127.0.0.1:80", True),
+        (b"[::1]:8080", True),
+        (b"[2001:db8::7]", True),
+        (b"[v1.fe80::a+en1]", True),  # IPvFuture
+        (b"", True),  # a URI without an authority (RFC 9112 3.2)
+        (b"a%20b", True),  # pct-encoded
+        (b"ex_am~ple!$&'()*+,;=", True),  # unreserved and sub-delims
+        (b"a b", False),
+        (b"a/b?c", False),
+        (b"a@b", False),
+        (b"example.com:80x", False),
+        (b"a%2", False),
+        (b"a%zz", False),
+        (b"[::1", False),
+        (b"::1", False),
+        (b"host:1:2", False),
+    ],
+)
+def test_valid_authority(value: bytes, valid: bool) -> None:
+    assert call("valid_authority", value) == (valid,)
+
+
+def test_an_absolute_target_gives_its_authority() -> None:
+    assert call("target", b"GET", b"http://a.example:81/p?q", False) == ("/p", "q", "a.example:81")
+    assert call("target", b"GET", b"http://u@a.example/", False) == (
+        None,
+        400,
+        "userinfo in the request target",
+    )

@@ -12,11 +12,13 @@
 -- alone in tests/test_http_head.py):
 --   * request line `method SP request-target SP HTTP/1.x` (anything else 400; HTTP/2+ 505; a longer line
 --     than max_request_line 414; a well-formed method this server does not know 501);
---   * the target in origin-form (`/path?query`), absolute-form (`http://host/path`: scheme and authority
---     dropped) or `*` (OPTIONS only); visible ASCII only; a fragment never reaches path or query;
+--   * the target in origin-form (`/path?query`), absolute-form (`http://host/path`: its authority replaces
+--     Host, scheme and authority leave the path) or `*` (OPTIONS only); visible ASCII only; a fragment never
+--     reaches path or query;
 --   * header lines `token ":" OWS value OWS`, value trimmed; no whitespace before the colon, no obs-fold, no
 --     control bytes, no bare CR anywhere in the head (400); more than max_headers lines or
---     max_header_bytes bytes 431; exactly one Host on HTTP/1.1, at most one on 1.0;
+--     max_header_bytes bytes 431; exactly one Host on HTTP/1.1, at most one on 1.0, each `uri-host
+--     [":" port]` (else 400);
 --   * framing: Content-Length digits only (a list of one value repeated is that value), over max_body
 --     413; Transfer-Encoding must end with chunked (else 400), other codings 501, with Content-Length 400;
 --     HTTP/1.0 with a transfer coding closes after the answer; chunk extensions are accepted and ignored;
@@ -42,6 +44,7 @@ local fill, take, new_conn = connection.fill, connection.take, connection.new
 local request_line, head_target = decide.request_line, decide.target
 local head_fields, head_host, keep_alive, head_framing, wants_continue = decide.fields, decide.host,
   decide.keep_alive, decide.framing, decide.wants_continue
+local valid_authority = decide.valid_authority
 local LINE_CTL, NOT_TOKEN = decide.LINE_CTL, decide.NOT_TOKEN
 local IDLE, NEXT, REJECT, HTTP_ERROR = OP.IDLE, OP.NEXT, OP.HTTP_REJECT, OP.HTTP_ERROR
 local WRITE, SETTIMEOUTS, MONOTONIC, PEER = OP.WRITE, OP.SETTIMEOUTS, OP.MONOTONIC, OP.PEER
@@ -433,6 +436,8 @@ local function run(handler, req, res)
   return nil
 end
 
+local last_good_host = false -- the last Host value found valid (most requests repeat it)
+
 -- The next request's head from the buffer (waiting for the rest of it if need be): req, res; or nil when
 -- nothing is buffered (only empty lines were) or the connection was refused or closed.
 local function read_head(conn, lim, last)
@@ -488,11 +493,10 @@ local function read_head(conn, lim, last)
   -- patterns from a position: no copy of the head); each decision is moonlet.http._head's.
   local method, target, http10, origin, l1 = request_line(buf, pos, lim.max_request_line)
   if method == nil then return refused(conn, target, http10) end -- (nil, status, why)
-  local path, query = target, ""
+  local path, query, authority = target, "", nil
   if not origin or find(target, "[?#%%]") then -- (else it is the path as it is: "/", "/users/42")
-    local bad
-    path, query, bad = head_target(method, target, origin)
-    if path == nil then return refused(conn, query, bad) end
+    path, query, authority = head_target(method, target, origin)
+    if path == nil then return refused(conn, query, authority) end -- (nil, status, why)
   end
   if s - l1 > lim.max_header_bytes then
     return refused(conn, 431, "headers over " .. lim.max_header_bytes .. " bytes")
@@ -501,10 +505,18 @@ local function read_head(conn, lim, last)
   if h == nil then return refused(conn, status, why) end
   -- (the common request, a GET with Host and no Connection, Content-Length, Transfer-Encoding or Expect,
   -- asks for none of the calls below: each saves ~1,000 instructions of a request's ~58,000)
-  if h.host == nil then
+  local said_host = h.host
+  if said_host ~= last_good_host then -- (the Host seen last time, already checked: short strings compare at once)
     local ok
-    ok, status, why = head_host(nil, http10)
+    ok, status, why = head_host(said_host, http10)
     if not ok then return refused(conn, status, why) end
+    if said_host ~= nil then last_good_host = said_host end
+  end
+  if authority then -- absolute-form: its authority is the host the handler sees (RFC 9112 3.2.2)
+    if not valid_authority(authority) then
+      return refused(conn, 400, "an invalid authority in the request target")
+    end
+    h.host = authority
   end
   local said = h.connection
   local keep = not http10

@@ -6,7 +6,7 @@
 -- Every pattern here is anchored or searches for a single byte class: no input can make one backtrack.
 local find, sub, byte, lower, match = string.find, string.sub, string.byte, string.lower, string.match
 local gsub, gmatch, char = string.gsub, string.gmatch, string.char
-local tonumber = tonumber
+local tonumber, select = tonumber, select
 
 local M = {}
 
@@ -60,10 +60,11 @@ end
 
 local function hex_char(h) return char(tonumber(h, 16)) end
 
---- The request target (RFC 9112 3.2): its path (percent-decoded) and query (as sent); absolute-form's scheme
---- and authority are not part of the path, a fragment never reaches either; or nil, status, why.
+--- The request target (RFC 9112 3.2): its path (percent-decoded), query (as sent), and for absolute-form its
+--- authority (which replaces Host, RFC 9112 3.2.2; scheme and authority are not part of the path); a
+--- fragment never reaches path or query; or nil, status, why.
 function M.target(method, target, origin)
-  local path = target
+  local path, authority = target, nil
   if not origin then
     if target == "*" then
       if method ~= "OPTIONS" then return nil, 400, "'*' is a request target for OPTIONS only" end
@@ -74,6 +75,8 @@ function M.target(method, target, origin)
       if (scheme ~= "http" and scheme ~= "https") or a == 1 or rest == "" then
         return nil, 400, "malformed request target"
       end
+      authority = a and sub(rest, 1, a - 1) or rest
+      if find(authority, "@", 1, true) then return nil, 400, "userinfo in the request target" end
       path = a and sub(rest, a) or "/"
       if byte(path, 1) ~= 47 then path = "/" .. path end
     end
@@ -91,7 +94,7 @@ function M.target(method, target, origin)
     end
     if find(path, "%", 1, true) then path = gsub(path, "%%(%x%x)", hex_char) end
   end
-  return path, query
+  return path, query, authority
 end
 
 --- The header fields of buf[from..to] (RFC 9112 5), each line `token ":" OWS value OWS`: a table of
@@ -124,9 +127,32 @@ function M.fields(buf, from, to, max_fields)
   return h
 end
 
---- Whether the request's Host header will do (RFC 9112 3.2): HTTP/1.1 needs one; or nil, status, why.
+-- uri-host [":" port] (RFC 9112 3.2, RFC 3986 3.2.2): an IP-literal in brackets, or a reg-name of unreserved
+-- bytes, sub-delims and %XX escapes (an IPv4 address is one of those); empty is allowed (a URI without one)
+local IP_LITERAL = "^%[[%x:.]+%]"
+local IP_FUTURE = "^%[[vV]%x+%.[%w%-._~!$&'()*+,;=:]+%]"
+local REG_NAME = "^[%w%-._~!$&'()*+,;=%%]*"
+
+--- Whether a Host value (or an absolute-form authority) is `uri-host [":" port]`.
+function M.valid_authority(value)
+  local e = select(2, find(value, IP_LITERAL)) or select(2, find(value, IP_FUTURE))
+  if e == nil then
+    e = select(2, find(value, REG_NAME))
+    local name = sub(value, 1, e)
+    if find(name, "%", 1, true) and find(gsub(name, "%%%x%x", ""), "%", 1, true) then return false end
+  end
+  local rest = sub(value, e + 1)
+  return rest == "" or find(rest, "^:%d*$") ~= nil
+end
+
+--- Whether the request's Host header will do (RFC 9112 3.2): HTTP/1.1 needs one, and it must be
+--- `uri-host [":" port]` (else 400); or nil, status, why.
 function M.host(value, http10)
-  if value == nil and not http10 then return nil, 400, "an HTTP/1.1 request without a Host header" end
+  if value == nil then
+    if http10 then return true end
+    return nil, 400, "an HTTP/1.1 request without a Host header"
+  end
+  if not M.valid_authority(value) then return nil, 400, "an invalid Host header" end
   return true
 end
 
