@@ -1,7 +1,7 @@
 -- A Redis-protocol key-value store, in memory, answering byte for byte as redis-server 7.0 does for the
 -- commands below (tests/test_kv_vs_redis.py compares the two). Works with redis-cli, redis-benchmark, redis-py.
 --
--- Run:   moonlet run apps/kv.lua [--port 6380] [--host 127.0.0.1]
+-- Run:   moonlet run apps/kv.lua [--port 6380] [--host 127.0.0.1] [--requirepass SECRET]
 -- Try:   redis-cli -p 6380 set greeting hello EX 60     ->  OK
 --        redis-cli -p 6380 get greeting                 ->  "hello"
 --        redis-cli -p 6380 incrby counter 5             ->  (integer) 5
@@ -9,13 +9,15 @@
 --        redis-benchmark -p 6380 -t ping_inline,set,get -P 16
 --
 -- Commands: PING ECHO SET(NX XX GET KEEPTTL EX PX EXAT PXAT) GET DEL EXISTS INCR INCRBY DECR DECRBY
--- EXPIRE PEXPIRE(NX XX GT LT) TTL PTTL PERSIST KEYS DBSIZE SELECT(0-15) FLUSHDB FLUSHALL HELLO(2|3) QUIT, plus
--- the handshake commands clients send (COMMAND, CONFIG GET, CLIENT). RESP arrays and inline commands (with
+-- EXPIRE PEXPIRE(NX XX GT LT) TTL PTTL PERSIST KEYS DBSIZE SELECT(0-15) FLUSHDB FLUSHALL HELLO(2|3 [AUTH]
+-- [SETNAME]) AUTH QUIT, MULTI EXEC DISCARD WATCH UNWATCH (Redis's semantics: replies queued, EXECABORT after
+-- a queuing error, a watched key changed aborts EXEC), plus the handshake commands clients send (COMMAND,
+-- CONFIG GET, CLIENT). RESP arrays and inline commands (with
 -- Redis's quoting); pipelining is just reading the next one. Differences from Redis: see the README.
 local net = require "moonlet.net"
 local log = require "moonlet.log"
 local time = require "moonlet.time"
-local opts = require("moonlet.args").parse(arg, { port = 6380, host = "127.0.0.1" })
+local opts = require("moonlet.args").parse(arg, { port = 6380, host = "127.0.0.1", requirepass = "" })
 require("moonlet.workers").single("the store is a Lua table in this process")
 
 local byte, sub, upper, find, format, gsub = string.byte, string.sub, string.upper, string.find, string.format,
@@ -40,6 +42,27 @@ local data = active.data         -- key -> string value
 local expires = active.expires   -- key -> expiry (unix ms), for keys with a TTL
 local nexpires = 0               -- how many keys have a TTL (skip the clock when none do)
 
+-- WATCH: the sessions watching each key, by database; a write to a watched key marks them (EXEC aborts)
+local watchers = {} -- db -> key -> { [session] = true }
+local nwatching = 0 -- keys watched, in all (a write looks no further when none is)
+
+local function touch(key)
+  local w = watchers[active]
+  local sessions = w and w[key]
+  if sessions then
+    for session in pairs(sessions) do session.dirty = true end
+  end
+end
+
+local function touch_all(db)
+  local w = watchers[db]
+  if w then
+    for _, sessions in pairs(w) do
+      for session in pairs(sessions) do session.dirty = true end
+    end
+  end
+end
+
 local function use_db(db)
   active.nexpires = nexpires
   active, data, expires, nexpires = db, db.data, db.expires, db.nexpires
@@ -51,6 +74,7 @@ end
 local function expire_now(key)
   data[key], expires[key] = nil, nil
   nexpires = nexpires - 1
+  if nwatching > 0 then touch(key) end
 end
 
 -- The live value of key (nil when absent or expired).
@@ -67,6 +91,7 @@ local function lookup(key)
 end
 
 local function set_ttl(key, deadline)
+  if nwatching > 0 and expires[key] ~= deadline then touch(key) end
   if expires[key] == nil then
     if deadline == nil then return end
     nexpires = nexpires + 1
@@ -79,6 +104,7 @@ end
 local function delete(key)
   if lookup(key) == nil then return false end
   data[key] = nil
+  if nwatching > 0 then touch(key) end
   set_ttl(key, nil)
   return true
 end
@@ -228,6 +254,7 @@ local function incr_by(key, delta)
     return err("increment or decrement would overflow")
   end
   data[key] = tostring(result)
+  if nwatching > 0 then touch(key) end
   return int(result)
 end
 
@@ -298,6 +325,7 @@ commands.SET = function(a)
   local old = lookup(key)
   if (nx and old ~= nil) or (xx and old == nil) then return get and (old == nil and NIL or bulk(old)) or NIL end
   data[key] = value
+  if nwatching > 0 then touch(key) end
   if not keepttl then set_ttl(key, deadline) end
   if get then return old == nil and NIL or bulk(old) end
   return OK
@@ -429,6 +457,7 @@ end
 commands.FLUSHDB = function(a)
   local bad = bad_flush_mode(a)
   if bad then return bad end
+  if nwatching > 0 then touch_all(active) end
   for k in pairs(data) do data[k] = nil end
   for k in pairs(expires) do expires[k] = nil end
   nexpires = 0
@@ -440,6 +469,7 @@ commands.FLUSHALL = function(a)
   if bad then return bad end
   for i = 0, DATABASES - 1 do
     local db = dbs[i]
+    if nwatching > 0 then touch_all(db) end
     db.data, db.expires, db.nexpires = {}, {}, 0
   end
   active.nexpires = 0
@@ -459,6 +489,8 @@ end
 
 commands.QUIT = function() return OK, true end
 
+local BAD_CLIENT_NAME = err("Client names cannot contain spaces, newlines or special characters.")
+
 -- Handshakes: redis-cli asks COMMAND DOCS, redis-benchmark CONFIG GET, redis-py CLIENT SETINFO.
 commands.COMMAND = function() return "*0\r\n" end
 commands.CONFIG = function(a) -- no settings: every parameter reads as empty
@@ -467,30 +499,195 @@ commands.CONFIG = function(a) -- no settings: every parameter reads as empty
 end
 commands.CLIENT = function(a)
   local sub_command = a[2] and upper(a[2]) or ""
+  if sub_command == "SETNAME" and a[3] and find(a[3], "[^!-~]") then return BAD_CLIENT_NAME end
   if sub_command == "SETINFO" or sub_command == "SETNAME" then return OK end
   if sub_command == "GETNAME" then return NIL end
   return err("unsupported CLIENT subcommand")
 end
+-- AUTH [user] password: with --requirepass, the default user's password opens the connection; without one,
+-- Redis's own error. (One user, "default", as Redis without ACL files.)
+local NOAUTH = "-NOAUTH Authentication required.\r\n"
+local NOAUTH_HELLO = "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO "
+  .. "<proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol "
+  .. "version at the same time\r\n"
+local WRONGPASS = "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+
+local function authenticate(session, user, pass)
+  if opts.requirepass == "" then
+    return err("AUTH <password> called without any password configured for the default user. Are you sure "
+      .. "your configuration is correct?")
+  end
+  if user ~= "default" or pass ~= opts.requirepass then return WRONGPASS end
+  session.authenticated = true
+  session.special = session.queue ~= nil
+end
+
+commands.AUTH = function(a, session)
+  local n = #a
+  if n ~= 2 and n ~= 3 then return wrong_args("auth") end
+  local denied = authenticate(session, n == 3 and a[2] or "default", a[n])
+  return denied or OK
+end
+
 -- HELLO [protover [AUTH user pass] [SETNAME name]]: switches to RESP3 on 3 (the null reply and maps differ;
--- redis-py 5+ asks for it), and answers Redis's map of the connection, naming this server (no AUTH here).
+-- redis-py 5+ asks for it), and answers Redis's map of the connection, naming this server.
 commands.HELLO = function(a, session)
   local n = #a
   if n >= 2 then
     local ver = parse_int(a[2])
     if ver == nil then return err("Protocol version is not an integer or out of range") end
     if ver < 2 or ver > 3 then return "-NOPROTO unsupported protocol version\r\n" end
-    local i = 3
+    local i, name = 3, nil
     while i <= n do
       local o = upper(a[i])
-      if o == "SETNAME" and i < n then i = i + 2
-      else return err_quoting("Syntax error in HELLO option '" .. cstring(a[i]) .. "'") end
+      if o == "SETNAME" and i < n then
+        name, i = a[i + 1], i + 2
+      elseif o == "AUTH" and i + 1 < n then
+        local denied = authenticate(session, a[i + 1], a[i + 2])
+        if denied then return denied end
+        i = i + 3
+      else
+        return err_quoting("Syntax error in HELLO option '" .. cstring(a[i]) .. "'")
+      end
     end
+    if not session.authenticated then return NOAUTH_HELLO end
+    if name and find(name, "[^!-~]") then return BAD_CLIENT_NAME end
     session.resp3 = ver == 3
   end
   local fields = bulk("server") .. bulk("moonlet-kv") .. bulk("version") .. bulk("7.0.15") .. bulk("proto")
     .. int(session.resp3 and 3 or 2) .. bulk("id") .. int(session.id) .. bulk("mode") .. bulk("standalone")
     .. bulk("role") .. bulk("master") .. bulk("modules") .. "*0\r\n"
   return (session.resp3 and "%7\r\n" or "*14\r\n") .. fields
+end
+
+---------------------------------------------------------------------------------------------------------
+-- transactions: MULTI queues, EXEC runs the queue at once (commands never wait, so nothing runs between),
+-- WATCH makes EXEC abort if a watched key was written since
+
+-- Redis's arity of each command (negative: at least that many), checked as a command is queued
+local ARITY = { PING = -1, ECHO = 2, SET = -3, GET = 2, DEL = -2, EXISTS = -2, INCR = 2, DECR = 2, INCRBY = 3,
+  DECRBY = 3, EXPIRE = -3, PEXPIRE = -3, TTL = 2, PTTL = 2, PERSIST = 2, KEYS = 2, DBSIZE = 1, FLUSHDB = -1,
+  FLUSHALL = -1, SELECT = 2, QUIT = -1, COMMAND = -1, CONFIG = -2, CLIENT = -2, HELLO = -1, AUTH = -2,
+  MULTI = 1, EXEC = 1, DISCARD = 1, WATCH = -2, UNWATCH = 1 }
+-- run at once inside MULTI, not queued
+local NOT_QUEUED = { EXEC = true, DISCARD = true, MULTI = true, WATCH = true, QUIT = true }
+
+-- A session is special while it must authenticate or is queuing: the one flag a plain command checks.
+local function settle(session)
+  session.special = not session.authenticated or session.queue ~= nil
+end
+
+local function unwatch(session)
+  local watching = session.watching
+  if watching then
+    for i = 1, #watching, 2 do
+      local db, key = watching[i], watching[i + 1]
+      local sessions = watchers[db][key]
+      sessions[session] = nil
+      if next(sessions) == nil then
+        watchers[db][key] = nil
+        nwatching = nwatching - 1
+      end
+    end
+    session.watching = nil
+  end
+  session.dirty = false
+end
+
+commands.WATCH = function(a, session)
+  if #a < 2 then return wrong_args("watch") end
+  if session.queue then return err("WATCH inside MULTI is not allowed") end
+  local db = session.db
+  local w = watchers[db]
+  if w == nil then
+    w = {}
+    watchers[db] = w
+  end
+  local watching = session.watching or {}
+  session.watching = watching
+  for i = 2, #a do
+    local key = a[i]
+    local sessions = w[key]
+    if sessions == nil then
+      sessions = {}
+      w[key] = sessions
+      nwatching = nwatching + 1
+    end
+    if not sessions[session] then
+      sessions[session] = true
+      watching[#watching + 1], watching[#watching + 2] = db, key
+    end
+  end
+  return OK
+end
+
+commands.UNWATCH = function(a, session)
+  if #a ~= 1 then return wrong_args("unwatch") end
+  unwatch(session)
+  return OK
+end
+
+commands.MULTI = function(a, session)
+  if #a ~= 1 then return wrong_args("multi") end
+  if session.queue then return err("MULTI calls can not be nested") end
+  session.queue, session.queue_failed = {}, false
+  settle(session)
+  return OK
+end
+
+commands.DISCARD = function(a, session)
+  if #a ~= 1 then return wrong_args("discard") end
+  if not session.queue then return err("DISCARD without MULTI") end
+  session.queue = nil
+  settle(session)
+  unwatch(session)
+  return OK
+end
+
+commands.EXEC = function(a, session)
+  if #a ~= 1 then return wrong_args("exec") end
+  local queue = session.queue
+  if not queue then return err("EXEC without MULTI") end
+  session.queue = nil
+  settle(session)
+  if session.queue_failed then
+    unwatch(session)
+    return "-EXECABORT Transaction discarded because of previous errors.\r\n"
+  end
+  if session.dirty then
+    unwatch(session)
+    return session.resp3 and "_\r\n" or "*-1\r\n"
+  end
+  unwatch(session)
+  local replies = { "*" .. #queue .. "\r\n" }
+  for i = 1, #queue do
+    local q = queue[i]
+    if session.db ~= active then use_db(session.db) end
+    local name = upper(q[1])
+    local reply = commands[name](q, session)
+    if reply == NIL and session.resp3 then reply = "_\r\n" end
+    replies[i + 1] = reply
+  end
+  return concat(replies)
+end
+
+-- In MULTI: queue the command (its arguments copied: `args` is reused), or refuse it and mark the
+-- transaction failed (EXEC then answers EXECABORT), as Redis checks a command's name and arity.
+local function queue_command(session, args, n, name)
+  local command = commands[name]
+  if command == nil then
+    session.queue_failed = true
+    return nil
+  end
+  local want = ARITY[name]
+  if want and (want > 0 and n ~= want or want < 0 and n < -want) then
+    session.queue_failed = true
+    return wrong_args(name)
+  end
+  local copy = {}
+  for i = 1, n do copy[i] = args[i] end
+  session.queue[#session.queue + 1] = copy
+  return "+QUEUED\r\n"
 end
 
 ---------------------------------------------------------------------------------------------------------
@@ -609,36 +806,58 @@ local function read_command(conn, args, last_count)
   return n
 end
 
+-- A command from a session that must authenticate or is queuing: answered here (true), or left to run.
+local function special(conn, session, args, n, name)
+  if not session.authenticated and name ~= "AUTH" and name ~= "HELLO" and name ~= "QUIT" then
+    conn:write(NOAUTH)
+    return true
+  end
+  if session.queue and not NOT_QUEUED[name] then
+    conn:write(queue_command(session, args, n, name) or unknown_command(args, n))
+    return true
+  end
+  return false
+end
+
 local next_client_id = 0 -- (client ids, as Redis numbers its connections)
 
 local function serve(conn)
   next_client_id = next_client_id + 1
-  local session = { resp3 = false, db = dbs[0], id = next_client_id }
+  local session = { resp3 = false, db = dbs[0], id = next_client_id, authenticated = opts.requirepass == "",
+    queue = nil, queue_failed = false, watching = nil, dirty = false, special = false }
+  session.special = not session.authenticated -- (special: not authenticated or in MULTI; see settle)
   conn:settimeouts(nil, nil, false) -- like Redis: idle clients may stay forever
   conn:setlimits { max_read = MAX_BULK + 2 }
   local args, count = {}, 0
   while true do
     local n, e = read_command(conn, args, count)
-    if n == nil then return end -- closed, or a timeout while sending
+    if n == nil then break end -- closed, or a timeout while sending
     if n == false then
       conn:write(err(e))
-      return
+      break
     end
     count = n
     if n > 0 then
       if session.db ~= active then use_db(session.db) end
       local name = args[1]
-      local command = commands[name] or commands[upper(name)]
+      local command = commands[name]
       if command == nil then
+        name = upper(name)
+        command = commands[name]
+      end
+      if session.special and special(conn, session, args, n, name) then -- luacheck: ignore 542
+        -- (answered: it must authenticate first, or it was queued)
+      elseif command == nil then
         conn:write(unknown_command(args, n))
       else
         local reply, close = command(args, session)
         if reply == NIL and session.resp3 then reply = "_\r\n" end
         conn:write(reply)
-        if close then return end
+        if close then break end
       end
     end
   end
+  unwatch(session) -- (its watches end with it)
 end
 
 local server = assert(net.listen { host = opts.host, port = opts.port, handler = serve })

@@ -113,6 +113,38 @@ def kv(run_app):  # type: ignore[no-untyped-def]
     client.close()
 
 
+def test_kv_with_redis_pys_transactions_watch_and_a_password(run_app) -> None:  # type: ignore[no-untyped-def]
+    server = run_app(APPS / "kv.lua", "--port", "0", "--requirepass", "s3cret")
+    r = redis.Redis(port=server.port, password="s3cret", socket_timeout=5)  # (HELLO 3 AUTH, or AUTH)
+    pipe = r.pipeline()  # redis-py's default pipeline is a transaction: MULTI ... EXEC
+    pipe.set("a", 1).incr("a").get("a")
+    assert pipe.execute() == [True, 2, b"2"]
+    other = redis.Redis(port=server.port, password="s3cret", socket_timeout=5)
+    with r.pipeline() as p:  # optimistic locking: another client's write in between makes EXEC fail
+        p.watch("a")
+        seen = int(p.get("a"))
+        other.set("a", 100)
+        p.multi()
+        p.set("a", seen + 1)
+        with pytest.raises(redis.WatchError):
+            p.execute()
+    assert r.get("a") == b"100"
+
+    def bump(p) -> None:  # type: ignore[no-untyped-def]
+        value = int(p.get("a"))
+        p.multi()
+        p.set("a", value + 1)
+
+    r.transaction(bump, "a")  # redis-py's retrying helper over WATCH/MULTI/EXEC
+    assert r.get("a") == b"101"
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=server.port, socket_timeout=5).get("a")  # no password: NOAUTH
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=server.port, password="wrong", socket_timeout=5).ping()
+    other.close()
+    r.close()
+
+
 def test_kv_with_redis_py(kv) -> None:  # type: ignore[no-untyped-def]
     _, r = kv
     assert r.ping() is True

@@ -238,3 +238,57 @@ def test_kv_answers_byte_for_byte_as_redis_server(pair: tuple[int, int], seed: i
         assert compared > 300
         ours.sock.close()
         theirs.sock.close()
+
+
+# Transactions as redis-server answers them: queued replies, EXEC's array, errors at queuing time (EXECABORT)
+# and at run time (in the array), WATCH aborting EXEC once another connection writes a watched key.
+TRANSACTIONS: list[list[list[bytes]]] = [
+    [[b"MULTI"], [b"SET", b"a", b"1"], [b"INCR", b"a"], [b"GET", b"a"], [b"EXEC"]],
+    [[b"MULTI"], [b"SET", b"b", b"x"], [b"INCR", b"b"], [b"GET", b"b"], [b"EXEC"]],  # (a run-time error)
+    [[b"MULTI"], [b"SET", b"c"], [b"GET", b"c"], [b"EXEC"]],  # (an arity error while queuing)
+    [[b"MULTI"], [b"NOPE", b"x"], [b"EXEC"]],  # (an unknown command while queuing)
+    [[b"MULTI"], [b"MULTI"], [b"PING"], [b"DISCARD"], [b"EXEC"], [b"DISCARD"]],
+    [[b"EXEC"], [b"WATCH", b"a"], [b"MULTI"], [b"WATCH", b"b"], [b"GET", b"a"], [b"EXEC"]],
+    [
+        [b"MULTI"],
+        [b"SELECT", b"1"],
+        [b"SET", b"d", b"1"],
+        [b"SELECT", b"0"],
+        [b"GET", b"d"],
+        [b"EXEC"],
+        [b"GET", b"d"],
+    ],
+    [[b"MULTI"], [b"EXEC"], [b"UNWATCH"], [b"multi"], [b"ping"], [b"exec"]],
+]
+
+
+def test_transactions_answer_byte_for_byte_as_redis_server(pair: tuple[int, int]) -> None:
+    kv_port, redis_port = pair
+    for resp3 in (False, True):
+        ours, theirs = Peer(kv_port), Peer(redis_port)
+        for peer in (ours, theirs):
+            peer.sock.sendall(multibulk([b"FLUSHALL"]) + multibulk([b"HELLO", b"3" if resp3 else b"2"]))
+            peer.replies(2)
+        for script in TRANSACTIONS:
+            wire = b"".join(multibulk(c) for c in script)
+            ours.sock.sendall(wire)
+            theirs.sock.sendall(wire)
+            assert ours.replies(len(script)) == theirs.replies(len(script)), (resp3, script)
+        # WATCH: another connection's write to a watched key makes EXEC answer a null (and clears the watch)
+        others = Peer(kv_port), Peer(redis_port)
+        for peer, other in zip((ours, theirs), others, strict=True):
+            peer.sock.sendall(
+                multibulk([b"WATCH", b"w", b"v"]) + multibulk([b"MULTI"]) + multibulk([b"INCR", b"w"])
+            )
+            assert peer.replies(3) == [b"+OK\r\n", b"+OK\r\n", b"+QUEUED\r\n"]
+            other.sock.sendall(multibulk([b"SET", b"v", b"changed"]))
+            assert other.replies(1) == [b"+OK\r\n"]
+        replies = []
+        for peer in (ours, theirs):
+            peer.sock.sendall(multibulk([b"EXEC"]) + multibulk([b"MULTI"]) + multibulk([b"INCR", b"w"]))
+            peer.sock.sendall(multibulk([b"EXEC"]))  # (the watch ended with the last EXEC: this one runs)
+            replies.append(peer.replies(4))
+        assert replies[0] == replies[1], replies
+        assert replies[0][0] == (b"_\r\n" if resp3 else b"*-1\r\n")
+        for peer in (ours, theirs, *others):
+            peer.sock.close()
