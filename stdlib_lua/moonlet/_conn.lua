@@ -447,6 +447,9 @@ end
 
 local LIMITS = { max_line = true, max_read = true }
 
+-- setlimits{line=, read=} until the next release (renamed max_line, max_read as net.listen's)
+local RENAMED_LIMITS = { line = "max_line", read = "max_read" }
+
 --- Change this connection's line limit (readline, readuntil) and read limit (readn): the same knobs, by the
 --- same names, as net.listen's `max_line` and `max_read`.
 ---@param limits {max_line?: integer, max_read?: integer}
@@ -455,6 +458,7 @@ function Conn:setlimits(limits)
   if type(limits) ~= "table" then
     argerror(1, "setlimits", "table", limits)
   end
+  limits = host.renamed(limits, "conn:setlimits", RENAMED_LIMITS)
   host.check_options(limits, 1, "setlimits", LIMITS)
   local line, read = limits.max_line or self[LIM].line, limits.max_read or self[LIM].read
   check_count(line, "setlimits"); check_count(read, "setlimits")

@@ -423,6 +423,34 @@ function M.check_options(opts, i, fn, known, refused, between)
   end
 end
 
+-- (fn .. old) -> true once its deprecation has been said: one log line per process, not one per call
+local said_renamed = {}
+
+--- Options renamed in a release keep their old names for one more: `opts` with each old name in `renamed`
+--- (old -> new) moved to its new one (the new one wins if both are given), and one warning in the log the
+--- first time a name is used: "conn:setlimits{line=} is deprecated: use max_line (the old name goes in the
+--- next release)". Returns `opts` itself when no old name is in it.
+function M.renamed(opts, fn, renamed)
+  local copy
+  for old, new in next, renamed do
+    local v = rawget(opts, old)
+    if v ~= nil then
+      if copy == nil then
+        copy = {}
+        for k, value in next, opts do copy[k] = value end
+      end
+      copy[old] = nil
+      if copy[new] == nil then copy[new] = v end
+      if not said_renamed[fn .. old] then
+        said_renamed[fn .. old] = true
+        call(OP.LOG, "warn", ("%s{%s=} is deprecated: use %s (the old name goes in the next release)"):format(
+          fn, old, new))
+      end
+    end
+  end
+  return copy or opts
+end
+
 --- A port argument: an integer from `low` (0: any free port; 1 to connect) to 65535.
 function M.is_port(port, low)
   return math.type(port) == "integer" and port >= low and port <= 65535
