@@ -9,7 +9,9 @@
 --    `\x1B`...) and for bytes that are not UTF-8; floats keep their point (`1.0`), `math.huge`, `0/0`.
 -- 4. The sequence part first (`1..n`), then the other keys, numbers then strings then the rest, sorted;
 --    a table that does not fit on one line of WIDTH characters is written one entry a line, indented.
--- 5. Bounded in time too: a table's keys are counted up to MAX_COUNT (then `--[[ more than N ]]`), and one
+-- 5. An empty table whose metatable names it (`__name`, a sentinel such as `json.null`) is written as that
+--    name: `{ note = json.null }`.
+-- 6. Bounded in time too: a table's keys are counted up to MAX_COUNT (then `--[[ more than N ]]`), and one
 --    value visits at most BUDGET keys in all (a table met 2,500 times is counted 2,500 times); past it,
 --    tables are written `{--[[ not shown ]]}` (or `--[[ more, not counted ]]` at their end) and the text
 --    ends with a comment that says it stopped.
@@ -17,6 +19,7 @@
 local type, next, rawget, tostring, tonumber, ipairs, format, concat, sort, byte, find, math_type, utf8_len =
   type, next, rawget, tostring, tonumber, ipairs, string.format, table.concat, table.sort, string.byte, string.find,
   math.type, utf8.len
+local getmetatable = getmetatable
 
 local M = {}
 
@@ -82,6 +85,10 @@ end
 
 local function table_text(t, seen, depth, indent)
   if seen[t] then return "<cycle>" end
+  local mt = getmetatable(t) -- (a sentinel such as json.null: an empty table named by its metatable's __name)
+  if type(mt) == "table" and type(rawget(mt, "__name")) == "string" and next(t) == nil then
+    return rawget(mt, "__name")
+  end
   if depth >= MAX_DEPTH then return next(t) == nil and "{}" or "{...}" end
   if left <= 0 then return "{--[[ not shown ]]}" end
   seen[t] = true
