@@ -103,7 +103,8 @@ def test_values_are_written_as_lua_and_print_comes_back(lua_server) -> None:  # 
     assert big.startswith("{\n  1, 2, 3,") and big.endswith(' 40,\n  me = <cycle>,\n  name = "x"\n}\n'), big
     many = repl(server, "-e", "local t = {} for i = 1, 70 do t[i] = i end return t").stdout
     assert many.endswith(" 50,\n  --[[ 20 more ]]\n}\n") or many.endswith(" 50, --[[ 20 more ]]\n}\n"), many
-    null = repl(server, "-e", "local json = require 'moonlet.json' return { note = json.null }, json.null").stdout
+    code = "local json = require 'moonlet.json' return { note = json.null }, json.null"
+    null = repl(server, "-e", code).stdout
     assert null.splitlines() == ["{ note = json.null }", "json.null"]  # (it showed as {})
     deep = repl(server, "-e", "return { a = { b = { c = { d = { e = 1 } } } } }, print").stdout
     assert deep.splitlines()[0] == "{ a = { b = { c = { d = {...} } } } }"
