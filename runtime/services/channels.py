@@ -32,6 +32,7 @@ from typing import Any
 from runtime.kernel.core import Kernel
 from runtime.kernel.task import Task
 from runtime.lua.values import NotPlainError, is_large, plain_size
+from runtime.services.background import Background
 
 CLOSED = (None, b"closed")
 TIMEOUT = (None, b"timeout")
@@ -49,10 +50,10 @@ class Channel:
     KIND = "pool job"  # (what a misuse error calls it)
 
     __slots__ = (
+        "background",
         "cancelled",
         "closed",
         "cond",
-        "conversion",
         "converting",
         "from_bytes",
         "from_job",
@@ -72,9 +73,12 @@ class Channel:
         "waiter",
     )
 
-    def __init__(self, kernel: Kernel, loop: asyncio.AbstractEventLoop, max_bytes: int) -> None:
+    def __init__(
+        self, kernel: Kernel, loop: asyncio.AbstractEventLoop, max_bytes: int, background: Background
+    ) -> None:
         self.kernel = kernel
         self.loop = loop
+        self.background = background  # the pool's: a conversion in slices runs there (in_flight sees it)
         self.max_bytes = max_bytes
         self.cond = threading.Condition()
         self.from_job: collections.deque[tuple[Any, int]] = collections.deque()  # (plain value, its size)
@@ -94,7 +98,6 @@ class Channel:
         self.to_lua: Callable[[Any], Any] = lambda v: v  # plain values into the loop's Lua state (the pool's)
         self.to_lua_in_slices: Callable[[Any], Awaitable[Any]] = _as_is
         self.converting = False  # a large value is on its way into Lua for the getter
-        self.conversion: asyncio.Future[None] | None = None
 
     # -- the job's thread -----------------------------------------------------------------------------
     def thread_put(self, value: Any) -> bool:
@@ -224,7 +227,7 @@ class Channel:
 
     def _convert_for(self, task: Task, values: list[Any], reply: Callable[[list[Any]], Any]) -> None:
         self.converting = True
-        self.conversion = asyncio.ensure_future(self._convert(task, values, reply), loop=self.loop)
+        self.background.run(self._convert(task, values, reply))
 
     async def _convert(self, task: Task, values: list[Any], reply: Callable[[list[Any]], Any]) -> None:
         try:

@@ -247,7 +247,7 @@ class PoolService(Defaults):
         arg_list = [packed.get(i) for i in range(1, int(count) + 1)] if isinstance(count, int) else []
         job = Job(pool, task, module, function, arg_list)
         if channel:
-            job.channel = Channel(self.kernel, self.loop, buffer or CHANNEL_BYTES)
+            job.channel = Channel(self.kernel, self.loop, buffer or CHANNEL_BYTES, self.background)
             job.channel.job = job
             job.channel.to_lua = lambda v: from_plain(self.lua, v)
             job.channel.to_lua_in_slices = lambda v: from_plain_in_slices(self.lua, v)
