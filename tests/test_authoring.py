@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_script
+from runtime.kernel.ops import Op
 
 
 def moonlet(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -391,6 +392,12 @@ def test_the_api_index_is_generated_from_the_annotations_as_they_are() -> None:
     assert "### `net.connect(dest, port, opts)`\n\nYields: yes." in api
     assert "### `Udp:sendto(data, addr, port)`\n\nYields: no." in api
     assert "(no description)" not in api
+    # the ops' reference: one row per op, each naming the handler the kernel wires for it
+    ops = (ROOT / "docs" / "ops.md").read_text()
+    rows = [line for line in ops.splitlines() if re.match(r"\| \d+ \| `", line)]
+    assert len(rows) == len(Op), (len(rows), len(Op))
+    assert "| 1 | `RECV` | yields | (conn, out): " in ops and "`StreamService._recv` | `_host.lua` |" in ops
+    assert "| `UDP_RECV` | yields |" in ops and "`DatagramService._udp_recv` | `net/udp.lua` |" in ops
     # every entry has an example (shipped code that makes the call, or the one written beside it) ...
     entries = api.split("\n### ")[1:]
     assert len(entries) > 130 and all("\nExample: `" in e for e in entries), [
