@@ -130,7 +130,7 @@ def test_every_answer_goes_to_the_request_that_asked_for_it_beside_slow_clients(
     app.write_text(APP)
     proc, port = start_server(app, log)
     try:
-        figures, stats = asyncio.run(drive(port, proc.pid, seconds=10, clients=8, slow=300))
+        figures, stats = asyncio.run(drive(port, proc.pid, seconds=4, clients=8, slow=300))
     finally:
         proc.terminate()
         proc.wait(30)

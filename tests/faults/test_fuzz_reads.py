@@ -64,11 +64,11 @@ def test_random_bytes_to_the_resp_parser_never_crash_kv(run_app_once, junk: byte
     server = run_app_once("apps/kv.lua", "--port", "0")
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         send_in_pieces(s, junk, cuts)
-        s.settimeout(0.2)
+        s.shutdown(socket.SHUT_WR)  # (kv answers what it can, then sees the end and closes)
         try:
             while s.recv(65536):
                 pass
-        except (TimeoutError, ConnectionResetError):
+        except ConnectionResetError:  # (it closed with our bytes unread: refused junk)
             pass
     assert server.proc.poll() is None
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
