@@ -35,7 +35,7 @@ from runtime.listeners import adopt_orphans
 from runtime.lua.interrupt import new_interrupter
 from runtime.lua.state import new_lua_runtime
 from runtime.lua.stdlib import bootstrap
-from runtime.services.clock import LagMonitor, TimerService
+from runtime.services.clock import LagMonitor
 from runtime.services.registry import Services, wire_services
 from runtime.services.stream import StreamService
 from runtime.services.tasks import StallGuard
@@ -96,7 +96,6 @@ class Host:
         self._done: asyncio.Future[None] | None = None
         self._stopping = False
         self.stream: StreamService | None = None
-        self.timers: TimerService | None = None
         self.kernel: Kernel | None = None
         self.console: ConsoleService | None = None
         self.services: Services | None = None
@@ -118,8 +117,7 @@ class Host:
         kernel = self.kernel = Kernel(loop.call_soon)
         services = wire_services(kernel, loop, self.limits, self.app_path, self.pools)
         self.services = services
-        self.stream, self.timers, tasks = services.stream, services.timers, services.tasks
-        timers = services.timers
+        self.stream, tasks = services.stream, services.tasks
         if isinstance(loop, VirtualTimeLoop):
             loop.in_flight = services.in_flight
             loop.waits_on_io = services.waits_on_io
@@ -147,10 +145,9 @@ class Host:
             "stall_armed": 1 if stall_guard is not None else 0,  # tasks wait to be armed (no periodic hook)
         }
         boot = bootstrap(lua, kernel.call, lua_limits, self.app_path, self.app_args)
-        kernel.set_body(boot[b"body"], boot[b"misuse"])
+        kernel.set_body(boot[b"body"], boot[b"misuse"], boot[b"task_body"])
         for service in services.all():
             service.bind(lua)  # replies are built in the main Lua state
-        tasks.task_body = timers.task_body = boot[b"task_body"]
         main, error = boot[b"load_main"]()
         if main is None:
             raise AppLoadError((error or b"cannot load the app").decode("utf-8", "replace"))

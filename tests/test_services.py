@@ -52,6 +52,7 @@ def test_every_service_keeps_the_contract(services: Services) -> None:
         for topic in TOPICS:
             rows = service.console_rows(topic)
             assert isinstance(rows, list) and all(isinstance(r, str) for r in rows), (name, topic)
+        assert service.kill("0") is None, name  # (no row has that id)
         service.bind(lua)
         assert service.lua is lua, name  # type: ignore[attr-defined]
         assert inspect.iscoroutinefunction(service.close), name
@@ -94,7 +95,7 @@ def test_a_service_that_works_off_the_loop_says_so(services: Services) -> None:
 
 def test_the_contract_is_a_protocol_every_listed_service_satisfies(services: Services) -> None:
     wanted = {name for name, _ in inspect.getmembers(Service, inspect.isfunction)}
-    assert {"bind", "in_flight", "waits_on_io", "keeps_alive", "drain", "close"} <= wanted
+    assert {"bind", "in_flight", "waits_on_io", "keeps_alive", "drain", "close", "kill"} <= wanted
     for service in services.all():
         missing = [m for m in wanted if not callable(getattr(service, m, None))]
         assert missing == [], (type(service).__name__, missing)

@@ -228,7 +228,7 @@ class ConsoleSession(asyncio.Protocol):
 
     def _run(self, job: int) -> None:
         kernel = self.console.kernel
-        task = kernel.spawn(self, job, False, body=self.console.task_body, extra=Extra("console chunk"))
+        task = kernel.spawn(self, job, False, body=kernel.job_body, extra=Extra("console chunk"))
         self.running = task if task.co is not None else None  # (it may have ended already)
 
     def print_text(self, text: bytes) -> None:
@@ -285,7 +285,6 @@ class ConsoleService:
         self.loop = loop
         self.app_path = app_path
         self.boot: Any = context.boot
-        self.task_body: Any = context.boot[b"task_body"]
         self.services: Services | None = context.services
         self.lag: Any = context.lag
         self.lua: Any = context.lua
@@ -459,10 +458,10 @@ class ConsoleService:
 
     def _cmd_kill(self, session: ConsoleSession, arg: str) -> None:
         assert self.services is not None
-        for conn in list(self.services.stream.connections):
-            if f"{id(conn):x}" == arg:
-                conn.abort()
-                session.send({"text": f"closed {conn.describe()}"})
+        for service in self.services.all():  # (a row a service listed: see the contract)
+            done = service.kill(arg)
+            if done is not None:
+                session.send({"text": done})
                 return
         for task in list(self.kernel.tasks):
             if f"{id(task):x}" == arg:

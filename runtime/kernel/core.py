@@ -141,6 +141,7 @@ class Kernel:
         # per op: the type its first argument must be (a host handle), or None
         self._handles: list[type | None] = [None] * (max(Op) + 1)
         self._body: LuaFunction | None = None
+        self.job_body: LuaFunction | None = None  # (see set_body)
         self._misuse_where: Callable[[object], bytes | None] | None = None  # (see set_body)
         self._misuse_raise_in: Callable[[object, bytes], None] | None = None
         self.live = 0  # tasks started and not yet ended
@@ -182,10 +183,12 @@ class Kernel:
     def missing_handlers(self) -> list[Op]:
         return [op for op in Op if (self._handlers if op.yields else self._calls)[op] is None]
 
-    def set_body(self, body: LuaFunction, misuse: Any = None) -> None:
+    def set_body(self, body: LuaFunction, misuse: Any = None, job_body: LuaFunction | None = None) -> None:
         """``body(fn, ...)`` is the Lua wrapper every task runs in; ``misuse``: its helpers that raise a
-        refused request at the app's line (``_host.lua``)."""
+        refused request at the app's line; ``job_body(job, ...)``: the wrapper of a task whose function Lua
+        registered under a number (``spawn``, timers, console chunks; all three from ``_host.lua``)."""
         self._body = body
+        self.job_body = job_body
         if misuse is not None:
             self._misuse_where, self._misuse_raise_in = misuse[b"where"], misuse[b"raise_in"]
 

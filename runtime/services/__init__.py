@@ -11,6 +11,8 @@ special cases:
 * ``statistics()``: a few counters by name (the console's ``\\stats`` shows every service's).
 * ``console_rows(topic)``: the lines this service adds to a console listing (``"connections"``,
   ``"tasks"``, ``"pools"``), each starting with an id ``\\kill`` takes where it has one.
+* ``kill(row_id)``: the console's ``\\kill``: end the thing one of its rows names by that id; what it
+  ended, in words, or None when the id is not one of this service's.
 * ``bind(lua)``: the main Lua state, once it is built: replies that are tables are made in it.
 * ``in_flight()``: work a task waits for runs outside the loop (a pool job, a query, a connect): the
   jumping clock of ``moonlet test`` must not jump past it.
@@ -18,8 +20,9 @@ special cases:
   jumping clock gives it a moment of real time first.
 
 ``Defaults`` holds the answers of a service that has none of these (no Lua replies, nothing off the loop,
-no peers); ``Quiet`` adds the lifecycle of one that holds nothing. ``tests/test_services.py`` runs every
-service of ``Services`` through the contract, and finds any service class that is not in it.
+no peers, nothing to kill); ``Quiet`` adds the lifecycle of one that holds nothing.
+``tests/test_services.py`` runs every service of ``Services`` through the contract, and finds any service
+class that is not in it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class Service(Protocol):
 
     def console_rows(self, topic: str) -> list[str]: ...
 
+    def kill(self, row_id: str) -> str | None: ...
+
     def bind(self, lua: Any) -> None: ...
 
     def in_flight(self) -> bool: ...
@@ -46,7 +51,8 @@ class Service(Protocol):
 
 
 class Defaults:
-    """The contract's answers for a service with no Lua replies, no work off the loop and no peers."""
+    """The contract's answers for a service with no Lua replies, no work off the loop, no peers and no rows
+    to kill."""
 
     lua: Any = None  # the main Lua state, to build replies in (``bind``)
 
@@ -58,6 +64,9 @@ class Defaults:
 
     def waits_on_io(self) -> bool:
         return False
+
+    def kill(self, row_id: str) -> str | None:
+        return None
 
 
 class Quiet(Defaults):

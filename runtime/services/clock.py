@@ -25,7 +25,6 @@ from typing import ClassVar, Protocol
 from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
-from runtime.lua.state import LuaFunction
 from runtime.services import Defaults, Quiet
 from runtime.threadclock import ThreadClock, Work
 from runtime.virtualtime import VirtualTimeLoop, monotonic_clock, wall_clock
@@ -250,7 +249,7 @@ class Timer:
         else:
             self.handle = None
             service.active.pop(self.job, None)
-        service.kernel.spawn(self, self.job, bool(self.interval), body=service.task_body)
+        service.kernel.spawn(self, self.job, bool(self.interval), body=service.kernel.job_body)
         if not service.active:
             service.kernel.check_idle()
 
@@ -278,7 +277,6 @@ class TimerService(Defaults):
         # Timer: every Python object handed to Lua costs a slot in lupa's reference table until Lua's
         # collector finalises its wrapper, and a burst of timers would leave that table at the burst's size.
         self.active: dict[int, Timer] = {}
-        self.task_body: LuaFunction | None = None  # set at bootstrap, like TaskService.task_body
         kernel.wire(self)  # (the ops in SERVES, each by its handler _<op>)
 
     def _timer(self, delay: object, interval: object, job: object, where: object = None) -> object:

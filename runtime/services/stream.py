@@ -881,6 +881,13 @@ class StreamService(Defaults):
             )
         return rows
 
+    def kill(self, row_id: str) -> str | None:
+        for conn in list(self.connections):
+            if f"{id(conn):x}" == row_id:  # (the id its row starts with)
+                conn.abort()
+                return f"closed {conn.describe()}"
+        return None
+
     def log_task_error(self, conn: Connection, error: bytes | None) -> None:
         log.error("handler error on %s: %s", conn.describe(), one_line(error))
 

@@ -34,7 +34,6 @@ from runtime.kernel.core import SUSPEND, Kernel, bad_argument, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import PARKED, Extra, Task
 from runtime.lua.interrupt import Interrupter
-from runtime.lua.state import LuaFunction
 from runtime.services import Quiet
 from runtime.threadclock import ThreadClock
 
@@ -70,7 +69,6 @@ class TaskService(Quiet):
         self.kernel = kernel
         self.loop = loop
         self.stall_budget = limits.stall_budget
-        self.task_body: LuaFunction | None = None  # _host.lua's task_body(packed), set at bootstrap
         self._run = -1  # Kernel.resumes when the stall check last saw a new run
         self._run_since = 0.0
         self.guard: StallGuard | None = None  # set by the host when the budget is on and arming works
@@ -99,11 +97,11 @@ class TaskService(Quiet):
 
     # -- requests --------------------------------------------------------------------------------
     def _spawn(self, job: object, where: object, _c: object) -> int:
-        assert self.task_body is not None
+        assert self.kernel.job_body is not None
         if not isinstance(job, int):
             raise TypeError("spawn: bad job id")
         name = "task spawned at " + (where.decode("utf-8", "replace") if isinstance(where, bytes) else "?")
-        task = self.kernel.spawn(self, job, False, body=self.task_body, extra=Extra(name), soon=True)
+        task = self.kernel.spawn(self, job, False, body=self.kernel.job_body, extra=Extra(name), soon=True)
         return self.kernel.handles.hold(task)  # (task.lua's table gives it back when collected)
 
     def _current(self, held: object, _b: object, _c: object) -> int | None:
