@@ -228,11 +228,13 @@ end
 --- steps for at most `budget` seconds of the process's CPU time; true if they completed, false if the
 --- budget ran out first (the collector goes on incrementally as the app allocates). The host calls this as a
 --- Lua function, so Python's lock is released meanwhile and its watchdog (--block-limit) can end a worker
---- whose finalizer never returns, which a collection started from Python would hang for good.
+--- whose finalizer never returns, which a collection started from Python would hang for good. The first
+--- round ends the cycle the incremental collector may be in the middle of (what it had marked survives it):
+--- a full collection is one that starts afresh.
 function M.collect(budget)
   local clock, step = os.clock, collectgarbage
   local start = clock()
-  for _ = 1, 2 do
+  for _ = 1, 3 do
     repeat
       if clock() - start > budget then return false end
     until step("step", 256)
