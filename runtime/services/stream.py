@@ -846,7 +846,10 @@ class StreamService(Defaults):
         """Close every connection and wait, a moment at most, until each is gone: a transport closes on a
         later loop turn (a TLS one after its close_notify, one whose STARTTLS failed only when aborted), and
         one that outlives the loop is reset by the loop's own teardown, with an error in the log. What is
-        left after ``CLOSE_GRACE`` seconds (real time: the virtual clock may jump) is aborted."""
+        left after ``CLOSE_GRACE`` seconds (real time: the virtual clock may jump) is aborted. Listeners close
+        first: an app that failed ends without a drain."""
+        for listener in list(self.listeners):
+            self.close_listener(listener)
         self.close_all()
         deadline = time.monotonic() + CLOSE_GRACE
         while self.connections and time.monotonic() < deadline:
