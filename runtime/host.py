@@ -19,6 +19,7 @@ import logging
 import os
 import resource
 import signal
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -99,6 +100,7 @@ class Host:
         self.kernel: Kernel | None = None
         self.console: ConsoleService | None = None
         self.services: Services | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # (while it serves: stop_soon)
 
     def run(self) -> int:
         """Serve the app until it ends or is stopped; return the process exit status."""
@@ -153,16 +155,20 @@ class Host:
             raise AppLoadError((error or b"cannot load the app").decode("utf-8", "replace"))
 
         kernel.on_idle = self._check_idle
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # (signals reach the main thread only: a host in another thread, as the in-process test harness runs
+        # one, is stopped with stop_soon)
+        signals = threading.current_thread() is threading.main_thread()
+        self._loop = loop
+        for sig in (signal.SIGTERM, signal.SIGINT) if signals else ():
             loop.add_signal_handler(sig, self._on_signal, sig)
-        if supervised():  # the supervisor asks a worker to serve a dead worker's share meanwhile
+        if signals and supervised():  # the supervisor asks a worker to serve a dead worker's share meanwhile
             loop.add_signal_handler(signal.SIGUSR1, self._adopt_orphans)
         lag = LagMonitor(
             *lag_args,
             clock=loop_clock,
             block_limit=self.limits.block_limit,
             drain_timeout=self.limits.drain_timeout,
-            signal_fd=signal_socket(),
+            signal_fd=signal_socket() if signals else None,
             before_exit=lambda: remove_console_files(os.getpid()),
         )
         console = None
@@ -202,7 +208,7 @@ class Host:
                 stall_guard.stop()
             if console is not None:
                 console.stop()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) if signals else ():
                 loop.remove_signal_handler(sig)
             for each in services.all():
                 await each.close()
@@ -216,6 +222,13 @@ class Host:
 
     def finish(self) -> None:
         self._finish()
+
+    def stop_soon(self) -> None:
+        """From another thread: drain and stop as on SIGTERM (a second call stops at once)."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # (it has just ended: its loop is closed)
+                loop.call_soon_threadsafe(self._on_signal, signal.SIGTERM)
 
     def _finish(self) -> None:
         if self._done is not None and not self._done.done():

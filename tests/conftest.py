@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import logging
 import os
 import re
 import select
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -260,6 +262,104 @@ def lua_run(tmp_path: Path) -> InProcess:
         return run_in_process(tmp_path, source, *args, virtual_time=virtual_time, options=options)
 
     return run
+
+
+class _Lines(logging.Handler):
+    """A host's log records as the lines ``moonlet run`` writes to stderr (level, logger, message)."""
+
+    def __init__(self, lines: list[bytes]) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname} {record.name}: {record.getMessage()}\n".encode())
+
+
+class HostServer:
+    """A server app run by a ``Host`` in a thread of the test's process, on the real clock: real sockets on
+    127.0.0.1, no process to start. The same surface as :class:`Server` for a test that only talks to it
+    (``port``, ``connect``, ``wait_log``, ``log_text``, ``stop``); a test that signals the process or reads
+    its memory keeps :class:`Server`."""
+
+    def __init__(self, app: Path, args: list[str], options: list[str] | None = None) -> None:
+        self.log_lines: list[bytes] = []
+        self.clients: list[Client] = []
+        self._handler = _Lines(self.log_lines)
+        logger = logging.getLogger("moonlet")
+        self._level = logger.level
+        logger.setLevel(logging.DEBUG if "--debug" in (options or []) else logging.INFO)
+        logger.addHandler(self._handler)
+        limits = run_limits(options) if options else None
+        self.host = Host(str(app), args, limits, console=False)
+        self.exit_code: int | None = None
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"host {app.name}", daemon=True)
+        self.thread.start()
+        match = self.wait_log(LISTENING, timeout=15)
+        self.port = int(match.group(2))
+
+    def _run(self) -> None:
+        try:
+            self.exit_code = self.host.run()
+        except BaseException as e:  # (the test sees it: stop() raises it)
+            self.failure = e
+
+    def wait_log(self, pattern: re.Pattern[bytes] | bytes, timeout: float = 5) -> re.Match[bytes]:
+        regex = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = not self.thread.is_alive()  # (before reading: its last lines are then in)
+            for line in list(self.log_lines):
+                if (m := regex.search(line)) is not None:
+                    return m
+            if ended or time.monotonic() > deadline:
+                raise AssertionError(f"log never showed {regex.pattern!r}; log so far:\n{self.log_text()}")
+            time.sleep(0.005)
+
+    def log_text(self) -> str:
+        return b"".join(self.log_lines).decode("utf-8", "replace")
+
+    def connect(self, timeout: float = 5) -> Client:
+        client = Client(socket.create_connection(("127.0.0.1", self.port), timeout=timeout))
+        self.clients.append(client)
+        return client
+
+    def stop(self, timeout: float = 10, now: bool = False) -> int:
+        """Drain and stop it as SIGTERM would (``now``: as a second SIGTERM, at once); its exit status."""
+        for client in self.clients:
+            client.close()
+        self.host.stop_soon()
+        if now:
+            self.host.stop_soon()
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.host.stop_soon()
+            self.thread.join(timeout)
+        logger = logging.getLogger("moonlet")
+        logger.removeHandler(self._handler)
+        logger.setLevel(self._level)
+        assert not self.thread.is_alive(), "the host did not stop"
+        if self.failure is not None:
+            raise self.failure
+        assert self.exit_code is not None
+        return self.exit_code
+
+
+@pytest.fixture
+def lua_host(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
+    """lua_host(source, options=[...]) runs a Lua snippet that listens (port 0 is fine) in this process, on
+    the real clock (:class:`HostServer`); each is stopped at the end of the test."""
+    hosts: list[HostServer] = []
+
+    def start(source: str, *args: str, options: list[str] | None = None) -> HostServer:
+        path = tmp_path / f"app{len(hosts)}.lua"
+        path.write_text(textwrap.dedent(source).lstrip("\n"))
+        hosts.append(HostServer(path, list(args), options))
+        return hosts[-1]
+
+    yield start
+    for host in hosts:
+        host.stop(now=True)  # (as the process fixtures' SIGKILL: what a test left running is not its subject)
 
 
 def wait_listening(port: int, what: str, timeout: float = 10) -> None:

@@ -107,8 +107,8 @@ def test_cancel_during_every_kind_of_wait_frees_what_it_waited_on(tmp_path: Path
     ]
 
 
-def test_cancelling_a_reader_lets_another_task_read_the_connection(lua_server) -> None:
-    server = lua_server(
+def test_cancelling_a_reader_lets_another_task_read_the_connection(lua_host) -> None:
+    server = lua_host(
         """
         local net = require "moonlet.net"
         net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
@@ -127,8 +127,8 @@ def test_cancelling_a_reader_lets_another_task_read_the_connection(lua_server) -
     assert c.line() == b"then read hello"
 
 
-def test_tasks_of_a_connection_end_with_it_unless_detached(lua_server) -> None:
-    server = lua_server(
+def test_tasks_of_a_connection_end_with_it_unless_detached(lua_host) -> None:
+    server = lua_host(
         """
         local net = require "moonlet.net"
         local log = require "moonlet.log"
@@ -351,8 +351,8 @@ def test_waiting_where_lua_cannot_yield_names_the_boundary(tmp_path: Path) -> No
         assert "cannot wait here" in line and "table.sort comparator" in line
 
 
-def test_a_stalled_handler_is_stopped_while_others_are_served(lua_server) -> None:
-    server = lua_server(
+def test_a_stalled_handler_is_stopped_while_others_are_served(lua_host) -> None:
+    server = lua_host(
         """
         local net = require "moonlet.net"
         net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
@@ -390,8 +390,8 @@ def test_a_stalled_handler_is_stopped_while_others_are_served(lua_server) -> Non
     assert server.log_text().count("stalled: ran") == 4
 
 
-def test_a_long_c_call_past_the_budget_stops_its_task_when_it_returns(lua_server) -> None:
-    server = lua_server(
+def test_a_long_c_call_past_the_budget_stops_its_task_when_it_returns(lua_host) -> None:
+    server = lua_host(
         """
         local net = require "moonlet.net"
         net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
@@ -418,8 +418,8 @@ def test_a_long_c_call_past_the_budget_stops_its_task_when_it_returns(lua_server
     assert other.line() == b"still here"
 
 
-def test_a_long_c_call_is_reported_by_the_lag_monitor(lua_server) -> None:
-    server = lua_server(
+def test_a_long_c_call_is_reported_by_the_lag_monitor(lua_host) -> None:
+    server = lua_host(
         """
         local net = require "moonlet.net"
         net.listen { host = "127.0.0.1", port = 0, handler = function(conn) conn:write("hi\\n") end }
@@ -453,8 +453,8 @@ def test_many_sleeping_tasks_all_wake_and_none_early(tmp_path: Path) -> None:
     assert out == ["2000\t0"]
 
 
-def test_a_conn_shared_by_tasks_behind_a_lock(lua_server) -> None:
-    server = lua_server(
+def test_a_conn_shared_by_tasks_behind_a_lock(lua_host) -> None:
+    server = lua_host(
         """
         local net = require "moonlet.net"
         local sync = require "moonlet.sync"
@@ -483,9 +483,9 @@ def test_a_conn_shared_by_tasks_behind_a_lock(lua_server) -> None:
     assert all(line.endswith(" done") and line.startswith("w") for line in data)
 
 
-def test_the_server_answers_during_a_slow_client_and_sleeping_tasks(lua_server) -> None:
+def test_the_server_answers_during_a_slow_client_and_sleeping_tasks(lua_host) -> None:
     # a smoke check that tasks and connections share the loop: 200 sleepers do not delay an echo
-    server = lua_server(
+    server = lua_host(
         """
         local net = require "moonlet.net"
         for i = 1, 200 do spawn(function() while true do sleep(0.001) end end) end
