@@ -119,6 +119,9 @@ class Server:
         self._partial = b""
         return self.proc.returncode
 
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
     def rss(self) -> int:
         return int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -281,7 +284,13 @@ class HostServer:
     (``port``, ``connect``, ``wait_log``, ``log_text``, ``stop``); a test that signals the process or reads
     its memory keeps :class:`Server`."""
 
-    def __init__(self, app: Path, args: list[str], options: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        app: Path,
+        args: list[str],
+        options: list[str] | None = None,
+        ready: re.Pattern[bytes] = LISTENING,
+    ) -> None:
         self.log_lines: list[bytes] = []
         self.clients: list[Client] = []
         self._handler = _Lines(self.log_lines)
@@ -295,8 +304,15 @@ class HostServer:
         self.failure: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name=f"host {app.name}", daemon=True)
         self.thread.start()
-        match = self.wait_log(LISTENING, timeout=15)
-        self.port = int(match.group(2))
+        match = self.wait_log(ready, timeout=15)
+        self.port = int(match.group(2)) if (match.lastindex or 0) >= 2 else 0
+
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def rss(self) -> int:
+        """The resident size of the test's process: a growth between two readings is the host's."""
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     def _run(self) -> None:
         try:
@@ -351,10 +367,12 @@ def lua_host(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     the real clock (:class:`HostServer`); each is stopped at the end of the test."""
     hosts: list[HostServer] = []
 
-    def start(source: str, *args: str, options: list[str] | None = None) -> HostServer:
+    def start(
+        source: str, *args: str, options: list[str] | None = None, ready: re.Pattern[bytes] = LISTENING
+    ) -> HostServer:
         path = tmp_path / f"app{len(hosts)}.lua"
         path.write_text(textwrap.dedent(source).lstrip("\n"))
-        hosts.append(HostServer(path, list(args), options))
+        hosts.append(HostServer(path, list(args), options, ready))
         return hosts[-1]
 
     yield start

@@ -54,8 +54,8 @@ assert(http.serve { host = "127.0.0.1", port = 0, handler = r, header_timeout = 
 
 
 @pytest.fixture
-def server(lua_server):  # type: ignore[no-untyped-def]
-    return lua_server(APP, ready=HTTP_READY)
+def server(lua_host):  # type: ignore[no-untyped-def]
+    return lua_host(APP, ready=HTTP_READY)
 
 
 def raw(port: int, data: bytes, wait: float = 5) -> bytes:
@@ -188,8 +188,8 @@ def test_what_rfc_9112_allows_is_served(server) -> None:  # type: ignore[no-unty
     assert answer(b"\r\nGET /users/3 HTTP/1.1\nHost: x\nConnection: close\n\n") == b"user 3 q="
 
 
-def test_the_last_response_of_a_keepalive_connection_says_it_closes(lua_server) -> None:  # type: ignore[no-untyped-def]
-    server = lua_server(
+def test_the_last_response_of_a_keepalive_connection_says_it_closes(lua_host) -> None:  # type: ignore[no-untyped-def]
+    server = lua_host(
         """
         local http = require "moonlet.http"
         assert(http.serve { host = "127.0.0.1", port = 0, max_requests = 3,
@@ -301,10 +301,11 @@ def test_every_split_of_a_valid_request_is_understood(server) -> None:  # type: 
 def test_random_bytes_never_crash_the_server(server, junk: bytes) -> None:  # type: ignore[no-untyped-def]
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
         s.sendall(junk + b"\r\n\r\n")
-        s.settimeout(0.3)
-        with contextlib.suppress(TimeoutError):
-            s.recv(1000)
-    assert server.proc.poll() is None
+        s.shutdown(socket.SHUT_WR)  # (it answers what it can and closes: no waiting out a timeout)
+        with contextlib.suppress(ConnectionResetError):
+            while s.recv(65536):
+                pass
+    assert server.running()
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
         s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert s.recv(1000).endswith(b"hello world\n")
@@ -369,8 +370,8 @@ def test_a_script_that_closes_its_http_server_ends(tmp_path) -> None:  # type: i
     assert b"stopped listening on" in done.stderr
 
 
-def test_tasks_started_by_a_request_end_with_it_unless_detached(lua_server) -> None:  # type: ignore[no-untyped-def]
-    server = lua_server(
+def test_tasks_started_by_a_request_end_with_it_unless_detached(lua_host) -> None:  # type: ignore[no-untyped-def]
+    server = lua_host(
         """
         local http, log, task = require "moonlet.http", require "moonlet.log", require "moonlet.task"
         assert(http.serve { host = "127.0.0.1", port = 0, handler = function(req)
@@ -392,8 +393,8 @@ def test_tasks_started_by_a_request_end_with_it_unless_detached(lua_server) -> N
     assert b"outlived" not in b"".join(server.log_lines)
 
 
-def test_res_write_waits_for_a_peer_that_does_not_read(lua_server) -> None:  # type: ignore[no-untyped-def]
-    server = lua_server(
+def test_res_write_waits_for_a_peer_that_does_not_read(lua_host) -> None:  # type: ignore[no-untyped-def]
+    server = lua_host(
         """
         local http, log = require "moonlet.http", require "moonlet.log"
         local piece = ("x"):rep(64 * 1024)

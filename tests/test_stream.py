@@ -38,8 +38,8 @@ end }
 """
 
 
-def probe(lua_server, timeout: str = "5"):  # type: ignore[no-untyped-def]
-    return lua_server(PROBE % {"timeout": timeout})
+def probe(lua_host, timeout: str = "5"):  # type: ignore[no-untyped-def]
+    return lua_host(PROBE % {"timeout": timeout})
 
 
 def answer(client) -> tuple[bytes, bytes]:  # type: ignore[no-untyped-def]
@@ -111,16 +111,16 @@ def test_readn_and_readuntil_and_read(lua_run, how: str) -> None:
     assert head == f"OK {len(data)}" and 1 <= len(data) <= 3 and "abc".startswith(data)
 
 
-def test_every_byte_value_passes_through_unchanged(lua_server) -> None:
-    server = probe(lua_server)
+def test_every_byte_value_passes_through_unchanged(lua_host) -> None:
+    server = probe(lua_host)
     c = server.connect()
     payload = bytes(range(256)) * 4
     c.send(b"n %d\n" % len(payload) + payload)
     assert answer(c) == (b"OK 1024", payload)
 
 
-def test_line_too_long_returns_error_and_partial_without_growing(lua_server) -> None:
-    server = probe(lua_server)
+def test_line_too_long_returns_error_and_partial_without_growing(lua_host) -> None:
+    server = probe(lua_host)
     c = server.connect()
     c.send(b"line\n" + b"x" * (200 * 1024))
     head = c.line()
@@ -130,8 +130,8 @@ def test_line_too_long_returns_error_and_partial_without_growing(lua_server) -> 
     c.recv_exactly(partial + 1)
 
 
-def test_readn_above_the_read_limit_is_too_large_at_once(lua_server) -> None:
-    server = probe(lua_server)
+def test_readn_above_the_read_limit_is_too_large_at_once(lua_host) -> None:
+    server = probe(lua_host)
     c = server.connect()
     before = server.rss()
     c.send(b"n 2000000000\n")
@@ -139,8 +139,8 @@ def test_readn_above_the_read_limit_is_too_large_at_once(lua_server) -> None:
     assert server.rss() - before < 8 * 1024 * 1024
 
 
-def test_readn_claiming_a_large_size_allocates_only_what_arrives(lua_server) -> None:
-    server = probe(lua_server)
+def test_readn_claiming_a_large_size_allocates_only_what_arrives(lua_host) -> None:
+    server = probe(lua_host)
     c = server.connect()
     before = server.rss()
     c.send(b"n 1000000\n" + b"y" * 1000)  # claims ~1 MB, sends 1 kB, then vanishes
@@ -150,8 +150,8 @@ def test_readn_claiming_a_large_size_allocates_only_what_arrives(lua_server) -> 
     assert answer(c) == (b"ERR closed 1000", b"y" * 1000)
 
 
-def test_read_timeout_returns_timeout_with_partial(lua_server) -> None:
-    server = probe(lua_server, timeout="0.3")
+def test_read_timeout_returns_timeout_with_partial(lua_host) -> None:
+    server = probe(lua_host, timeout="0.3")
     c = server.connect()
     started = time.monotonic()
     c.send(b"line\nabc")
@@ -160,8 +160,8 @@ def test_read_timeout_returns_timeout_with_partial(lua_server) -> None:
     assert 0.3 <= elapsed < 2.0
 
 
-def test_eof_gives_closed_after_buffered_data(lua_server) -> None:
-    server = probe(lua_server)
+def test_eof_gives_closed_after_buffered_data(lua_host) -> None:
+    server = probe(lua_host)
     c = server.connect()
     c.send(b"line\nlast\n")
     c.sock.shutdown(socket.SHUT_WR)  # half-close: the server may still answer
@@ -169,8 +169,8 @@ def test_eof_gives_closed_after_buffered_data(lua_server) -> None:
     assert c.line() == b"END closed"
 
 
-def test_handler_error_ends_only_its_connection_and_logs_one_line_with_traceback(lua_server) -> None:
-    server = lua_server("""
+def test_handler_error_ends_only_its_connection_and_logs_one_line_with_traceback(lua_host) -> None:
+    server = lua_host("""
         local net = require "moonlet.net"
         local function explode(what) error("boom: " .. what) end
         net.listen { port = 0, handler = function(conn)
@@ -194,8 +194,8 @@ def test_handler_error_ends_only_its_connection_and_logs_one_line_with_traceback
     assert good.line() == b"two"
 
 
-def test_client_reset_mid_write_is_closed_not_a_traceback(lua_server) -> None:
-    server = lua_server("""
+def test_client_reset_mid_write_is_closed_not_a_traceback(lua_host) -> None:
+    server = lua_host("""
         local net = require "moonlet.net"
         local log = require "moonlet.log"
         net.listen { port = 0, handler = function(conn)
@@ -216,8 +216,8 @@ def test_client_reset_mid_write_is_closed_not_a_traceback(lua_server) -> None:
     assert "Traceback" not in server.log_text()
 
 
-def test_a_client_that_never_reads_cannot_grow_server_memory(lua_server) -> None:
-    server = lua_server("""
+def test_a_client_that_never_reads_cannot_grow_server_memory(lua_host) -> None:
+    server = lua_host("""
         local net = require "moonlet.net"
         local log = require "moonlet.log"
         net.listen { port = 0, handler = function(conn)
@@ -246,8 +246,8 @@ def test_a_client_that_never_reads_cannot_grow_server_memory(lua_server) -> None
     c.close()
 
 
-def test_writen_waits_until_everything_is_sent(lua_server) -> None:
-    server = lua_server("""
+def test_writen_waits_until_everything_is_sent(lua_host) -> None:
+    server = lua_host("""
         local net = require "moonlet.net"
         net.listen { port = 0, handler = function(conn)
           conn:readline()
@@ -262,9 +262,9 @@ def test_writen_waits_until_everything_is_sent(lua_server) -> None:
     assert data.endswith(b"\nunsent=0\n") and data.count(b"a") == 3 * 1024 * 1024
 
 
-def test_peer_and_unix_socket(lua_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_peer_and_unix_socket(lua_host, tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "s.sock"
-    server = lua_server(f"""
+    server = lua_host(f"""
         local net = require "moonlet.net"
         local function h(conn) local a, b = conn:peer(); conn:write(tostring(a), " ", tostring(b), "\\n") end
         net.listen {{ port = 0, handler = h }}
@@ -280,8 +280,8 @@ def test_peer_and_unix_socket(lua_server, tmp_path) -> None:  # type: ignore[no-
         assert u.recv(100) == str(path).encode() + b" nil\n"
 
 
-def test_misuse_raises_at_the_callers_line(lua_server) -> None:
-    server = lua_server("""
+def test_misuse_raises_at_the_callers_line(lua_host) -> None:
+    server = lua_host("""
         local net = require "moonlet.net"
         net.listen { port = 0, handler = function(conn)
           conn:readn(-1)
@@ -292,8 +292,8 @@ def test_misuse_raises_at_the_callers_line(lua_server) -> None:
     assert b"app0.lua:3: bad argument #1 to 'readn'" in line
 
 
-def test_concurrent_connections_are_served_while_one_is_slow(lua_server) -> None:
-    server = lua_server(SLOW_ECHO % 1)
+def test_concurrent_connections_are_served_while_one_is_slow(lua_host) -> None:
+    server = lua_host(SLOW_ECHO % 1)
     slow, fast = server.connect(), server.connect()
     slow.send(b"slow\n")
     started = time.monotonic()
@@ -304,8 +304,8 @@ def test_concurrent_connections_are_served_while_one_is_slow(lua_server) -> None
     assert slow.line() == b"done slow"
 
 
-def test_a_blocked_loop_does_not_time_out_a_connection_whose_bytes_arrived(lua_server) -> None:  # type: ignore[no-untyped-def]
-    server = lua_server(
+def test_a_blocked_loop_does_not_time_out_a_connection_whose_bytes_arrived(lua_host) -> None:  # type: ignore[no-untyped-def]
+    server = lua_host(
         """
         local net = require "moonlet.net"
         net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
@@ -358,8 +358,8 @@ end }
 """
 
 
-def test_a_group_send_never_waits_and_drops_for_a_member_that_does_not_read(lua_server) -> None:  # type: ignore[no-untyped-def]
-    server = lua_server(GROUP_APP)
+def test_a_group_send_never_waits_and_drops_for_a_member_that_does_not_read(lua_host) -> None:  # type: ignore[no-untyped-def]
+    server = lua_host(GROUP_APP)
     slow = socket.socket()
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.connect(("127.0.0.1", server.port))
@@ -424,8 +424,8 @@ end }
 """
 
 
-def test_a_fan_out_to_thousands_holds_neither_the_loop_nor_a_copy_per_member(lua_server) -> None:  # type: ignore[no-untyped-def]
-    server = lua_server(BIG_GROUP_APP)
+def test_a_fan_out_to_thousands_holds_neither_the_loop_nor_a_copy_per_member(lua_host) -> None:  # type: ignore[no-untyped-def]
+    server = lua_host(BIG_GROUP_APP)
     members = []
     for _ in range(2000):  # members that never read (a small receive buffer: the kernel takes little)
         s = socket.socket()
