@@ -338,8 +338,8 @@ def test_udp_round_trips_through_the_echo_app(run_app) -> None:  # type: ignore[
             assert data == payload
 
 
-def test_a_udp_handler_that_fails_on_every_datagram_is_logged_once_a_second(lua_server) -> None:  # type: ignore[no-untyped-def]
-    server = lua_server(
+def test_a_udp_handler_that_fails_on_every_datagram_is_logged_once_a_second(lua_host) -> None:  # type: ignore[no-untyped-def]
+    server = lua_host(
         """
         local net = require "moonlet.net"
         net.udp { host = "127.0.0.1", port = 0, handler = function(data, peer, s)

@@ -64,8 +64,8 @@ def test_a_pipelining_client_does_not_starve_a_probe(run_app) -> None:
     assert max(round_trips) < 0.25, f"worst probe round trip {max(round_trips):.3f}s"
 
 
-def test_input_handed_over_in_shares_keeps_its_order_and_its_frames(lua_server) -> None:
-    server = lua_server(
+def test_input_handed_over_in_shares_keeps_its_order_and_its_frames(lua_host) -> None:
+    server = lua_host(
         """
         local net = require "moonlet.net"
         net.listen { host = "127.0.0.1", port = 0, handler = function(conn)

@@ -496,9 +496,9 @@ def test_echo_latency_holds_while_rows_and_channels_stream(run_app, tmp_path: Pa
     assert loaded < unloaded + 0.030, f"echo p99 {loaded * 1e3:.1f} ms streaming vs {unloaded * 1e3:.1f} ms"
 
 
-def test_deleting_the_database_file_gives_errors_not_a_stop(lua_server, tmp_path: Path) -> None:
+def test_deleting_the_database_file_gives_errors_not_a_stop(lua_host, tmp_path: Path) -> None:
     path = tmp_path / "gone.db"
-    server = lua_server(
+    server = lua_host(
         """
         local net = require "moonlet.net"
         local db = require "moonlet.db"
