@@ -772,10 +772,16 @@ end
 -- command keeps it): an array of bulk strings, or an inline line split on whitespace. Returns the argument
 -- count, or nil, err (connection trouble), or false, message (a protocol error: answer and close).
 local function read_command(conn, args, last_count)
-  local line, e = conn:readline()
+  local line, e, bare = conn:readline(true)
   if not line then
-    if e == "line too long" then return false, "Protocol error: too big inline request" end
-    return nil, e
+    if e == "bare newline" then -- an inline command may end in LF alone; an array's count may not (Redis
+      if byte(bare, 1) == 42 then return false, "Protocol error: invalid multibulk length" end -- reads to CR)
+      line = bare
+    elseif e == "line too long" then
+      return false, "Protocol error: too big inline request"
+    else
+      return nil, e
+    end
   end
   local n
   if commands[line] then -- an inline command alone on its line (PING): nothing to split
@@ -789,8 +795,11 @@ local function read_command(conn, args, last_count)
     if n < 0 then n = 0 end -- (*-1 and *0: nothing to run)
     for i = 1, n do
       local header
-      header, e = conn:readline()
-      if not header then return nil, e end
+      header, e = conn:readline(true)
+      if not header then
+        if e == "bare newline" then return false, "Protocol error: invalid bulk length" end
+        return nil, e
+      end
       if byte(header, 1) ~= 36 then -- '$'
         return false, format("Protocol error: expected '$', got '%s'", sub(header, 1, 1))
       end

@@ -118,6 +118,8 @@ BROKEN = [  # protocol errors: answered, then the connection is closed (by both)
     b"*abc\r\n",
     b"*1\r\n$x\r\n",
     b"*1\r\n$-5\r\n",
+    b"*1\n$4\nPING\n",  # (an array's lines end in CRLF: Redis reads to the next CR, then refuses the count)
+    b"*1\r\n$4\nPING\n",  # (... and the bulk length)
 ]
 
 
@@ -238,6 +240,16 @@ def test_kv_answers_byte_for_byte_as_redis_server(pair: tuple[int, int], seed: i
         assert compared > 300
         ours.sock.close()
         theirs.sock.close()
+
+
+def test_every_protocol_error_gets_redis_servers_answer_and_close(pair: tuple[int, int]) -> None:
+    """Each framing error alone (the random runs above pick some): the same bytes, then both close."""
+    kv_port, redis_port = pair
+    for bad in BROKEN:
+        ours, theirs = Peer(kv_port), Peer(redis_port)
+        for peer in (ours, theirs):
+            peer.sock.sendall(bad + multibulk([b"PING"]))
+        assert ours.until_closed() == theirs.until_closed(), bad
 
 
 # Transactions as redis-server answers them: queued replies, EXEC's array, errors at queuing time (EXECABORT)

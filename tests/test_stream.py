@@ -169,6 +169,24 @@ def test_eof_gives_closed_after_buffered_data(lua_host) -> None:
     assert c.line() == b"END closed"
 
 
+def test_readline_crlf_reads_a_bare_newline_line_as_an_error_with_the_line(lua_host) -> None:
+    server = lua_host(
+        """
+        local net = require "moonlet.net"
+        net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
+          for _ = 1, 4 do
+            local line, err, partial = conn:readline(true)
+            conn:write(tostring(line), " ", tostring(err), " ", tostring(partial), "\\n")
+          end
+        end }
+        """
+    )
+    c = server.connect()
+    c.send(b"crlf\r\nbare\n\r\nnext\r")
+    c.sock.shutdown(socket.SHUT_WR)
+    assert c.read_all() == b"crlf nil nil\nnil bare newline bare\n nil nil\nnil closed next\r\n"
+
+
 def test_handler_error_ends_only_its_connection_and_logs_one_line_with_traceback(lua_host) -> None:
     server = lua_host("""
         local net = require "moonlet.net"

@@ -105,12 +105,16 @@ end
 
 --- Read one line; the `\n` or `\r\n` that ends it is removed.
 --- Returns nil, "line too long", partial when more than the line limit (64 KiB) arrives without a
---- newline: the unread bytes are dropped with it, so answer and close.
+--- newline: the unread bytes are dropped with it, so answer and close. With `crlf` true a line must end in
+--- `\r\n`, as protocols that frame by it require (RESP, SMTP): one that ends in a bare `\n` is read and
+--- returned as nil, "bare newline", line.
+--- Example: `local line, err, bare = conn:readline(true)`
 ---@async
+---@param crlf? boolean
 ---@return string? line
 ---@return string? err
 ---@return string? partial
-function Conn:readline()
+function Conn:readline(crlf)
   local from = self[POS]
   while true do
     local buf, pos = self[BUF], self[POS]
@@ -123,6 +127,7 @@ function Conn:readline()
       end
       self[POS] = i + 1
       if i > pos and byte(buf, i - 1) == 13 then return sub(buf, pos, i - 2) end
+      if crlf then return nil, "bare newline", sub(buf, pos, i - 1) end -- (only now: CRLF lines pay nothing)
       return sub(buf, pos, i - 1)
     end
     local have = #buf - pos + 1
