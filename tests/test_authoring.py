@@ -404,8 +404,9 @@ def test_the_api_index_is_generated_from_the_annotations_as_they_are() -> None:
         e[:60] for e in entries if "\nExample: `" not in e
     ]
     # ... the methods of every connection (written in the private _conn.lua) are there with the others ...
-    assert "### `Conn:readline()`\n\nYields: yes." in api and "### `Reply:finish(body)`" in api
+    assert "### `Conn:readline(crlf)`\n\nYields: yes." in api and "### `Reply:finish(body)`" in api
     # ... and the errors read from the code: what it raises and what it returns itself
     listen = api.split("### `net.listen(opts)`")[1].split("\n### ")[0]
     assert "`bad argument #1 to 'listen' ('port': integer from 0 to 65535 expected, got ...)`" in listen
-    assert 'Returns nil and: `"line too long"`' in api.split("### `Conn:readline()`")[1].split("\n### ")[0]
+    readline = api.split("### `Conn:readline(crlf)`")[1].split("\n### ")[0]
+    assert 'Returns nil and: `"line too long"`' in readline and '`"bare newline"`' in readline

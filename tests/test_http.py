@@ -212,6 +212,44 @@ def test_the_last_response_of_a_keepalive_connection_says_it_closes(lua_host) ->
         conn.close()
 
 
+def test_a_peer_has_one_shape_for_requests_connections_and_datagrams(lua_host) -> None:  # type: ignore[no-untyped-def]
+    server = lua_host(
+        """
+        local http, net = require "moonlet.http", require "moonlet.net"
+        assert(http.serve { host = "127.0.0.1", port = 0, handler = function(req)
+          local h, p = req:peer()
+          local joined = "from " .. req.peer  -- (the 0.1 string form: still works, one warning)
+          return 200, nil, table.concat({ h, tostring(p), req.peer.host, tostring(req.peer.port),
+            tostring(req.peer), joined, tostring(h == req.peer.host and p == req.peer.port) }, "|")
+        end })
+        local udp = assert(net.udp { host = "127.0.0.1", port = 0, handler = function(data, peer, sock)
+          local h, p = peer()
+          local same = h == peer.host and p == peer.port
+          sock:sendto(data .. "|" .. tostring(peer) .. "|" .. tostring(same), h, p)
+        end })
+        require("moonlet.log").info("datagrams to port " .. udp.port)
+        """,
+        ready=HTTP_READY,
+    )
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            here = "{}:{}".format(*s.getsockname())
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+            body = reply.split(b"\r\n\r\n", 1)[1].decode()
+        host, port = here.split(":")
+        assert body == f"{host}|{port}|{host}|{port}|{here}|from {here}|true"
+    assert server.log_text().count("a peer joined with .. as if it were a string is deprecated") == 1
+    udp_port = int(server.wait_log(re.compile(rb"datagrams to port (\d+)")).group(1))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.settimeout(5)
+        u.bind(("127.0.0.1", 0))
+        u.sendto(b"ping", ("127.0.0.1", udp_port))
+        assert u.recv(100) == "ping|{}:{}|true".format(*u.getsockname()).encode()
+
+
 def test_chunked_request_and_response_and_100_continue(server) -> None:  # type: ignore[no-untyped-def]
     chunked = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     chunked += b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"

@@ -28,6 +28,7 @@
 local host = require "moonlet._host"
 local connection = require "moonlet._conn"
 local decide = require "moonlet.http._head"
+local new_peer = require("moonlet._peer").new
 local call, OP, traceback, recv = host.call, host.OP, host.traceback, host.recv
 local find, sub, byte, lower = string.find, string.sub, string.byte, string.lower
 local gsub, gmatch, format, char = string.gsub, string.gmatch, string.format, string.char
@@ -112,7 +113,7 @@ local HEADERS = { __index = function(t, k) if type(k) == "string" then return ra
 ---@field path string  percent-decoded, without the query
 ---@field query table<string, string>
 ---@field headers table<string, string>  lower-case names; repeated headers joined with ", "
----@field peer string  "address:port" of the client
+---@field peer moonlet.Peer  the client: {host=, port=}, written "host:port"; `req:peer()` gives host, port
 ---@field params table<string, string>  captures of the router's pattern
 local Request = {}
 
@@ -131,7 +132,7 @@ local function request_index(req, key)
     local conn = req._conn
     local h, p
     if conn ~= nil then h, p = call(PEER, conn[PY]) end
-    local peer = h and (p and (h .. ":" .. p) or h) or ""
+    local peer = new_peer(h or "", p)
     req.peer = peer
     return peer
   end

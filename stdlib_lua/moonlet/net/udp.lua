@@ -1,6 +1,7 @@
 --- UDP sockets behind `moonlet.net` (net.udp): a server that runs a handler per datagram, or a client socket.
 -- @module moonlet.net.udp
 local host = require "moonlet._host"
+local new_peer = require("moonlet._peer").new
 local request, call, OP, argerror = host.request, host.call, host.OP, host.argerror
 local type, setmetatable = type, setmetatable
 
@@ -46,7 +47,8 @@ function Udp:close()
 end
 
 --- A UDP socket. With `handler`, it serves datagrams: `handler(data, peer, sock)` runs in its own coroutine
---- for each one (`peer` is {host =, port =}; answer with `sock:sendto(reply, peer.host, peer.port)`).
+--- for each one (`peer` is {host =, port =}, written "host:port"; answer with `sock:sendto(reply,
+--- peer.host, peer.port)`, or `sock:sendto(reply, peer())`).
 --- Without, it is a client socket (`:sendto`, `:recvfrom`, `:close`). `host` defaults to 127.0.0.1, `port`
 --- to 0 (any free port; see `sock.port`). Returns the socket, or nil, err.
 ---@async
@@ -62,7 +64,7 @@ function M.udp(opts)
   if not host.is_port(port, 0) then argerror(1, "udp", "integer from 0 to 65535", port, "port") end
   local sock = setmetatable({}, Udp)
   local entry = handler and function(_, data, peer_host, peer_port)
-    handler(data, { host = peer_host, port = peer_port }, sock)
+    handler(data, new_peer(peer_host, peer_port), sock)
   end
   local py, bound = request(OP.UDP_OPEN, where, port, entry)
   if not py then return nil, bound end
