@@ -75,6 +75,7 @@ def fields(head: bytes, limit: int = 100) -> Any:
 
 
 def test_fields_are_lower_case_trimmed_and_joined() -> None:
+    assert fields(b"T: a\tb\r\n") == {"t": "a\tb"}  # (HT is the one control byte a value may hold)
     assert fields(b"Host: a\r\nX-A:  1 \t\r\nx-a: 2\r\nEmpty:\r\n") == {
         "host": "a",
         "x-a": "1, 2",
@@ -90,6 +91,9 @@ def test_fields_are_lower_case_trimmed_and_joined() -> None:
         (b"NoColon\r\n", (None, 400, "malformed header line")),
         (b"X: a\rb\r\n", (None, 400, "malformed header line")),  # a bare CR
         (b"X: a\x01b\r\n", (None, 400, "a control byte in a header value")),
+        (b"X: a\x00b\r\n", (None, 400, "a control byte in a header value")),
+        (b"X: \x7f\r\n", (None, 400, "a control byte in a header value")),
+        (b"A: 1\r\nB: 2\r\nX: \x1b\r\n", (None, 431, "more than 2 header lines")),  # (counted first)
         (b"Host: a\r\nHost: b\r\n", (None, 400, "more than one Host header")),
         (b"A: 1\r\nB: 2\r\nC: 3\r\n", (None, 431, "more than 2 header lines")),
     ],

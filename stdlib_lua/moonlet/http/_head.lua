@@ -20,10 +20,14 @@ end
 
 -- (Lua tries a class's items in order: %w first makes the common bytes cheap)
 -- method SP request-target SP HTTP-version: origin-form first (the common case: "/" is the target's first
--- byte), then any target of visible ASCII (RFC 3986 has no room for other bytes)
-local ORIGIN_LINE = "^([%w!#$%%&'*+%-.^_`|~]+) (/[!-~]*) HTTP/(%d)%.(%d)\r?\n"
-local REQUEST_LINE = "^([%w!#$%%&'*+%-.^_`|~]+) ([!-~]+) HTTP/(%d)%.(%d)\r?\n"
--- name ":" [one space or tab] value, to the line end (more whitespace around the value is trimmed after)
+-- byte), then any target of visible ASCII (RFC 3986 has no room for other bytes); the last capture is where
+-- the next line starts
+local ORIGIN_LINE = "^([%w!#$%%&'*+%-.^_`|~]+) (/[!-~]*) HTTP/(%d)%.(%d)\r?\n()"
+local REQUEST_LINE = "^([%w!#$%%&'*+%-.^_`|~]+) ([!-~]+) HTTP/(%d)%.(%d)\r?\n()"
+-- name ":" [one space or tab] value, to the line end (more whitespace around the value is trimmed after);
+-- a value of no control byte but HT matches the first at once, the second tells a control byte from a
+-- malformed line when it does not
+local CLEAN_FIELD = "^([%w!#$%%&'*+%-.^_`|~]+):[ \t]?([^%z\1-\8\10-\31\127]*)\r?\n()"
 local FIELD = "^([%w!#$%%&'*+%-.^_`|~]+):[ \t]?([^\r\n]*)\r?\n()"
 local LINE_CTL = "[%z\1-\8\10-\31\127]" -- control bytes other than HT
 M.LINE_CTL, M.NOT_TOKEN = LINE_CTL, "[^%w!#$%%&'*+%-.^_`|~]" -- (for the chunked body's trailer fields)
@@ -45,11 +49,12 @@ local trim = M.trim
 --- The request line at `pos` (RFC 9112 3): method, target, whether it is HTTP/1.0, whether the target is in
 --- origin-form, and where the line ends; or nil, status, why.
 function M.request_line(buf, pos, max_line)
-  local l1 = find(buf, "\n", pos, true)
-  if l1 - pos > max_line + 1 then return nil, 414, "request line over " .. max_line .. " bytes" end
-  local method, target, major, minor = match(buf, ORIGIN_LINE, pos)
+  local method, target, major, minor, next_line = match(buf, ORIGIN_LINE, pos)
   local origin = method ~= nil
-  if not origin then method, target, major, minor = match(buf, REQUEST_LINE, pos) end
+  if not origin then method, target, major, minor, next_line = match(buf, REQUEST_LINE, pos) end
+  -- (the line's length, with its CRLF, from where the next starts: no search of its own when it parsed)
+  local l1 = next_line and next_line - 1 or find(buf, "\n", pos, true)
+  if l1 - pos > max_line + 1 then return nil, 414, "request line over " .. max_line .. " bytes" end
   if method == nil then return nil, 400, "malformed request line" end
   if major ~= "1" then return nil, 505, "HTTP/" .. major .. "." .. minor .. " is not served here" end
   if not METHODS[method] then
@@ -104,13 +109,12 @@ end
 function M.fields(buf, from, to, max_fields)
   local h, i, n = {}, from, 0
   while i <= to do
-    local name, value, nxt = match(buf, FIELD, i)
+    local name, value, nxt = match(buf, CLEAN_FIELD, i)
+    if name == nil then name = match(buf, FIELD, i) end
     if name == nil then return nil, 400, "malformed header line" end
     n = n + 1
     if n > max_fields then return nil, 431, "more than " .. max_fields .. " header lines" end
-    if find(value, "%c") and find(value, LINE_CTL) then -- (HT is the one control byte a value may hold)
-      return nil, 400, "a control byte in a header value"
-    end
+    if value == nil then return nil, 400, "a control byte in a header value" end -- (HT is the one allowed)
     local first, last_byte = byte(value, 1), byte(value, -1)
     if first == 32 or first == 9 or last_byte == 32 or last_byte == 9 then value = trim(value) end
     name = lower(name)
