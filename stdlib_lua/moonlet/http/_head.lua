@@ -106,6 +106,9 @@ end
 --- lower-case names to trimmed values (a repeated field joined with ", "; a second Host refused); or nil,
 --- status, why (whitespace before the colon, obs-fold, no colon, a bare CR, a control byte: 400; more than
 --- `max_fields` lines: 431).
+-- field names as sent -> lower case; bounded, so names made up by clients cannot grow it for good
+local LOWER, lowered, MAX_LOWERED = {}, 0, 512
+
 function M.fields(buf, from, to, max_fields)
   local h, i, n = {}, from, 0
   while i <= to do
@@ -117,7 +120,14 @@ function M.fields(buf, from, to, max_fields)
     if value == nil then return nil, 400, "a control byte in a header value" end -- (HT is the one allowed)
     local first, last_byte = byte(value, 1), byte(value, -1)
     if first == 32 or first == 9 or last_byte == 32 or last_byte == 9 then value = trim(value) end
-    name = lower(name)
+    local key = LOWER[name] -- (a table read instead of a call: the same few names come in every request)
+    if key == nil then
+      key = lower(name)
+      if lowered < MAX_LOWERED then
+        LOWER[name], lowered = key, lowered + 1
+      end
+    end
+    name = key
     local old = h[name]
     if old == nil then
       h[name] = value
