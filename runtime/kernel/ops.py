@@ -207,6 +207,15 @@ class Op(enum.IntEnum):
         "(conns, out, limit): `out` to each connection whose unsent output stays within limit; reply the "
         "positions found closed, and the slow ones with their unsent bytes (nil, nil: all took it)",
     )
+    ENCODE = 79, CALL, "(codec, data): data in that codec's text (base64, base64url, hex, uri)"
+    DECODE = 80, CALL, '(codec, text): the bytes; or nil, "invalid <codec>"'
+    DIGEST = (
+        81,
+        CALL,
+        "(algorithm, data, key): the raw digest of data (sha1, sha256, sha512); HMAC with a key",
+    )
+    RANDOM = 82, CALL, "(n): n bytes from the system's cryptographic random source"
+    SECRET_EQUAL = 83, CALL, "(a, b): whether a == b, in a time that does not tell where they differ"
 
 
 YIELDING = frozenset(op for op in Op if op.yields)

@@ -13,6 +13,7 @@ from runtime.kernel.core import Kernel
 from runtime.services import Service
 from runtime.services.capacity import ConnectionCapacity
 from runtime.services.clock import ClockService, Deadlines, TimerService
+from runtime.services.codec import CodecService
 from runtime.services.datagram import DatagramService
 from runtime.services.db import DatabaseService, default_database
 from runtime.services.httpserver import HttpService
@@ -38,12 +39,13 @@ class Services:
     outgoing: OutgoingService
     clock: ClockService
     system: SystemService
+    codec: CodecService
 
     def all(self) -> list[Service]:
         """Every service, in the order they are closed (connections first, the database last)."""
         return [
             self.stream, self.outgoing, self.http, self.tasks, self.timers, self.udp, self.pools, self.shared,
-            self.db, self.clock, self.system,
+            self.db, self.clock, self.system, self.codec,
         ]  # fmt: skip
 
     def in_flight(self) -> bool:
@@ -78,6 +80,7 @@ def wire_services(
         outgoing=OutgoingService(kernel, loop, limits, stream),
         clock=ClockService(kernel, loop),
         system=SystemService(kernel),
+        codec=CodecService(kernel),
     )
     capacity = ConnectionCapacity(loop, limits.max_connections)  # (HTTP connections are stream connections)
     capacity.count(stream.connections)
