@@ -329,7 +329,10 @@ class HostServer:
                 if (m := regex.search(line)) is not None:
                     return m
             if ended or time.monotonic() > deadline:
-                raise AssertionError(f"log never showed {regex.pattern!r}; log so far:\n{self.log_text()}")
+                ending = f" (it ended: {self.failure!r}, status {self.exit_code})" if ended else ""
+                raise AssertionError(
+                    f"log never showed {regex.pattern!r}{ending}; log so far:\n{self.log_text()}"
+                )
             time.sleep(0.005)
 
     def log_text(self) -> str:

@@ -250,6 +250,83 @@ def test_a_peer_has_one_shape_for_requests_connections_and_datagrams(lua_host) -
         assert u.recv(100) == "ping|{}:{}|true".format(*u.getsockname()).encode()
 
 
+CONVENIENCES = r"""
+local http, json = require "moonlet.http", require "moonlet.json"
+assert(http.serve { host = "127.0.0.1", port = 0, handler = function(req, res)
+  if req.path == "/cookies" then
+    res:header("set-cookie", { http.setcookie("a", "1"),
+      http.setcookie("sid", "x.y-z", { path = "/", max_age = 60, http_only = true, secure = true,
+        same_site = "lax", expires = 0 }) })
+    res:header("x-n", 7)
+    res:header("x-nan", 0 / 0)
+    return 200, nil, json.encode { cookies = req.cookies, tags = req:queryall("tag"), tag = req.query.tag,
+      none = req:queryall("none") }
+  elseif req.path == "/misuse" then
+    local out = {}
+    for _, f in ipairs {
+      function() res:header("x", "a\r\nInjected: 1") end,
+      function() res:header("bad name", "v") end,
+      function() res:header("x", true) end,
+      function() res:header("x", { "ok", {} }) end,
+      function() http.setcookie("a", "has space") end,
+      function() http.setcookie("a", "b", { same_site = "None" }) end,
+      function() http.setcookie("a", "b", { pth = "/" }) end,
+    } do
+      local _, err = pcall(f)
+      out[#out + 1] = err
+    end
+    return 200, nil, table.concat(out, "\n")
+  end
+  return 200, { ["x-bad"] = "a\nb" }, "never sent"
+end })
+"""
+
+
+def test_several_values_cookies_repeated_query_keys_and_refused_headers(lua_host) -> None:  # type: ignore[no-untyped-def]
+    server = lua_host(CONVENIENCES, ready=HTTP_READY)
+
+    def get(target: str, *headers: str) -> tuple[list[str], bytes]:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            lines = "".join(h + "\r\n" for h in headers)
+            s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n{lines}Connection: close\r\n\r\n".encode())
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        return head.decode().split("\r\n"), body
+
+    head, body = get("/cookies?tag=a&x=1&tag=b%20c&tag", 'Cookie: a=1; b="q"', "Cookie: a=2;c= 3 ")
+    assert head[0] == "HTTP/1.1 200 OK"
+    cookies = [line for line in head if line.startswith("set-cookie: ")]
+    assert cookies == [
+        "set-cookie: a=1",
+        "set-cookie: sid=x.y-z; Path=/; Max-Age=60; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Secure; HttpOnly; "
+        "SameSite=Lax",
+    ]
+    assert "x-n: 7" in head and any(line in ("x-nan: nan", "x-nan: -nan") for line in head)
+    got = json.loads(body)
+    assert got == {"cookies": {"a": "1", "b": "q", "c": "3"}, "tags": ["a", "b c", ""], "tag": "", "none": []}
+    _, body = get("/misuse")
+    assert [line.split(": ", 1)[1] for line in body.decode().splitlines()] == [
+        "bad argument #2 to 'header' (header value without CR, LF or NUL expected, got string)",
+        "bad argument #1 to 'header' (header name expected, got string)",
+        "bad argument #2 to 'header' (string, number or list of them expected, got boolean)",
+        "bad argument #2 to 'header' (string, number or list of them expected, got table)",
+        "bad argument #2 to 'setcookie' (cookie value (no space, quote, comma, ; or \\) expected, got "
+        "string)",
+        "bad argument #3 to 'setcookie' ('same_site': secure = true with it (browsers refuse SameSite=None "
+        "without) expected, got string)",
+        "bad argument #3 to 'setcookie' (unknown option 'pth'; the options are domain, expires, http_only, "
+        "max_age, path, same_site, secure)",
+    ]
+    head, body = get("/returned")
+    assert head[0] == "HTTP/1.1 500 Internal Server Error" and body == b"500 Internal Server Error\n"
+    assert not any(line.startswith("x-bad") for line in head)
+    server.wait_log(
+        b'the handler returned a bad header ("x-bad": header value without CR, LF or NUL expected)'
+    )
+
+
 def test_chunked_request_and_response_and_100_continue(server) -> None:  # type: ignore[no-untyped-def]
     chunked = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     chunked += b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"

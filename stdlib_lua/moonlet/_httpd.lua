@@ -45,9 +45,11 @@ local fill, take, new_conn = connection.fill, connection.take, connection.new
 local request_line, head_target = decide.request_line, decide.target
 local head_fields, head_host, keep_alive, head_framing, wants_continue = decide.fields, decide.host,
   decide.keep_alive, decide.framing, decide.wants_continue
-local valid_authority = decide.valid_authority
+local valid_authority, trim = decide.valid_authority, decide.trim
 local LINE_CTL, NOT_TOKEN = decide.LINE_CTL, decide.NOT_TOKEN
 local IDLE, NEXT, REJECT, HTTP_ERROR = OP.IDLE, OP.NEXT, OP.HTTP_REJECT, OP.HTTP_ERROR
+local argerror = host.argerror
+local bad_field -- (below, with the response's head)
 local WRITE, SETTIMEOUTS, MONOTONIC, PEER = OP.WRITE, OP.SETTIMEOUTS, OP.MONOTONIC, OP.PEER
 
 local M = {}
@@ -76,14 +78,39 @@ function M.unescape(s)
   return (gsub(s, "%%(%x%x)", hex_char))
 end
 
-local function parse_query(q)
-  local t = {}
+-- The query's keys and values in order: a callback gets each pair (key, value), decoded.
+local function each_pair(q, fn)
   for pair in gmatch(q, "[^&]+") do
     local eq = find(pair, "=", 1, true)
     if eq then
-      t[M.unescape(sub(pair, 1, eq - 1))] = M.unescape(sub(pair, eq + 1))
+      fn(M.unescape(sub(pair, 1, eq - 1)), M.unescape(sub(pair, eq + 1)))
     else
-      t[M.unescape(pair)] = ""
+      fn(M.unescape(pair), "")
+    end
+  end
+end
+
+local function parse_query(q)
+  local t = {}
+  each_pair(q, function(k, v) t[k] = v end) -- (a repeated key: its last value; req:queryall has them all)
+  return t
+end
+
+--- The cookies a `Cookie` header sends (RFC 6265 5.4: `name=value` pairs separated by `;`), as a table; a
+--- value in double quotes loses them; a pair without `=` is skipped; the first of two with one name wins,
+--- as browsers send the most specific first.
+---@param header string?
+---@return table<string, string>
+function M.cookies(header)
+  local t = {}
+  if header == nil then return t end
+  for pair in gmatch(header, "[^;]+") do
+    local eq = find(pair, "=", 1, true)
+    local name = eq and trim(sub(pair, 1, eq - 1)) -- (no pattern that could backtrack over spaces)
+    if name and name ~= "" then
+      local value = trim(sub(pair, eq + 1))
+      if byte(value, 1) == 34 and byte(value, -1) == 34 and #value >= 2 then value = sub(value, 2, -2) end
+      if t[name] == nil then t[name] = value end
     end
   end
   return t
@@ -115,7 +142,22 @@ local HEADERS = { __index = function(t, k) if type(k) == "string" then return ra
 ---@field headers table<string, string>  lower-case names; repeated headers joined with ", "
 ---@field peer moonlet.Peer  the client: {host=, port=}, written "host:port"; `req:peer()` gives host, port
 ---@field params table<string, string>  captures of the router's pattern
+---@field cookies table<string, string>  the Cookie header's name=value pairs
 local Request = {}
+
+--- Every value of a query key, in the order sent (`?tag=a&tag=b`: {"a", "b"}); `req.query.tag` is the last.
+--- Example: `local tags = req:queryall("tag")`
+---@param name string
+---@return string[]
+function Request:queryall(name)
+  if type(name) ~= "string" then argerror(1, "queryall", "string", name) end
+  local all = {}
+  local q = rawget(self, "_query")
+  if q ~= nil and q ~= "" then
+    each_pair(q, function(k, v) if k == name then all[#all + 1] = v end end)
+  end
+  return all
+end
 
 -- query, params and peer are made when first used (a hello handler never pays for them)
 local function request_index(req, key)
@@ -127,6 +169,10 @@ local function request_index(req, key)
   elseif key == "params" then
     local t = {}
     req.params = t
+    return t
+  elseif key == "cookies" then
+    local t = M.cookies(req.headers.cookie)
+    req.cookies = t
     return t
   elseif key == "peer" then
     local conn = req._conn
@@ -309,26 +355,86 @@ function Reply:status(code)
   return self
 end
 
---- Set a response header (a later call with the same name replaces it).
+--- Set a response header (a later call with the same name replaces it). `value`: a string or number, or a
+--- list of them, sent as one header line each (`Set-Cookie` needs that: its values are never joined).
+--- A name that is not a token, or a value with CR, LF or NUL (which would split the response), is an error.
+--- Example: `res:header("set-cookie", { http.setcookie("a", "1"), http.setcookie("b", "2") })`
+---@param name string
+---@param value string|number|(string|number)[]
 function Reply:header(name, value)
+  local why, i = bad_field(name, value)
+  if why then argerror(i, "header", why, i == 1 and name or value) end
   local h = self._headers
   if not h then
     h = {}
     self._headers = h
   end
-  h[lower(name)] = tostring(value)
+  h[lower(name)] = type(value) == "table" and value or tostring(value)
   return self
+end
+
+-- Response header names and values known good, each with the text it is written as (a name in lower case, a
+-- value as a string): the same few come with every response, so writing one is two table reads, not a
+-- pattern and two calls; bounded, so values made per request cannot grow them for good
+local good_name, good_value, good_fields, MAX_GOOD = {}, {}, 0, 1024
+
+-- Why a response header would be refused ("token", "string, number or list of them", "value without CR, LF
+-- or NUL") and which argument is at fault (1: the name, 2: the value); nil when it will do.
+function bad_field(name, value)
+  if not good_name[name] then
+    if type(name) ~= "string" or not find(name, "^[%w!#$%%&'*+%-.^_`|~]+$") then return "header name", 1 end
+    if good_fields < MAX_GOOD then good_name[name], good_fields = lower(name), good_fields + 1 end
+  end
+  if good_value[value] then return nil end
+  local tv = type(value)
+  if tv == "number" then
+    if good_fields < MAX_GOOD and value == value then -- (NaN cannot be a key)
+      good_value[value], good_fields = tostring(value), good_fields + 1
+    end
+    return nil
+  end
+  if tv == "table" then
+    for i = 1, #value do
+      local v = value[i]
+      local why = type(v) == "table" and "string, number or list of them" or bad_field(name, v)
+      if why then return why, 2 end
+    end
+    return nil
+  end
+  if tv ~= "string" then return "string, number or list of them", 2 end
+  if find(value, "[\r\n%z]") then return "header value without CR, LF or NUL", 2 end
+  if good_fields < MAX_GOOD then good_value[value], good_fields = value, good_fields + 1 end
+  return nil
+end
+
+-- A returned header that will not do, in words for the log: `"x-bad": header value without CR, ...`
+local function refused_field(name, value)
+  local why = bad_field(name, value)
+  if why == nil then return nil end
+  return (type(name) == "string" and format("%q", sub(name, 1, 40)) or type(name)) .. ": " .. why
 end
 
 -- "HTTP/1.1 <status> <reason>\r\nDate: <date>\r\n", kept per status for the current second
 local status_lines, status_second = {}, -1
 
--- `fields` with the header lines of `h` added (and whether one was content-type)
+-- `fields` with the header lines of `h` added (and whether one was content-type); or nil and why for a field
+-- that will not do (in a table a handler returned: res:header raises at once)
 local function fields_of(h, fields, typed)
   for name, value in pairs(h) do
-    local lname = lower(name)
+    local lname, text = good_name[name], good_value[value]
+    if lname == nil or text == nil then -- (not known yet, a list, or the memo is full)
+      local why = refused_field(name, value)
+      if why then return nil, why end
+      lname, text = good_name[name] or lower(name), good_value[value]
+    end
     if lname ~= "content-length" and lname ~= "transfer-encoding" and lname ~= "connection" then
-      fields = fields .. lname .. ": " .. tostring(value) .. "\r\n"
+      if text ~= nil then
+        fields = fields .. lname .. ": " .. text .. "\r\n"
+      elseif type(value) == "table" then -- (one line each: never joined, as Set-Cookie requires)
+        for i = 1, #value do fields = fields .. lname .. ": " .. tostring(value[i]) .. "\r\n" end
+      else
+        fields = fields .. lname .. ": " .. tostring(value) .. "\r\n"
+      end
       if lname == "content-type" then typed = true end
     end
   end
@@ -352,11 +458,18 @@ local function head(self, length, extra, body)
   end
   local own, fields, typed = self._headers, "", false
   if own and extra then -- (both: the returned ones replace those of the same name)
-    for name, value in pairs(extra) do self:header(name, value) end
+    for name, value in pairs(extra) do
+      local why = refused_field(name, value)
+      if why then return nil, why end
+      own[lower(name)] = type(value) == "table" and value or tostring(value)
+    end
     extra = nil
   end
-  if own then fields, typed = fields_of(own, fields, typed) end
-  if extra then fields, typed = fields_of(extra, fields, typed) end
+  if own then fields, typed = fields_of(own, fields, typed) end -- (res:header checked them: never nil)
+  if extra then
+    fields, typed = fields_of(extra, fields, typed)
+    if fields == nil then return nil, typed end
+  end
   return first .. fields .. (typed and "" or "content-type: text/plain; charset=utf-8\r\n")
     .. (length and ("content-length: " .. length .. "\r\n") or "transfer-encoding: chunked\r\n")
     .. (not self._keep and "connection: close\r\n\r\n" or self._http10 and "connection: keep-alive\r\n\r\n"
@@ -419,6 +532,8 @@ local function keep_trace(e)
 end
 
 -- Run the handler; returns the last bytes of its answer when it returned them (not yet written).
+local last_headers = nil -- the table of headers a handler returned last (most return the same one each time)
+
 local function run(handler, req, res)
   local ok, status, headers, body = xpcall(handler, keep_trace, req, res)
   if not ok then
@@ -432,7 +547,19 @@ local function run(handler, req, res)
   end
   if not res._done then -- the handler returned its answer (or ended a streamed one)
     if status ~= nil and not res._started then res._status = status end
-    return last_bytes(res, body, not res._started and headers or nil)
+    local out, why
+    if headers ~= last_headers and headers ~= nil and type(headers) ~= "table" then
+      why = "a table of headers"
+    else
+      last_headers = headers
+      out, why = last_bytes(res, body, not res._started and headers or nil)
+    end
+    if out == nil then -- a header it returned would not do (checked as the head is written)
+      call(HTTP_ERROR, "the handler returned a bad header (" .. why .. " expected)")
+      res._status, res._headers, res._keep, res._started, res._done = 500, false, false, false, false
+      return last_bytes(res, "500 Internal Server Error\n")
+    end
+    return out
   end
   return nil
 end

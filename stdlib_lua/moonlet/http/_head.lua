@@ -133,8 +133,8 @@ function M.fields(buf, from, to, max_fields)
       h[name] = value
     elseif name == "host" then
       return nil, 400, "more than one Host header"
-    else
-      h[name] = old .. ", " .. value
+    else -- (several Cookie lines, as an HTTP/2 gateway may send, are one cookie list: RFC 9113 8.2.3)
+      h[name] = old .. (name == "cookie" and "; " or ", ") .. value
     end
     i = nxt
   end

@@ -13,6 +13,75 @@ local M = {}
 M.STATUS = httpd.STATUS
 M.unescape = httpd.unescape
 
+--- The cookies of a `Cookie` header value as a table (`req.cookies` is this of the request's header).
+--- Example: `local session = http.cookies(req.headers.cookie).session`
+---@param header string?
+---@return table<string, string>
+function M.cookies(header)
+  if header ~= nil and type(header) ~= "string" then argerror(1, "cookies", "string or nil", header) end
+  return httpd.cookies(header)
+end
+
+local COOKIE_OPTIONS = { path = true, domain = true, max_age = true, expires = true, secure = true,
+  http_only = true, same_site = true }
+local SAME_SITE = { Strict = "Strict", Lax = "Lax", None = "None", strict = "Strict", lax = "Lax", none = "None" }
+local TOKEN = "^[%w!#$%%&'*+%-.^_`|~]+$"
+local NOT_COOKIE_OCTET = '[%c ",;\\\128-\255]' -- RFC 6265: no control, space, DQUOTE, comma, ; or \, ASCII
+
+local function attribute(opts, key)
+  local v = opts[key]
+  if v ~= nil and (type(v) ~= "string" or v:find("[%c;]")) then
+    argerror(3, "setcookie", "string without ; or control bytes", v, key)
+  end
+  return v
+end
+
+--- A `Set-Cookie` header value (RFC 6265 4.1): `name=value` and the attributes `opts` asks for: `path`,
+--- `domain`, `max_age` (seconds; 0 deletes the cookie), `expires` (a Unix time), `secure`, `http_only`,
+--- `same_site` ("Strict", "Lax" or "None", which needs `secure`). A value with bytes a cookie cannot hold
+--- (space, `"`, `,`, `;`, `\`, control bytes) is an error: encode it first (`codec.uri.encode`,
+--- `codec.base64url.encode`). Several cookies go as a list: `res:header("set-cookie", { a, b })`.
+--- Example: `res:header("set-cookie", http.setcookie("session", id, { http_only = true, same_site = "Lax" }))`
+---@param name string
+---@param value string
+---@param opts? table  {path=, domain=, max_age=, expires=, secure=, http_only=, same_site=}
+---@return string
+function M.setcookie(name, value, opts)
+  if type(name) ~= "string" or not name:find(TOKEN) then argerror(1, "setcookie", "cookie name (a token)", name) end
+  if type(value) ~= "string" or value:find(NOT_COOKIE_OCTET) then
+    argerror(2, "setcookie", "cookie value (no space, quote, comma, ; or \\)", value)
+  end
+  opts = opts or {}
+  if type(opts) ~= "table" then argerror(3, "setcookie", "table", opts) end
+  door.check_options(opts, 3, "setcookie", COOKIE_OPTIONS)
+  local parts = { name .. "=" .. value }
+  local path, domain = attribute(opts, "path"), attribute(opts, "domain")
+  if path then parts[#parts + 1] = "Path=" .. path end
+  if domain then parts[#parts + 1] = "Domain=" .. domain end
+  local max_age, expires = opts.max_age, opts.expires
+  if max_age ~= nil then
+    if math.type(max_age) ~= "integer" then argerror(3, "setcookie", "integer", max_age, "max_age") end
+    parts[#parts + 1] = "Max-Age=" .. max_age
+  end
+  if expires ~= nil then
+    if type(expires) ~= "number" or expires < 0 then argerror(3, "setcookie", "Unix time", expires, "expires") end
+    parts[#parts + 1] = "Expires=" .. os.date("!%a, %d %b %Y %H:%M:%S GMT", math.floor(expires))
+  end
+  if opts.secure then parts[#parts + 1] = "Secure" end
+  if opts.http_only then parts[#parts + 1] = "HttpOnly" end
+  local same_site = opts.same_site
+  if same_site ~= nil then
+    local canonical = SAME_SITE[same_site]
+    if canonical == nil then argerror(3, "setcookie", "'Strict', 'Lax' or 'None'", same_site, "same_site") end
+    if canonical == "None" and not opts.secure then
+      argerror(3, "setcookie", "secure = true with it (browsers refuse SameSite=None without)", same_site,
+        "same_site")
+    end
+    parts[#parts + 1] = "SameSite=" .. canonical
+  end
+  return table.concat(parts, "; ")
+end
+
 ---@class moonlet.HttpServer
 ---@field host string
 ---@field port integer
