@@ -45,7 +45,11 @@ class Op(enum.IntEnum):
     SEND = 2, YIELDS, "(conn, out): send `out`; wait while more than the high-water mark is unsent"
     SENDALL = 3, YIELDS, "(conn, out): send `out`; wait until the kernel has taken every byte"
     SLEEP = 4, YIELDS, "(seconds): reply true after that long"
-    LISTEN = 5, YIELDS, "(host_or_path, port, entry): reply a listener handle and its port, or nil, err"
+    LISTEN = (
+        5,
+        YIELDS,
+        "(host_or_path, port, {entry, tls=}): reply a listener handle and its port, or nil, err",
+    )
     PARK = 6, YIELDS, '(timeout): sleep until UNPARK (reply its value) or the timeout (nil, "timeout")'
     JOIN = 7, YIELDS, '(task, timeout): wait until the task ends; reply as RESULT does, or nil, "timeout"'
     POOL_RUN = 8, YIELDS, "({pool=, timeout=}, {module=, fn=}, packed args): run a Lua function in a pool"
@@ -74,7 +78,7 @@ class Op(enum.IntEnum):
     HTTP_LISTEN = (
         19,
         YIELDS,
-        "(host, port, {entry, options...}): an HTTP listener (served by request workers), its port",
+        "(host, port, {entry, tls=, options...}): an HTTP listener (served by request workers), its port",
     )
     IDLE = (
         20,

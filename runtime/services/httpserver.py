@@ -305,7 +305,7 @@ class HttpService(Quiet):
             max_requests=int(spec[b"max_requests"] or MAX_REQUESTS),
             send_timeout=_seconds(spec[b"send_timeout"], SEND_TIMEOUT),
         )
-        return self.stream.open_listener(task, where, int(port), workers)  # type: ignore[call-overload]
+        return self.stream.open_listener(task, where, int(port), workers, spec[b"tls"])  # type: ignore[call-overload]
 
     def _idle(self, task: Task, conn: Connection, out: bytes | None, served: object) -> object:
         worker = task.owner

@@ -84,6 +84,7 @@ def wire_services(
     )
     capacity = ConnectionCapacity(loop, limits.max_connections)  # (HTTP connections are stream connections)
     capacity.count(stream.connections)
+    capacity.count(stream.tls.pending)  # (TLS handshakes in flight hold a descriptor each too)
     stream.capacity = capacity
     missing = kernel.missing_handlers()
     assert not missing, f"ops without a handler: {missing}"

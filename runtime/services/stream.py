@@ -24,6 +24,7 @@ import logging
 import math
 import socket
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, cast
 
 from runtime.config import Limits
@@ -32,10 +33,12 @@ from runtime.kernel.ops import Op
 from runtime.kernel.task import Extra, Task
 from runtime.listeners import SINGLE_PROCESS_MARK, remove_stale_socket, shared_listener
 from runtime.lua.state import lua_type_of, resume_thread
+from runtime.lua.values import to_plain
 from runtime.services import Defaults
 from runtime.services.background import Background
 from runtime.services.capacity import ConnectionCapacity
 from runtime.services.clock import TICK, Deadlines
+from runtime.tls import Handshakes, ServerTLS, TLSConfigError, server_tls, sni_of
 
 log = logging.getLogger("moonlet")
 
@@ -64,11 +67,14 @@ _AFTER_FLUSH_TRUE = 3  # SENDALL: reply true once every byte is taken
 class Listener:
     """A listening socket; Lua holds its number (kernel/handles.py), retired when it closes."""
 
-    __slots__ = ("adopted", "entry", "handle", "label", "server", "workers")
+    __slots__ = ("adopted", "entry", "handle", "label", "server", "tls", "workers")
 
-    def __init__(self, entry: object, label: str, workers: ServedBy | None = None) -> None:
+    def __init__(
+        self, entry: object, label: str, workers: ServedBy | None = None, tls: ServerTLS | None = None
+    ) -> None:
         self.entry = entry  # Lua function run as the handler task of each accepted connection
         self.label = label
+        self.tls = tls  # (a TLS listener) each connection's handshake comes first: Connection.handshake
         self.server: asyncio.Server | None = None
         self.workers = workers  # (HTTP) connections served by request workers instead of one task each
         # (under a supervisor) slot -> a server on the socket of a dead worker's slot, accepted from meanwhile
@@ -287,7 +293,10 @@ class Connection(asyncio.Protocol):
             self.close()  # nothing more will come, and everything that came is answered
             return True
         self._wake_reader(_CLOSED_REPLY)
-        return True  # keep the write side open: the handler may still answer (half-close)
+        # keep the write side open: the handler may still answer (half-close); TLS has no half-close (its
+        # close_notify ends both ways), so there the transport closes as it must
+        transport = self.transport
+        return transport is None or transport.get_extra_info("ssl_object") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -566,6 +575,7 @@ class StreamService(Defaults):
         self.input_per_turn = limits.input_per_turn
         self.background = Background(loop)
         self.capacity: ConnectionCapacity | None = None  # --max-connections, shared with HTTP (wire_services)
+        self.tls = Handshakes(loop)  # (TLS listeners) the handshakes in flight
         # what the number of a connection or listener that is gone names (kernel/handles.py)
         self.gone = Connection(self, None, "a connection that is gone")
         self.gone.closing = self.gone.eof = True
@@ -604,42 +614,55 @@ class StreamService(Defaults):
         transport.set_write_buffer_limits(high=0, low=0)  # resume_writing fires once it is all sent
         return conn.wait_writer(task, _AFTER_FLUSH_TRUE)
 
-    def _listen(self, task: Task, where: bytes, port: int | None, entry: object) -> object:
-        self.background.run(self._open_listener(task, where, port, entry))
+    def _listen(self, task: Task, where: bytes, port: int | None, spec: Any) -> object:
+        self.background.run(self._open_listener(task, where, port, spec[1], spec[b"tls"]))
         return SUSPEND
 
-    def open_listener(self, task: Task, where: bytes, port: int | None, workers: ServedBy) -> object:
+    def open_listener(
+        self, task: Task, where: bytes, port: int | None, workers: ServedBy, tls: object = None
+    ) -> object:
         """A listener whose connections ``workers`` serve (HTTP_LISTEN: runtime/services/httpserver.py)."""
-        self.background.run(self._open_listener(task, where, port, workers.entry, workers))
+        self.background.run(self._open_listener(task, where, port, workers.entry, tls, workers=workers))
         return SUSPEND
 
     async def _open_listener(
-        self, task: Task, where: bytes, port: int | None, entry: object, workers: ServedBy | None = None
+        self,
+        task: Task,
+        where: bytes,
+        port: int | None,
+        entry: object,
+        tls_options: object,
+        *,
+        workers: ServedBy | None = None,
     ) -> None:
         where_s = where.decode()
         label = where_s if port is None else f"{where_s}:{port}"
-        listener = Listener(entry, label, workers)
+        tls = None
+        if tls_options is not None:
+            try:
+                tls = server_tls(to_plain(tls_options))  # type: ignore[arg-type]
+            except TLSConfigError as e:
+                self.kernel.resume(task, (None, str(e).encode()))
+                return
+        listener = Listener(entry, label, workers, tls)
+        accept = self.acceptor(listener)
         try:
             if port is None:
                 shared = shared_listener(where_s, None, self.limits.backlog)  # (under a supervisor)
                 if shared is not None:
-                    server = await self.loop.create_unix_server(
-                        lambda: Connection(self, listener), sock=shared
-                    )
+                    server = await self.loop.create_unix_server(accept, sock=shared)
                 else:
                     remove_stale_socket(where_s)
-                    server = await self.loop.create_unix_server(
-                        lambda: Connection(self, listener), where_s, backlog=self.limits.backlog
-                    )
+                    server = await self.loop.create_unix_server(accept, where_s, backlog=self.limits.backlog)
                 bound: object = None
             else:
                 shared = shared_listener(where_s, port, self.limits.backlog)  # (under a supervisor)
                 if shared is not None:
-                    server = await self.loop.create_server(lambda: Connection(self, listener), sock=shared)
+                    server = await self.loop.create_server(accept, sock=shared)
                     self.by_address[(where_s, shared.getsockname()[1])] = listener
                 else:
                     server = await self.loop.create_server(
-                        lambda: Connection(self, listener),
+                        accept,
                         where_s,
                         port,
                         reuse_address=True,
@@ -653,7 +676,12 @@ class StreamService(Defaults):
             return
         listener.server = server
         self.listeners.add(listener)
-        log.info("listening on %s%s", listener.label, " (http)" if workers is not None else "")
+        log.info(
+            "listening on %s%s%s",
+            listener.label,
+            " (http)" if workers is not None else "",
+            " (tls)" if tls is not None else "",
+        )
         self.kernel.resume(task, (self.kernel.handles.number(listener), bound))
 
     # -- calls -----------------------------------------------------------------------------------
@@ -761,6 +789,13 @@ class StreamService(Defaults):
         return True
 
     # -- lifecycle -------------------------------------------------------------------------------
+    def acceptor(self, listener: Listener) -> Callable[[], asyncio.BaseProtocol]:
+        """The protocol factory of a listener's sockets: a connection (after its handshake, for TLS)."""
+        tls = listener.tls
+        if tls is None:
+            return lambda: Connection(self, listener)
+        return lambda: self.tls.accept(Connection(self, listener), tls, listener.label)
+
     async def adopt(self, host: str, port: int, slot: int, sock: socket.socket) -> None:
         """Accept from a dead worker's slot socket too, for our listener on the same address (the supervisor
         asked: see runtime/listeners.py)."""
@@ -768,7 +803,7 @@ class StreamService(Defaults):
         if listener is None or listener.server is None or slot in listener.adopted:
             sock.close()
             return
-        server = await self.loop.create_server(lambda: Connection(self, listener), sock=sock)
+        server = await self.loop.create_server(self.acceptor(listener), sock=sock)
         listener.adopted[slot] = server
         log.info("also accepting the connections of worker slot %d on %s", slot, listener.label)
 
@@ -850,6 +885,7 @@ class StreamService(Defaults):
         first: an app that failed ends without a drain."""
         for listener in list(self.listeners):
             self.close_listener(listener)
+        self.tls.close()
         self.close_all()
         deadline = time.monotonic() + CLOSE_GRACE
         while self.connections and time.monotonic() < deadline:
@@ -860,7 +896,13 @@ class StreamService(Defaults):
         await asyncio.sleep(0)
 
     def statistics(self) -> dict[str, int | float]:
-        return {"connections": len(self.connections), "listeners": len(self.listeners)}
+        stats: dict[str, int | float] = {
+            "connections": len(self.connections),
+            "listeners": len(self.listeners),
+        }
+        if self.tls.pending or self.tls.failed:
+            stats["tls_handshakes"], stats["tls_handshakes_failed"] = len(self.tls.pending), self.tls.failed
+        return stats
 
     def console_rows(self, topic: str) -> list[str]:
         if topic != "connections":
@@ -878,8 +920,10 @@ class StreamService(Defaults):
                 else "running"
             )
             left = conn.read_deadline - now if conn.reader is not None and conn.read_deadline else None
+            sni = sni_of(conn.transport)
+            tls = "" if sni is None else f"  tls{' ' + sni if sni else ''}"
             rows.append(
-                f"{id(conn):x}  {conn.describe()}  age {now - conn.since:.1f}s  in {conn.bytes_in}B out "
+                f"{id(conn):x}  {conn.describe()}{tls}  age {now - conn.since:.1f}s  in {conn.bytes_in}B out "
                 f"{conn.bytes_out}B  {waiting}" + (f" (timeout in {left:.1f}s)" if left is not None else "")
             )
         return rows

@@ -44,23 +44,77 @@ function Listener:close()
 end
 
 local LISTEN_OPTIONS = { handler = true, host = true, port = true, path = true, max_line = true,
-  max_read = true }
-local NOT_ON_LISTENERS = {
-  tls = "TLS on a listener is not supported yet: terminate TLS in front of moonlet (docs/deploy.md)" }
-M._NOT_ON_LISTENERS = NOT_ON_LISTENERS -- (http.serve says the same)
+  max_read = true, tls = true }
+
+local SERVER_TLS_OPTIONS = { cert = true, key = true, sni = true, alpn = true, client_ca = true, client_cert = true,
+  min_version = true, ciphers = true, handshake_timeout = true }
+local TLS_CHOICES = { client_cert = { none = true, optional = true, required = true },
+  min_version = { ["1.2"] = true, ["1.3"] = true } }
+
+-- A listener's `tls` table checked (at the API's caller: `fn` names it) and copied plain for the host
+-- (runtime/tls.py builds the context); `alpn`: what to offer when the table names none.
+function M._tls_options(tls, fn, alpn)
+  if type(tls) ~= "table" then argerror(1, fn, "table", tls, "tls", 1) end
+  host.check_options(tls, 1, fn, SERVER_TLS_OPTIONS, nil, 1)
+  local plain = {}
+  for _, name in ipairs { "cert", "key", "client_ca", "ciphers" } do
+    local v = tls[name]
+    if v ~= nil and type(v) ~= "string" then argerror(1, fn, "string", v, "tls." .. name, 1) end
+    plain[name] = v
+  end
+  if plain.cert == nil then argerror(1, fn, "certificate file", nil, "tls.cert", 1) end
+  for name, allowed in pairs(TLS_CHOICES) do
+    local v = tls[name]
+    if v ~= nil and not allowed[v] then
+      local names = {}
+      for choice in pairs(allowed) do names[#names + 1] = "'" .. choice .. "'" end
+      table.sort(names)
+      argerror(1, fn, table.concat(names, " or "), v, "tls." .. name, 1)
+    end
+    plain[name] = v
+  end
+  local t = tls.handshake_timeout
+  if t ~= nil and (type(t) ~= "number" or t ~= t or t <= 0) then
+    argerror(1, fn, "number > 0", t, "tls.handshake_timeout", 1)
+  end
+  plain.handshake_timeout = t
+  local offered = tls.alpn or alpn
+  if offered ~= nil then
+    if type(offered) ~= "table" then argerror(1, fn, "list of strings", offered, "tls.alpn", 1) end
+    plain.alpn = {}
+    for i, v in ipairs(offered) do
+      if type(v) ~= "string" then argerror(1, fn, "list of strings", v, "tls.alpn", 1) end
+      plain.alpn[i] = v
+    end
+  end
+  if tls.sni ~= nil then
+    if type(tls.sni) ~= "table" then argerror(1, fn, "table of server names", tls.sni, "tls.sni", 1) end
+    plain.sni = {}
+    for name, pair in pairs(tls.sni) do
+      if type(name) ~= "string" or type(pair) ~= "table" or type(pair.cert) ~= "string"
+        or (pair.key ~= nil and type(pair.key) ~= "string") then
+        argerror(1, fn, "{cert=, key=} by server name", pair, "tls.sni", 1)
+      end
+      plain.sni[name] = { cert = pair.cert, key = pair.key }
+    end
+  end
+  return plain
+end
 
 --- Serve TCP (host, port) or a Unix socket (path). `handler(conn)` runs in its own coroutine for each
 --- accepted connection; the connection is closed when it returns, and a Lua error in it ends only that
 --- connection (logged with its traceback). Returns a listener, or nil, err if the address cannot be bound.
 --- `port = 0` picks a free port (see `listener.port`).
 ---@async
+--- With `tls = {cert=, key=, ...}` (docs/reference.md lists the options) every connection is TLS: its
+--- handshake comes first (a failed one is a log line and a closed connection), then the handler.
 ---@param opts {host?: string, port?: integer, path?: string, handler: fun(conn: moonlet.Conn),
----             max_line?: integer, max_read?: integer}
+---             max_line?: integer, max_read?: integer, tls?: table}
 ---@return moonlet.Listener? listener
 ---@return string? err
 function M.listen(opts)
   if type(opts) ~= "table" then argerror(1, "listen", "table", opts) end
-  host.check_options(opts, 1, "listen", LISTEN_OPTIONS, NOT_ON_LISTENERS)
+  host.check_options(opts, 1, "listen", LISTEN_OPTIONS)
   local handler = opts.handler
   if type(handler) ~= "function" then argerror(1, "listen", "function", handler, "handler") end
   local lim = { line = opts.max_line or host.limits.max_line, read = opts.max_read or host.limits.max_read }
@@ -80,7 +134,8 @@ function M.listen(opts)
     handler(conn)
     if not conn[CLOSED] then conn:close() end
   end
-  local py, bound = request(OP.LISTEN, where, port, entry)
+  local tls = opts.tls ~= nil and M._tls_options(opts.tls, "listen") or nil
+  local py, bound = request(OP.LISTEN, where, port, { entry, tls = tls })
   if not py then return nil, bound end
   return setmetatable({ _py = py, host = port and where or nil, port = bound, path = not port and where or nil },
     Listener)

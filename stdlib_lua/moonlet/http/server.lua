@@ -105,7 +105,7 @@ local function check_limit(opts, name, fallback)
 end
 
 local SERVE_OPTIONS = { handler = true, host = true, port = true, keepalive_timeout = true, max_requests = true,
-  send_timeout = true }
+  send_timeout = true, tls = true }
 for name in pairs(httpd.DEFAULTS) do SERVE_OPTIONS[name] = true end
 
 --- Serve HTTP on host:port. `handler(req, res)` runs for each request (in a worker task; tasks it spawns end
@@ -115,14 +115,15 @@ for name in pairs(httpd.DEFAULTS) do SERVE_OPTIONS[name] = true end
 --- Limits (with their defaults): max_request_line (8 KiB, 414), max_header_bytes (16 KiB, 431), max_headers
 --- (100, 431), max_body (1 MiB, 413), header_timeout (30 s, 408), body_timeout (60 s between two pieces of a
 --- body), keepalive_timeout (75 s), max_requests (1000 per connection), send_timeout (60 s: how long a
---- response write may wait for a peer that takes no data before the connection is closed).
+--- response write may wait for a peer that takes no data before the connection is closed). HTTPS: `tls =
+--- {cert=, key=, ...}` as `net.listen` takes it (ALPN offers http/1.1).
 ---@async
 ---@param opts {host?: string, port: integer, handler: fun(req: moonlet.HttpRequest, res: moonlet.HttpReply)}
 ---@return moonlet.HttpServer? server
 ---@return string? err
 function M.serve(opts)
   if type(opts) ~= "table" then argerror(1, "serve", "table", opts) end
-  door.check_options(opts, 1, "serve", SERVE_OPTIONS, require("moonlet.net")._NOT_ON_LISTENERS)
+  door.check_options(opts, 1, "serve", SERVE_OPTIONS)
   local handler = opts.handler
   if type(handler) ~= "function" and not (type(handler) == "table" and getmetatable(handler)
     and getmetatable(handler).__call) then
@@ -131,7 +132,8 @@ function M.serve(opts)
   local lim = {}
   for name, default in pairs(httpd.DEFAULTS) do lim[name] = check_limit(opts, name, default) end
   local spec = { httpd.worker(handler, lim), keepalive_timeout = check_limit(opts, "keepalive_timeout"),
-    max_requests = check_limit(opts, "max_requests"), send_timeout = check_limit(opts, "send_timeout") }
+    max_requests = check_limit(opts, "max_requests"), send_timeout = check_limit(opts, "send_timeout"),
+    tls = opts.tls ~= nil and require("moonlet.net")._tls_options(opts.tls, "serve", { "http/1.1" }) or nil }
   local where = opts.host or "127.0.0.1"
   if type(where) ~= "string" then argerror(1, "serve", "string", where, "host") end
   local port = opts.port or 0
