@@ -523,3 +523,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         uses = set(getattr(item, "fixturenames", ()))
         if uses & _PROCESS_FIXTURES or _STARTS_A_PROCESS.search(inspect.getsource(function)):
             item.add_marker(pytest.mark.slow)
+
+
+# -- TLS certificates, made by openssl for the session -------------------------------------------
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def issue(d: Path, name: str, cn: str, san: str) -> None:
+    """A certificate for ``cn`` (and the subjectAltNames ``san``) signed by the test CA in ``d``."""
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+            f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)  # fmt: skip
+    (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test CA (ca.pem) and certificates it signed: server (localhost, 127.0.0.1), other (other.test and
+    *.wild.test, for SNI) and client (a client certificate), each NAME.pem with NAME.key."""
+    d = tmp_path_factory.mktemp("certs")
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+            "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=moonlet test CA", cwd=d)  # fmt: skip
+    issue(d, "server", "localhost", "DNS:localhost,IP:127.0.0.1")
+    issue(d, "other", "other.test", "DNS:other.test,DNS:*.wild.test")
+    issue(d, "client", "a client", "DNS:client.test")
+    return d

