@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 import shutil
+import ssl
 import subprocess
 import time
 
 import pytest
 import redis
+import websockets
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -113,6 +117,38 @@ def kv(run_app):  # type: ignore[no-untyped-def]
     client = redis.Redis(port=server.port, socket_timeout=5)
     yield server, client
     client.close()
+
+
+def test_ws_chat_fans_out_to_every_browser_over_https(run_app, certs) -> None:  # type: ignore[no-untyped-def]
+    server = run_app(
+        APPS / "ws_chat.lua", "--port", "0",
+        "--cert", str(certs / "server.pem"), "--key", str(certs / "server.key"),
+        ready=re.compile(rb"listening on (\S+):(\d+) \(http\) \(tls\)"),
+    )  # fmt: skip
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    page = subprocess.run(
+        ["curl", "-s", "--cacert", str(certs / "ca.pem"), f"https://localhost:{server.port}/"],
+        capture_output=True, timeout=10, check=True,
+    ).stdout  # fmt: skip
+    assert b"new WebSocket(" in page and b"<title>moonlet chat</title>" in page
+
+    async def chat() -> tuple[list[str], list[str]]:
+        url = f"wss://localhost:{server.port}/ws"
+        async with websockets.connect(url, ssl=ctx) as a:
+            first = [await a.recv(), await a.recv()]
+            async with websockets.connect(url, ssl=ctx) as b:
+                second = [await b.recv(), await b.recv()]
+                first.append(await a.recv())  # (b joined)
+                await b.send("hello, room ✓")
+                first.append(await a.recv())
+                second.append(await b.recv())
+            first.append(await a.recv())  # (b left)
+        return first, second
+
+    first, second = asyncio.run(chat())
+    assert first == ["welcome, guest1 (1 here)", "guest1 joined", "guest2 joined", "guest2: hello, room ✓",
+                     "guest2 left"]  # fmt: skip
+    assert second == ["welcome, guest2 (2 here)", "guest2 joined", "guest2: hello, room ✓"]
 
 
 def test_kv_with_redis_pys_transactions_watch_and_a_password(run_app) -> None:  # type: ignore[no-untyped-def]

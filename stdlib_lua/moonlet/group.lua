@@ -21,6 +21,9 @@
 -- sent to it (the others get it) and it stays a member, receiving again once it has caught up. A member
 -- whose connection has closed leaves the group by itself at the next send. A big group's send yields
 -- between slices of members (see Group:send), so no send holds the event loop for long.
+--
+-- A group may hold WebSockets instead (`room:add(ws)`, from `req:websocket()`): each message then goes as
+-- one text frame, framed once for all of them, with the same outbox and the same slow rule.
 -- @module moonlet.group
 local log = require "moonlet.log"
 local task = require "moonlet.task"
@@ -56,28 +59,46 @@ function M.new(opts)
     argerror(1, "new", '"close" or "drop"', slow, "slow")
   end
   return setmetatable({ outbox = outbox, slow = slow, members = {}, count = 0, dropped = 0, closed = 0,
-    _turn_over = sync.event() }, Group)
+    sockets = {}, framed = false, _turn_over = sync.event() }, Group)
 end
 
---- Add a connection (adding one twice is adding it once).
---- Example: `room:add(conn)`
----@param conn moonlet.Conn
-function Group:add(conn)
-  if type(conn) ~= "table" or type(conn._offer) ~= "function" then
-    argerror(1, "add", "connection", conn)
+-- A server-side WebSocket's connection (and the WebSocket), or the connection given
+local function member(m)
+  if type(m) == "table" and m._conn ~= nil and getmetatable(m) == require("moonlet.http.websocket")._WebSocket
+    and not m._client then
+    return m._conn, m
   end
-  if not self.members[conn] then
-    self.members[conn] = true
+  return m, nil
+end
+
+--- Add a connection, or a server's WebSocket (adding one twice is adding it once); a group holds one kind.
+--- Example: `room:add(conn)`
+---@param conn moonlet.Conn|moonlet.WebSocket
+function Group:add(conn)
+  local c, ws = member(conn)
+  if type(c) ~= "table" or type(c._offer) ~= "function" then
+    argerror(1, "add", "connection or WebSocket", conn)
+  end
+  if self.count > 0 and self.framed ~= (ws ~= nil) then
+    argerror(1, "add", self.framed and "WebSocket (the group holds WebSockets)"
+      or "connection (the group holds connections)", conn)
+  end
+  self.framed = ws ~= nil
+  if not self.members[c] then
+    self.members[c] = true
+    self.sockets[c] = ws
     self.count = self.count + 1
     self._list = nil
   end
 end
 
---- Remove a connection (nothing if it is not a member).
----@param conn moonlet.Conn
+--- Remove a connection or WebSocket (nothing if it is not a member).
+---@param conn moonlet.Conn|moonlet.WebSocket
 function Group:remove(conn)
+  conn = member(conn)
   if self.members[conn] then
     self.members[conn] = nil
+    self.sockets[conn] = nil
     self.count = self.count - 1
     self._list = nil
   end
@@ -94,17 +115,17 @@ end
 ---@param conn moonlet.Conn
 ---@return boolean
 function Group:has(conn)
-  return self.members[conn] == true
+  return self.members[(member(conn))] == true
 end
 
 --- The members, for a generic for: `for conn in room:each() do ... end`.
 --- Example: `for member in room:each() do member:write("* server restarting\n") end`
 ---@return fun(): moonlet.Conn?
 function Group:each()
-  local members, key = self.members, nil
+  local members, sockets, key = self.members, self.sockets, nil
   return function()
     key = next(members, key)
-    return key
+    return key and sockets[key] or key
   end
 end
 
@@ -188,6 +209,10 @@ function Group:send(...)
   if type(data) == "number" then data = tostring(data) end
   if type(data) ~= "string" then
     argerror(1, "send", "string or number", data)
+  end
+  if self.framed then -- (WebSockets: one text frame, the same bytes for all)
+    if not utf8.len(data) then argerror(1, "send", "UTF-8 text", data) end
+    data = require("moonlet.http.websocket")._text_frame(data)
   end
   local list = list_of(self)
   local per_turn = #data == 0 and SLICE or max(1, min(SLICE, SLICE_BYTES // #data))

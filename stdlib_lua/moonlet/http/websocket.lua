@@ -243,6 +243,12 @@ function WebSocket:close(code, reason)
   return true
 end
 
+-- (moonlet.group) a server's text frame of `data`: the same bytes for every member of a fan-out
+M._WebSocket = WebSocket
+function M._text_frame(data)
+  return frame({ _client = false }, TEXT, data)
+end
+
 local function new(conn, opts, client)
   return setmetatable({ _conn = conn, _client = client, _closed = false, _size = 0,
     _max = opts.max_message or MAX_MESSAGE }, WebSocket)
