@@ -140,6 +140,12 @@ def close_code(s: socket.socket) -> int:
         ([raw_frame(3, b"x")], 1002),  # an unknown opcode
         ([raw_frame(1, b"\xff\xfe")], 1007),  # text that is not UTF-8
         ([raw_frame(1, b"a", fin=False), raw_frame(0, b"\xed\xa0\x80")], 1007),  # a surrogate, fragmented
+        # fail fast: the first fragment is already not text, and the message never ends (it would wait)
+        ([raw_frame(1, b"ok \xff", fin=False)], 1007),
+        (
+            [raw_frame(1, b"\xe2\x9c", fin=False), raw_frame(0, b"A", fin=False)],
+            1007,
+        ),  # a character cut short
         ([raw_frame(2, b"x" * 100001)], 1009),  # over max_message
         ([raw_frame(2, b"x" * 60000, fin=False), raw_frame(0, b"x" * 50000)], 1009),  # ... in fragments
         ([raw_frame(9, b"x" * 126)], 1002),  # a control frame over 125 bytes
@@ -161,16 +167,16 @@ def test_each_protocol_error_gets_its_close_code(lua_host, frames: list[bytes], 
 
 def test_a_control_frame_between_fragments_and_a_clean_close(lua_host) -> None:  # type: ignore[no-untyped-def]
     server = lua_host(ECHO, ready=HTTP_READY)
-    with handshake(server.port) as s:
-        s.sendall(raw_frame(1, b"ab", fin=False) + raw_frame(9, b"!") + raw_frame(0, b"cd"))
+    with handshake(server.port) as s:  # (a character split over two fragments is fine: ✓ is e2 9c 93)
+        s.sendall(raw_frame(1, b"ab\xe2\x9c", fin=False) + raw_frame(9, b"!") + raw_frame(0, b"\x93cd"))
         s.sendall(raw_frame(8, struct.pack(">H", 1000) + b"fine"))
         data = b""
         while chunk := s.recv(65536):
             data += chunk
-    # the pong, the ping's message, the echo of the reassembled "abcd", then the close echoed (1000)
+    # the pong, the ping's message, the echo of the reassembled "ab✓cd", then the close echoed (1000)
     assert data == (
-        bytes([0x8A, 1]) + b"!" + bytes([0x81, 12]) + b"saw a ping !" + bytes([0x81, 9]) + b"text abcd"
-        + bytes([0x88, 2]) + struct.pack(">H", 1000)
+        bytes([0x8A, 1]) + b"!" + bytes([0x81, 12]) + b"saw a ping !"
+        + bytes([0x81, 12]) + b"text ab\xe2\x9c\x93cd" + bytes([0x88, 2]) + struct.pack(">H", 1000)
     )  # fmt: skip
     server.wait_log(b"peer closed 1000 fine")
 

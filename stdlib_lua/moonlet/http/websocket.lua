@@ -1,7 +1,7 @@
 --- WebSockets (RFC 6455), server and client: `req:websocket()` upgrades an HTTP request into a message
 --- connection, `http.websocket(url)` opens one to a server. Frames are read and written on the connection's
 --- own buffer; masking and hashing are the host's (`moonlet.codec`, `moonlet.crypto`); text is checked to be
---- UTF-8 as it arrives. Strict as the RFC says: a peer that breaks a rule gets the close code for it (1002
+--- UTF-8 as each fragment arrives. Strict as the RFC says: a peer that breaks a rule gets the close code for it (1002
 --- protocol error, 1007 bad UTF-8, 1009 too big) and the connection ends. Not done: permessage-deflate
 --- (RFC 7692) is not negotiated, so messages travel uncompressed.
 --
@@ -71,6 +71,23 @@ end
 
 local CLOSE_CODES = { [1000] = true, [1001] = true, [1002] = true, [1003] = true, [1007] = true, [1008] = true,
   [1009] = true, [1010] = true, [1011] = true, [1012] = true, [1013] = true, [1014] = true }
+
+-- `s` checked as the start of UTF-8 text (a fragment may end inside a character): the bytes of an unfinished
+-- character at its end ("" for none), or nil when `s` cannot begin valid text.
+local function utf8_start(s)
+  local n, bad = utf8len(s)
+  if n then return "" end
+  if bad < #s - 2 then return nil end
+  local lead = byte(s, bad)
+  local need = lead >= 0xF0 and lead <= 0xF4 and 4 or lead >= 0xE0 and lead < 0xF0 and 3
+    or lead >= 0xC2 and lead < 0xE0 and 2 or nil
+  if need == nil or bad + need - 1 <= #s then return nil end -- (not a lead byte, or whole and still bad)
+  for i = bad + 1, #s do
+    local c = byte(s, i)
+    if c < 0x80 or c > 0xBF then return nil end
+  end
+  return sub(s, bad)
+end
 
 -- The rest of a frame whose head has come: a failure now (a timeout too) ends the connection, which could
 -- not tell where the next frame starts.
@@ -181,9 +198,14 @@ function WebSocket:receive()
     end
     self._size = self._size + #payload
     if not fin then
+      if kind == TEXT then -- fail fast: a fragment that cannot be text ends it now, not at the message's end
+        local carry = utf8_start((self._carry or "") .. payload)
+        if carry == nil then return fail(self, 1007, "a text message that is not UTF-8") end
+        self._carry = carry
+      end
       self._parts, self._kind = parts, kind
     else
-      self._parts, self._kind, self._size = nil, nil, 0
+      self._parts, self._kind, self._size, self._carry = nil, nil, 0, nil
       local data = #parts == 1 and parts[1] or concat(parts)
       if kind == TEXT and not utf8len(data) then return fail(self, 1007, "a text message that is not UTF-8") end
       return data, NAMES[kind]
