@@ -6,6 +6,8 @@
     python bench/run.py blocking # echo p99 beside slow queries and CPU jobs; 10 ms blocking calls vs sleep
     python bench/run.py loadgen  # moonlet bench vs redis-benchmark on the pong workload: req/s, client CPU
     python bench/run.py http     # wrk: hello_http.lua vs nginx + Lua vs raw uvloop; idle keep-alive memory
+    python bench/run.py https    # wrk over TLS: hello_http.lua vs nginx, one certificate; idle TLS memory
+    python bench/run.py ws       # WebSocket echo messages/s: moonlet vs the websockets library on uvloop
     python bench/run.py peers    # the pong workload also against 2 moonlet workers, redis-server, Node.js,
                                  # Tarantool
     python bench/run.py all
@@ -449,6 +451,116 @@ def bench_http(seconds: float, conns: int) -> list[dict[str, object]]:
     return rows
 
 
+def _certificate(tmp: str) -> tuple[str, str]:
+    """A self-signed EC P-256 certificate for 127.0.0.1 (both servers of `https` use it)."""
+    cert, key = f"{tmp}/cert.pem", f"{tmp}/key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def _wrk_https(port: int, seconds: float) -> float:
+    out = subprocess.run(
+        [*PIN_CLIENT, "wrk", "-t1", "-c50", f"-d{seconds:g}s", f"https://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True, timeout=seconds + 60,
+    ).stdout  # fmt: skip
+    return float(out.split("Requests/sec:")[1].split()[0])
+
+
+def _idle_tls(port: int, pid: int, count: int) -> float:
+    """Bytes of server RSS per idle TLS keep-alive connection (each has made one request)."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    before = rss_bytes(pid)
+    socks = []
+    for _ in range(count):
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        socks.append(s)
+    for s in socks:
+        s.settimeout(10)
+        got = b""
+        while b"hello" not in got:
+            got += s.recv(4096)
+    time.sleep(1)
+    per = (rss_bytes(pid) - before) / count
+    for s in socks:
+        s.close()
+    return per
+
+
+def bench_https(seconds: float, conns: int) -> list[dict[str, object]]:
+    """HTTPS hello with keep-alive (wrk -c50), moonlet against nginx with the same certificate and the
+    protocol and cipher both negotiate with wrk (TLS 1.3, AES-256-GCM here); server CPU per request."""
+    import tempfile
+
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install wrk")
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = _certificate(tmp)
+        kinds = ["moonlet hello_http.lua"] + (["nginx (1 worker)"] if shutil.which("nginx") else [])
+        for kind in kinds:
+            port = free_port()
+            if kind.startswith("moonlet"):
+                cmd = moonlet(str(ROOT / "apps" / "hello_http.lua"), "--port", str(port), "--cert", cert,
+                              "--key", key)  # fmt: skip
+            else:
+                conf = Path(tmp) / "nginx.conf"
+                text = (ROOT / "bench" / "nginx" / "hello_tls.conf.in").read_text()
+                for k, v in {"@PORT@": str(port), "@DIR@": tmp, "@CERT@": cert, "@KEY@": key}.items():
+                    text = text.replace(k, v)
+                conf.write_text(text)
+                cmd = ["nginx", "-c", str(conf), "-p", tmp]
+            with running(cmd, port) as (pid, _):
+                _wrk_https(port, 1)  # warm-up
+                before = cpu_seconds(pid)
+                rps = _wrk_https(port, seconds)
+                cpu = (cpu_seconds(pid) - before) / (rps * seconds) * 1e6
+                rows.append({"workload": "https", "figure": f"{kind}: wrk req/s", "value": rps})
+                rows.append({"workload": "https", "figure": f"{kind}: server CPU µs/req", "value": cpu})
+                if kind.startswith("moonlet"):
+                    idle = _idle_tls(port, pid, conns)
+                    rows.append(
+                        {
+                            "workload": "https",
+                            "figure": f"{kind}: bytes per idle TLS connection",
+                            "value": idle,
+                        }
+                    )
+    return rows
+
+
+def bench_ws(seconds: float) -> list[dict[str, object]]:
+    """WebSocket echo of 16-byte text messages, 50 clients (the websockets library, pinned to the client
+    CPU): moonlet's bench/lua/ws_echo.lua against bench/ws_peer.py (the websockets library on uvloop)."""
+    rows: list[dict[str, object]] = []
+    servers = {
+        "moonlet ws_echo.lua": lambda port: moonlet(
+            str(ROOT / "bench" / "lua" / "ws_echo.lua"), "--port", str(port)
+        ),
+        "websockets on uvloop": lambda port: [PYTHON, str(ROOT / "bench" / "ws_peer.py"), str(port)],
+    }
+    for kind, make in servers.items():
+        port = free_port()
+        with running(make(port), port) as (pid, _):
+            client = [*PIN_CLIENT, PYTHON, str(ROOT / "bench" / "ws_client.py"), str(port), "50"]
+            subprocess.run([*client, "1"], check=True, capture_output=True)  # warm-up
+            before = cpu_seconds(pid)
+            done = int(subprocess.run([*client, f"{seconds:g}"], check=True, capture_output=True,
+                                      text=True).stdout)  # fmt: skip
+            cpu = (cpu_seconds(pid) - before) / done * 1e6
+            rows.append({"workload": "ws", "figure": f"{kind}: echoed messages/s", "value": done / seconds})
+            rows.append({"workload": "ws", "figure": f"{kind}: server CPU µs/message", "value": cpu})
+    return rows
+
+
 def _timed_requests(port: int, requests: list[bytes]) -> float:
     """Wall time for ``requests`` sent at once, each on its own connection, until every reply is in."""
     socks = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in requests]
@@ -515,7 +627,8 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "what", choices=["pong", "idle", "tasks", "blocking", "loadgen", "http", "peers", "all"]
+        "what",
+        choices=["pong", "idle", "tasks", "blocking", "loadgen", "http", "https", "ws", "peers", "all"],
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--n", type=int, default=200_000, help="requests per -P 1 run")
@@ -544,6 +657,10 @@ def main() -> int:
         rows += bench_idle(ns.runs, min(ns.conns, 10_000), [*SERVERS, *single])
     if ns.what in ("http", "all"):
         rows += bench_http(ns.seconds * 2, min(ns.conns, 5000))
+    if ns.what in ("https", "all"):
+        rows += bench_https(ns.seconds * 2, min(ns.conns, 2000))
+    if ns.what in ("ws", "all"):
+        rows += bench_ws(ns.seconds)
     report(rows)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
