@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import re
 import shutil
 import socket
+import socketserver
 import ssl
 import subprocess
 import sys
@@ -517,3 +519,88 @@ def test_moonlet_bench_against_kv_counts_latencies_and_errors(run_app) -> None: 
     assert refused["transactions"] == 0 and refused["errors_by_kind"] == {
         "connection refused": refused["errors"]
     }
+
+
+class Upstream(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class OneAnswerThenClose(socketserver.StreamRequestHandler):
+    """Answers one request with keep-alive headers, then closes: every pooled connection goes stale."""
+
+    def handle(self) -> None:
+        line = self.rfile.readline()
+        while self.rfile.readline() not in (b"\r\n", b""):
+            pass
+        method = line.split()[0].decode() if line else "?"
+        body = f"{method} ok".encode()
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+class Dripping(socketserver.StreamRequestHandler):
+    """A head at once, then a body of 100 bytes, one every 50 ms: each read is quick, the whole is not."""
+
+    def handle(self) -> None:
+        while self.rfile.readline() not in (b"\r\n", b""):
+            pass
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(100):
+            try:
+                self.wfile.write(b"x")
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def upstream(handler: type[socketserver.BaseRequestHandler]) -> Iterator[int]:
+    server = Upstream(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_stale_pooled_connection_is_retried_once_for_idempotent_requests(lua_run) -> None:  # type: ignore[no-untyped-def]
+    with upstream(OneAnswerThenClose) as port:
+        code, out = lua_run(
+            f"""
+            local http, time = require "moonlet.http", require "moonlet.time"
+            local ok, failed = 0, {{}}
+            for i = 1, 20 do
+              local res, err = http.get("http://127.0.0.1:{port}/" .. i)
+              if res and res.body == "GET ok" then ok = ok + 1 else failed[#failed + 1] = tostring(err) end
+              time.sleep(0.01)  -- (the upstream's close reaches the pooled connection)
+            end
+            print(ok, table.concat(failed, ","))
+            local res, err = http.request {{ url = "http://127.0.0.1:{port}/", method = "POST", body = "x" }}
+            print(res and res.body, err)
+            """,
+            virtual_time=False,
+        )
+    assert code == 0, out
+    assert out[0] == "20\t"  # every GET succeeds (10 of 20 failed with "closed" before)
+    assert out[1] in ("POST ok\tnil", "nil\tclosed"), out  # (never sent twice: a POST is not idempotent)
+
+
+def test_deadline_bounds_the_whole_request_timeout_each_read(lua_run) -> None:  # type: ignore[no-untyped-def]
+    with upstream(Dripping) as port:
+        code, out = lua_run(
+            f"""
+            local http = require "moonlet.http"
+            local clock = require("moonlet.time").monotonic
+            local t0 = clock()
+            local res, err = http.get("http://127.0.0.1:{port}/", {{ timeout = 0.2, deadline = 0.4 }})
+            print(res, err, string.format("%.2f", clock() - t0))
+            print(pcall(http.get, "http://x/", {{ deadline = -1 }}))
+            """,
+            virtual_time=False,
+        )
+    assert code == 0, out
+    res, err, took = out[0].split("\t")
+    assert (res, err) == ("nil", "timeout") and 0.35 <= float(took) < 1.0, out  # (each read alone: 5 s)
+    assert "bad argument #1 to 'request' ('deadline': number > 0 expected, got -1)" in out[1]

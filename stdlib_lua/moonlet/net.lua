@@ -145,7 +145,8 @@ end
 -- the client side
 
 local TLS_OPTIONS = { verify = true, cafile = true, server_name = true }
-local CONNECT_OPTIONS = { timeout = true, tls = true, pool = true, pool_size = true, pool_timeout = true }
+local CONNECT_OPTIONS = { timeout = true, tls = true, pool = true, pool_size = true, pool_timeout = true,
+  reuse = true }
 local STARTTLS_OPTIONS = { verify = true, cafile = true, server_name = true, timeout = true }
 
 local function check_opts(opts, what, known)
@@ -163,12 +164,14 @@ end
 --- reused first. Options: `timeout` (seconds for connecting and the TLS handshake, default 10), `tls`
 --- (`true`: TLS verified against the system's CAs; or {verify = false, cafile = , server_name = }),
 --- `pool_size` (at most that many open connections to this destination; more connects wait, up to
---- `pool_timeout` seconds, then nil, "busy"), `pool` (a name for the destination's pool instead of host:port).
+--- `pool_timeout` seconds, then nil, "busy"), `pool` (a name for the destination's pool instead of host:port),
+--- `reuse` (false: a new connection even when an idle one is kept).
 --- Errors: "connection refused", "timeout", "resolve: ...", "tls: certificate verify failed: ...".
 ---@async
 ---@param dest string  host name or address, or a Unix socket path
 ---@param port? integer
----@param opts? {timeout?: number, tls?: boolean|table, pool_size?: integer, pool_timeout?: number, pool?: string}
+---@param opts? {timeout?: number, tls?: boolean|table, pool_size?: integer, pool_timeout?: number, pool?: string,
+---             reuse?: boolean}
 ---@return moonlet.Conn? conn
 ---@return string? err
 function M.connect(dest, port, opts)
@@ -177,13 +180,19 @@ function M.connect(dest, port, opts)
   if type(dest) ~= "string" then argerror(1, "connect", "host or socket path", dest) end
   if port ~= nil and not host.is_port(port, 1) then argerror(2, "connect", "port from 1 to 65535", port) end
   local key = opts.pool or (dest .. ":" .. tostring(port) .. (opts.tls and ":tls" or ""))
-  local conn = keepalive.take_idle(key)
-  if conn then return conn end
+  local conn = opts.reuse ~= false and keepalive.take_idle(key)
+  if conn then
+    conn._reused = true
+    return conn
+  end
   local size = opts.pool_size
   if size then
     local got = keepalive.reserve(key, size, opts.pool_timeout or opts.timeout or 10)
     if got == nil then return nil, "busy" end
-    if got ~= true then return got end -- a connection, handed over by setkeepalive
+    if got ~= true then -- a connection, handed over by setkeepalive
+      got._reused = true
+      return got
+    end
   end
   local py, err = request(OP.CONNECT, dest, port, opts)
   if not py then
@@ -191,7 +200,7 @@ function M.connect(dest, port, opts)
     return nil, err
   end
   conn = new_conn(py, { line = host_limits.max_line, read = host_limits.max_read })
-  conn._key, conn._counted = key, size ~= nil
+  conn._key, conn._counted, conn._reused = key, size ~= nil, false
   if size then keepalive.count(key, conn) end
   return conn
 end

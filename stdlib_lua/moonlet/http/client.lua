@@ -44,38 +44,46 @@ local Response = {}
 Response.__index = Response
 
 -- Body readers: each returns the next piece, or nil at the end, or nil, err.
+-- (the readers hand on what has arrived, at most PIECE bytes at a time, so that a request's deadline is
+-- checked between arrivals: Response:read)
 local function length_reader(conn, left)
   return function()
     if left == 0 then return nil end
-    local n = left < PIECE and left or PIECE
-    local data, err = conn:readn(n)
+    local data, err = conn:read(left < PIECE and left or PIECE)
     if not data then return nil, err end
-    left = left - n
+    left = left - #data
     return data
   end
 end
 
 local function chunked_reader(conn)
-  local done = false
+  local done, in_chunk = false, 0 -- (bytes of the current chunk still to come)
   return function()
     if done then return nil end
-    local line, err = conn:readline()
-    if not line then return nil, err end
-    local size = tonumber(line:match("^%s*(%x+)"), 16)
-    if size == nil then return nil, "http: bad chunk size" end
-    if size == 0 then
-      repeat -- trailers, up to the empty line
-        line, err = conn:readline()
-        if not line then return nil, err end
-      until line == ""
-      done = true
-      return nil
+    local line, err
+    if in_chunk == 0 then
+      line, err = conn:readline()
+      if not line then return nil, err end
+      local size = tonumber(line:match("^%s*(%x+)"), 16)
+      if size == nil then return nil, "http: bad chunk size" end
+      if size == 0 then
+        repeat -- trailers, up to the empty line
+          line, err = conn:readline()
+          if not line then return nil, err end
+        until line == ""
+        done = true
+        return nil
+      end
+      in_chunk = size
     end
     local data
-    data, err = conn:readn(size)
+    data, err = conn:read(in_chunk < PIECE and in_chunk or PIECE)
     if not data then return nil, err end
-    line, err = conn:readline()
-    if line ~= "" then return nil, err or "http: bad chunk end" end
+    in_chunk = in_chunk - #data
+    if in_chunk == 0 then
+      line, err = conn:readline()
+      if line ~= "" then return nil, err or "http: bad chunk end" end
+    end
     return data
   end
 end
@@ -103,6 +111,16 @@ end
 function Response:read()
   local reader = self._reader
   if reader == nil then return nil end
+  local stop = self._stop
+  if stop then -- (the request's deadline: each read gets what is left of it, at most the per-read timeout)
+    local left = stop - door.call(door.OP.MONOTONIC)
+    if left <= 0 then
+      self._reader = nil
+      self._conn:close()
+      return nil, "timeout"
+    end
+    self._conn:settimeout(left < self._timeout and left or self._timeout)
+  end
   local piece, err = reader()
   if piece == nil then
     self._reader = nil
@@ -111,9 +129,10 @@ function Response:read()
   return piece, err
 end
 
+-- The response's status line and headers; or nil, err, and whether not one byte of them came.
 local function read_head(conn)
-  local line, err = conn:readline()
-  if not line then return nil, err end
+  local line, err, partial = conn:readline()
+  if not line then return nil, err, partial == nil or partial == "" end
   local version, status, reason = line:match("^HTTP/(%d%.%d) (%d%d%d) ?(.*)$")
   if not version then return nil, "http: bad status line" end
   local headers = {}
@@ -151,13 +170,22 @@ local function send_request(conn, method, host, port, scheme, path, headers, bod
   return conn:flush()
 end
 
-local function once(opts, method, url, body)
+-- One request on one connection: the response (its body still to read); or nil, err, and whether the
+-- connection was a pooled one the server had closed before answering a byte (worth one more try).
+local function once(opts, method, url, body, stop, fresh)
   local scheme, host, port, path = M.parse_url(url)
   if not scheme then return nil, "http: bad url '" .. url .. "'" end
   local timeout = opts.timeout or 30
+  if stop then
+    local left = stop - door.call(door.OP.MONOTONIC)
+    if left <= 0 then return nil, "timeout" end
+    if left < timeout then timeout = left end
+  end
   local tls = scheme == "https" and (opts.tls or true) or nil
-  local conn, err = net.connect(host, port, { timeout = timeout, tls = tls, pool_size = opts.pool_size })
+  local conn, err = net.connect(host, port, { timeout = timeout, tls = tls, pool_size = opts.pool_size,
+    reuse = not fresh })
   if not conn then return nil, err end
+  local reused = conn._reused
   conn:settimeout(timeout)
   local max_body = opts.max_body or M.MAX_BODY
   conn:setlimits { max_line = 64 * 1024, max_read = max_body > PIECE and max_body or PIECE }
@@ -165,13 +193,13 @@ local function once(opts, method, url, body)
   ok, err = send_request(conn, method, host, port, scheme, path, opts.headers or {}, body)
   if not ok then
     conn:close()
-    return nil, err
+    return nil, err, reused and err == "closed"
   end
-  local res
-  res, err = read_head(conn)
+  local res, nothing
+  res, err, nothing = read_head(conn)
   if not res then
     conn:close()
-    return nil, err
+    return nil, err, reused and nothing and err == "closed"
   end
   local h = res.headers
   local reader, framed_by_close
@@ -190,7 +218,7 @@ local function once(opts, method, url, body)
     reader, framed_by_close = close_reader(conn), true
   end
   local connection = lower(h.connection or "")
-  res._conn, res._reader = conn, reader
+  res._conn, res._reader, res._stop, res._timeout = conn, reader, stop, opts.timeout or 30
   res._reusable = res._version == "1.1" and connection ~= "close" and not framed_by_close
   return res
 end
@@ -206,14 +234,20 @@ local function resolve_location(base, location)
 end
 
 local REQUEST_OPTIONS = { url = true, method = true, headers = true, body = true, timeout = true, tls = true,
-  pool_size = true, max_body = true, redirects = true, stream = true }
+  pool_size = true, max_body = true, redirects = true, stream = true, deadline = true }
+
+-- Methods a client may send twice (RFC 9110 9.2.2): retried once when a pooled connection was stale.
+local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true, TRACE = true }
 
 --- Make an HTTP request. Options: `url` (required), `method` ("GET"), `headers` (a table of name = value),
 --- `body` (a string), `timeout` (seconds for connecting and for each read or write, default 30),
+--- `deadline` (seconds for the whole request, redirects and body included: past it nil, "timeout"),
 --- `redirects` (how many redirects to follow, default 0), `stream` (true: `res.body` is nil and
 --- `res:read()` returns the body piece by piece), `max_body` (limit on a buffered body, default 64 MiB),
 --- `tls` (for https: {verify = false, cafile = , server_name = }).
---- Returns the response ({status, reason, headers, body}), or nil, err.
+--- Returns the response ({status, reason, headers, body}), or nil, err. A keep-alive connection the server
+--- closed while it sat in the pool fails before a byte of the answer: an idempotent request (GET, HEAD,
+--- PUT, DELETE, OPTIONS, TRACE) is then sent once more on a new connection, as browsers and curl do.
 ---@async
 ---@param opts {url: string, method?: string, headers?: table, body?: string, timeout?: number,
 ---             redirects?: integer, stream?: boolean, max_body?: integer, tls?: table}
@@ -226,8 +260,16 @@ function M.request(opts)
   if opts.body ~= nil and type(opts.body) ~= "string" then argerror(1, "request", "string", opts.body, "body") end
   local method, url, body = (opts.method or "GET"):upper(), opts.url, opts.body
   local left = opts.redirects or 0
+  local deadline = opts.deadline
+  if deadline ~= nil and (type(deadline) ~= "number" or deadline ~= deadline or deadline <= 0) then
+    argerror(1, "request", "number > 0", deadline, "deadline")
+  end
+  local stop = deadline and door.call(door.OP.MONOTONIC) + deadline
   while true do
-    local res, err = once(opts, method, url, body)
+    local res, err, stale = once(opts, method, url, body, stop)
+    if not res and stale and IDEMPOTENT[method] then
+      res, err = once(opts, method, url, body, stop, true)
+    end
     if not res then return nil, err end
     local location = res.headers.location
     local redirect = location and (res.status == 301 or res.status == 302 or res.status == 303
