@@ -42,13 +42,19 @@ local function history()
     ORDER BY id DESC LIMIT :n) AS recent ORDER BY id]], { room = opts.room, n = opts.history })
 end
 
--- One subscription per node: every message of the room goes to this node's clients.
+-- One subscription per node: every message of the room goes to this node's clients. It ends with a drain
+-- (SIGTERM, a reload), so that a node with no client left stops at once rather than at the drain timeout.
 local sub = assert(r:subscribe(opts.room))
+local stopping = false
+require("moonlet.workers").ondrain(function()
+  stopping = true
+  sub:close()
+end)
 spawn(function()
   while true do
     local msg, err = sub:get()
     if not msg then
-      log.error("chat: lost the Redis subscription: " .. tostring(err))
+      if not stopping then log.error("chat: lost the Redis subscription: " .. tostring(err)) end
       return
     end
     room:send(msg.data, "\n")

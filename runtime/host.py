@@ -280,7 +280,12 @@ class Host:
     def _drain_expired(self) -> None:
         assert self.stream is not None
         if self._done is not None and not self._done.done():
-            log.warning("drain timeout: closing %d connections still busy", len(self.stream.connections))
+            kernel = self.kernel
+            log.warning(
+                "drain timeout: %d tasks still running, %d connections open; ending them",
+                kernel.live if kernel is not None else 0,
+                len(self.stream.connections),
+            )
             self._finish()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -298,3 +299,16 @@ def test_cancelled_task_gives_back_its_transaction_and_connection(tmp_path: Path
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().splitlines() == ["0", "1"]
     assert b"rolling back a transaction left open by" in result.stderr
+
+
+def test_a_chat_node_with_no_client_stops_at_once_on_sigterm(
+    run_app, redis_server: int, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    room = ["--redis-port", str(redis_server), "--room", "quiet-room"]
+    node = run_app("apps/chat.lua", "--port", "0", *room, options=["--db", str(tmp_path / "chat.db")])
+    start = time.monotonic()
+    assert node.stop(signal.SIGTERM, timeout=40) == 0
+    took = time.monotonic() - start
+    log = b"".join(node.log_lines).decode()  # (all of it: stop() read the rest)
+    assert took < 5, (took, log)  # (30 s before: its subscription kept the drain waiting)
+    assert "lost the Redis subscription" not in log and "drain timeout" not in log, log

@@ -506,3 +506,43 @@ def test_the_server_answers_during_a_slow_client_and_sleeping_tasks(lua_host) ->
     assert time.monotonic() - start < 5
     with socket.create_connection(("127.0.0.1", server.port), timeout=5):
         pass
+
+
+JOB_QUEUE = """
+local net, sync, workers, log = require "moonlet.net", require "moonlet.sync", require "moonlet.workers",
+  require "moonlet.log"
+local jobs = sync.queue()
+for i = 1, 3 do
+  spawn(function()
+    while true do
+      local job = jobs:get()  -- waits: nothing else would end this loop
+      if job == nil then log.info("runner " .. i .. " stops") return end
+    end
+  end)
+end
+if %(hook)s then
+  workers.ondrain(function()
+    log.info("drain began: draining() is " .. tostring(workers.draining()))
+    jobs:close()  -- every runner's get returns nil
+  end)
+end
+net.listen { port = 0, handler = function(conn) conn:write(tostring(workers.draining()), "\\n") end }
+"""
+
+
+def test_apps_hear_the_drain_and_it_ends_when_their_work_does(lua_host) -> None:  # type: ignore[no-untyped-def]
+    server = lua_host(JOB_QUEUE % {"hook": "true"}, options=["--drain-timeout", "20"])
+    assert server.connect().line() == b"false"
+    start = time.monotonic()
+    assert server.stop() == 0
+    took = time.monotonic() - start
+    log = server.log_text()
+    assert took < 1.0, (took, log)  # (it waited for the 20 s drain timeout before: the runners never ended)
+    assert "drain began: draining() is true" in log and log.count("stops") == 3, log
+    assert "drain timeout" not in log
+
+
+def test_without_a_hook_the_drain_timeout_says_what_it_waited_for(lua_host) -> None:  # type: ignore[no-untyped-def]
+    server = lua_host(JOB_QUEUE % {"hook": "false"}, options=["--drain-timeout", "0.5"])
+    server.stop()
+    assert "drain timeout: 3 tasks still running, 0 connections open; ending them" in server.log_text()

@@ -221,6 +221,8 @@ class Op(enum.IntEnum):
     RANDOM = 82, CALL, "(n): n bytes from the system's cryptographic random source"
     SECRET_EQUAL = 83, CALL, "(a, b): whether a == b, in a time that does not tell where they differ"
     MASK = 84, CALL, "(data, key): data XOR the 4-byte key repeated (WebSocket masking, RFC 6455 5.3)"
+    ON_DRAIN = 85, CALL, "(job, where): run job as a task when the server begins to drain (now, if it has)"
+    DRAINING = 86, CALL, "(): whether the server is draining (SIGTERM, or a reload's old worker)"
 
 
 YIELDING = frozenset(op for op in Op if op.yields)

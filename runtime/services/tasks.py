@@ -51,6 +51,8 @@ class TaskService(Quiet):
         {
             Op.CANCEL,
             Op.CURRENT,
+            Op.DRAINING,
+            Op.ON_DRAIN,
             Op.DETACH,
             Op.JOIN,
             Op.PARK,
@@ -72,6 +74,8 @@ class TaskService(Quiet):
         self._run = -1  # Kernel.resumes when the stall check last saw a new run
         self._run_since = 0.0
         self.guard: StallGuard | None = None  # set by the host when the budget is on and arming works
+        self.draining = False  # (a drain began: SIGTERM, or the old worker of a reload)
+        self.drain_jobs: list[tuple[int, str]] = []  # workers.ondrain's functions, run when it begins
         self.failures = 0  # spawned tasks that failed with nobody waiting for them (moonlet test reads it)
         self.last_failure = ""
         # what the number of a task that ended and was forgotten names (kernel/handles.py)
@@ -95,7 +99,26 @@ class TaskService(Quiet):
         self.last_failure = f"{task.describe()} failed: {one_line(error)}"
         log.error("%s", self.last_failure)
 
+    def drain(self) -> None:
+        """The server begins to drain: the app's drain hooks run, each a task (workers.ondrain)."""
+        self.draining = True
+        jobs, self.drain_jobs = self.drain_jobs, []
+        for job, name in jobs:
+            self.kernel.spawn(self, job, False, body=self.kernel.job_body, extra=Extra(name), soon=True)
+
     # -- requests --------------------------------------------------------------------------------
+    def _on_drain(self, job: object, where: object, _c: object) -> bool:
+        if not isinstance(job, int):
+            raise TypeError("ondrain: bad job id")
+        name = "drain hook set at " + (where.decode("utf-8", "replace") if isinstance(where, bytes) else "?")
+        self.drain_jobs.append((job, name))
+        if self.draining:  # (set after the drain began: it runs now)
+            self.drain()
+        return True
+
+    def _draining(self, _a: object, _b: object, _c: object) -> bool:
+        return self.draining
+
     def _spawn(self, job: object, where: object, _c: object) -> int:
         assert self.kernel.job_body is not None
         if not isinstance(job, int):

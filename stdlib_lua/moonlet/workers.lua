@@ -28,6 +28,25 @@ function M.single(reason)
   if not ok then error("workers.single: " .. tostring(err), 2) end
 end
 
+--- Whether this worker is draining: it got SIGTERM (or Ctrl-C), or it is the old worker of a reload
+--- (SIGHUP), so it takes no new connections and ends once its tasks have. A background loop checks it
+--- between two items (OpenResty: `ngx.worker.exiting()`).
+--- Example: `while not workers.draining() do run(q:get(1)) end`
+---@return boolean
+function M.draining()
+  return call(OP.DRAINING)
+end
+
+--- Run `fn` in its own task when this worker begins to drain (at once if it has): the place to close a
+--- queue its runners wait on, end a subscription, or stop a loop, so that the drain ends as soon as the
+--- work in hand is done instead of at the drain timeout.
+--- Example: `workers.ondrain(function() jobs:close() end)`
+---@param fn function
+function M.ondrain(fn)
+  if type(fn) ~= "function" then host.argerror(1, "ondrain", "function", fn) end
+  call(OP.ON_DRAIN, host.job(table.pack(fn)), where(2))
+end
+
 --- This process's worker number: 1 to N under `moonlet run`'s supervisor, 1 when it runs alone.
 --- Example: `log.info("worker " .. workers.id() .. " ready")`
 ---@return integer
