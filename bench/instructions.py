@@ -4,6 +4,7 @@
     python bench/instructions.py --server kv --pipeline 16 --requests 200000
     python bench/instructions.py --server kv --stall-budget 0     # the same with the stall budget off
     python bench/instructions.py --http               # hello_http.lua and raw uvloop + httptools, wrk -c50
+    python bench/instructions.py --http --server hello_http --app-arg=--access-log --app-arg=/tmp/a.log
 
 The server runs under ``valgrind --tool=callgrind --instr-atstart=no``; after a warm-up (every code path
 compiled and every cache filled) ``callgrind_control -i on`` starts counting, ``redis-benchmark`` sends
@@ -42,13 +43,16 @@ from harness import (  # bench/harness.py
 RESULTS = ROOT / "bench" / "results"
 
 
+APP_ARGS: list[str] = []  # (--app-arg: more arguments for the app, after --port)
+
+
 def server_command(name: str, port: int, stall_budget: str | None) -> list[str]:
     if name == "raw":
         return [PYTHON, str(ROOT / "bench" / "raw_pong.py"), str(port)]
     if name == "raw_http":
         return [PYTHON, str(ROOT / "bench" / "raw_http.py"), str(port)]
     extra = ["--no-console"] + (["--stall-budget", stall_budget] if stall_budget is not None else [])
-    return moonlet(*extra, str(ROOT / "apps" / f"{name}.lua"), "--port", str(port))
+    return moonlet(*extra, str(ROOT / "apps" / f"{name}.lua"), "--port", str(port), *APP_ARGS)
 
 
 def control(pid: int, *args: str) -> None:
@@ -143,7 +147,9 @@ def main() -> int:
     parser.add_argument("--stall-budget", help="pass --stall-budget to moonlet")
     parser.add_argument("--http", action="store_true", help="HTTP hello under wrk instead of PING")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of a --http load run")
+    parser.add_argument("--app-arg", action="append", default=[], help="an argument for the app (repeat)")
     args = parser.parse_args()
+    APP_ARGS.extend(args.app_arg)
     for tool in ("valgrind", "callgrind_control", "wrk" if args.http else "redis-benchmark"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install valgrind redis-tools wrk")

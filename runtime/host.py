@@ -161,8 +161,10 @@ class Host:
         self._loop = loop
         for sig in (signal.SIGTERM, signal.SIGINT) if signals else ():
             loop.add_signal_handler(sig, self._on_signal, sig)
+        if signals:  # logrotate's convention: the log files are reopened
+            loop.add_signal_handler(signal.SIGUSR1, self._reopen)
         if signals and supervised():  # the supervisor asks a worker to serve a dead worker's share meanwhile
-            loop.add_signal_handler(signal.SIGUSR1, self._adopt_orphans)
+            loop.add_signal_handler(signal.SIGUSR2, self._adopt_orphans)
         lag = LagMonitor(
             *lag_args,
             clock=loop_clock,
@@ -208,7 +210,7 @@ class Host:
                 stall_guard.stop()
             if console is not None:
                 console.stop()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) if signals else ():
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2) if signals else ():
                 loop.remove_signal_handler(sig)
             for each in services.all():
                 await each.close()
@@ -263,6 +265,11 @@ class Host:
             self.console.stop_tcp()
         asyncio.get_running_loop().call_later(self.limits.drain_timeout, self._drain_expired)
         self._check_idle()
+
+    def _reopen(self) -> None:
+        assert self.services is not None
+        for service in self.services.all():
+            service.reopen()
 
     def _adopt_orphans(self) -> None:
         if self._stopping or self.stream is None:

@@ -8,7 +8,7 @@ N shares the socket with the old one, so when the old one stops listening (it on
 connections waiting in that queue are accepted by its successor instead of being reset.
 
 When a worker dies, its slot's sockets stay open (the connections waiting in them are not reset) and the
-supervisor marks the slot orphaned; a living worker, told with SIGUSR1, asks for the orphaned sockets
+supervisor marks the slot orphaned; a living worker, told with SIGUSR2, asks for the orphaned sockets
 (:func:`adopt_orphans`) and accepts from them too, so the kernel's share for that slot is served until the
 replacement worker listens; then it is told again, and lets go of the sockets no longer orphaned.
 """

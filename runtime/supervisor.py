@@ -13,7 +13,7 @@
   doubling up to 30 s while it keeps dying young; back to 1 s once a worker of that slot has listened for
   ``HEALTHY_AFTER``), so a crash loop does not spin. Each death (with its signal) and restart is logged.
   Meanwhile its share of new connections is not stranded: the dead worker's SO_REUSEPORT socket stays open
-  (its waiting connections are not reset), and a living worker is asked (SIGUSR1) to accept from it too
+  (its waiting connections are not reset), and a living worker is asked (SIGUSR2) to accept from it too
   until the replacement listens. When no worker listens at all (every one died and waits to be started
   again), the kernel would go on completing handshakes nobody answers: the supervisor accepts and resets
   them itself, so clients hear at once instead of timing out, until a worker listens again.
@@ -25,6 +25,8 @@
   drains. The listening sockets stay open throughout, so no connection is refused or reset. If a new worker
   exits (or does not listen within ``RELOAD_TIMEOUT``), the new generation is stopped and the old one keeps
   serving; a later SIGHUP may try again.
+* SIGUSR1 (logrotate's convention): passed on to every worker, which reopens its log files (the HTTP
+  servers' access logs).
 * Workers share ``MOONLET_SHARED_DIR`` (``moonlet.shared``), a directory the supervisor makes and removes.
 """
 
@@ -112,12 +114,19 @@ class Supervisor:
             shutil.rmtree(self.shared_dir, ignore_errors=True)
         return self.exit_status
 
+    def _reopen(self) -> None:
+        """SIGUSR1: every worker reopens its log files (after logrotate moved them)."""
+        for worker in self.workers:
+            if worker.proc is not None and worker.proc.returncode is None:
+                worker.proc.send_signal(signal.SIGUSR1)
+
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
         loop.add_signal_handler(signal.SIGTERM, self._stop, signal.SIGTERM)
         loop.add_signal_handler(signal.SIGINT, self._stop, signal.SIGINT)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen)
         if self.widened:
             log.info("supervisor %d: starting %d workers (--workers %d)", os.getpid(), self.count, self.count)
         else:
@@ -296,7 +305,7 @@ class Supervisor:
             ):
                 log.info("%s takes the connections of slot %d until its worker is back", w.name, slot)
                 self.lenders[slot] = w
-                w.proc.send_signal(signal.SIGUSR1)  # it asks the registry for the orphaned sockets
+                w.proc.send_signal(signal.SIGUSR2)  # it asks the registry for the orphaned sockets
                 return
 
     def _lend_all(self, worker: Worker) -> None:
@@ -307,14 +316,14 @@ class Supervisor:
                 self.lenders[slot] = worker
             log.info("%s takes the connections of slot%s %s", worker.name, "s" if len(slots) > 1 else "",
                      ", ".join(map(str, slots)))  # fmt: skip
-            worker.proc.send_signal(signal.SIGUSR1)
+            worker.proc.send_signal(signal.SIGUSR2)
 
     def _take_back_share(self, slot: int) -> None:
         """Slot ``slot`` has a listening worker again: whoever stood in for it lets its sockets go."""
         self.listeners.orphaned.discard(slot)
         lender = self.lenders.pop(slot, None)
         if lender is not None and lender.proc is not None and lender.proc.returncode is None:
-            lender.proc.send_signal(signal.SIGUSR1)  # asking again, it keeps only what is still orphaned
+            lender.proc.send_signal(signal.SIGUSR2)  # asking again, it keeps only what is still orphaned
 
     async def _reload(self) -> None:
         if self.stopping or self.reloading:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -532,3 +534,76 @@ def test_res_write_waits_for_a_peer_that_does_not_read(lua_host) -> None:  # typ
     assert int(match.group(1)) < 16 << 20  # the kernel's socket buffers and the high-water mark, not 196 MB
     server.wait_log(b"the peer took no data for 0.5s")
     assert b"all written" not in b"".join(server.log_lines)
+
+
+ACCESS_APP = r"""
+local http = require "moonlet.http"
+local log = { path = %(path)r, format = %(format)r }
+assert(http.serve { port = 0, access_log = log, handler = function(req, res)
+  if req.path == "/stream" then
+    res:write("abc") res:write("de") return
+  elseif req.path == "/boom" then
+    error("boom")
+  end
+  return 201, nil, "hello\n"
+end })
+"""
+
+
+def _get(port: int, raw: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(raw)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def test_the_access_log_says_each_request_and_reopens_on_sigusr1(run_app, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "access.log"
+    app = tmp_path / "app.lua"
+    app.write_text(ACCESS_APP % {"path": str(path), "format": "combined"})
+    server = run_app(app, ready=HTTP_READY)
+    _get(server.port, b'GET /a?x=1 HTTP/1.1\r\nHost: x\r\nUser-Agent: t "q"\r\nReferer: http://r/\r\n'
+         b"Connection: close\r\n\r\n")  # fmt: skip
+    _get(server.port, b"GET /stream HTTP/1.0\r\n\r\n")
+    _get(server.port, b"GET /boom HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    deadline = time.monotonic() + 5
+    while len(path.read_text().splitlines()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    lines = path.read_text().splitlines()
+    date = r"\[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\]"
+    ua = r'"t \\x22q\\x22"'  # (quotes in a header escaped as nginx does)
+    assert re.fullmatch(rf'127\.0\.0\.1 - - {date} "GET /a\?x=1 HTTP/1\.1" 201 6 "http://r/" {ua}', lines[0])
+    assert re.fullmatch(rf'127\.0\.0\.1 - - {date} "GET /stream HTTP/1\.0" 200 5 "-" "-"', lines[1]), lines
+    assert re.fullmatch(rf'127\.0\.0\.1 - - {date} "GET /boom HTTP/1\.1" 500 26 "-" "-"', lines[2]), lines
+    path.rename(tmp_path / "access.log.1")  # logrotate moves it, then signals the supervisor
+    os.kill(server.proc.pid, signal.SIGUSR1)
+    time.sleep(0.3)
+    _get(server.port, b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    deadline = time.monotonic() + 5
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert '"GET /after HTTP/1.1" 201 6' in path.read_text()
+    assert len((tmp_path / "access.log.1").read_text().splitlines()) == 3
+
+
+def test_the_json_access_log_has_every_field(lua_host, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "access.json"
+    server = lua_host(ACCESS_APP % {"path": str(path), "format": "json"}, ready=HTTP_READY)
+    _get(server.port, b"POST /a HTTP/1.1\r\nHost: x\r\nX-Request-Id: abc-1\r\nContent-Length: 0\r\n"
+         b"Connection: close\r\n\r\n")  # fmt: skip
+    _get(server.port, b"GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    deadline = time.monotonic() + 5
+    while (not path.exists() or len(path.read_text().splitlines()) < 2) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    first, second = (json.loads(line) for line in path.read_text().splitlines())
+    fields = ("peer", "method", "target", "protocol", "status", "bytes", "request_id")
+    assert {k: first[k] for k in fields} == {
+        "peer": "127.0.0.1", "method": "POST", "target": "/a", "protocol": "HTTP/1.1", "status": 201,
+        "bytes": 6, "request_id": "abc-1",
+    }  # fmt: skip
+    assert 0 <= first["duration_ms"] < 1000 and re.fullmatch(
+        r"\d\d/\w{3}/\d{4}:[\d:]{8} \+0000", first["time"]
+    )
+    assert re.fullmatch(r"\d+-\d+", second["request_id"]) and "user_agent" not in second  # (none sent)

@@ -223,6 +223,7 @@ class Op(enum.IntEnum):
     MASK = 84, CALL, "(data, key): data XOR the 4-byte key repeated (WebSocket masking, RFC 6455 5.3)"
     ON_DRAIN = 85, CALL, "(job, where): run job as a task when the server begins to drain (now, if it has)"
     DRAINING = 86, CALL, "(): whether the server is draining (SIGTERM, or a reload's old worker)"
+    HTTP_ACCESS = 87, CALL, "(log, line): one line (no newline) of the access log of that number"
 
 
 YIELDING = frozenset(op for op in Op if op.yields)

@@ -13,6 +13,7 @@ special cases:
   ``"tasks"``, ``"pools"``), each starting with an id ``\\kill`` takes where it has one.
 * ``kill(row_id)``: the console's ``\\kill``: end the thing one of its rows names by that id; what it
   ended, in words, or None when the id is not one of this service's.
+* ``reopen()``: SIGUSR1 (logrotate's convention): reopen the files it writes (the access logs).
 * ``bind(lua)``: the main Lua state, once it is built: replies that are tables are made in it.
 * ``in_flight()``: work a task waits for runs outside the loop (a pool job, a query, a connect): the
   jumping clock of ``moonlet test`` must not jump past it.
@@ -20,7 +21,7 @@ special cases:
   jumping clock gives it a moment of real time first.
 
 ``Defaults`` holds the answers of a service that has none of these (no Lua replies, nothing off the loop,
-no peers, nothing to kill); ``Quiet`` adds the lifecycle of one that holds nothing.
+no peers, nothing to kill or reopen); ``Quiet`` adds the lifecycle of one that holds nothing.
 ``tests/test_services.py`` runs every service of ``Services`` through the contract, and finds any service
 class that is not in it.
 """
@@ -42,6 +43,8 @@ class Service(Protocol):
     def console_rows(self, topic: str) -> list[str]: ...
 
     def kill(self, row_id: str) -> str | None: ...
+
+    def reopen(self) -> None: ...
 
     def bind(self, lua: Any) -> None: ...
 
@@ -67,6 +70,9 @@ class Defaults:
 
     def kill(self, row_id: str) -> str | None:
         return None
+
+    def reopen(self) -> None:
+        pass
 
 
 class Quiet(Defaults):

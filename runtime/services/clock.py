@@ -424,7 +424,7 @@ class LagMonitor:
                 )
 
     def _signal_waiting(self) -> bool:
-        """A signal (SIGTERM, SIGINT or SIGUSR1: the ones with handlers) waits for the loop to read it."""
+        """A signal (those with handlers: SIGTERM, SIGINT, SIGUSR1, SIGUSR2) waits for the loop to read it."""
         fd = self._signals
         if fd is None or self._stopped.is_set():
             return False

@@ -21,6 +21,7 @@ from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
 from runtime.lua.state import resume_thread
 from runtime.services import Quiet
+from runtime.services.accesslog import AccessLog
 from runtime.services.clock import TICK
 from runtime.services.stream import Connection, StreamService
 
@@ -289,12 +290,13 @@ class HttpService(Quiet):
     """HTTP_LISTEN (yielding); HTTP_REJECT, HTTP_ERROR (calls)."""
 
     SERVES: ClassVar[frozenset[Op]] = frozenset(
-        {Op.HTTP_ERROR, Op.HTTP_LISTEN, Op.HTTP_REJECT, Op.IDLE, Op.NEXT}
+        {Op.HTTP_ACCESS, Op.HTTP_ERROR, Op.HTTP_LISTEN, Op.HTTP_REJECT, Op.IDLE, Op.NEXT}
     )  # (its ops)
 
     def __init__(self, kernel: Kernel, stream: StreamService) -> None:
         self.kernel = kernel
         self.stream = stream
+        self.access_logs: list[AccessLog] = []  # the servers' access logs (http.serve), by number
         kernel.wire(self)  # (the ops in SERVES, each by its handler _<op>)
 
     def _http_listen(self, task: Task, where: bytes, port: object, spec: Any) -> object:
@@ -305,7 +307,32 @@ class HttpService(Quiet):
             max_requests=int(spec[b"max_requests"] or MAX_REQUESTS),
             send_timeout=_seconds(spec[b"send_timeout"], SEND_TIMEOUT),
         )
+        path = spec[b"access_log"]
+        if isinstance(path, bytes):
+            try:
+                self.access_logs.append(AccessLog(self.stream.loop, path.decode()))
+                spec[b"access_id"] = len(self.access_logs) - 1  # (the number HTTP_ACCESS names it by)
+            except OSError as e:
+                return (
+                    None,
+                    f"access log: cannot open {path.decode()}: {(e.strerror or e)}".lower().encode(),
+                )
         return self.stream.open_listener(task, where, int(port), workers, spec[b"tls"])  # type: ignore[call-overload]
+
+    def _http_access(self, log: object, line: object, _c: object) -> bool:
+        # (a number, not a handle: no lookup on the request path; a wrong one is a stdlib bug, refused)
+        if not isinstance(log, int) or not 0 <= log < len(self.access_logs) or not isinstance(line, bytes):
+            raise BadRequestError("bad argument #1 to 'access' (an access log's number expected)")
+        self.access_logs[log].write(line)
+        return True
+
+    def reopen(self) -> None:
+        for log in self.access_logs:
+            log.reopen()
+
+    async def close(self) -> None:
+        for log in self.access_logs:
+            log.close()
 
     def _idle(self, task: Task, conn: Connection, out: bytes | None, served: object) -> object:
         worker = task.owner

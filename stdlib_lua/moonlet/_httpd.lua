@@ -29,6 +29,7 @@ local host = require "moonlet._host"
 local connection = require "moonlet._conn"
 local decide = require "moonlet.http._head"
 local new_peer = require("moonlet._peer").new
+local json_encode = require("moonlet.json").encode
 local call, OP, traceback, recv = host.call, host.OP, host.traceback, host.recv
 local find, sub, byte, lower = string.find, string.sub, string.byte, string.lower
 local gsub, gmatch, format, char = string.gsub, string.gmatch, string.format, string.char
@@ -510,6 +511,7 @@ function Reply:write(chunk)
   local conn = self._req._conn
   if conn == nil or conn[CLOSED] then return nil, "closed" end
   chunk = tostring(chunk)
+  self._sent = self._sent + #chunk
   local out = ""
   if not self._started then
     self._started = true
@@ -527,6 +529,7 @@ end
 local function last_bytes(self, body, extra)
   self._done = true
   body = body and tostring(body) or ""
+  self._sent = self._sent + #body
   if not self._started then
     self._started = true
     return head(self, #body, extra, not self._head_only and body or nil)
@@ -679,7 +682,8 @@ local function read_head(conn, lim, last)
   setmetatable(h, HEADERS)
   -- (every field a request may get is made here: the table is sized once)
   local req = setmetatable({ method = method, path = path, headers = h, _query = query, _conn = conn,
-    _lim = lim, _ended = true, _res = false, _failed = false, _continue = false, _left = 0 }, Request)
+    _lim = lim, _ended = true, _res = false, _failed = false, _continue = false, _left = 0, _target = target },
+    Request)
   if framing == "chunked" then
     if http10 then keep = false end -- (HTTP/1.0 has no transfer codings: faulty framing, RFC 9112 6.1)
     req._ended, req._chunked, req._state, req._size, req._trailer = false, true, 0, 0, 0
@@ -690,19 +694,72 @@ local function read_head(conn, lim, last)
   if expect ~= nil and wants_continue(expect, http10, not req._ended) then req._continue = true end
   if last then keep = false end
   local res = setmetatable({ _req = req, _status = 200, _keep = keep, _http10 = http10,
-    _head_only = method == "HEAD", _headers = false, _started = false, _done = false, _chunked = false }, Reply)
+    _head_only = method == "HEAD", _headers = false, _started = false, _done = false, _chunked = false,
+    _sent = 0 }, Reply)
   req._res = res
   return req, res
 end
 
 -- Serve the requests buffered on `conn` until nothing more is, or the connection is closed. Returns 1 if the
 -- last of them was answered (0 if none was) and, when it can travel with the worker's next wait, its answer.
+-- The access log (http.serve{access_log=}): one line per request, in its format, handed to the host (made by
+-- concatenation, with no pattern for the common request; the peer asked once a connection)
+local ACCESS = OP.HTTP_ACCESS
+local os_time, os_date = os.time, os.date
+local access_time, access_second = "", -1
+local requests = 0 -- (this worker's: request ids are WORKER-N where the client sent no X-Request-Id)
+local WORKER = os.getenv("MOONLET_WORKER") or "1"
+local ESCAPES = {} -- quotes, backslashes, control and non-ASCII bytes in a quoted field: \xHH, as nginx does
+for i = 0, 255 do ESCAPES[char(i)] = format("\\x%02X", i) end
+local NEEDS_ESCAPE = '[%c"\\\128-\255]'
+
+local function quoted(v)
+  if v == nil then return "-" end
+  if find(v, NEEDS_ESCAPE) then v = gsub(v, NEEDS_ESCAPE, ESCAPES) end
+  return v
+end
+
+local function log_access(lim, req, res, conn, started)
+  local now = os_time()
+  if now ~= access_second then access_second, access_time = now, os_date("!%d/%b/%Y:%H:%M:%S +0000", now) end
+  local py = conn[PY]
+  local peer = conn._peer -- (asked once a connection: the request worker's conn table serves many)
+  if conn._peer_of ~= py then
+    peer = py and call(PEER, py) or "-"
+    conn._peer, conn._peer_of = peer, py
+  end
+  local h, status, sent, kind = req.headers, res._status, res._sent, lim.access_format
+  local target = req._target -- (visible ASCII: only a quote or a backslash would need escaping)
+  if find(target, '"', 1, true) or find(target, "\\", 1, true) then target = quoted(target) end
+  local line
+  if kind == "json" then
+    local id = h["x-request-id"]
+    if id == nil then
+      requests = requests + 1
+      id = WORKER .. "-" .. requests
+    end
+    line = json_encode { time = access_time, peer = peer, method = req.method, target = req._target,
+      protocol = res._http10 and "HTTP/1.0" or "HTTP/1.1", status = status, bytes = sent,
+      duration_ms = (call(MONOTONIC) - started) * 1000, referer = h.referer, user_agent = h["user-agent"],
+      request_id = id }
+  else
+    line = peer .. " - - [" .. access_time .. '] "' .. req.method .. " " .. target
+      .. (res._http10 and ' HTTP/1.0" ' or ' HTTP/1.1" ') .. status .. (sent > 0 and " " .. sent or " -")
+    if kind == "combined" then
+      line = line .. ' "' .. quoted(h.referer) .. '" "' .. quoted(h["user-agent"]) .. '"'
+    end
+  end
+  call(ACCESS, lim.access, line)
+end
+
 local function serve(conn, handler, lim, last)
   local served = 0
   while true do
     local req, res = read_head(conn, lim, last)
     if req == nil then return served end
+    local started = lim.access and (lim.access_format ~= "json" or call(MONOTONIC)) -- (json says the time)
     local out = run(handler, req, res)
+    if started then log_access(lim, req, res, conn, started) end
     served = 1
     local keep = res._keep
     if not req._ended and not conn[CLOSED] then

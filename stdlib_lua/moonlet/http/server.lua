@@ -105,7 +105,8 @@ local function check_limit(opts, name, fallback)
 end
 
 local SERVE_OPTIONS = { handler = true, host = true, port = true, keepalive_timeout = true, max_requests = true,
-  send_timeout = true, tls = true }
+  send_timeout = true, tls = true, access_log = true }
+local ACCESS_FORMATS = { common = true, combined = true, json = true }
 for name in pairs(httpd.DEFAULTS) do SERVE_OPTIONS[name] = true end
 
 --- Serve HTTP on host:port. `handler(req, res)` runs for each request (in a worker task; tasks it spawns end
@@ -116,7 +117,8 @@ for name in pairs(httpd.DEFAULTS) do SERVE_OPTIONS[name] = true end
 --- (100, 431), max_body (1 MiB, 413), header_timeout (30 s, 408), body_timeout (60 s between two pieces of a
 --- body), keepalive_timeout (75 s), max_requests (1000 per connection), send_timeout (60 s: how long a
 --- response write may wait for a peer that takes no data before the connection is closed). HTTPS: `tls =
---- {cert=, key=, ...}` as `net.listen` takes it (ALPN offers http/1.1).
+--- {cert=, key=, ...}` as `net.listen` takes it (ALPN offers http/1.1). Access log: `access_log = "path"`
+--- (or "-" for the log; `{path=, format=}` with format "combined" (default), "common" or "json").
 ---@async
 ---@param opts {host?: string, port: integer, handler: fun(req: moonlet.HttpRequest, res: moonlet.HttpReply)}
 ---@return moonlet.HttpServer? server
@@ -131,15 +133,30 @@ function M.serve(opts)
   end
   local lim = {}
   for name, default in pairs(httpd.DEFAULTS) do lim[name] = check_limit(opts, name, default) end
+  local access = opts.access_log -- a path ("-": the log), or {path=, format=}
+  if type(access) == "string" then access = { path = access } end
+  if access ~= nil then
+    if type(access) ~= "table" then argerror(1, "serve", "path or {path=, format=}", access, "access_log") end
+    door.check_options(access, 1, "serve", { path = true, format = true })
+    if type(access.path) ~= "string" or access.path == "" then
+      argerror(1, "serve", "file path, or \"-\" for the log", access.path, "access_log.path")
+    end
+    if access.format ~= nil and not ACCESS_FORMATS[access.format] then
+      argerror(1, "serve", "'combined', 'common' or 'json'", access.format, "access_log.format")
+    end
+    lim.access_format = access.format or "combined"
+  end
   local spec = { httpd.worker(handler, lim), keepalive_timeout = check_limit(opts, "keepalive_timeout"),
     max_requests = check_limit(opts, "max_requests"), send_timeout = check_limit(opts, "send_timeout"),
-    tls = opts.tls ~= nil and require("moonlet.net")._tls_options(opts.tls, "serve", { "http/1.1" }) or nil }
+    tls = opts.tls ~= nil and require("moonlet.net")._tls_options(opts.tls, "serve", { "http/1.1" }) or nil,
+    access_log = access and access.path }
   local where = opts.host or "127.0.0.1"
   if type(where) ~= "string" then argerror(1, "serve", "string", where, "host") end
   local port = opts.port or 0
   if not door.is_port(port, 0) then argerror(1, "serve", "integer from 0 to 65535", port, "port") end
   local py, bound = request(OP.HTTP_LISTEN, where, port, spec)
   if not py then return nil, bound end
+  if access then lim.access = spec.access_id end -- (its requests' lines go to that log: moonlet._httpd)
   return setmetatable({ host = where, port = bound, _py = py }, Server)
 end
 
