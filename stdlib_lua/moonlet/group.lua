@@ -199,6 +199,7 @@ end
 --- waits for a member; a group of more than one slice (256 members, or 1 MiB of message × members) yields
 --- between slices, so other connections are served meanwhile, and a send waits for the turn of a fan-out
 --- in progress (every member receives the messages in the same order).
+--- Example: `room:send("<", name, "> ", line, "\n")`
 ---@async
 ---@param ... string|number
 ---@return integer sent
