@@ -14,6 +14,7 @@ command -v wrk >/dev/null || need+=(wrk)                     # a real HTTP clien
 command -v memcached >/dev/null || need+=(memcached)         # a real peer for apps/memcache.lua
 command -v memccapable >/dev/null || need+=(libmemcached-tools)  # libmemcached's protocol checks
 command -v snmpget >/dev/null || need+=(snmp)                # net-snmp's tools, for apps/snmp.lua
+command -v chromium >/dev/null || need+=(chromium)           # a real browser, for apps/ws_chat.lua
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)  # a real server (tests/postgres.py)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then

@@ -151,6 +151,55 @@ def test_ws_chat_fans_out_to_every_browser_over_https(run_app, certs) -> None:  
     assert second == ["welcome, guest2 (2 here)", "guest2 joined", "guest2: hello, room ✓"]
 
 
+BROWSER_PAGE = """<!doctype html><html><body><div id="out">waiting</div><script>
+const out = document.getElementById("out"), seen = [];
+const ws = new WebSocket("wss://localhost:%(port)d/ws");
+ws.onopen = () => ws.send("hi from a browser \u2713");
+ws.onmessage = (e) => { seen.push(e.data); out.textContent = seen.join(" | ");
+  if (e.data.endsWith("hi from a browser \u2713")) { out.textContent += " | DONE"; ws.close(); } };
+ws.onerror = () => { out.textContent += " | ERROR"; };
+</script></body></html>"""
+
+
+def test_a_real_browser_chats_over_wss_with_a_websockets_client(run_app, certs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    if shutil.which("chromium") is None:  # (tests/run.sh installs it: only a bare pytest run lacks it)
+        pytest.skip("chromium missing")
+    server = run_app(
+        APPS / "ws_chat.lua", "--port", "0",
+        "--cert", str(certs / "server.pem"), "--key", str(certs / "server.key"),
+        ready=re.compile(rb"listening on (\S+):(\d+) \(http\) \(tls\)"),
+    )  # fmt: skip
+    page = tmp_path / "chat.html"
+    page.write_text(BROWSER_PAGE % {"port": server.port})
+    spki = subprocess.run(  # (the browser trusts the test certificate by its key: Chromium's pinning flag)
+        f"openssl x509 -pubkey -noout -in {certs / 'server.pem'} | openssl pkey -pubin -outform der"
+        " | openssl dgst -sha256 -binary | base64",
+        shell=True, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+
+    async def watch() -> list[str]:
+        async with websockets.connect(f"wss://localhost:{server.port}/ws", ssl=ctx) as ws:
+            seen = [await ws.recv(), await ws.recv()]  # (its welcome and its own join)
+            browser = await asyncio.create_subprocess_exec(
+                "chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
+                f"--ignore-certificate-errors-spki-list={spki}", f"--user-data-dir={tmp_path / 'profile'}",
+                "--virtual-time-budget=10000", "--dump-dom",
+                page.as_uri(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            dom, _ = await asyncio.wait_for(browser.communicate(), 60)
+            while not seen[-1].endswith("left"):
+                seen.append(await asyncio.wait_for(ws.recv(), 10))
+            return [*seen, re.search(r'<div id="out">([^<]*)', dom.decode()).group(1)]  # type: ignore[union-attr]
+
+    seen = asyncio.run(watch())
+    assert seen == [
+        "welcome, guest1 (1 here)", "guest1 joined", "guest2 joined", "guest2: hi from a browser ✓",
+        "guest2 left",
+        "welcome, guest2 (2 here) | guest2 joined | guest2: hi from a browser ✓ | DONE",
+    ]  # fmt: skip
+
+
 def test_kv_with_redis_pys_transactions_watch_and_a_password(run_app) -> None:  # type: ignore[no-untyped-def]
     server = run_app(APPS / "kv.lua", "--port", "0", "--requirepass", "s3cret")
     r = redis.Redis(port=server.port, password="s3cret", socket_timeout=5)  # (HELLO 3 AUTH, or AUTH)
