@@ -13,6 +13,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -254,3 +255,43 @@ def test_a_receive_timeout_leaves_the_socket_open_and_wss_works(lua_host, certs)
             return [str(first), str(await ws.recv())]
 
     assert asyncio.run(talk()) == ["nil timeout", "then later"]
+
+
+PINGING = """
+local http, log = require "moonlet.http", require "moonlet.log"
+assert(http.serve { port = 0, handler = function(req)
+  local ok, err = pcall(req.websocket, req, { ping_interval = -1 })
+  log.info("bad interval: " .. tostring(err))
+  local ws = assert(req:websocket { ping_interval = 0.2 })
+  while true do
+    local data, kind, code = ws:receive()
+    if not data then log.info("ended: " .. tostring(kind) .. " " .. tostring(code)) return end
+    if kind == "text" then ws:send("echo " .. data) end
+  end
+end })
+"""
+
+
+def test_ping_interval_keeps_a_live_peer_and_ends_a_silent_one(lua_host) -> None:  # type: ignore[no-untyped-def]
+    server = lua_host(PINGING, ready=HTTP_READY)
+
+    async def live() -> str:  # (the websockets library answers pings by itself)
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            await asyncio.sleep(1.0)  # five intervals with nothing to say
+            await ws.send("still here")
+            return str(await ws.recv())
+
+    assert asyncio.run(live()) == "echo still here"
+    start = time.monotonic()
+    with handshake(server.port) as s:  # a peer that never answers
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    took = time.monotonic() - start
+    assert data[:2] == bytes([0x89, 0]) and data[2:4] == bytes([0x88, 21]), data  # a ping, then the close
+    assert struct.unpack(">H", data[4:6])[0] == 1001 and data[6:] == b"no answer to a ping"
+    assert 0.35 < took < 2, took
+    server.wait_log(b"ended: no answer to a ping 1001")
+    assert "bad interval: " in server.log_text() and "('ping_interval': number > 0 expected, got -1)" in (
+        server.log_text()
+    )

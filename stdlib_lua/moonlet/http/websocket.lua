@@ -161,13 +161,20 @@ function WebSocket:receive()
   while true do
     local fin, opcode, payload = read_frame(self)
     if fin == nil then
-      if opcode == "timeout" and not self._closed then return nil, "timeout" end -- (between frames: it goes on)
+      if opcode == "timeout" and not self._closed then -- (between frames)
+        if self._ping_every == nil then return nil, "timeout" end -- (receive's own timeout: it goes on)
+        if self._pinged then return fail(self, 1001, "no answer to a ping") end -- (the peer is gone)
+        self._pinged = true -- (quiet for ping_interval: is the peer still there?)
+        self._conn:write(frame(self, PING, ""))
+        goto next_frame
+      end
       if not self._closed then
         self._closed = true
         self._conn:close()
       end
       return nil, opcode, payload
     end
+    self._pinged = false -- (it is there)
     if opcode == PING then
       self._conn:write(frame(self, PONG, payload))
       return payload, "ping"
@@ -210,6 +217,7 @@ function WebSocket:receive()
       if kind == TEXT and not utf8len(data) then return fail(self, 1007, "a text message that is not UTF-8") end
       return data, NAMES[kind]
     end
+    ::next_frame::
   end
 end
 
@@ -271,12 +279,16 @@ function M._text_frame(data)
   return frame({ _client = false }, TEXT, data)
 end
 
+-- (the options checked by the caller: ping_interval makes each read wait that long; a quiet peer is then
+-- pinged, and one that stays quiet is gone; without it `timeout` bounds receive, if given)
 local function new(conn, opts, client)
-  return setmetatable({ _conn = conn, _client = client, _closed = false, _size = 0,
-    _max = opts.max_message or MAX_MESSAGE }, WebSocket)
+  local every = opts.ping_interval
+  conn:settimeouts(nil, nil, every or (not client and opts.timeout) or false)
+  return setmetatable({ _conn = conn, _client = client, _closed = false, _size = 0, _pinged = false,
+    _ping_every = every, _max = opts.max_message or MAX_MESSAGE }, WebSocket)
 end
 
-local SERVER_OPTIONS = { max_message = true, protocols = true, timeout = true }
+local SERVER_OPTIONS = { max_message = true, protocols = true, timeout = true, ping_interval = true }
 
 -- A token list header value holds `token` (case-insensitive)
 local function has_token(value, token)
@@ -287,12 +299,22 @@ local function has_token(value, token)
   return false
 end
 
+-- A time option checked, raised at the app's line (`between`: stdlib frames between it and this one's caller)
+local function check_seconds(opts, i, name, between)
+  local v = opts[name]
+  if v ~= nil and (type(v) ~= "number" or v ~= v or v <= 0) then
+    argerror(i, "websocket", "number > 0", v, name, between + 1)
+  end
+end
+
 -- (req:websocket, in moonlet._httpd) The upgrade of request `req` on connection `conn`: the 101 answer
 -- written, and the WebSocket; or nil, status, why for a request that is not a valid upgrade.
 function M._upgrade(req, conn, opts)
   opts = opts or {}
   if type(opts) ~= "table" then argerror(1, "websocket", "table", opts, nil, 1) end
   host.check_options(opts, 1, "websocket", SERVER_OPTIONS, nil, 1)
+  check_seconds(opts, 1, "ping_interval", 1)
+  check_seconds(opts, 1, "timeout", 1)
   local h = req.headers
   if req.method ~= "GET" then return nil, 405, "a WebSocket upgrade is a GET" end
   if not has_token(h.upgrade, "websocket") or not has_token(h.connection, "upgrade") then
@@ -311,7 +333,6 @@ function M._upgrade(req, conn, opts)
   conn:write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
     "Sec-WebSocket-Accept: ", accept_key(key), "\r\n",
     chosen and ("Sec-WebSocket-Protocol: " .. chosen .. "\r\n") or "", "\r\n")
-  conn:settimeouts(nil, nil, opts.timeout or false) -- (messages may be far apart: no read timeout unless asked)
   local max = opts.max_message or MAX_MESSAGE
   if max > 1024 * 1024 then conn:setlimits { max_read = max } end -- (a frame's payload is one readn)
   local ws = new(conn, opts, false)
@@ -319,7 +340,8 @@ function M._upgrade(req, conn, opts)
   return ws
 end
 
-local CLIENT_OPTIONS = { max_message = true, protocols = true, timeout = true, headers = true, tls = true }
+local CLIENT_OPTIONS = { max_message = true, protocols = true, timeout = true, headers = true, tls = true,
+  ping_interval = true }
 
 --- Open a WebSocket to `url` (ws:// or wss://): the handshake (its `Sec-WebSocket-Accept` checked), then the
 --- same object `req:websocket()` gives, its frames masked as a client's must be. `opts`: `timeout` (connect
@@ -336,6 +358,7 @@ function M.connect(url, opts)
   opts = opts or {}
   if type(opts) ~= "table" then argerror(2, "websocket", "table", opts) end
   host.check_options(opts, 2, "websocket", CLIENT_OPTIONS)
+  check_seconds(opts, 2, "ping_interval", 0)
   local scheme, rest = url:match("^([wW][sS][sS]?)://(.*)$")
   if not scheme then return nil, "websocket: bad url '" .. url .. "' (ws:// or wss://)" end
   local secure = lower(scheme) == "wss"
@@ -380,7 +403,6 @@ function M.connect(url, opts)
     conn:close()
     return nil, "websocket: the server's handshake is wrong (Sec-WebSocket-Accept or Upgrade)"
   end
-  conn:settimeouts(nil, nil, false)
   local max = opts.max_message or MAX_MESSAGE
   if max > 1024 * 1024 then conn:setlimits { max_read = max } end
   local ws = new(conn, opts, true)
