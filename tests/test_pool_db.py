@@ -403,8 +403,8 @@ def test_every_acknowledged_charge_survives_sigterm(run_app, tmp_path: Path) -> 
         c = login(server, f"user{n}")
         logged_in.release()
         while not stop.is_set():
-            c.send(f"CHARGE acct-{n} 1\n".encode())
-            try:
+            try:  # (server.stop() closes this client's socket: a send may find it gone, not only a read)
+                c.send(f"CHARGE acct-{n} 1\n".encode())
                 reply = c.line()
             except (AssertionError, OSError):
                 return
