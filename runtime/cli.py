@@ -124,7 +124,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     repl.add_argument("-e", "--eval", metavar="CODE", help="evaluate one chunk, print the result and exit")
     repl.add_argument("--token", help="the token of a TCP console (TARGET tcp://127.0.0.1:PORT)")
-    repl.add_argument("target", nargs="?", metavar="TARGET", help="pid, app name or console socket path")
+    which = repl.add_mutually_exclusive_group()
+    which.add_argument(
+        "--worker", type=int, metavar="N", help="attach to worker N of the server (default: 1)"
+    )
+    which.add_argument(
+        "--all", action="store_true", help="run the chunk (-e or standard input) on every worker, labelled"
+    )
+    repl.add_argument(
+        "target",
+        nargs="?",
+        metavar="TARGET",
+        help="pid (a worker's or the supervisor's), app name or socket path",
+    )
 
     new = commands.add_parser(
         "new",
@@ -321,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command == "repl":
         from runtime.console import client as console
 
-        return console.main(ns.target, ns.eval, ns.token)
+        return console.main(ns.target, ns.eval, ns.token, worker=ns.worker, every=ns.all)
     logs.setup(ns.log_level, ns.log_json)
     _add_module_path(ns.path)
     workers = (

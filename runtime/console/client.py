@@ -13,6 +13,7 @@ cancels the running chunk (not the server); backslash commands (\\help).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import readline
@@ -46,14 +47,38 @@ def servers() -> list[dict[str, Any]]:
     return found
 
 
-def find_socket(target: str | None) -> str:
+def matching(target: str | None) -> list[dict[str, Any]]:
+    """The consoles a target names: a worker's pid, its supervisor's pid (every worker of that server), an
+    app's name, or all of them."""
+    running = servers()
+    if not target:
+        return running
+    return [
+        s
+        for s in running
+        if target in (str(s["pid"]), str(s.get("supervisor"))) or target in Path(s["app"]).name
+    ]
+
+
+def workers_of(target: str | None) -> list[dict[str, Any]]:
+    """Every worker of the one server a target names, by worker number (for --all and --worker)."""
+    chosen = matching(target)
+    if len({s.get("supervisor") or s["pid"] for s in chosen}) != 1:
+        find_socket(target)  # (its error: none, or several servers)
+    return sorted(chosen, key=lambda s: int(s.get("worker") or 1))
+
+
+def find_socket(target: str | None, worker: int | None = None) -> str:
     if target and ("/" in target or target.endswith(".sock") or target.startswith("tcp://")):
         return target
     running = servers()
-    if target:
-        chosen = [s for s in running if str(s["pid"]) == target or target in Path(s["app"]).name]
-    else:
-        chosen = running
+    chosen = matching(target)
+    if worker is not None and chosen:
+        numbered = [s for s in chosen if int(s.get("worker") or 1) == worker]
+        if len(numbered) != 1:
+            raise ReplError(f"no worker {worker} among: " + ", ".join(
+                f"worker {s.get('worker') or 1} (pid {s['pid']})" for s in chosen))  # fmt: skip
+        return str(numbered[0]["socket"])
     if len(chosen) == 1:
         return str(chosen[0]["socket"])
     supervisors = {s.get("supervisor") for s in chosen}
@@ -208,9 +233,52 @@ def interactive(session: Session) -> int:
             readline.write_history_file(HISTORY)
 
 
-def main(target: str | None, code: str | None, token: str | None = None) -> int:
+def on_every_worker(target: str | None, code: str) -> int:
+    """Run ``code`` on every worker of the server ``target`` names, each reply labelled with its worker."""
     try:
-        session = Session(find_socket(target), token)
+        chosen = workers_of(target)
+    except ReplError as e:
+        print(f"moonlet repl: {e}", file=sys.stderr)
+        return 2
+    failed = False
+    for info in chosen:
+        label = f"worker {info.get('worker') or 1} (pid {info['pid']})"
+        try:
+            session = Session(str(info["socket"]))
+        except ReplError as e:
+            print(f"{label}: {e}", file=sys.stderr)
+            failed = True
+            continue
+        out = io.StringIO()
+        session.console = Console(file=out, width=200, color_system=None)
+        try:
+            failed |= not session.run(code)
+        except ReplError as e:
+            out.write(f"error: {e}\n")
+            failed = True
+        finally:
+            session.close()
+        for line in out.getvalue().splitlines() or [""]:
+            print(f"{label}: {line}")
+    return 1 if failed else 0
+
+
+def main(
+    target: str | None,
+    code: str | None,
+    token: str | None = None,
+    worker: int | None = None,
+    every: bool = False,
+) -> int:
+    if every:
+        if code is None:
+            code = sys.stdin.read() if not sys.stdin.isatty() else None
+        if code is None:
+            print("moonlet repl: --all runs one chunk (-e CODE, or on standard input)", file=sys.stderr)
+            return 2
+        return on_every_worker(target, code)
+    try:
+        session = Session(find_socket(target, worker), token)
     except ReplError as e:
         print(f"moonlet repl: {e}", file=sys.stderr)
         return 2
