@@ -607,3 +607,58 @@ def test_the_json_access_log_has_every_field(lua_host, tmp_path) -> None:  # typ
         r"\d\d/\w{3}/\d{4}:[\d:]{8} \+0000", first["time"]
     )
     assert re.fullmatch(r"\d+-\d+", second["request_id"]) and "user_agent" not in second  # (none sent)
+
+
+METRICS_APP = """
+local http, metrics = require "moonlet.http", require "moonlet.metrics"
+local workers = require "moonlet.workers"
+local requests = metrics.counter("app_requests_total", "Requests served", { "path" })
+local latency = metrics.histogram("app_seconds", "Time to answer", { "path" }, { 0.001, 1 })
+local by_worker = metrics.gauge("app_worker_up", "1 for each worker serving")
+by_worker:set(1)
+local api = http.router()
+api:get("/metrics", metrics.handler)
+api:get("/hello", function()
+  requests:inc(1, "/hello")
+  latency:observe(0.5, "/hello")
+  return 200, nil, "hello from " .. workers.id() .. "\\n"
+end)
+assert(http.serve { port = 0, handler = api })
+"""
+
+
+def test_metrics_from_two_workers_parse_as_prometheus_and_add_up(lua_server) -> None:  # type: ignore[no-untyped-def]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server = lua_server(METRICS_APP, options=["--workers", "2"], ready=HTTP_READY)
+    deadline = time.monotonic() + 20
+    served_by: set[bytes] = set()
+    sent = 0
+    while len(served_by) < 2 or sent < 60:  # (until both workers have answered some: the kernel spreads them)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(4096):
+                reply += chunk
+        served_by.add(reply.rsplit(b"hello from ", 1)[1].strip())
+        sent += 1
+        assert time.monotonic() < deadline, served_by
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"content-type: text/plain; version=0.0.4" in head
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    counted = {
+        s.labels["path"]: s.value for s in families["app_requests"].samples
+    }  # (the parser drops _total)
+    assert counted == {"/hello": sent}, (counted, sent)
+    hist = {(s.name, s.labels.get("le")): s.value for s in families["app_seconds"].samples}
+    assert hist[("app_seconds_bucket", "0.001")] == 0 and hist[("app_seconds_bucket", "1")] == sent
+    assert hist[("app_seconds_bucket", "+Inf")] == sent == hist[("app_seconds_count", None)]
+    assert hist[("app_seconds_sum", None)] == 0.5 * sent
+    up = {s.labels["worker"] for s in families["app_worker_up"].samples}
+    assert up == {"1", "2"} and served_by == {b"1", b"2"}
+    assert {s.labels["worker"] for s in families["moonlet_lua_memory_bytes"].samples} >= {"1"}
