@@ -224,6 +224,7 @@ class Op(enum.IntEnum):
     ON_DRAIN = 85, CALL, "(job, where): run job as a task when the server begins to drain (now, if it has)"
     DRAINING = 86, CALL, "(): whether the server is draining (SIGTERM, or a reload's old worker)"
     HTTP_ACCESS = 87, CALL, "(log, line): one line (no newline) of the access log of that number"
+    RUNTIME_STATS = 88, CALL, "(): this worker's figures, {name = number}: tasks, connections, Lua heap, ..."
 
 
 YIELDING = frozenset(op for op in Op if op.yields)

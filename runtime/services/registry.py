@@ -82,6 +82,14 @@ def wire_services(
         system=SystemService(kernel),
         codec=CodecService(kernel),
     )
+
+    def figures() -> dict[str, int | float]:
+        stats: dict[str, int | float] = {}
+        for service in services.all():
+            stats |= service.statistics()
+        return stats
+
+    services.system.figures = figures  # (RUNTIME_STATS: what every service counts)
     capacity = ConnectionCapacity(loop, limits.max_connections)  # (HTTP connections are stream connections)
     capacity.count(stream.connections)
     capacity.count(stream.tls.pending)  # (TLS handshakes in flight hold a descriptor each too)

@@ -175,10 +175,14 @@ function M.histogram(name, help, labels, buckets)
   return define("histogram", name, help, labels, buckets)
 end
 
--- The series of every worker, by metric name; this worker's runtime figures first written as gauges.
+-- The series of every worker, by metric name; this worker's runtime figures first written as gauges
+-- (moonlet_<figure>{worker=}: what the console's \\stats shows; the other workers' as they last wrote them)
 local function collect()
-  local lua = format("%.0f", collectgarbage("count") * 1024)
-  store:set('moonlet_lua_memory_bytes{worker="' .. WORKER .. '"}', tonumber(lua))
+  for figure, value in pairs(host.call(host.OP.RUNTIME_STATS) or {}) do
+    if type(value) == "number" then
+      store:set("moonlet_" .. figure .. '{worker="' .. WORKER .. '"}', value)
+    end
+  end
   local meta, values = {}, {}
   for _, key in ipairs(store:keys(M.MAX_SERIES * 2 + 1000)) do
     if sub(key, 1, 1) == "#" then
@@ -187,7 +191,12 @@ local function collect()
       values[key] = store:get(key)
     end
   end
-  meta.moonlet_lua_memory_bytes = "gauge\n\nLua heap of each worker"
+  for key in pairs(values) do -- (every worker's runtime figures, named by the one answering)
+    local name = key:match("^(moonlet_[%w_]+){worker=")
+    if name and not meta[name] then
+      meta[name] = "gauge\n\nmoonlet's own figure, per worker, as the console's stats command shows it"
+    end
+  end
   meta.moonlet_metrics_dropped_total = "counter\n\nMetric updates dropped: past MAX_SERIES series"
   return meta, values
 end
