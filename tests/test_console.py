@@ -390,7 +390,11 @@ def test_one_console_reaches_every_worker_through_the_supervisors_pid(lua_server
     assert [re.sub(r"pid \d+", "pid N", line) for line in lines] == [
         'worker 1 (pid N): "old"', 'worker 2 (pid N): "old"',
     ], every  # fmt: skip
-    changed = repl(server, "--all", "-e", 'config.word = "new"; return config.word')
+    for _ in range(20):  # (once, in a full CI run, worker 1's console refused one attach: tried again)
+        changed = repl(server, "--all", "-e", 'config.word = "new"; return config.word')
+        if changed.returncode == 0:
+            break
+        time.sleep(0.2)
     assert changed.returncode == 0 and changed.stdout.count('"new"') == 2, changed
     seen = set()
     for _ in range(40):  # the kernel spreads connections over both workers: every one answers "new"
