@@ -395,7 +395,7 @@ def test_one_console_reaches_every_worker_through_the_supervisors_pid(lua_server
         if changed.returncode == 0:
             break
         time.sleep(0.2)
-    assert changed.returncode == 0 and changed.stdout.count('"new"') == 2, changed
+    assert changed.returncode == 0 and changed.stdout.count('"new"') == 2, (changed, server.log_text()[-3000:])
     seen = set()
     for _ in range(40):  # the kernel spreads connections over both workers: every one answers "new"
         c = server.connect()
