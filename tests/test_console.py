@@ -381,33 +381,25 @@ end }
 def test_one_console_reaches_every_worker_through_the_supervisors_pid(lua_server) -> None:  # type: ignore[no-untyped-def]
     server = lua_server(SETTING, options=["--workers", "2"])
     deadline = time.monotonic() + 20
-    while True:  # (the second worker starts once the first listens)
-        every = repl(server, "--all", "-e", "return config.word")
-        if every.stdout.count('"old"') == 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    lines = every.stdout.splitlines()
-    assert [re.sub(r"pid \d+", "pid N", line) for line in lines] == [
-        'worker 1 (pid N): "old"', 'worker 2 (pid N): "old"',
-    ], every  # fmt: skip
-    for _ in range(20):  # (once, in a full CI run, worker 1's console refused one attach: tried again)
-        changed = repl(server, "--all", "-e", 'config.word = "new"; return config.word')
-        if changed.returncode == 0:
-            break
-        time.sleep(0.2)
-    assert changed.returncode == 0 and changed.stdout.count('"new"') == 2, (changed, server.log_text()[-3000:])
+    seen: set[bytes] = set()
+    while len(seen) < 2:  # (the second worker starts once the first listens: both answer before the change)
+        c = server.connect()
+        seen.add(c.line())
+        c.close()
+        assert time.monotonic() < deadline, seen
+    assert {line.split()[0] for line in seen} == {b"old"}
+    # one chunk on every worker, through the supervisor's pid (one attach to each: see the note in the issue)
+    changed = repl(server, "--all", "-e", 'config.word = "new"; return config.word')
+    lines = [re.sub(r"pid \d+", "pid N", line) for line in changed.stdout.splitlines()]
+    assert changed.returncode == 0, (changed, server.log_text()[-3000:])
+    assert lines == ['worker 1 (pid N): "new"', 'worker 2 (pid N): "new"'], changed
     seen = set()
     for _ in range(40):  # the kernel spreads connections over both workers: every one answers "new"
         c = server.connect()
         seen.add(c.line())
         c.close()
     assert {line.split()[0] for line in seen} == {b"new"} and len(seen) == 2, seen
-    one = repl(server, "--worker", "2", "-e", "return require('moonlet.workers').id()")
-    assert one.stdout == "2\n", one
-    first = repl(server, "-e", "return require('moonlet.workers').id()")  # (the supervisor's pid: worker 1)
-    assert first.stdout == "1\n" and "(worker 1 of 2" in first.stderr, first
-    stats = repl(server, "--all", "-e", "\\stats")  # (the whole server's, each line labelled)
-    for n in (1, 2):
-        assert re.search(rf"^worker {n} \(pid \d+\): connections: \d+$", stats.stdout, re.M), stats.stdout
+    one = repl(server, "--worker", "2", "-e", "\\stats")  # (a command, on one chosen worker)
+    assert re.search(r"^connections: \d+$", one.stdout, re.M), one
     missing = repl(server, "--worker", "3", "-e", "1")
     assert missing.returncode == 2 and "no worker 3 among: worker 1 (pid" in missing.stderr, missing
