@@ -92,7 +92,7 @@ def test_a_two_way_conversation_and_closing(tmp_path: Path) -> None:
         job:close()
         print(job:wait())
         print(job:get(), job:put({ x = 9 }))     -- after the end: nil; and the job's side is closed
-        local c = assert(pool.spawn("streamer", "count", 1000))
+        local c = assert(pool.spawn("streamer", "count", 1000000))  -- (more than its 256 KiB bound holds)
         print(c:get(), c:get())
         c:close()                                  -- the producer's next put answers closed
         print(c:wait())
