@@ -367,9 +367,9 @@ def bench_loadgen(seconds: float) -> list[dict[str, object]]:
     return rows
 
 
-def _wrk(port: int, seconds: float) -> float:
+def _wrk(port: int, seconds: float, scheme: str = "http") -> float:
     out = subprocess.run(
-        [*PIN_CLIENT, "wrk", "-t1", "-c50", f"-d{seconds:g}s", f"http://127.0.0.1:{port}/"],
+        [*PIN_CLIENT, "wrk", "-t1", "-c50", f"-d{seconds:g}s", f"{scheme}://127.0.0.1:{port}/"],
         capture_output=True,
         text=True,
         check=True,
@@ -394,12 +394,19 @@ def http_server(kind: str, tmp: str) -> Iterator[tuple[int, int]]:
         yield started
 
 
-def _idle_keepalive(port: int, pid: int, count: int) -> float:
-    """Bytes of server RSS per idle keep-alive connection (each has made one request)."""
+def _idle_keepalive(port: int, pid: int, count: int, tls: bool = False) -> float:
+    """Bytes of server RSS per idle keep-alive connection (each has made one request), over TLS with ``tls``
+    (the certificate is not checked: it is the benchmark's own)."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     before = rss_bytes(pid)
     socks = []
     for _ in range(count):
         s = socket.create_connection(("127.0.0.1", port))
+        if tls:
+            s = ctx.wrap_socket(s)
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         socks.append(s)
     for s in socks:
@@ -463,38 +470,6 @@ def _certificate(tmp: str) -> tuple[str, str]:
     return cert, key
 
 
-def _wrk_https(port: int, seconds: float) -> float:
-    out = subprocess.run(
-        [*PIN_CLIENT, "wrk", "-t1", "-c50", f"-d{seconds:g}s", f"https://127.0.0.1:{port}/"],
-        capture_output=True, text=True, check=True, timeout=seconds + 60,
-    ).stdout  # fmt: skip
-    return float(out.split("Requests/sec:")[1].split()[0])
-
-
-def _idle_tls(port: int, pid: int, count: int) -> float:
-    """Bytes of server RSS per idle TLS keep-alive connection (each has made one request)."""
-    import ssl
-
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    before = rss_bytes(pid)
-    socks = []
-    for _ in range(count):
-        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)))
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        socks.append(s)
-    for s in socks:
-        s.settimeout(10)
-        got = b""
-        while b"hello" not in got:
-            got += s.recv(4096)
-    time.sleep(1)
-    per = (rss_bytes(pid) - before) / count
-    for s in socks:
-        s.close()
-    return per
-
-
 def bench_https(seconds: float, conns: int) -> list[dict[str, object]]:
     """HTTPS hello with keep-alive (wrk -c50), moonlet against nginx with the same certificate and the
     protocol and cipher both negotiate with wrk (TLS 1.3, AES-256-GCM here); server CPU per request."""
@@ -519,14 +494,14 @@ def bench_https(seconds: float, conns: int) -> list[dict[str, object]]:
                 conf.write_text(text)
                 cmd = ["nginx", "-c", str(conf), "-p", tmp]
             with running(cmd, port) as (pid, _):
-                _wrk_https(port, 1)  # warm-up
+                _wrk(port, 1, "https")  # warm-up
                 before = cpu_seconds(pid)
-                rps = _wrk_https(port, seconds)
+                rps = _wrk(port, seconds, "https")
                 cpu = (cpu_seconds(pid) - before) / (rps * seconds) * 1e6
                 rows.append({"workload": "https", "figure": f"{kind}: wrk req/s", "value": rps})
                 rows.append({"workload": "https", "figure": f"{kind}: server CPU µs/req", "value": cpu})
                 if kind.startswith("moonlet"):
-                    idle = _idle_tls(port, pid, conns)
+                    idle = _idle_keepalive(port, pid, conns, tls=True)
                     rows.append(
                         {
                             "workload": "https",
