@@ -388,7 +388,15 @@ def test_one_console_reaches_every_worker_through_the_supervisors_pid(lua_server
         c.close()
         assert time.monotonic() < deadline, seen
     assert {line.split()[0] for line in seen} == {b"old"}
-    # one chunk on every worker, through the supervisor's pid (one attach to each: see the note in the issue)
+    # A process killed outright leaves its console files, and its pid is reused (32,768 of them): here by
+    # the supervisor itself. Such files name a dead console, not the process that has the number now.
+    stale = console_dir() / f"{server.proc.pid}.json"
+    stale.write_text(json.dumps({"pid": server.proc.pid, "process_start": "1", "app": "app.lua", "worker": 1,
+                                 "supervisor": server.proc.pid}))  # fmt: skip
+    every = repl(server, "--all", "-e", "return config.word")
+    lines = [re.sub(r"pid \d+", "pid N", line) for line in every.stdout.splitlines()]
+    assert lines == ['worker 1 (pid N): "old"', 'worker 2 (pid N): "old"'], every
+    # one chunk on every worker, through the supervisor's pid
     changed = repl(server, "--all", "-e", 'config.word = "new"; return config.word')
     lines = [re.sub(r"pid \d+", "pid N", line) for line in changed.stdout.splitlines()]
     assert changed.returncode == 0, (changed, server.log_text()[-3000:])
@@ -403,3 +411,30 @@ def test_one_console_reaches_every_worker_through_the_supervisors_pid(lua_server
     assert re.search(r"^connections: \d+$", one.stdout, re.M), one
     missing = repl(server, "--worker", "3", "-e", "1")
     assert missing.returncode == 2 and "no worker 3 among: worker 1 (pid" in missing.stderr, missing
+
+
+def test_a_starting_console_removes_the_files_of_dead_consoles_only(tmp_path: Path) -> None:
+    from runtime.console.files import process_start, remove_stale
+
+    def gone() -> int:  # the pid of a process that has ended
+        done = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True
+        )
+        return int(done.stdout)
+
+    me, old = os.getpid(), time.time() - 3600
+
+    def plant(pid: int, info: dict[str, object], mtime: float) -> None:
+        for suffix in (".json", ".sock"):
+            path = tmp_path / f"{pid}{suffix}"
+            path.write_text(json.dumps(info) if suffix == ".json" else "")
+            os.utime(path, (mtime, mtime))
+
+    dead, young = gone(), gone()
+    plant(dead, {"pid": dead}, old)  # its process is gone
+    plant(me, {"pid": me, "process_start": "1"}, old)  # its pid now belongs to another process (this one)
+    plant(young, {"pid": young}, time.time())  # (new files: maybe a console starting with that pid; kept)
+    assert remove_stale(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{young}.json", f"{young}.sock"]
+    plant(me, {"pid": me, "process_start": process_start(me)}, old)  # a live console's
+    assert remove_stale(tmp_path) == 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import readline
 import socket
 import sys
@@ -24,7 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
-from runtime.console.files import runtime_dir
+from runtime.console.files import is_live, runtime_dir
 
 HISTORY = Path.home() / ".moonlet_history"
 
@@ -39,8 +38,9 @@ def servers() -> list[dict[str, Any]]:
     for info_path in sorted(runtime_dir().glob("*.json")):
         try:
             info = json.loads(info_path.read_text())
-            os.kill(int(info["pid"]), 0)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError):
+            continue
+        if not isinstance(info, dict) or not is_live(info):
             continue
         info["socket"] = str(info_path.with_suffix(".sock"))
         found.append(info)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.console import memory
-from runtime.console.files import runtime_dir
+from runtime.console.files import process_start, remove_stale, runtime_dir
 from runtime.kernel.core import Kernel
 from runtime.kernel.task import Extra, Task
 from runtime.services.registry import Services
@@ -311,7 +311,12 @@ class ConsoleService:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)  # ... and stays so
-        info: dict[str, Any] = {"pid": os.getpid(), "app": self.app_path, "started": self.started}
+        info: dict[str, Any] = {
+            "pid": os.getpid(),
+            "process_start": process_start(os.getpid()),  # (tells this process from a later one with its pid)
+            "app": self.app_path,
+            "started": self.started,
+        }
         if os.environ.get("MOONLET_WORKER"):  # one of a supervisor's workers: moonlet repl picks worker 1
             info["worker"], info["supervisor"] = int(os.environ["MOONLET_WORKER"]), os.getppid()
         if self.tcp_port is not None:
@@ -325,6 +330,7 @@ class ConsoleService:
                 log.warning("console: tcp 127.0.0.1:%d is in use; trying again every second", port)
                 self.loop.create_task(self._retry_tcp(port, directory))
         directory.joinpath(f"{os.getpid()}.json").write_text(json.dumps(info))
+        remove_stale(directory)  # (the files of processes killed outright)
         logging.getLogger("moonlet").addHandler(self._forwarder)
         log.info("console on %s (moonlet repl %d)", self.path, os.getpid())
 
