@@ -22,6 +22,7 @@ import os
 import socket
 import stat
 import threading
+from collections import Counter
 from pathlib import Path
 
 log = logging.getLogger("moonlet")
@@ -32,17 +33,25 @@ LISTENING_MARK = b" listening on "  # worker N serves: an app that listens gets 
 SINGLE_PROCESS_MARK = "the app runs as one process: "  # workers.single(): no other worker, ever
 
 
+_any_port: Counter[str] = Counter()  # this worker's requests for port 0, by host
+
+
 def shared_listener(host: str, port: int | None, backlog: int) -> socket.socket | None:
     """In a worker: the supervisor's listening socket for host:port, or for the Unix-socket path ``host``
     when port is None (bound on first request); None when this process has no supervisor. Raises OSError
-    with the bind error otherwise."""
+    with the bind error otherwise. Port 0: the Nth such request of every worker gets the Nth port chosen
+    (each worker runs the same app, which opens its listeners in the same order)."""
     path = os.environ.get(ENV)
     if not path:
         return None
+    nth = 0
+    if port == 0:
+        nth = _any_port[host]
+        _any_port[host] += 1
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(path)
         slot = int(os.environ.get("MOONLET_WORKER", "1"))
-        request = {"host": host, "port": port, "backlog": backlog, "slot": slot}
+        request = {"host": host, "port": port, "backlog": backlog, "slot": slot, "nth": nth}
         s.sendall(json.dumps(request).encode() + b"\n")
         message, fds, _, _ = socket.recv_fds(s, 4096, 1)
     if not fds:
@@ -76,7 +85,7 @@ class ListenerRegistry:
     def __init__(self, directory: str) -> None:
         self.path = str(Path(directory) / "listeners.sock")
         self.sockets: dict[tuple[str, int, int], socket.socket] = {}  # (host, port, slot)
-        self.bound: dict[tuple[str, int], int] = {}  # (host, 0) -> the port chosen for it
+        self.bound: dict[tuple[str, int], int] = {}  # (host, N) -> the port chosen for the Nth port 0
         self.paths: dict[str, socket.socket] = {}  # Unix-socket path -> the one socket every worker shares
         self.orphaned: set[int] = set()  # slots whose worker died and has not listened again (the supervisor)
         self.closed = False
@@ -105,10 +114,15 @@ class ListenerRegistry:
                         int(request["port"]),
                         int(request["backlog"]),
                         int(request["slot"]),
+                        nth=int(request.get("nth", 0)),
                     )
 
-    def _answer(self, conn: socket.socket, host: str, port: int, backlog: int, slot: int) -> None:
-        port = self.bound.get((host, port), port)  # port 0: every slot shares the port chosen first
+    def _answer(
+        self, conn: socket.socket, host: str, port: int, backlog: int, slot: int, *, nth: int
+    ) -> None:
+        any_port = port == 0
+        if any_port:  # every slot's Nth port 0 shares the port chosen for the first of them
+            port = self.bound.get((host, nth), 0)
         sock = self.sockets.get((host, port, slot))
         if sock is None:
             try:
@@ -116,8 +130,8 @@ class ListenerRegistry:
             except OSError as e:
                 conn.sendall((e.strerror or str(e)).encode())
                 return
-            if port == 0:
-                self.bound[(host, 0)] = port = sock.getsockname()[1]
+            if any_port and port == 0:
+                self.bound[(host, nth)] = port = sock.getsockname()[1]
             self.sockets[(host, port, slot)] = sock
         socket.send_fds(conn, [b"ok"], [sock.fileno()])
 

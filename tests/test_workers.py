@@ -461,3 +461,24 @@ def test_declaring_one_process_after_listening_is_an_error(tmp_path: Path) -> No
     assert lines[0].startswith("false\t") and "before the app listens" in lines[0], lines
     assert "bad argument #1 to 'single'" in lines[1], lines
     assert b"1 worker process (--workers 1)" in done.stderr
+
+
+TWO_ANY_PORTS = """
+local net = require "moonlet.net"
+net.listen { port = 0, handler = function(conn) conn:write("first\\n") end }
+net.listen { port = 0, handler = function(conn) conn:write("second\\n") end }
+"""
+
+
+def test_each_listener_on_port_0_gets_a_port_of_its_own_shared_by_every_worker(lua_server) -> None:  # type: ignore[no-untyped-def]
+    server = lua_server(TWO_ANY_PORTS, options=["--workers", "2"])
+    deadline = time.monotonic() + 15
+    while len(ports := re.findall(rb"listening on 127\.0\.0\.1:(\d+)", server.log_text().encode())) < 4:
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.05)
+    assert len(set(ports)) == 2, ports  # (the Nth port 0 of each worker is the same port: not one for all)
+    first, second = ports[0], next(p for p in ports if p != ports[0])
+    for port, said in ((first, b"first"), (second, b"second")):
+        for _ in range(6):  # (either worker may take it: each answers as the listener it opened)
+            with socket.create_connection(("127.0.0.1", int(port)), timeout=5) as s:
+                assert s.makefile("rb").readline() == said + b"\n"
