@@ -94,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
         "socket; with workers, worker N's on PORT + N - 1",
     )
     run.add_argument(
+        "--metrics",
+        type=metrics_address,
+        metavar="[HOST:]PORT",
+        help="serve the Prometheus metrics (moonlet.metrics: the app's and the runtime's, every worker's) "
+        "on HOST:PORT (default host 127.0.0.1)",
+    )
+    run.add_argument(
         "--max-connections",
         type=int,
         metavar="N",
@@ -260,6 +267,14 @@ def _without_workers(args: list[str], app: str) -> list[str]:
     return out + rest
 
 
+def metrics_address(text: str) -> tuple[str, int]:
+    """``--metrics [HOST:]PORT``."""
+    where, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected [HOST:]PORT, not {text!r}")
+    return where.strip("[]") or "127.0.0.1", int(port)
+
+
 def parse_pools(specs: list[str]) -> dict[str, PoolConfig]:
     """``--pool NAME=SIZE[:QUEUE]`` options over the default pools."""
     pools = default_pools()
@@ -362,7 +377,13 @@ def main(argv: list[str] | None = None) -> int:
         for file in ns.python:
             hostfn.load_file(file)
         return Host(
-            ns.app, ns.args, limits, pools=pools, console=not ns.no_console, console_tcp=ns.console_tcp
+            ns.app,
+            ns.args,
+            limits,
+            pools=pools,
+            console=not ns.no_console,
+            console_tcp=ns.console_tcp,
+            metrics=ns.metrics,
         ).run()
     except MoonletError as e:
         print(f"moonlet: {e}", file=sys.stderr)

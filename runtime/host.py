@@ -68,6 +68,22 @@ class _Main:
             self._host.finish()
 
 
+class _MetricsListener:
+    """The task that opens ``--metrics``' listener: a failure to (a port in use) stops the server."""
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+
+    def describe(self) -> str:
+        return "the --metrics listener"
+
+    def task_exited(self, task: Task, ok: bool, error: bytes | None) -> None:
+        if not ok:
+            first = (error or b"failed").partition(b"\n")[0]  # (its message, not the traceback)
+            log.error("%s", first.decode("utf-8", "replace"))
+            self._host.fail()
+
+
 class Host:
     def __init__(
         self,
@@ -79,9 +95,11 @@ class Host:
         engine: tuple[str, dict[str, float | int | str | None]] | None = None,
         console: bool = True,
         console_tcp: int | None = None,
+        metrics: tuple[str, int] | None = None,
         virtual_time: bool | Literal["jumping"] = False,
     ) -> None:
         self.console_tcp = console_tcp
+        self.metrics = metrics  # --metrics: where the exposition listens (host, port)
         # True: run on the loop whose clock tests can make jump (moonlet test); "jumping": that loop, jumping
         # from the start (a whole app in virtual time: the in-process test harness, tests/conftest.py)
         self.virtual_time = virtual_time
@@ -172,6 +190,7 @@ class Host:
             drain_timeout=self.limits.drain_timeout,
             signal_fd=signal_socket() if signals else None,
             before_exit=lambda: remove_console_files(os.getpid()),
+            figures=services.metrics.figures,
         )
         console = None
         if self.console_wanted and self.engine is None:
@@ -191,6 +210,9 @@ class Host:
             args = [a.encode() for a in self.app_args]
             if self.engine is None:
                 kernel.main = kernel.spawn(_Main(self), main, *args)
+                if self.metrics is not None:
+                    listen = boot[b"stdlib"](b"moonlet.metrics")[b"_listen"]
+                    kernel.spawn(_MetricsListener(self), listen, self.metrics[0].encode(), self.metrics[1])
             else:
                 module, given = self.engine
                 engine = boot[b"stdlib"](module.encode())[b"_main"]

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -550,6 +551,9 @@ end })
 """
 
 
+DATE = r"\[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\]"
+
+
 def _get(port: int, raw: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(raw)
@@ -568,11 +572,16 @@ def test_the_access_log_says_each_request_and_reopens_on_sigusr1(run_app, tmp_pa
          b"Connection: close\r\n\r\n")  # fmt: skip
     _get(server.port, b"GET /stream HTTP/1.0\r\n\r\n")
     _get(server.port, b"GET /boom HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    pipelined = b"".join(b"GET /p%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in (1, 2))
+    _get(server.port, pipelined + b"GET /p3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    _get(server.port, b"GET /p4 HTTP/1.1\r\nHost: x\r\n\r\nNOT HTTP\r\n\r\n")  # (answered, then refused)
     deadline = time.monotonic() + 5
-    while len(path.read_text().splitlines()) < 3 and time.monotonic() < deadline:
+    while len(path.read_text().splitlines()) < 7 and time.monotonic() < deadline:
         time.sleep(0.02)
     lines = path.read_text().splitlines()
-    date = r"\[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\]"
+    for i, line in enumerate(lines[3:], 1):  # (one line each, the peer in front of each)
+        assert re.fullmatch(rf'127\.0\.0\.1 - - {DATE} "GET /p{i} HTTP/1\.1" 201 6 "-" "-"', line), lines
+    date = DATE
     ua = r'"t \\x22q\\x22"'  # (quotes in a header escaped as nginx does)
     assert re.fullmatch(rf'127\.0\.0\.1 - - {date} "GET /a\?x=1 HTTP/1\.1" 201 6 "http://r/" {ua}', lines[0])
     assert re.fullmatch(rf'127\.0\.0\.1 - - {date} "GET /stream HTTP/1\.0" 200 5 "-" "-"', lines[1]), lines
@@ -582,10 +591,10 @@ def test_the_access_log_says_each_request_and_reopens_on_sigusr1(run_app, tmp_pa
     time.sleep(0.3)
     _get(server.port, b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     deadline = time.monotonic() + 5
-    while not path.exists() and time.monotonic() < deadline:
+    while not (path.exists() and path.read_text()) and time.monotonic() < deadline:  # (a moment later)
         time.sleep(0.02)
     assert '"GET /after HTTP/1.1" 201 6' in path.read_text()
-    assert len((tmp_path / "access.log.1").read_text().splitlines()) == 3
+    assert len((tmp_path / "access.log.1").read_text().splitlines()) == 7
 
 
 def test_the_json_access_log_has_every_field(lua_host, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -643,28 +652,51 @@ def test_metrics_from_two_workers_parse_as_prometheus_and_add_up(lua_server) -> 
         served_by.add(reply.rsplit(b"hello from ", 1)[1].strip())
         sent += 1
         assert time.monotonic() < deadline, served_by
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
-        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        reply = b""
-        while chunk := s.recv(65536):
-            reply += chunk
-    head, _, body = reply.partition(b"\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:  # one refused: a bad request
+        s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 400 ")
+
+    def scrape() -> tuple[bytes, dict[str, Any]]:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), (reply, server.log_text()[-3000:])
+        return head, {f.name: f for f in text_string_to_metric_families(body.decode())}
+
+    # Each worker writes what it counted once a second (and the one that answers, at once): a scrape sees
+    # every request within a second or so (the scrapes before it are requests too)
+    scrapes = 0
+    while True:
+        head, families = scrape()
+        scrapes += 1
+        counted = (
+            {s.labels["path"]: s.value for s in families["app_requests"].samples}
+            if "app_requests" in families
+            else {}
+        )  # (the parser drops _total)
+        answered = families["moonlet_http_requests"].samples if "moonlet_http_requests" in families else []
+        if counted == {"/hello": sent} and sum(s.value for s in answered) == sent + scrapes - 1:
+            break
+        assert time.monotonic() < deadline + 10, (counted, answered, sent, scrapes)
+        time.sleep(0.2)
     assert b"content-type: text/plain; version=0.0.4" in head
-    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
-    counted = {
-        s.labels["path"]: s.value for s in families["app_requests"].samples
-    }  # (the parser drops _total)
-    assert counted == {"/hello": sent}, (counted, sent)
     hist = {(s.name, s.labels.get("le")): s.value for s in families["app_seconds"].samples}
     assert hist[("app_seconds_bucket", "0.001")] == 0 and hist[("app_seconds_bucket", "1")] == sent
     assert hist[("app_seconds_bucket", "+Inf")] == sent == hist[("app_seconds_count", None)]
     assert hist[("app_seconds_sum", None)] == 0.5 * sent
     up = {s.labels["worker"] for s in families["app_worker_up"].samples}
     assert up == {"1", "2"} and served_by == {b"1", b"2"}
-    # (a worker writes its own figures when it answers a scrape: at least the one that answered this one)
-    assert {s.labels["worker"] for s in families["moonlet_lua_memory_bytes"].samples} in (
-        {"1"},
-        {"2"},
-        {"1", "2"},
-    )
-    assert "moonlet_connections" in families and "moonlet_tasks" in families  # (the runtime's own)
+    # the runtime's own, per worker: requests answered by listener and status, the one refused, the gauges
+    # \stats shows, the process' figures
+    assert {(s.labels["worker"], s.labels["status"]) for s in answered} == {("1", "200"), ("2", "200")}
+    assert {s.labels["listener"] for s in answered} == {f"127.0.0.1:{server.port}"}
+    refused = families["moonlet_http_refused"].samples
+    assert [(s.labels["status"], s.value) for s in refused] == [("400", 1)]
+    for name in ("moonlet_lua_memory_bytes", "moonlet_connections", "process_resident_memory_bytes"):
+        assert {s.labels["worker"] for s in families[name].samples} == {"1", "2"}, name
+    assert families["moonlet_loop_lag_seconds"].type == "histogram"
+    accepted = sum(s.value for s in families["moonlet_connections_accepted"].samples)
+    assert accepted >= sent + scrapes  # (each request and scrape on a connection of its own, the 400's too)

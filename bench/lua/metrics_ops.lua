@@ -1,5 +1,5 @@
 -- CPU per moonlet.metrics update: `moonlet run --workers 1 --stall-budget 0 bench/lua/metrics_ops.lua`
--- (each update is an LMDB write transaction of moonlet.shared: what makes workers add up).
+-- (an update is a table operation in this worker; the host adds them into the shared store once a second).
 local metrics = require "moonlet.metrics"
 local c = metrics.counter("bench_total", "x", { "route", "status" })
 local h = metrics.histogram("bench_seconds", "x", { "route" })

@@ -439,6 +439,15 @@ class ConsoleService:
         }
         session.send({"text": "\n".join(f"{k}: {v}" for k, v in stats.items())})
 
+    def _cmd_metrics(self, session: ConsoleSession, _arg: str) -> None:
+        """The Prometheus exposition moonlet.metrics answers (the app's metrics and the runtime's, of every
+        worker), run as a chunk: its module loads on first use like any."""
+        job, err, _ = session._compile(METRICS_CHUNK)
+        if job is None:
+            session.send({"ok": False, "error": err})
+            return
+        session._run(job)
+
     def _cmd_gc(self, session: ConsoleSession, _arg: str) -> None:
         """A full collection of the Lua heap (in steps, for at most ``GC_BUDGET`` seconds of CPU) and of
         Python's cycle collector, and what each freed."""
@@ -489,10 +498,13 @@ class ConsoleService:
         )
 
 
+METRICS_CHUNK = 'local text = require("moonlet.metrics").text() print((text:gsub("\\n$", "")))'
+
 HELP = """\\connections      every connection: peer, age, bytes, what its coroutine waits on
 \\tasks            tasks and timers
 \\pools            thread pools and their queues
 \\stats            uptime, tasks, connections, memory (Lua, process, the Python and C heaps), worst loop lag
+\\metrics          the Prometheus metrics of every worker (moonlet.metrics: the app's and the runtime's)
 \\gc               a full collection of the Lua and Python heaps; what each freed
 \\kill ID          close a connection (stream or HTTP) or cancel a task (ids from \\connections, \\tasks)
 \\reload MODULE    load a Lua module again (later requires get it; connections stay)

@@ -83,9 +83,9 @@ class Op(enum.IntEnum):
     IDLE = (
         20,
         YIELDS,
-        "(conn, out, served): a request worker sends `out` and gives conn back; reply (conn, data, last): "
-        "a connection to serve next (its bytes; last: its next answer is its last), or nil: the worker "
-        "ends",
+        "(conn, out, served): a request worker sends `out` and gives conn back (served: 1 if it answered a "
+        "request, or the access log's lines of those it answered); reply (conn, data, last): a connection "
+        "to serve next (its bytes; last: its next answer is its last), or nil: the worker ends",
     )
     DB_EXEC_MANY = (
         21,
@@ -223,8 +223,19 @@ class Op(enum.IntEnum):
     MASK = 84, CALL, "(data, key): data XOR the 4-byte key repeated (WebSocket masking, RFC 6455 5.3)"
     ON_DRAIN = 85, CALL, "(job, where): run job as a task when the server begins to drain (now, if it has)"
     DRAINING = 86, CALL, "(): whether the server is draining (SIGTERM, or a reload's old worker)"
-    HTTP_ACCESS = 87, CALL, "(log, line): one line (no newline) of the access log of that number"
-    RUNTIME_STATS = 88, CALL, "(): this worker's figures, {name = number}: tasks, connections, Lua heap, ..."
+    HTTP_ACCESS = (
+        87,
+        CALL,
+        "(conn, log, lines): lines of the access log of that number, but for the peer's address that begins "
+        "each (the host adds it: the line of a JSON log begins after its opening brace); mostly they travel "
+        "with IDLE instead",
+    )
+    METRICS = (
+        88,
+        CALL,
+        "(): moonlet.metrics' updates ({series = number} to add, to set: emptied) and this worker's runtime "
+        "figures into the metrics store now, and every second from the first call on; reply the two tables",
+    )
 
 
 YIELDING = frozenset(op for op in Op if op.yields)

@@ -26,6 +26,7 @@ from runtime.kernel.core import SUSPEND, Kernel, one_line
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
 from runtime.services import Defaults, Quiet
+from runtime.services.metrics import Figures
 from runtime.threadclock import ThreadClock, Work
 from runtime.virtualtime import VirtualTimeLoop, monotonic_clock, wall_clock
 
@@ -357,8 +358,10 @@ class LagMonitor:
         signal_fd: int | None = None,
         before_exit: Callable[[], None] | None = None,
         clock: ThreadClock,
+        figures: Figures | None = None,
     ) -> None:
         self._loop = loop
+        self._figures = figures or Figures()  # (the runtime's metrics: each beat's lag, the blocks)
         self._work = Work(clock, self.PERIOD)  # (the loop thread's clock)
         self._beat_cpu = 0.0  # the loop thread's CPU time at the last tick
         self._block_work = 0.0  # the work the watchdog counted in the current block (read by _tick)
@@ -451,9 +454,11 @@ class LagMonitor:
         now = self._loop.time()
         lag = now - self._expected
         self.worst = max(self.worst, lag)
+        self._figures.loop_lag.observe(max(lag, 0.0))
         if lag >= self._warn_after:
             worked = max(time.thread_time() - self._beat_cpu, self._block_work)
             if worked >= lag / 2:
+                self._figures.loop_blocked += 1
                 log.warning(
                     "event loop blocked for %.2fs%s: every connection waited (a long C call or blocking work "
                     "on the loop thread; Lua code is stopped by the stall budget instead)",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
@@ -32,6 +33,7 @@ from runtime.kernel.task import Extra, Task
 from runtime.lua.values import NotPlainError, from_plain, from_plain_in_slices, to_plain
 from runtime.services import Defaults
 from runtime.services.background import Background
+from runtime.services.metrics import Figures
 
 log = logging.getLogger("moonlet")
 
@@ -122,9 +124,15 @@ class DatabaseService(Defaults):
     )  # (its ops)
 
     def __init__(
-        self, kernel: Kernel, loop: asyncio.AbstractEventLoop, limits: Limits, default: Database
+        self,
+        kernel: Kernel,
+        loop: asyncio.AbstractEventLoop,
+        limits: Limits,
+        default: Database,
+        figures: Figures | None = None,
     ) -> None:
         self.kernel = kernel
+        self.figures = figures or Figures()  # (the runtime's metrics: the time of each call)
         self.loop = loop
         self.limits = limits
         self.default = default
@@ -162,44 +170,45 @@ class DatabaseService(Defaults):
 
     # -- requests: each starts one asyncio task and resumes the Lua task with its reply ------------
     def _db_query(self, task: Task, target: object, sql: object, params: object) -> object:
-        return self._start(task, self._run_query(target, sql, params))
+        return self._start(task, self._run_query(target, sql, params), "query")
 
     def _db_exec(self, task: Task, target: object, sql: object, params: object) -> object:
-        return self._start(task, self._run_exec(target, sql, params))
+        return self._start(task, self._run_exec(target, sql, params), "exec")
 
     def _db_exec_many(self, task: Task, target: object, sql: object, sets: object) -> object:
-        return self._start(task, self._run_exec_many(target, sql, sets))
+        return self._start(task, self._run_exec_many(target, sql, sets), "exec_many")
 
     def _db_rows(self, task: Task, target: object, sql: object, params: object) -> object:
-        return self._start(task, self._open_rows(task, target, sql, params))
+        return self._start(task, self._open_rows(task, target, sql, params), "rows")
 
     def _db_fetch(self, task: Task, rows: OpenRows, n: object, _c: object) -> object:
         if not rows.open:
             return self.lua.table_from([])
         size = int(n) if isinstance(n, int) and 0 < n <= MAX_BATCH else MAX_BATCH
-        return self._start(task, self._fetch_batch(rows, size))
+        return self._start(task, self._fetch_batch(rows, size), "fetch")
 
     def _db_rows_close(self, rows: OpenRows, _b: object, _c: object) -> object:
         self._close_rows(rows)
         return True
 
     def _db_begin(self, task: Task, target: object, _b: object, _c: object) -> object:
-        return self._start(task, self._run_begin(task, self._database(target)))
+        return self._start(task, self._run_begin(task, self._database(target)), "begin")
 
     def _db_end(self, task: Task, n: object, commit: object, _c: object) -> object:
         tx = self.kernel.handles.get(n)
         if not isinstance(tx, Transaction) or tx.task is not task:
             raise TypeError("db: not this task's transaction")
-        return self._start(task, self._finish(tx, bool(commit)))
+        return self._start(task, self._finish(tx, bool(commit)), "commit" if commit else "rollback")
 
-    def _start(self, task: Task, work: Any) -> object:
+    def _start(self, task: Task, work: Any, call: str) -> object:
         if self.closing:
             work.close()  # (a coroutine never awaited)
             return (None, b"closed")
-        self.background.run(self._reply(task, work))
+        self.background.run(self._reply(task, work, call))
         return SUSPEND
 
-    async def _reply(self, task: Task, work: Any) -> None:
+    async def _reply(self, task: Task, work: Any, call: str) -> None:
+        started = time.perf_counter()
         try:
             reply = await work
         except QueryTimeoutError:
@@ -211,6 +220,7 @@ class DatabaseService(Defaults):
         except Exception as e:  # a bug here must not leave the task suspended forever
             log.error("db: internal error: %r", e, exc_info=True)
             reply = (None, f"database error: internal error ({type(e).__name__}: {e})".encode())
+        self.figures.db[call].observe(time.perf_counter() - started)
         self.kernel.resume(task, reply)
 
     # -- the work ----------------------------------------------------------------------------------

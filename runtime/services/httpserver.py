@@ -23,6 +23,7 @@ from runtime.lua.state import resume_thread
 from runtime.services import Quiet
 from runtime.services.accesslog import AccessLog
 from runtime.services.clock import TICK
+from runtime.services.metrics import Figures
 from runtime.services.stream import Connection, StreamService
 
 log = logging.getLogger("moonlet")
@@ -71,7 +72,8 @@ class RequestWorkers:
     """
 
     __slots__ = (
-        "closed", "entry", "idle", "keepalive_timeout", "max_requests", "send_timeout", "svc", "sweep",
+        "access", "closed", "counts", "entry", "idle", "keepalive_timeout", "label", "max_requests",
+        "send_timeout", "svc", "sweep",
     )  # fmt: skip
 
     def __init__(
@@ -90,6 +92,9 @@ class RequestWorkers:
         self.idle: list[Task] = []  # workers waiting for a connection with bytes, the longest waiting first
         self.closed = False  # the listener closed: workers end instead of waiting
         self.sweep: asyncio.TimerHandle | None = None  # ends the workers that have waited too long
+        self.label = "?"  # the listener's address, once it listens
+        self.access: AccessLog | None = None  # its access log: lines come with IDLE (moonlet._httpd)
+        self.counts: Any = None  # Lua's counts of the requests served: {bytes = n, [status] = n} (metrics)
 
     def forget(self, task: Task) -> None:
         """A waiting worker was killed."""
@@ -173,11 +178,14 @@ class RequestWorkers:
             ):
                 kernel.serve(task, req)
                 return
-            if req[3]:  # a request was answered (request_done, without a call when it has no children)
+            served = req[3]
+            if served:  # a request was answered (request_done, without a call when it has no children)
                 conn.handled += 1
                 extra = task.extra
                 if extra is not None and extra.children:
                     self.request_done(task, conn, counted=True)
+                if served.__class__ is bytes and self.access is not None:  # (its access log's lines)
+                    self.access.write(conn.host_of_peer(), served)
             out = req[2]
             if out:
                 conn.transport.write(out)  # type: ignore[union-attr]  # (open: `closing` is false)
@@ -293,9 +301,10 @@ class HttpService(Quiet):
         {Op.HTTP_ACCESS, Op.HTTP_ERROR, Op.HTTP_LISTEN, Op.HTTP_REJECT, Op.IDLE, Op.NEXT}
     )  # (its ops)
 
-    def __init__(self, kernel: Kernel, stream: StreamService) -> None:
+    def __init__(self, kernel: Kernel, stream: StreamService, figures: Figures) -> None:
         self.kernel = kernel
         self.stream = stream
+        self.figures = figures
         self.access_logs: list[AccessLog] = []  # the servers' access logs (http.serve), by number
         kernel.wire(self)  # (the ops in SERVES, each by its handler _<op>)
 
@@ -307,10 +316,13 @@ class HttpService(Quiet):
             max_requests=int(spec[b"max_requests"] or MAX_REQUESTS),
             send_timeout=_seconds(spec[b"send_timeout"], SEND_TIMEOUT),
         )
+        workers.counts = spec[b"counts"]
+        self.figures.http.append(workers)
         path = spec[b"access_log"]
         if isinstance(path, bytes):
             try:
-                self.access_logs.append(AccessLog(self.stream.loop, path.decode()))
+                workers.access = AccessLog(self.stream.loop, path.decode(), spec[b"access_format"])
+                self.access_logs.append(workers.access)
                 spec[b"access_id"] = len(self.access_logs) - 1  # (the number HTTP_ACCESS names it by)
             except OSError as e:
                 return (
@@ -319,11 +331,11 @@ class HttpService(Quiet):
                 )
         return self.stream.open_listener(task, where, int(port), workers, spec[b"tls"])  # type: ignore[call-overload]
 
-    def _http_access(self, log: object, line: object, _c: object) -> bool:
+    def _http_access(self, conn: Connection, log: object, line: object) -> bool:
         # (a number, not a handle: no lookup on the request path; a wrong one is a stdlib bug, refused)
         if not isinstance(log, int) or not 0 <= log < len(self.access_logs) or not isinstance(line, bytes):
-            raise BadRequestError("bad argument #1 to 'access' (an access log's number expected)")
-        self.access_logs[log].write(line)
+            raise BadRequestError("bad argument #2 to 'access' (an access log's number expected)")
+        self.access_logs[log].write(conn.host_of_peer(), line)
         return True
 
     def reopen(self) -> None:
@@ -341,6 +353,8 @@ class HttpService(Quiet):
         workers = worker.workers
         if served:
             workers.request_done(task, conn)
+            if isinstance(served, bytes) and workers.access is not None:  # (its access log's lines)
+                workers.access.write(conn.host_of_peer(), served)
         if out:
             conn.send(out)
         worker.conn = None
@@ -367,10 +381,10 @@ class HttpService(Quiet):
             workers.request_done(task, conn)
         return workers.next_is_last(conn)
 
-    @staticmethod
-    def _http_reject(conn: Connection, status: int, why: bytes, answering: object = False) -> object:
+    def _http_reject(self, conn: Connection, status: int, why: bytes, answering: object = False) -> object:
         """A request Lua refused: one log line, then its status' answer (unless an answer to it has begun:
         then the close alone tells the client), and the close."""
+        self.figures.http_refused[status] += 1
         listener = conn.listener
         log.info(
             "http %d on %s from %s: %s",

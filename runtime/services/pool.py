@@ -34,6 +34,7 @@ from runtime.lua.values import NotPlainError, from_plain, from_plain_in_slices, 
 from runtime.services import Defaults
 from runtime.services.background import Background
 from runtime.services.channels import CLOSED, TIMEOUT, CancelledError, Channel
+from runtime.services.metrics import Figures
 from runtime.threads import lower_this_thread
 
 log = logging.getLogger("moonlet")
@@ -44,7 +45,10 @@ CHANNEL_BYTES = 256 * 1024  # bytes queued each way between a spawned job and it
 
 
 class Job:
-    __slots__ = ("args", "channel", "deadline", "done", "function", "module", "pool", "task", "timer")
+    __slots__ = (
+        "args", "channel", "deadline", "done", "function", "module", "pool", "queued", "task", "timer",
+        "waited",
+    )  # fmt: skip
 
     def __init__(self, pool: Pool, task: Task, module: str | None, function: str, args: list[Any]) -> None:
         self.pool = pool
@@ -56,6 +60,8 @@ class Job:
         self.done = False
         self.timer: asyncio.TimerHandle | None = None
         self.channel: Channel | None = None  # a spawned job's pipe to its task (pool.spawn)
+        self.queued = time.monotonic()
+        self.waited = 0.0  # seconds it waited for a thread (set by the thread, read on the loop: metrics)
 
 
 class _Worker:
@@ -171,6 +177,7 @@ class Pool:
                     job.channel.thread_finished((False, b"cancelled"))
                 call_soon(self.service.finished, job, None)
                 continue
+            job.waited = time.monotonic() - job.queued
             outcome: tuple[bool, list[Any] | bytes] | None = worker.run(job)
             if job.channel is not None and outcome is not None:  # spawned: the outcome goes to the channel
                 job.channel.thread_finished(outcome)
@@ -199,8 +206,11 @@ class PoolService(Defaults):
         limits: Limits,
         app_path: str | None,
         pools: dict[str, PoolConfig] | None = None,
+        *,
+        figures: Figures | None = None,
     ) -> None:
         self.kernel = kernel
+        self.figures = figures or Figures()  # (the runtime's metrics: waits for a thread, refusals)
         self.loop = loop
         self.limits = limits
         self.app_path = app_path
@@ -258,6 +268,7 @@ class PoolService(Defaults):
         if not pool.submit(job):
             if job.timer is not None:
                 job.timer.cancel()
+            self.figures.pool_busy[name] += 1
             return _BUSY
         if job.channel is None:
             return SUSPEND
@@ -340,6 +351,8 @@ class PoolService(Defaults):
 
     def finished(self, job: Job, outcome: tuple[bool, list[Any] | bytes] | None) -> None:
         job.pool.pending -= 1
+        if job.waited:  # (0: it never reached a thread's work)
+            self.figures.pool_wait[job.pool.config.name].observe(job.waited)
         if job.timer is not None:
             job.timer.cancel()
         if job.done or outcome is None:

@@ -17,6 +17,7 @@ from runtime.services.codec import CodecService
 from runtime.services.datagram import DatagramService
 from runtime.services.db import DatabaseService, default_database
 from runtime.services.httpserver import HttpService
+from runtime.services.metrics import Figures, MetricsService
 from runtime.services.outgoing import OutgoingService
 from runtime.services.pool import PoolService
 from runtime.services.shared import SharedService
@@ -40,12 +41,13 @@ class Services:
     clock: ClockService
     system: SystemService
     codec: CodecService
+    metrics: MetricsService
 
     def all(self) -> list[Service]:
         """Every service, in the order they are closed (connections first, the database last)."""
         return [
-            self.stream, self.outgoing, self.http, self.tasks, self.timers, self.udp, self.pools, self.shared,
-            self.db, self.clock, self.system, self.codec,
+            self.stream, self.outgoing, self.http, self.tasks, self.timers, self.udp, self.pools,
+            self.metrics, self.shared, self.db, self.clock, self.system, self.codec,
         ]  # fmt: skip
 
     def in_flight(self) -> bool:
@@ -67,29 +69,34 @@ def wire_services(
     """Create every service, each registering the ops it serves; every op ends up with a handler."""
     app = Path(app_path) if app_path else Path("app.lua")
     deadlines = Deadlines(loop)
-    stream = StreamService(kernel, loop, limits, deadlines)
+    figures = Figures()  # (what the services count for the runtime's metrics)
+    stream = StreamService(kernel, loop, limits, deadlines, figures)
     services = Services(
         stream=stream,
-        tasks=TaskService(kernel, loop, limits),
+        tasks=TaskService(kernel, loop, limits, figures),
         timers=TimerService(kernel, loop, limits.max_timers),
-        pools=PoolService(kernel, loop, limits, app_path, pools),
-        db=DatabaseService(kernel, loop, limits, default_database(limits, app)),
+        pools=PoolService(kernel, loop, limits, app_path, pools, figures=figures),
+        db=DatabaseService(kernel, loop, limits, default_database(limits, app), figures),
         udp=DatagramService(kernel, loop),
-        http=HttpService(kernel, stream),
+        http=HttpService(kernel, stream, figures),
         shared=SharedService(kernel, wall_clock(loop)),
         outgoing=OutgoingService(kernel, loop, limits, stream),
         clock=ClockService(kernel, loop),
         system=SystemService(kernel),
         codec=CodecService(kernel),
+        metrics=MetricsService(kernel, loop, figures),
     )
 
-    def figures() -> dict[str, int | float]:
-        stats: dict[str, int | float] = {}
+    def statistics() -> dict[str, int | float]:
+        stats: dict[str, int | float] = {"tasks": kernel.live, "stale_wakeups": kernel.stale_wakeups}
         for service in services.all():
             stats |= service.statistics()
+        if services.system.lua is not None:
+            stats["lua_memory_bytes"] = services.system.lua.get_memory_used()
         return stats
 
-    services.system.figures = figures  # (RUNTIME_STATS: what every service counts)
+    services.metrics.statistics_of_all = statistics  # (the gauges of every worker's metrics)
+    services.metrics.update = services.shared.update
     capacity = ConnectionCapacity(loop, limits.max_connections)  # (HTTP connections are stream connections)
     capacity.count(stream.connections)
     capacity.count(stream.tls.pending)  # (TLS handshakes in flight hold a descriptor each too)

@@ -162,6 +162,23 @@ class SharedService(Defaults):
                         break
         return self.lua.table_from(out)
 
+    def update(self, name: bytes, put: dict[bytes, object], add: dict[bytes, int | float]) -> None:
+        """One write transaction (the runtime's metrics, runtime/services/metrics.py): the keys of ``put``
+        set (None deletes), the numbers of ``add`` added to what their keys hold (0 when absent)."""
+        db = self._db(name)
+        now = self.now()
+        with self.env.begin(db=db, write=True) as txn:
+            for key, value in put.items():
+                if value is None:
+                    txn.delete(key)
+                else:
+                    txn.put(key, _encode(value, 0, now))
+            for key, by in add.items():
+                current, present = _decode(txn.get(key), now)
+                if not present or not isinstance(current, int | float) or isinstance(current, bool):
+                    current = 0
+                txn.put(key, _encode(current + by, 0, now))
+
     # -- the service's lifecycle (runtime/services/__init__.py) -------------------------------------
     def keeps_alive(self) -> bool:
         return False

@@ -38,6 +38,7 @@ from runtime.services import Defaults
 from runtime.services.background import Background
 from runtime.services.capacity import ConnectionCapacity
 from runtime.services.clock import TICK, Deadlines
+from runtime.services.metrics import Figures
 from runtime.tls import Handshakes, ServerTLS, TLSConfigError, server_tls, sni_of
 
 log = logging.getLogger("moonlet")
@@ -93,6 +94,12 @@ class ServedBy(Protocol):
 
     entry: object  # (for the listener: what runs)
     send_timeout: float  # seconds a response write may wait for a peer that takes no data
+    label: str  # the listener's address, once it listens (its metrics' label)
+
+    @property
+    def access(self) -> object:
+        """An access log, or None: then a connection's peer is noted as it is accepted (lines name it)."""
+        ...
 
     def park(self, conn: Connection) -> None: ...
 
@@ -116,6 +123,7 @@ class Connection(asyncio.Protocol):
         "listener",
         "owner",
         "parked",
+        "peer_host",
         "pending",
         "pending_size",
         "pooled",
@@ -164,6 +172,7 @@ class Connection(asyncio.Protocol):
         self.pooled = False  # (outgoing) idle in a keep-alive pool (see KEEP)
         self.handled = 0  # (request workers) requests answered
         self.handle = 0  # the number Lua holds for it (kernel/handles.py): retired once it is lost and let go
+        self.peer_host: bytes | None = None  # (asked once: an access log line a request names it)
 
     # -- protocol callbacks ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -177,12 +186,15 @@ class Connection(asyncio.Protocol):
         svc.connections[self] = None
         listener = self.listener
         if listener is not None:
+            svc.figures.accepted += 1
             workers = listener.workers
             if workers is None:
                 kernel = svc.kernel
                 self.task = kernel.spawn(self, listener.entry, kernel.handles.number(self), scope=True)
             else:  # a worker takes it when its first bytes arrive
                 self.send_timeout = workers.send_timeout
+                if workers.access is not None:  # (asked now: a connection its handler closed has no socket)
+                    self.host_of_peer()
                 workers.park(self)
 
     def data_received(self, data: bytes) -> None:
@@ -501,6 +513,16 @@ class Connection(asyncio.Protocol):
         host, port = peer
         return host.decode() if port is None else f"{host.decode()}:{port}"
 
+    def host_of_peer(self) -> bytes:
+        """The peer's address without its port, asked of the socket once (b"-" once closed)."""
+        host = self.peer_host
+        if host is None:
+            peer = self.peer()
+            if peer is None:
+                return b"-"
+            host = self.peer_host = peer[0]
+        return host
+
     def peer(self) -> tuple[bytes, int | None] | None:
         transport = self.transport
         if transport is None:
@@ -559,10 +581,16 @@ class StreamService(Defaults):
     )  # (its ops)
 
     def __init__(
-        self, kernel: Kernel, loop: asyncio.AbstractEventLoop, limits: Limits, deadlines: Deadlines
+        self,
+        kernel: Kernel,
+        loop: asyncio.AbstractEventLoop,
+        limits: Limits,
+        deadlines: Deadlines,
+        figures: Figures | None = None,
     ) -> None:
         self.kernel = kernel
         self.resume = kernel.resume
+        self.figures = figures or Figures()  # (the runtime's metrics: connections accepted)
         self.loop = loop
         self.time = loop.time
         self.limits = limits
@@ -676,6 +704,8 @@ class StreamService(Defaults):
             return
         listener.server = server
         self.listeners.add(listener)
+        if workers is not None:
+            workers.label = listener.label
         log.info(
             "listening on %s%s%s",
             listener.label,

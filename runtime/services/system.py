@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from runtime.config import REPORT_FD_ENV, REPORT_PREFIX
@@ -39,7 +38,7 @@ _LEVELS = {b"debug": logging.DEBUG, b"info": logging.INFO, b"warn": logging.WARN
 
 
 class SystemService(Quiet):
-    SERVES: ClassVar[frozenset[Op]] = frozenset({Op.LOG, Op.PRINT, Op.REPORT, Op.RUNTIME_STATS})  # (its ops)
+    SERVES: ClassVar[frozenset[Op]] = frozenset({Op.LOG, Op.PRINT, Op.REPORT})  # (its ops)
 
     def __init__(self, kernel: Kernel) -> None:
         # reports go to the descriptor the tool passed down, if any (see runtime/config.py), else stdout
@@ -49,22 +48,7 @@ class SystemService(Quiet):
             os.set_inheritable(int(fd), False)  # (not handed on to what the code under test starts)
             self._reports = os.fdopen(int(fd), "wb", buffering=0)
         self.kernel = kernel
-        # every service, to ask for their statistics (set by wire_services once they are all made)
-        self.figures: Callable[[], dict[str, int | float]] | None = None
         kernel.wire(self)  # (the ops in SERVES, each by its handler _<op>)
-
-    def _runtime_stats(self, _a: object, _b: object, _c: object) -> object:
-        """What `\\stats` shows, as numbers (moonlet.metrics writes them as gauges)."""
-        stats: dict[str, int | float] = {
-            "tasks": self.kernel.live,
-            "stale_wakeups": self.kernel.stale_wakeups,
-        }
-        if self.figures is not None:
-            stats |= self.figures()
-        if self.lua is not None:
-            stats["lua_memory_bytes"] = self.lua.get_memory_used()
-            return self.lua.table_from({k.encode(): v for k, v in stats.items()})
-        return None
 
     def _log(self, level: bytes, message: bytes, _: object) -> object:
         app_log.log(_LEVELS.get(level, logging.INFO), "%s", message.decode("utf-8", "replace"))

@@ -35,6 +35,7 @@ from runtime.kernel.ops import Op
 from runtime.kernel.task import PARKED, Extra, Task
 from runtime.lua.interrupt import Interrupter
 from runtime.services import Quiet
+from runtime.services.metrics import Figures
 from runtime.threadclock import ThreadClock
 
 log = logging.getLogger("moonlet")
@@ -67,8 +68,11 @@ class TaskService(Quiet):
         }
     )  # (its ops)
 
-    def __init__(self, kernel: Kernel, loop: asyncio.AbstractEventLoop, limits: Limits) -> None:
+    def __init__(
+        self, kernel: Kernel, loop: asyncio.AbstractEventLoop, limits: Limits, figures: Figures | None = None
+    ) -> None:
         self.kernel = kernel
+        self.figures = figures or Figures()  # (the runtime's metrics: stalls stopped)
         self.loop = loop
         self.stall_budget = limits.stall_budget
         self._run = -1  # Kernel.resumes when the stall check last saw a new run
@@ -248,6 +252,7 @@ class TaskService(Quiet):
             task.extra = Extra()
         if task.extra.stall is None and isinstance(traceback, bytes):
             task.extra.stall = traceback
+            self.figures.stalls += 1
 
 
 class StallGuard:

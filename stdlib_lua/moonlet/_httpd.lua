@@ -702,8 +702,10 @@ end
 
 -- Serve the requests buffered on `conn` until nothing more is, or the connection is closed. Returns 1 if the
 -- last of them was answered (0 if none was) and, when it can travel with the worker's next wait, its answer.
--- The access log (http.serve{access_log=}): one line per request, in its format, handed to the host (made by
--- concatenation, with no pattern for the common request; the peer asked once a connection)
+-- The access log (http.serve{access_log=}): one line per request, in its format (made by concatenation, with
+-- no pattern for the common request), kept on the worker's conn table until the worker gives the connection
+-- back: its lines travel with that IDLE (no crossing of their own), and the host puts the peer's address in
+-- front of each (it knows the connection's; the request worker's conn table here serves many)
 local ACCESS = OP.HTTP_ACCESS
 local os_time, os_date = os.time, os.date
 local access_time, access_second = "", -1
@@ -719,47 +721,73 @@ local function quoted(v)
   return v
 end
 
+-- A status or a body size as text, kept: a few values come back all the time, and Lua makes an integer's
+-- text with snprintf (~1,000 instructions); bounded, as body sizes are many
+local number_text, texts = {}, 0
+local function text_of(n)
+  local t = number_text[n]
+  if t == nil then
+    t = tostring(n)
+    if texts < 4096 then number_text[n], texts = t, texts + 1 end
+  end
+  return t
+end
+
 local function log_access(lim, req, res, conn, started)
   local now = os_time()
   if now ~= access_second then access_second, access_time = now, os_date("!%d/%b/%Y:%H:%M:%S +0000", now) end
-  local py = conn[PY]
-  local peer = conn._peer -- (asked once a connection: the request worker's conn table serves many)
-  if conn._peer_of ~= py then
-    peer = py and call(PEER, py) or "-"
-    conn._peer, conn._peer_of = peer, py
-  end
+  -- (rawget: the names are lower-case already, and the headers' __index lowers a name absent as they are)
   local h, status, sent, kind = req.headers, res._status, res._sent, lim.access_format
   local target = req._target -- (visible ASCII: only a quote or a backslash would need escaping)
   if find(target, '"', 1, true) or find(target, "\\", 1, true) then target = quoted(target) end
   local line
   if kind == "json" then
-    local id = h["x-request-id"]
+    local id = rawget(h, "x-request-id")
     if id == nil then
       requests = requests + 1
       id = WORKER .. "-" .. requests
     end
-    line = json_encode { time = access_time, peer = peer, method = req.method, target = req._target,
+    line = sub(json_encode { time = access_time, method = req.method, target = req._target,
       protocol = res._http10 and "HTTP/1.0" or "HTTP/1.1", status = status, bytes = sent,
-      duration_ms = (call(MONOTONIC) - started) * 1000, referer = h.referer, user_agent = h["user-agent"],
-      request_id = id }
+      duration_ms = (call(MONOTONIC) - started) * 1000, referer = rawget(h, "referer"),
+      user_agent = rawget(h, "user-agent"), request_id = id }, 2) -- (the host begins it with {"peer": ...,)
   else
-    line = peer .. " - - [" .. access_time .. '] "' .. req.method .. " " .. target
-      .. (res._http10 and ' HTTP/1.0" ' or ' HTTP/1.1" ') .. status .. (sent > 0 and " " .. sent or " -")
-    if kind == "combined" then
-      line = line .. ' "' .. quoted(h.referer) .. '" "' .. quoted(h["user-agent"]) .. '"'
+    local proto, size = res._http10 and ' HTTP/1.0" ' or ' HTTP/1.1" ', sent > 0 and text_of(sent) or "-"
+    if kind == "combined" then -- (one concatenation a line: each makes a new string)
+      line = " - - [" .. access_time .. '] "' .. req.method .. " " .. target .. proto .. text_of(status) .. " "
+        .. size .. ' "' .. quoted(rawget(h, "referer")) .. '" "' .. quoted(rawget(h, "user-agent")) .. '"'
+    else
+      line = " - - [" .. access_time .. '] "' .. req.method .. " " .. target .. proto .. text_of(status) .. " "
+        .. size
     end
   end
-  call(ACCESS, lim.access, line)
+  local before = conn._lines -- (more than one: pipelined requests)
+  conn._lines = before and before .. "\n" .. line or line
+end
+
+-- The lines of the requests served since the connection was taken, for IDLE: in place of its `served` when
+-- that is 1 (which they say as well), else handed over by a call of their own
+local function access_lines(conn, lim, served)
+  local lines = conn._lines
+  if lines == nil then return served end
+  conn._lines = nil
+  if served == 1 then return lines end
+  call(ACCESS, conn[PY], lim.access, lines)
+  return served
 end
 
 local function serve(conn, handler, lim, last)
   local served = 0
+  local counts = lim.counts -- (the requests answered, by status, and the body bytes: the runtime's metrics)
   while true do
     local req, res = read_head(conn, lim, last)
     if req == nil then return served end
     local started = lim.access and (lim.access_format ~= "json" or call(MONOTONIC)) -- (json says the time)
     local out = run(handler, req, res)
     if started then log_access(lim, req, res, conn, started) end
+    local status = res._status
+    counts[status] = (counts[status] or 0) + 1
+    counts.bytes = counts.bytes + res._sent
     served = 1
     local keep = res._keep
     if not req._ended and not conn[CLOSED] then
@@ -806,6 +834,7 @@ function M.worker(handler, lim)
         local before = take(conn)
         out = out and before .. out or before
       end
+      if lim.access then served = access_lines(conn, lim, served) end
       py, data, last = recv(conn, conn[PY], out, IDLE, served)
       if py == nil then return end
       conn[PY], conn[BUF], conn[POS], conn[CLOSED] = py, data, 1, false

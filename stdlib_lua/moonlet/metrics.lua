@@ -1,6 +1,7 @@
---- Metrics in the Prometheus text format: counters, gauges and histograms with labels, kept in
---- `moonlet.shared` (one LMDB transaction an update, a few microseconds), so every worker of a server adds
---- to the same series and any worker's `/metrics` answers for all of them.
+--- Metrics in the Prometheus text format: counters, gauges and histograms with labels. An update is a
+--- table operation in this worker; the host adds them into a `moonlet.shared` dictionary once a second
+--- and before each exposition (runtime/services/metrics.py, with the runtime's own figures), so every
+--- worker adds to the same series and any worker's `/metrics` answers for all of them.
 --
 --     local metrics = require "moonlet.metrics"
 --     local requests = metrics.counter("app_requests_total", "Requests served", { "route", "status" })
@@ -31,6 +32,11 @@ local WORKER = tostring(require("moonlet.workers").id())
 local store = shared.dict("moonlet.metrics")
 local known = {} -- this worker's series keys, for the bound (the others count theirs)
 local count = 0
+-- this worker's updates since the host last took them: numbers to add to a series, values to set one to
+-- (the host's tables: from now on it takes what they hold, and writes its own figures, every second)
+local METRICS = host.OP.METRICS
+local call = host.call
+local adding, setting = call(METRICS)
 
 local function escape(v)
   v = tostring(v)
@@ -56,12 +62,13 @@ end
 local function add(key, by)
   if not known[key] then
     if count >= M.MAX_SERIES then
-      store:incr("moonlet_metrics_dropped_total", 1, 0)
+      key = "moonlet_metrics_dropped_total"
+      adding[key] = (adding[key] or 0) + 1
       return
     end
     known[key], count = true, count + 1
   end
-  store:incr(key, by, 0)
+  adding[key] = (adding[key] or 0) + by
 end
 
 ---@class moonlet.Metric
@@ -88,8 +95,11 @@ function Metric:set(value, ...)
   if self.kind ~= "gauge" then error("set: " .. self.name .. " is a " .. self.kind .. ", not a gauge", 2) end
   if type(value) ~= "number" then argerror(1, "set", "number", value) end
   local key = series(self, self.name, 'worker="' .. WORKER .. '"', ...)
-  if not known[key] then add(key, 0) end
-  store:set(key, value)
+  if not known[key] then
+    if count >= M.MAX_SERIES then return add(key, 0) end -- (counted as dropped)
+    known[key], count = true, count + 1
+  end
+  setting[key] = value
 end
 
 --- Histogram: count one observation `value` (seconds, bytes, ...) in its bucket, its sum and its count.
@@ -175,26 +185,16 @@ function M.histogram(name, help, labels, buckets)
   return define("histogram", name, help, labels, buckets)
 end
 
--- The series of every worker, by metric name; this worker's runtime figures first written as gauges
--- (moonlet_<figure>{worker=}: what the console's \\stats shows; the other workers' as they last wrote them)
+-- The series of every worker, by metric name: this worker's updates and figures written first (the other
+-- workers' are at most a second old)
 local function collect()
-  for figure, value in pairs(host.call(host.OP.RUNTIME_STATS) or {}) do
-    if type(value) == "number" then
-      store:set("moonlet_" .. figure .. '{worker="' .. WORKER .. '"}', value)
-    end
-  end
+  call(METRICS)
   local meta, values = {}, {}
   for _, key in ipairs(store:keys(M.MAX_SERIES * 2 + 1000)) do
     if sub(key, 1, 1) == "#" then
       meta[sub(key, 2)] = store:get(key)
     else
       values[key] = store:get(key)
-    end
-  end
-  for key in pairs(values) do -- (every worker's runtime figures, named by the one answering)
-    local name = key:match("^(moonlet_[%w_]+){worker=")
-    if name and not meta[name] then
-      meta[name] = "gauge\n\nmoonlet's own figure, per worker, as the console's stats command shows it"
     end
   end
   meta.moonlet_metrics_dropped_total = "counter\n\nMetric updates dropped: past MAX_SERIES series"
@@ -275,6 +275,12 @@ end
 ---@return string body
 function M.handler()
   return 200, { ["content-type"] = "text/plain; version=0.0.4; charset=utf-8" }, M.text()
+end
+
+-- `moonlet run --metrics [HOST:]PORT`: the exposition on a listener of its own (the host runs this in a task)
+function M._listen(where, port)
+  local server, err = require("moonlet.http").serve { host = where, port = port, handler = M.handler }
+  if not server then error("--metrics: cannot listen on " .. where .. ":" .. port .. ": " .. err, 0) end
 end
 
 return M

@@ -131,7 +131,7 @@ function M.serve(opts)
     and getmetatable(handler).__call) then
     argerror(1, "serve", "function or router", handler, "handler")
   end
-  local lim = {}
+  local lim = { counts = { bytes = 0 } } -- (counts: read by the host for the runtime's metrics)
   for name, default in pairs(httpd.DEFAULTS) do lim[name] = check_limit(opts, name, default) end
   local access = opts.access_log -- a path ("-": the log), or {path=, format=}
   if type(access) == "string" then access = { path = access } end
@@ -149,7 +149,7 @@ function M.serve(opts)
   local spec = { httpd.worker(handler, lim), keepalive_timeout = check_limit(opts, "keepalive_timeout"),
     max_requests = check_limit(opts, "max_requests"), send_timeout = check_limit(opts, "send_timeout"),
     tls = opts.tls ~= nil and require("moonlet.net")._tls_options(opts.tls, "serve", { "http/1.1" }) or nil,
-    access_log = access and access.path }
+    access_log = access and access.path, access_format = access and lim.access_format, counts = lim.counts }
   local where = opts.host or "127.0.0.1"
   if type(where) ~= "string" then argerror(1, "serve", "string", where, "host") end
   local port = opts.port or 0
