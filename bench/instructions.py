@@ -5,6 +5,7 @@
     python bench/instructions.py --server kv --stall-budget 0     # the same with the stall budget off
     python bench/instructions.py --http               # hello_http.lua and raw uvloop + httptools, wrk -c50
     python bench/instructions.py --http --server hello_http --app-arg=--access-log --app-arg=/tmp/a.log
+    python bench/instructions.py --observability      # hello_http plain, with an access log, with --metrics
 
 The server runs under ``valgrind --tool=callgrind --instr-atstart=no``; after a warm-up (every code path
 compiled and every cache filled) ``callgrind_control -i on`` starts counting, ``redis-benchmark`` sends
@@ -46,13 +47,29 @@ RESULTS = ROOT / "bench" / "results"
 APP_ARGS: list[str] = []  # (--app-arg: more arguments for the app, after --port)
 
 
-def server_command(name: str, port: int, stall_budget: str | None) -> list[str]:
+def server_command(
+    name: str, port: int, stall_budget: str | None, options: list[str], app_args: list[str]
+) -> list[str]:
     if name == "raw":
         return [PYTHON, str(ROOT / "bench" / "raw_pong.py"), str(port)]
     if name == "raw_http":
         return [PYTHON, str(ROOT / "bench" / "raw_http.py"), str(port)]
-    extra = ["--no-console"] + (["--stall-budget", stall_budget] if stall_budget is not None else [])
-    return moonlet(*extra, str(ROOT / "apps" / f"{name}.lua"), "--port", str(port), *APP_ARGS)
+    extra = ["--no-console", *options] + (
+        ["--stall-budget", stall_budget] if stall_budget is not None else []
+    )
+    return moonlet(*extra, str(ROOT / "apps" / f"{name}.lua"), "--port", str(port), *app_args)
+
+
+def observability(log_path: str) -> dict[str, tuple[list[str], list[str]]]:
+    """What the access log and the metrics cost a hello request: (moonlet options, app arguments) each."""
+    access = ["--access-log", log_path]
+    metrics = ["--metrics", "127.0.0.1:0"]  # (moonlet.metrics loaded: every worker writes once a second)
+    return {
+        "plain": ([], []),
+        "access log": ([], access),
+        "metrics": (metrics, []),
+        "both": (metrics, access),
+    }
 
 
 def control(pid: int, *args: str) -> None:
@@ -88,7 +105,16 @@ def http_load(seconds: float, clients: int) -> Load:
     return run
 
 
-def count(name: str, workload: str, load: Load, stall_budget: str | None, tag: str) -> dict[str, object]:
+def count(
+    name: str,
+    workload: str,
+    load: Load,
+    stall_budget: str | None,
+    tag: str,
+    *,
+    options: list[str] | None = None,
+    app_args: list[str] | None = None,
+) -> dict[str, object]:
     """Instructions per request of one server under one load."""
     port = free_port()
     RESULTS.mkdir(exist_ok=True)
@@ -100,7 +126,9 @@ def count(name: str, workload: str, load: Load, stall_budget: str | None, tag: s
             "--tool=callgrind",
             "--instr-atstart=no",
             f"--callgrind-out-file={out}",
-            *server_command(name, port, stall_budget),
+            *server_command(
+                name, port, stall_budget, options or [], APP_ARGS if app_args is None else app_args
+            ),
         ]
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -148,8 +176,13 @@ def main() -> int:
     parser.add_argument("--http", action="store_true", help="HTTP hello under wrk instead of PING")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of a --http load run")
     parser.add_argument("--app-arg", action="append", default=[], help="an argument for the app (repeat)")
+    parser.add_argument(
+        "--observability", action="store_true", help="hello_http plain, with an access log, --metrics, both"
+    )
     args = parser.parse_args()
     APP_ARGS.extend(args.app_arg)
+    if args.observability:
+        args.http = True
     for tool in ("valgrind", "callgrind_control", "wrk" if args.http else "redis-benchmark"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install valgrind redis-tools wrk")
@@ -167,6 +200,18 @@ def main() -> int:
                 tag = f"{name}-P{pipeline}" + (f"-stall{args.stall_budget}" if args.stall_budget else "")
                 runs.append((name, workload, load, tag))
     rows = []
+    if args.observability:
+        with tempfile.TemporaryDirectory() as tmp:
+            for variant, (options, app_args) in observability(str(Path(tmp) / "access.log")).items():
+                load = http_load(args.seconds, args.clients)
+                tag = "hello_http-" + variant.replace(" ", "_")
+                row = count(
+                    "hello_http", "wrk -t1 -c50 GET /", load, None, tag, options=options, app_args=app_args
+                )
+                row["variant"] = variant
+                print(f"hello_http  {variant:<12} {row['instructions_per_request']:>8,} instr/req")
+                rows.append(row)
+        runs = []
     for name, workload, load, tag in runs:
         budget = None if name.startswith("raw") else args.stall_budget
         row = count(name, workload, load, budget, tag)
