@@ -59,6 +59,7 @@ class Counted(Protocol):
 
     label: str  # the listener's address
     counts: Any  # moonlet._httpd's Lua table: {bytes = body bytes sent, [status] = requests answered}
+    closed: bool  # the listener closed: its series go (an app that opens listeners by the thousand)
 
 
 class Figures:
@@ -182,6 +183,8 @@ class MetricsService(Quiet):
 
         for figure, value in self.statistics_of_all().items():
             yield one(f"moonlet_{figure}", "", value)
+        if any(served.closed for served in f.http):
+            f.http = [served for served in f.http if not served.closed]
         for served in f.http:
             where, counts = f'listener="{escape(served.label)}",', served.counts
             for status, n in counts.items():
