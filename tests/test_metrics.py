@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT
@@ -143,3 +144,34 @@ def test_a_bad_metrics_address_is_refused_and_a_taken_port_stops_the_server(tmp_
     assert re.search(
         rf"ERROR moonlet: --metrics: cannot listen on 127\.0\.0\.1:{port}: .*in use", stopped.stderr
     )
+
+
+PASSING = """
+local http, metrics = require "moonlet.http", require "moonlet.metrics"
+local passing  -- a listener opened, asked once, closed
+passing = assert(http.serve { port = 0, handler = function()
+  passing:close()
+  return 200, nil, "bye\\n"
+end })
+assert(http.serve { port = 0, handler = metrics.handler })
+"""
+
+
+def test_a_closed_listeners_requests_leave_the_metrics(lua_server) -> None:  # type: ignore[no-untyped-def]
+    server = lua_server(PASSING, ready=re.compile(rb"listening on (\S+):(\d+) \(http\)"))
+    ports = [int(p) for p in re.findall(rb"listening on 127\.0\.0\.1:(\d+)", server.log_text().encode())]
+    deadline = time.monotonic() + 10
+    while len(ports) < 2:
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.05)
+        ports = [int(p) for p in re.findall(rb"listening on 127\.0\.0\.1:(\d+)", server.log_text().encode())]
+    passing, metrics_port = ports
+    with socket.create_connection(("127.0.0.1", passing), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 200 ")
+    for _ in range(2):  # (the second scrape sees the first one counted)
+        families = scrape(metrics_port)
+    with pytest.raises(OSError):  # (closed)
+        socket.create_connection(("127.0.0.1", passing), timeout=5).close()
+    listeners = {s.labels["listener"] for s in families["moonlet_http_requests"].samples}
+    assert listeners == {f"127.0.0.1:{metrics_port}"}, listeners
