@@ -130,9 +130,9 @@ class MetricsService(Quiet):
     def _metrics(self, _a: object, _b: object, _c: object) -> object:
         """METRICS: moonlet.metrics' updates since the last time, and this worker's figures, into the store
         now (an exposition reads it next), and every second from the first call on. Replies the two tables
-        the module records its updates in: the host's, made as the state was bound (a table a call hands
-        over belongs to the caller's coroutine, and lupa 2.8 crashed, 3 runs in 8, iterating tables made
-        during a call and kept)."""
+        the module records its updates in: the host's, made as the state was bound. (Only plain values
+        cross in calls, the door's rule: moonlet/_host.lua. A table handed over in a call, or made by the
+        host during one, is tied to the calling coroutine; kept past it, lupa 2.8 crashed the worker.)"""
         if not self.on:
             self.on = True
             if not isinstance(self.loop, VirtualTimeLoop):  # (moonlet test: a beat would be a timer to jump)
