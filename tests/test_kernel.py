@@ -5,6 +5,7 @@ time) with its printed transcript."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -178,3 +179,22 @@ def test_the_harness_clock_jumps_over_waits_and_real_sockets_still_work(lua_run:
     assert code == 0
     assert out == ["minute,hour\t7200", "ping", "timeout\ttimeout", "60"]  # (two reads of 30 s each)
     assert time.monotonic() - started < 5  # (two hours and more of the app's time)
+
+
+def test_the_crossing_check_finds_a_call_handler_that_keeps_a_lua_object() -> None:
+    from runtime.kernel.core import check_not_kept, lua_objects, references
+    from runtime.lua.state import new_lua_runtime
+
+    lua = new_lua_runtime(1 << 26)
+    table = lua.eval(b"{}")
+    kept: list[object] = []
+
+    def call(op: str, handler: Callable[[object], object]) -> None:  # (as Kernel.call checks a handler)
+        handed = lua_objects(table, 1, None)
+        before = references(handed)
+        check_not_kept(handed, before, handler(table), op)
+
+    call("USED", lambda t: list(t.items()))  # type: ignore[attr-defined]  # (read and let go: fine)
+    call("RETURNED", lambda t: (1, t))  # (given back in the reply: fine)
+    with pytest.raises(RuntimeError, match="KEPT: the host kept a Lua object handed to it in a call"):
+        call("KEPT", kept.append)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import typing
 from collections.abc import Callable
 from typing import Any, Final
@@ -131,6 +132,27 @@ def handle_kind(handler: Callable[..., object], yields: bool) -> type | None:
     if isinstance(hint, type) and hint.__module__.startswith("runtime.services."):
         return hint
     return None
+
+
+def lua_objects(*args: object) -> list[object]:
+    """The Lua objects among a call's arguments (for :func:`check_not_kept`)."""
+    return [x for x in args if isinstance(x, LuaObject)]
+
+
+def references(objects: list[object]) -> list[int]:
+    """Each object's reference count, counted the same way before a handler runs and after."""
+    return [sys.getrefcount(x) for x in objects]
+
+
+def check_not_kept(objects: list[object], before: list[int], result: object, op: str) -> None:
+    """(the crossing check) A call's handler kept none of the Lua objects handed to it: lupa ties each to
+    the calling coroutine, and one kept past it crashes the process later, when it is used or released (the
+    door's rule: only plain values cross in calls, moonlet/_host.lua; what must be kept crosses in a yield,
+    or as a number). ``before``: :func:`references` as the handler began."""
+    for obj, was, now in zip(objects, before, references(objects), strict=True):
+        returned = (result is obj) + (sum(r is obj for r in result) if isinstance(result, tuple) else 0)
+        if now - returned > was:
+            raise RuntimeError(f"{op}: the host kept a Lua object handed to it in a call")
 
 
 class Kernel:
@@ -359,9 +381,13 @@ class Kernel:
                 if obj is None:
                     raise bad_request(op, handler, handle, self.handles.found(a))
                 a = obj
+            if not CHECK_CROSSING:
+                return handler(a, b, c) if d is None else handler(a, b, c, d)  # type: ignore[call-arg]
+            handed = lua_objects(a, b, c, d)
+            before = references(handed)
             result = handler(a, b, c) if d is None else handler(a, b, c, d)  # type: ignore[call-arg]
-            if CHECK_CROSSING:
-                check_plain(result, f"the result of {op_of(op).name}", LuaObject)
+            check_plain(result, f"the result of {op_of(op).name}", LuaObject)
+            check_not_kept(handed, before, result, op_of(op).name)
             return result
         except BadRequestError as e:  # (raised in Lua: at the app's line, as Lua's own argument errors)
             task = self.current

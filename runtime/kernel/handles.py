@@ -23,6 +23,9 @@ Rules:
   still finds its results.
 * :func:`check_plain` is the boundary's check, on in the test suite (``MOONLET_CHECK_CROSSING=1``): a value
   about to cross into Lua that holds a host object is a bug at its site, raised at once.
+  With it, a call's handler that keeps a Lua object handed to it is one too (``Kernel.call``:
+  ``check_not_kept``): lupa ties such an object to the calling coroutine, and kept past it, it crashes the
+  process when it is used or released, long after.
 """
 
 from __future__ import annotations
