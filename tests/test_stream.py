@@ -481,3 +481,19 @@ def test_a_fan_out_to_thousands_holds_neither_the_loop_nor_a_copy_per_member(lua
     )
     assert worst < 0.5, worst
     assert grown < 100 * 1024 * 1024, grown
+
+
+def test_connections_whose_handler_ends_at_once_are_forgotten_once_gone(lua_host) -> None:  # type: ignore[no-untyped-def]
+    # (a handler that ended within its first run used to leave its task recorded as the connection's, and a
+    # connection naming a task is never retired: each kept its host object for good)
+    server = lua_host('local net = require "moonlet.net"\nnet.listen { port = 0, handler = function(conn)'
+                      ' conn:write("hi\\n") end }\n')  # fmt: skip
+    handles = server.host.kernel.handles
+    baseline = len(handles)
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            assert s.recv(10) == b"hi\n"
+    deadline = time.monotonic() + 5
+    while len(handles) > baseline:
+        assert time.monotonic() < deadline, (len(handles), baseline)
+        time.sleep(0.01)

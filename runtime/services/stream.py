@@ -190,7 +190,9 @@ class Connection(asyncio.Protocol):
             workers = listener.workers
             if workers is None:
                 kernel = svc.kernel
-                self.task = kernel.spawn(self, listener.entry, kernel.handles.number(self), scope=True)
+                task = kernel.spawn(self, listener.entry, kernel.handles.number(self), scope=True)
+                if task.co is not None:  # (a handler that ended in its first run has let go already: a
+                    self.task = task  # connection naming a task is never retired once it is lost)
             else:  # a worker takes it when its first bytes arrive
                 self.send_timeout = workers.send_timeout
                 if workers.access is not None:  # (asked now: a connection its handler closed has no socket)
