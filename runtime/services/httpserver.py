@@ -133,7 +133,9 @@ class RequestWorkers:
         else:
             worker = Worker(self, conn.listener.label if conn.listener is not None else "?")
             worker.conn = conn
-            conn.task = svc.kernel.spawn(worker, self.entry, *reply, scope=True)
+            task = svc.kernel.spawn(worker, self.entry, *reply, scope=True)
+            if worker.conn is conn:  # (a new worker runs at once: it may have answered and let go already,
+                conn.task = task  # and a connection that names a task is never retired once it is lost)
 
     def serve_request(self, conn: Connection, data: bytes, size: int) -> None:
         """The HTTP request cycle, in this one frame as the echo cycle is (see the kernel's rules): a waiting
