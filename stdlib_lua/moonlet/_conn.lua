@@ -455,6 +455,20 @@ local LIMITS = { max_line = true, max_read = true }
 -- setlimits{line=, read=} until the next release (renamed max_line, max_read as net.listen's)
 local RENAMED_LIMITS = { line = "max_line", read = "max_read" }
 
+-- The limits of a connection, one table per pair of values (read only: every connection with the same
+-- limits shares it; an app that sets its limits on each connection, as kv.lua does, keeps no table per
+-- idle connection for them). Weak: a pair no connection uses any more goes.
+local shared_limits = setmetatable({}, { __mode = "v" })
+local function limits_of(line, read)
+  local key = line .. ":" .. read
+  local lim = shared_limits[key]
+  if lim == nil then
+    lim = { line = line, read = read }
+    shared_limits[key] = lim
+  end
+  return lim
+end
+
 --- Change this connection's line limit (readline, readuntil) and read limit (readn): the same knobs, by the
 --- same names, as net.listen's `max_line` and `max_read`.
 ---@param limits {max_line?: integer, max_read?: integer}
@@ -468,7 +482,7 @@ function Conn:setlimits(limits)
   local line, read = limits.max_line or self[LIM].line, limits.max_read or self[LIM].read
   check_count(line, "setlimits"); check_count(read, "setlimits")
   if line < MIN_LINE_LIMIT then argerror(1, "setlimits", "integer >= " .. MIN_LINE_LIMIT, line, "max_line") end
-  self[LIM] = { line = line, read = read }
+  self[LIM] = limits_of(line, read)
 end
 
 
