@@ -36,7 +36,7 @@ from runtime.console import memory
 from runtime.console.files import process_start, remove_stale, runtime_dir
 from runtime.kernel.core import Kernel
 from runtime.kernel.task import Extra, Task
-from runtime.services.registry import Services
+from runtime.services.registry import Services, runtime_statistics
 
 MAX_BACKLOG = 1024 * 1024  # bytes of print and log output waiting for a session before more is dropped
 GC_BUDGET = 1.0  # seconds of CPU the console's gc may spend on the Lua heap before it says it stopped
@@ -425,13 +425,8 @@ class ConsoleService:
     def _cmd_stats(self, session: ConsoleSession, _arg: str) -> None:
         assert self.services is not None
         stats: dict[str, object] = {"uptime_s": round(time.time() - self.started, 1)}
-        stats["tasks"] = self.kernel.live
-        stats["stale_wakeups"] = self.kernel.stale_wakeups  # (put-off resumes dropped: see kernel/core.py)
-        stats |= self.kernel.handles.statistics()  # (host objects Lua holds numbers for)
-        for service in self.services.all():  # (each service's own counters: runtime/services/__init__.py)
-            stats.update(service.statistics())
+        stats |= runtime_statistics(self.kernel, self.services)  # (what the metrics' gauges are too)
         stats |= {
-            "lua_memory_bytes": self.lua.get_memory_used() if self.lua is not None else None,
             "process_memory_bytes": memory.resident_bytes(),
             "python_heap_blocks": memory.python_heap_blocks(),
             "c_heap_bytes": memory.c_heap_bytes(),

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from runtime.console import memory
+from runtime.console.files import process_start
 from runtime.kernel.core import Kernel
 from runtime.kernel.ops import Op
 from runtime.services import Quiet
@@ -122,7 +123,8 @@ class MetricsService(Quiet):
         self.on = False  # moonlet.metrics is loaded: this worker writes its figures
         self.written: set[bytes] = set()  # this worker's runtime series in the store
         self._timer: asyncio.TimerHandle | None = None
-        # set by wire_services once every service is made: their statistics() together, and the store
+        # set by wire_services once every service is made: the worker's figures (registry.runtime_statistics),
+        # and the store
         self.statistics_of_all: Callable[[], dict[str, int | float]] = dict
         self.update: Callable[[bytes, dict[bytes, object], dict[bytes, int | float]], None] | None = None
         kernel.wire(self)  # (the ops in SERVES, each by its handler _<op>)
@@ -211,9 +213,6 @@ class MetricsService(Quiet):
         for name, (kind, text, bounds) in named.items():
             yield f"#{name}".encode(), f"{kind}\n{','.join(map(bound, bounds))}\n{text}".encode()
 
-    def statistics(self) -> dict[str, int | float]:
-        return {}
-
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -223,10 +222,10 @@ class MetricsService(Quiet):
 
 def _process_start() -> float:
     """When this process started, in seconds since the epoch (Linux: /proc; else now)."""
+    ticks = process_start(os.getpid())  # (clock ticks after boot)
     try:
-        ticks = int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
         lines = Path("/proc/stat").read_text().splitlines()
         boot = next(float(line.split()[1]) for line in lines if line.startswith("btime"))
     except (OSError, ValueError, IndexError, StopIteration):
         return time.time()
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
+    return time.time() if ticks is None else boot + int(ticks) / os.sysconf("SC_CLK_TCK")

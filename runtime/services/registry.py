@@ -59,6 +59,18 @@ class Services:
         return any(service.waits_on_io() for service in self.all())
 
 
+def runtime_statistics(kernel: Kernel, services: Services) -> dict[str, int | float]:
+    """The worker's figures by name, as the console's ``\\stats`` shows them and the metrics' gauges are:
+    the kernel's, every service's own (the contract's ``statistics()``), the Lua heap."""
+    stats: dict[str, int | float] = {"tasks": kernel.live, "stale_wakeups": kernel.stale_wakeups}
+    stats |= kernel.handles.statistics()  # (host objects Lua holds numbers for)
+    for service in services.all():
+        stats |= service.statistics()
+    if services.system.lua is not None:
+        stats["lua_memory_bytes"] = services.system.lua.get_memory_used()
+    return stats
+
+
 def wire_services(
     kernel: Kernel,
     loop: asyncio.AbstractEventLoop,
@@ -87,15 +99,7 @@ def wire_services(
         metrics=MetricsService(kernel, loop, figures),
     )
 
-    def statistics() -> dict[str, int | float]:
-        stats: dict[str, int | float] = {"tasks": kernel.live, "stale_wakeups": kernel.stale_wakeups}
-        for service in services.all():
-            stats |= service.statistics()
-        if services.system.lua is not None:
-            stats["lua_memory_bytes"] = services.system.lua.get_memory_used()
-        return stats
-
-    services.metrics.statistics_of_all = statistics  # (the gauges of every worker's metrics)
+    services.metrics.statistics_of_all = lambda: runtime_statistics(kernel, services)  # (its gauges)
     services.metrics.update = services.shared.update
     capacity = ConnectionCapacity(loop, limits.max_connections)  # (HTTP connections are stream connections)
     capacity.count(stream.connections)
@@ -106,4 +110,4 @@ def wire_services(
     return services
 
 
-__all__ = ["Services", "wire_services"]
+__all__ = ["Services", "runtime_statistics", "wire_services"]
