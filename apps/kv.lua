@@ -25,6 +25,14 @@ local byte, sub, upper, find, format, gsub = string.byte, string.sub, string.upp
 local tointeger, tostring, tonumber, concat, floor = math.tointeger, tostring, tonumber, table.concat, math.floor
 local wall = time.now
 
+-- Integers are Redis's 64-bit ones on Lua 5.4. LuaJIT's numbers are doubles: there the store keeps to
+-- ±(2^53 - 1), where every integer is exact, and answers "not an integer or out of range" beyond, as Redis
+-- does beyond 64 bits (README: Engines).
+local INT_MAX, INT_MIN = math.maxinteger or 2 ^ 53 - 1, math.mininteger or -(2 ^ 53 - 1)
+-- floor division: Lua 5.4's `//` keeps integers exact; LuaJIT cannot parse it (and has no integers to keep)
+local idiv = load("return function(a, b) return a // b end")
+idiv = idiv and idiv() or function(a, b) return floor(a / b) end
+
 local MAX_BULK = 16 * 1024 * 1024
 local MAX_ARGS = 1024 * 1024
 local DATABASES = 16 -- SELECT 0..15, as Redis's default
@@ -123,7 +131,9 @@ end
 local OK, PONG, NIL = "+OK\r\n", "+PONG\r\n", "$-1\r\n"
 
 local function bulk(s) return "$" .. #s .. "\r\n" .. s .. "\r\n" end
-local function int(n) return ":" .. n .. "\r\n" end
+-- LuaJIT writes integral numbers of 15 digits and more in exponent form ("1e+15"): "%d" writes them whole
+local digits = math.maxinteger and tostring or function(n) return format("%d", n) end
+local function int(n) return ":" .. digits(n) .. "\r\n" end
 local function err(msg) return "-ERR " .. msg .. "\r\n" end
 -- An error that quotes the client's bytes: CR and LF become spaces, as Redis does, so the reply stays one line.
 local function err_quoting(msg) return "-ERR " .. gsub(msg, "[\r\n]", " ") .. "\r\n" end
@@ -150,7 +160,7 @@ end
 local function parse_int(s)
   if s == nil or not find(s, "^%-?%d+$") or #s > 20 then return nil end
   local n = tointeger(tonumber(s))
-  if n == nil or tostring(n) ~= s then return nil end
+  if n == nil or n > INT_MAX or n < INT_MIN or format("%d", n) ~= s then return nil end
   return n
 end
 
@@ -250,10 +260,10 @@ local function incr_by(key, delta)
     if n == nil then return NOT_INTEGER end
   end
   local result = n + delta
-  if (delta > 0 and result < n) or (delta < 0 and result > n) then
+  if (delta > 0 and result < n) or (delta < 0 and result > n) or result > INT_MAX or result < INT_MIN then
     return err("increment or decrement would overflow")
   end
-  data[key] = tostring(result)
+  data[key] = digits(result)
   if nwatching > 0 then touch(key) end
   return int(result)
 end
@@ -264,10 +274,10 @@ local function ttl_reply(key, in_ms)
   if deadline == nil then return int(-1) end
   local left = deadline - now_ms()
   if left < 0 then left = 0 end
-  return int(in_ms and left or (left + 500) // 1000)
+  return int(in_ms and left or idiv(left + 500, 1000))
 end
 
-local LLONG_MAX = math.maxinteger
+local LLONG_MAX, MAX_SECONDS = INT_MAX, idiv(INT_MAX, 1000)
 
 local commands = {}
 
@@ -316,7 +326,7 @@ commands.SET = function(a)
     local t = parse_int(when)
     if t == nil then return NOT_INTEGER end
     local seconds = unit == "EX" or unit == "EXAT"
-    if t <= 0 or (seconds and t > LLONG_MAX // 1000) then return bad_expire("set") end
+    if t <= 0 or (seconds and t > MAX_SECONDS) then return bad_expire("set") end
     if seconds then t = t * 1000 end
     if unit == "EX" or unit == "PX" then t = t + now_ms() end
     if t <= 0 then return bad_expire("set") end -- (it wrapped around)
@@ -389,7 +399,7 @@ local function expire(a, name, in_seconds)
   local when = parse_int(a[3])
   if when == nil then return NOT_INTEGER end
   if in_seconds then
-    if when > LLONG_MAX // 1000 or when < math.mininteger // 1000 then return bad_expire(name) end
+    if when > MAX_SECONDS or when < idiv(INT_MIN, 1000) then return bad_expire(name) end
     when = when * 1000
   end
   local now = now_ms()

@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run a Lua app until it ends or gets SIGTERM/SIGINT",
         description="Run APP.lua. Everything after the app path reaches Lua as `arg` (and as `...`).",
     )
+    _engine_option(run)
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     run.add_argument(
@@ -158,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run Lua tests (*_test.lua, test_*.lua) with moonlet.testing",
         description="Run Lua test files inside a real moonlet runtime (docs/reference.md: moonlet.testing).",
     )
+    _engine_option(test)
     test.add_argument("paths", nargs="*", metavar="PATH", help="test files or directories (default .)")
     test.add_argument("-k", "--filter", metavar="TEXT", help="run only tests whose full name contains TEXT")
     test.add_argument("-v", "--verbose", action="store_true", help="a line for every test")
@@ -176,6 +178,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run SCRIPT.lua's session against its target from many connections (Lua coroutines) "
         "and report transactions/s, latency percentiles and errors. See docs/reference.md (moonlet bench).",
     )
+    _engine_option(bench)
     bench.add_argument(
         "-c", "--connections", type=int, default=50, metavar="N", help="connections (default 50)"
     )
@@ -195,6 +198,15 @@ def _parser() -> argparse.ArgumentParser:
     for command in commands.choices.values():
         command.allow_abbrev = False
     return parser
+
+
+def _engine_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--engine",
+        choices=["lua54", "luajit"],
+        help="the Lua that runs the app: lua54 (Lua 5.4, the default) or luajit (LuaJIT 2.1: faster, no "
+        "64-bit integers; README: Engines); default: $MOONLET_ENGINE or lua54",
+    )
 
 
 def _add_module_path(dirs: list[str]) -> None:
@@ -321,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command is None:
         parser.print_help()
         return 2
+    if getattr(ns, "engine", None):
+        from runtime.lua import engine
+
+        engine.choose(ns.engine)  # (before the host loads lupa; workers inherit it)
     from runtime import logs
     from runtime.host import Host
 

@@ -33,8 +33,9 @@ from runtime.kernel.core import Kernel, one_line
 from runtime.kernel.task import Task
 from runtime.listeners import ENV as SUPERVISOR_ENV
 from runtime.listeners import adopt_orphans
+from runtime.lua import engine as lua_engine
 from runtime.lua.interrupt import new_interrupter
-from runtime.lua.state import new_lua_runtime
+from runtime.lua.state import new_lua_runtime, watch_memory
 from runtime.lua.stdlib import bootstrap
 from runtime.services.clock import LagMonitor
 from runtime.services.registry import Services, wire_services
@@ -151,11 +152,17 @@ class Host:
         loop_clock = ThreadClock.here()  # (budgets count the loop thread's work: runtime/threadclock.py)
 
         lua = new_lua_runtime(self.limits.lua_max_memory)
+        watch_memory(lua, _exit_to_be_replaced)
         budget = self.limits.stall_budget
         interrupter = new_interrupter(lua) if budget > 0 else None
         if budget > 0 and interrupter is None:
             log.warning("stall budget: cannot arm hooks in this lupa build; every coroutine checks instead")
-        stall_guard = StallGuard(kernel, budget, interrupter, loop_clock) if interrupter is not None else None
+        unstoppable = _exit_to_be_replaced if lua_engine.current() == "luajit" else None
+        stall_guard = (
+            StallGuard(kernel, budget, interrupter, loop_clock, unstoppable)
+            if interrupter is not None
+            else None
+        )
         tasks.guard = stall_guard
         lua_limits = {
             "max_line": self.limits.max_line,
@@ -316,6 +323,17 @@ class Host:
                 len(self.stream.connections),
             )
             self._finish()
+
+
+def _exit_to_be_replaced(what: str) -> None:
+    """LuaJIT's last resorts: a loop no hook can stop (runtime/services/tasks.py), a heap whose live data
+    passes --max-memory (runtime/lua/state.py). Say what happened, and exit as a blocked loop does (status
+    70), so that the supervisor replaces the worker."""
+    log.critical("%s; exiting so that the worker is replaced", what)
+    with contextlib.suppress(Exception):
+        remove_console_files(os.getpid())
+    logging.shutdown()
+    os._exit(LagMonitor.BLOCKED_EXIT)
 
 
 def signal_socket() -> int | None:

@@ -67,7 +67,7 @@ def test_error_in_main_chunk_exits_1_with_traceback(tmp_path) -> None:  # type: 
     assert (
         b"app failed:" in result.stderr
         and b"no config" in result.stderr
-        and b"in local 'setup'" in result.stderr
+        and (b"in local 'setup'" in result.stderr or b"in function 'setup'" in result.stderr)  # (5.4, LuaJIT)
     )
 
 

@@ -68,7 +68,7 @@ TOOLS = ["runtime.cli", "runtime.supervisor", "runtime.testrunner", "runtime.loa
 # what a tool may import: the public surface, configuration, and the parts made for tools
 PUBLIC = {"runtime", "runtime.host", "runtime.config", "runtime.errors", "runtime.hostfn", "runtime.logs",
           "runtime.listeners", "runtime.lua.stdlib", "runtime.console", "runtime.console.files",
-          "runtime.console.client", *TOOLS}  # fmt: skip
+          "runtime.console.client", "runtime.lua.engine", *TOOLS}  # fmt: skip
 
 
 def test_the_tools_import_public_surfaces_only() -> None:

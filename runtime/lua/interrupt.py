@@ -31,8 +31,7 @@ import ctypes
 import sys
 from typing import Any
 
-import lupa.lua54 as _lupa  # type: ignore[import-untyped]
-
+from runtime.lua import engine
 from runtime.lua.state import LuaRuntimeFacade, LuaThread
 
 LUA_MASKCOUNT = 1 << 3
@@ -74,7 +73,7 @@ def _address(text: object) -> int:
 def new_interrupter(lua: LuaRuntimeFacade) -> Interrupter | None:
     """Find what arming needs in this lupa build; ``None`` if anything does not check out."""
     try:
-        lib = ctypes.CDLL(_lupa.__file__)
+        lib = ctypes.CDLL(engine.lupa_module().__file__)
         lib.lua_sethook.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         lib.lua_sethook.restype = None
         lib.lua_gethook.argtypes = [ctypes.c_void_p]

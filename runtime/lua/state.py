@@ -20,7 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-import lupa.lua54 as _lupa  # type: ignore[import-untyped]
+from runtime.lua import engine
+
+_lupa: Any = engine.lupa_module()
 
 LuaError: type[Exception] = _lupa.LuaError
 LuaMemoryError: type[Exception] = _lupa.LuaMemoryError
@@ -39,9 +41,26 @@ class LuaThread(Protocol):
 # ``resume_thread(co, value)``: the coroutine's ``send``, taken from the class once (looking ``co.send`` up
 # on each resume goes through lupa's attribute hook for Lua objects: ~500 instructions per crossing). lupa
 # does not export the class by name: it is found on a throwaway coroutine.
-resume_thread: Callable[[LuaThread, object], Any] = type(
-    _lupa.LuaRuntime().eval("function() end").coroutine()
-).send
+_send: Callable[[LuaThread, object], Any] = type(_lupa.LuaRuntime().eval("function() end").coroutine()).send
+resume_thread = _send
+
+LUAJIT = engine.current() == "luajit"
+# LuaJIT, unlike Lua 5.4, collects no garbage when an allocation fails: one made outside a protected call
+# (lupa pushing a value the host hands in) that meets the limit panics and ends the process. So on LuaJIT
+# the state's limit is ``max_memory`` + this reserve, and the host makes room before it hands values in to
+# the watched state (the loop thread's: :func:`watch_memory`) or to a pool thread's (:func:`make_room`).
+RESERVE = 32 << 20
+
+_watched: LuaRuntimeFacade | None = None
+_on_full: Callable[[str], None] | None = None
+
+if LUAJIT:
+
+    def resume_thread(co: LuaThread, value: object) -> Any:  # (LuaJIT: the reserve kept first)
+        lua = _watched
+        if lua is not None and lua.get_memory_used() > lua.get_max_memory() - RESERVE:
+            make_room(lua)
+        return _send(co, value)
 
 
 class LuaFunction(Protocol):
@@ -63,6 +82,8 @@ class LuaRuntimeFacade(Protocol):
 
     def get_max_memory(self) -> int: ...
 
+    def set_max_memory(self, max_memory: int, /) -> None: ...
+
 
 # Attributes Lua may read, per Python type. Empty on purpose: everything Lua needs goes through the door.
 ALLOWED_ATTRIBUTES: dict[type, frozenset[str]] = {}
@@ -79,14 +100,47 @@ def _set_attribute(obj: object, name: object, value: object) -> None:
 
 
 def new_lua_runtime(max_memory: int) -> LuaRuntimeFacade:
-    """The one audited constructor of a moonlet Lua state."""
+    """The one audited constructor of a moonlet Lua state (on LuaJIT its limit includes :data:`RESERVE`)."""
     runtime = _lupa.LuaRuntime(
         encoding=None,
         register_eval=False,
         register_builtins=False,
         unpack_returned_tuples=True,
         attribute_handlers=(_get_attribute, _set_attribute),
-        max_memory=max_memory,
+        max_memory=max_memory + RESERVE if LUAJIT else max_memory,
     )
     runtime.execute(b"python = nil")
     return cast(LuaRuntimeFacade, runtime)
+
+
+def watch_memory(lua: LuaRuntimeFacade, on_full: Callable[[str], None]) -> None:
+    """LuaJIT: keep the reserve of ``lua`` (the loop thread's state) before every resume; ``on_full`` is
+    told when live data alone passes the limit (it ends the process: the worker is replaced)."""
+    global _watched, _on_full
+    if LUAJIT:
+        _watched, _on_full = lua, on_full
+
+
+def make_room(lua: LuaRuntimeFacade, on_full: Callable[[str], None] | None = None) -> None:
+    """LuaJIT: if ``lua`` uses more than its limit less :data:`RESERVE`, collect its garbage (with the
+    reserve lent for the collection's own needs); if live data still passes the limit, tell ``on_full`` (by
+    default the watched state's), or raise ``LuaMemoryError`` without one. Lua 5.4: nothing to do (it
+    collects when an allocation fails)."""
+    if not LUAJIT:
+        return
+    if on_full is None and lua is _watched:
+        on_full = _on_full
+    hard = lua.get_max_memory()
+    if lua.get_memory_used() <= hard - RESERVE:
+        return
+    lua.set_max_memory(hard + RESERVE)
+    try:
+        lua.globals()[b"collectgarbage"](b"collect")
+    finally:
+        lua.set_max_memory(hard)
+    used = lua.get_memory_used()
+    if used > hard - RESERVE:
+        why = f"the Lua heap holds {used >> 20} MiB of live data after a full collection, over its limit"
+        if on_full is None:
+            raise LuaMemoryError(why)
+        on_full(why)

@@ -12,9 +12,7 @@ import asyncio
 from collections.abc import Generator, Iterable
 from typing import Any
 
-import lupa.lua54 as _lupa  # type: ignore[import-untyped]
-
-from runtime.lua.state import LuaRuntimeFacade
+from runtime.lua.state import LuaRuntimeFacade, lua_type_of, make_room
 
 MAX_DEPTH = 64
 Plain = None | bool | int | float | bytes | list["Plain"] | dict[Any, "Plain"]
@@ -39,8 +37,8 @@ def to_plain(value: object, depth: int = 0) -> Plain:
         if not all(isinstance(k, bool | int | float | bytes) for k in keys):
             raise NotPlainError("table keys must be numbers, strings or booleans to cross")
         return {k: to_plain(v, depth + 1) for k, v in zip(keys, value.values(), strict=True)}
-    if _lupa.lua_type(value) != "table":
-        kind = _lupa.lua_type(value) or type(value).__name__
+    if lua_type_of(value) != "table":
+        kind = lua_type_of(value) or type(value).__name__
         raise NotPlainError(
             f"a {kind} cannot cross (only nil, booleans, numbers, strings and tables of these)"
         )
@@ -70,6 +68,8 @@ def from_plain(lua: LuaRuntimeFacade, value: object, depth: int = 0) -> object:
         return bytes(value)
     if depth >= MAX_DEPTH:
         raise NotPlainError(f"data nested deeper than {MAX_DEPTH} levels cannot cross")
+    if depth == 0:
+        make_room(lua)  # (LuaJIT: tables are built outside a protected call)
     if isinstance(value, list | tuple):
         return lua.table_from([from_plain(lua, v, depth + 1) for v in value])
     if isinstance(value, dict):

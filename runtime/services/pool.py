@@ -28,7 +28,7 @@ from runtime.config import Limits, PoolConfig, default_pools
 from runtime.kernel.core import SUSPEND, BadRequestError, Kernel
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Extra, Task
-from runtime.lua.state import LuaError, new_lua_runtime
+from runtime.lua.state import LuaError, make_room, new_lua_runtime
 from runtime.lua.stdlib import bootstrap
 from runtime.lua.values import NotPlainError, from_plain, from_plain_in_slices, is_large, plain_size, to_plain
 from runtime.services import Defaults
@@ -119,6 +119,7 @@ class _Worker:
             boot = bootstrap(self._lua, None, {"stall_check_every": 0}, pool.app_path, [])
             self._run_job = boot[b"run_job"]
         lua = self._lua
+        make_room(lua)  # (LuaJIT: the job's arguments are built outside a protected call)
         args = lua.table_from([from_plain(lua, a) for a in job.args])
         assert job.module is not None
         channel = job.channel

@@ -27,6 +27,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from typing import ClassVar, cast
 
 from runtime.config import Limits
@@ -265,10 +266,23 @@ class StallGuard:
     (a busy machine) or is stopped (SIGSTOP, a debugger) is never judged stuck (runtime/threadclock.py).
     Lua releases the GIL while it runs, so this thread reads the kernel's fields while the loop thread is
     busy in Lua; a sample is used only when the run counter read before and after ``current`` agree.
+
+    LuaJIT runs no hook inside a loop it has compiled to machine code. With ``unstoppable`` given (the
+    host's exit, on LuaJIT) a run that goes on for another ``max(budget, 1)`` seconds of CPU after its
+    hook was armed is taken for such a loop: ``unstoppable`` logs it and ends the process, so that the
+    supervisor replaces the worker (nothing else can stop it short of the block limit).
     """
 
-    def __init__(self, kernel: Kernel, budget: float, interrupter: Interrupter, clock: ThreadClock) -> None:
+    def __init__(
+        self,
+        kernel: Kernel,
+        budget: float,
+        interrupter: Interrupter,
+        clock: ThreadClock,
+        unstoppable: Callable[[str], None] | None = None,
+    ) -> None:
         self._kernel = kernel
+        self._unstoppable = unstoppable
         self._clock = clock  # the loop thread's
         self._budget = budget
         self._interrupter = interrupter
@@ -296,7 +310,16 @@ class StallGuard:
             if run != seen_run:
                 seen_run, seen_cpu = run, cpu
                 continue
-            if cpu - seen_cpu < self._budget or self.stalled_run == run:
+            if self.stalled_run == run:
+                grace = max(self._budget, 1.0)
+                if self._unstoppable is not None and cpu - seen_cpu >= self.stalled_for + grace:
+                    self._unstoppable(
+                        f"{task.describe()} has run {cpu - seen_cpu:.1f}s of CPU without yielding, and went "
+                        f"on {grace:.3g}s after its stall hook was armed: a loop LuaJIT compiled, where "
+                        "no hook runs (--engine luajit)"
+                    )
+                continue
+            if cpu - seen_cpu < self._budget:
                 continue
             co = task.co  # (held while arming: the coroutine's state stays alive)
             if co is not None:

@@ -15,6 +15,22 @@ local host_call, OP, limits, stdlib_dir, app_path, app_args = ...
 
 local G = _G
 local io_open, load, setmetatable, rawset = io.open, load, setmetatable, rawset
+
+local function read_file(path)
+  local f = io_open(path, "rb")
+  if not f then return nil end
+  local src = f:read("*a")
+  f:close()
+  return src
+end
+
+-- LuaJIT: what it lacks of Lua 5.4, filled in before anything copies the globals (moonlet._compat)
+local compat_path = stdlib_dir .. "/moonlet/_compat.lua"
+local compat = assert(load(assert(read_file(compat_path)), "@" .. compat_path, "t", G))(G)
+local LUAJIT = compat.engine == "luajit"
+-- A pool thread's state (no host_call) stops a job at its deadline with a count hook, which LuaJIT never
+-- runs inside a loop it has compiled: there, pool jobs run interpreted (README: Engines).
+if LUAJIT and not host_call then G.jit.off() end
 local error, type, pairs, tostring, select = error, type, pairs, tostring, select
 local getinfo, traceback = debug.getinfo, debug.traceback
 local raw_yield = coroutine.yield
@@ -86,16 +102,8 @@ end
 
 ---------------------------------------------------------------------------------------------------------
 -- modules
-local loaded = {}          -- module name -> value
+local loaded = { ["moonlet._compat"] = compat } -- module name -> value
 local LOADING = {}         -- marker while a module's top level runs
-
-local function read_file(path)
-  local f = io_open(path, "rb")
-  if not f then return nil end
-  local src = f:read("a")
-  f:close()
-  return src
-end
 
 local function find_module(name, templates)
   local rel = gsub(name, "%.", "/")
@@ -123,6 +131,32 @@ for _, dir in ipairs(limits.module_dirs or { stdlib_dir }) do
   APP_PATH[#APP_PATH + 1] = dir .. "/?/init.lua"
 end
 
+-- Source that says it needs Lua 5.4 in its first comment lines: `-- moonlet: engine lua54`.
+local function needs_lua54(src)
+  for line in src:gmatch("[^\n]*") do
+    if not find(line, "^%s*%-%-") and not find(line, "^#!") and find(line, "%S") then return false end
+    if find(line, "^%s*%-%-+%s*moonlet:%s*engine%s+lua54") then return true end
+  end
+  return false
+end
+
+-- Compile a module or the main chunk for this engine. On LuaJIT the stdlib's `<const>` locals lose their
+-- attribute (a compile-time promise only), and code that needs Lua 5.4 is refused with a reason: one
+-- that says so, or one that does not parse where Lua 5.4 syntax would explain it.
+local function compile(src, path, env, std)
+  if not LUAJIT then return load(src, "@" .. path, "t", env) end
+  if std then src = gsub(src, "<const>", "") end
+  if needs_lua54(src) then
+    return nil, path .. " needs Lua 5.4 (its first lines say `moonlet: engine lua54`): run it with --engine lua54"
+  end
+  local chunk, err = load(src, "@" .. path, "t", env)
+  if not chunk and find(err, "near '[/<>~&|]") then
+    err = err .. " (LuaJIT parses Lua 5.1 syntax: `//`, bit operators, `<const>` and `<close>` need --engine "
+      .. "lua54)"
+  end
+  return chunk, err
+end
+
 local function load_module(name, templates, env)
   local value = loaded[name]
   if value == LOADING then
@@ -135,7 +169,7 @@ local function load_module(name, templates, env)
   if not path then
     error("module '" .. name .. "' not found:" .. src, 3)
   end
-  local chunk, err = load(src, "@" .. path, "t", std and stdlib_env or env)
+  local chunk, err = compile(src, path, std and stdlib_env or env, std)
   if not chunk then error("error loading module '" .. name .. "': " .. err, 3) end
   loaded[name] = LOADING
   local ok, result = pcall(chunk, name, path)
@@ -189,6 +223,7 @@ if host_call then
     create = coroutine.create, resume = coroutine.resume, isyieldable = coroutine.isyieldable,
     running = coroutine.running, stdlib_dir = stdlib_dir,
     coroutine = coroutine, sethook = debug.sethook, gethook = debug.gethook, getinfo = getinfo,
+    engine = compat.engine,
   })
   loaded["moonlet._host"] = host
   -- The few Python objects Lua holds (the door's functions, a console session; host handles are numbers:
@@ -251,7 +286,7 @@ end
 function M.load_main()
   local src = read_file(app_path)
   if not src then return nil, "cannot read " .. app_path end
-  local main, err = load(src, "@" .. app_path, "t", app_env)
+  local main, err = compile(src, app_path, app_env, false)
   return main, err  -- always two values: lupa hands Python a tuple
 end
 

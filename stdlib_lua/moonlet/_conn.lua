@@ -356,7 +356,7 @@ function M.offer_many(conns, first, last, s, limit)
     for k = 1, #late, 2 do
       slow[#slow + 1], slow[#slow + 2] = members[late[k]], late[k + 1]
     end
-    sent = sent - #gone - #late // 2
+    sent = sent - #gone - floor(#late / 2)
   end
   return sent, closed, slow
 end

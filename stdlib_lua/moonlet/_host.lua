@@ -35,6 +35,7 @@ local M = { call = call, OP = OP, limits = privileged.limits, traceback = traceb
 local EXIT, STALL_CHECK, STALLED = OP.EXIT, OP.STALL_CHECK, OP.STALLED
 local STALL_EVERY = privileged.limits.stall_check_every
 local STALL_ARMED = STALL_EVERY > 0 and privileged.limits.stall_armed == 1
+local LUAJIT = privileged.engine == "luajit"
 
 -- Objects whose output has not been handed to the host: almost always one connection, kept in `first`
 -- so that marking and unmarking it costs no table operation; any others go in `more`.
@@ -150,6 +151,7 @@ M.misuse = {
   raise_in = function(co, msg)
     local hook, mask, count = gethook(co)
     sethook(co, function()
+      if running() ~= co then return end -- (LuaJIT: the state's one hook, firing in another coroutine)
       if hook == nil then sethook() else sethook(hook, mask, count) end
       error(msg, app_level(2))
     end, "", 1)
@@ -190,10 +192,25 @@ end
 ---------------------------------------------------------------------------------------------------------
 -- stall protection
 
+-- The hook a coroutine has between stalls (set by `guard` below).
+local base_hook
+
+-- Make every later instruction of the running coroutine raise `msg`: no pcall can catch it for long.
+-- Lua 5.4 keeps a hook per coroutine. LuaJIT keeps one for the whole state, so there the hook also fires
+-- in the next coroutine to run once the doomed one has ended (or been given up by the host): there it
+-- puts the usual hook back, and no other task is stopped.
+local function doom_running(msg)
+  local victim = running()
+  sethook(function()
+    if running() == victim then error(msg, 0) end
+    base_hook()
+  end, "", 1)
+  error(msg, 0)
+end
+
 local function doom(msg)
   call(STALLED, traceback(msg, 3))
-  sethook(function() error(msg, 0) end, "", 1) -- doomed: no pcall can catch this for long
-  error(msg, 0)
+  doom_running(msg)
 end
 
 -- the periodic hook (app coroutines)
@@ -209,11 +226,22 @@ local function on_stall()
   sethook(on_stall, "") -- armed for a run that has since yielded: back to registered, unarmed
 end
 
--- A task's own coroutine (co == nil: the running one) or a coroutine the app creates.
+function base_hook()
+  if STALL_EVERY == 0 then
+    sethook()
+  elseif STALL_ARMED then
+    sethook(on_stall, "")
+  else
+    sethook(on_count, "", STALL_EVERY)
+  end
+end
+
+-- A task's own coroutine (co == nil: the running one) or a coroutine the app creates. (On LuaJIT a
+-- coroutine's hook is the state's: the one the watchdog arms reaches whichever coroutine runs.)
 local function guard(co)
   if STALL_EVERY == 0 then return end
   if co then
-    sethook(co, on_count, "", STALL_EVERY)
+    if not (LUAJIT and STALL_ARMED) then sethook(co, on_count, "", STALL_EVERY) end
   elseif STALL_ARMED then
     sethook(on_stall, "") -- registered for the watchdog to arm; an empty mask costs nothing
   else
@@ -250,10 +278,7 @@ local function resume(co, ...)
   depth = depth - 1
   if r[1] == false and STALL_EVERY > 0 then -- did co die of a stall? then so does the code resuming it
     local msg = call(STALL_CHECK)
-    if msg then
-      sethook(function() error(msg, 0) end, "", 1)
-      error(msg, 0)
-    end
+    if msg then doom_running(msg) end
   end
   while r[1] == true and r[2] == PASS do -- a host request from inside co: make it, and hand the reply in
     waiting_host[co] = true

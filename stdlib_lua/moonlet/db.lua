@@ -23,9 +23,10 @@
 -- with backoff and the pool recovers by itself once the server is back).
 -- @module moonlet.db
 local host = require "moonlet._host"
+local finalized = require("moonlet._compat").finalized -- (setmetatable; on LuaJIT __gc needs a userdata)
 local request, call, OP, argerror = host.request, host.call, host.OP, host.argerror
-local type, error, select, setmetatable, pack, unpack, pcall, tostring = type, error, select, setmetatable,
-  table.pack, table.unpack, pcall, tostring
+local type, error, select, pack, unpack, pcall, tostring = type, error, select, table.pack, table.unpack, pcall,
+  tostring
 
 local DB_QUERY, DB_EXEC, DB_EXEC_MANY, DB_BEGIN, DB_END = OP.DB_QUERY, OP.DB_EXEC, OP.DB_EXEC_MANY,
   OP.DB_BEGIN, OP.DB_END
@@ -77,7 +78,7 @@ end
 local function rows(target, sql, ...)
   local py, err = request(OP.DB_ROWS, target, sql, params(...))
   if not py then error("db.rows: " .. tostring(err), 3) end
-  local state = setmetatable({ _py = py, _held = py }, Rows)
+  local state = finalized({ _py = py, _held = py }, Rows)
   local batch, i, n = nil, 0, 0
   local function next_row()
     if i < n then
@@ -153,7 +154,7 @@ end
 local function transaction(target, fn, ...)
   local py, err = request(DB_BEGIN, target)
   if not py then return nil, err end
-  local tx = setmetatable({ _py = py, _held = py }, Tx)
+  local tx = finalized({ _py = py, _held = py }, Tx)
   local r = pack(pcall(fn, tx, ...))
   if not r[1] then
     request(DB_END, tx._held, false) -- (tx, not py: the table must outlive the transaction)
@@ -247,7 +248,7 @@ function M.open(url, opts)
   if opts ~= nil then host.check_options(opts, 2, "open", OPEN_OPTIONS) end
   local py, dialect = call(OP.DB_OPEN, url, opts)
   if not py then return nil, dialect end
-  return setmetatable({ _py = py, _held = py, dialect = tostring(dialect) }, Database)
+  return finalized({ _py = py, _held = py, dialect = tostring(dialect) }, Database)
 end
 
 local default
@@ -257,7 +258,7 @@ local default
 function M.dialect()
   if not default then
     local py, dialect = call(OP.DB_OPEN)
-    default = setmetatable({ _py = py, _held = py, dialect = tostring(dialect) }, Database)
+    default = finalized({ _py = py, _held = py, dialect = tostring(dialect) }, Database)
   end
   return default.dialect
 end

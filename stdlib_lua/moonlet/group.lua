@@ -32,7 +32,7 @@ local argerror = require("moonlet._host").argerror
 local offer_many = require("moonlet._conn").offer_many
 local type, pairs, select, concat, tostring, pcall, error = type, pairs, select, table.concat, tostring, pcall,
   error
-local min, max = math.min, math.max
+local min, max, floor = math.min, math.max, math.floor
 
 local M = {}
 
@@ -216,7 +216,7 @@ function Group:send(...)
     data = require("moonlet.http.websocket")._text_frame(data)
   end
   local list = list_of(self)
-  local per_turn = #data == 0 and SLICE or max(1, min(SLICE, SLICE_BYTES // #data))
+  local per_turn = #data == 0 and SLICE or max(1, min(SLICE, floor(SLICE_BYTES / #data)))
   local sent, dropped, closed
   if #list <= per_turn and self._turn == nil then -- (one slice: at once)
     sent, dropped, closed = fan_out(self, list, 1, #list, data)

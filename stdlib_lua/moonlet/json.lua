@@ -11,8 +11,8 @@
 -- @module moonlet.json
 local type, error, pairs, tostring, tonumber, setmetatable, pcall = type, error, pairs, tostring, tonumber,
   setmetatable, pcall
-local concat, sort, byte, char, find, sub, format = table.concat, table.sort, string.byte, string.char,
-  string.find, string.sub, string.format
+local concat, sort, byte, find, sub, format = table.concat, table.sort, string.byte, string.find, string.sub,
+  string.format
 local floor, huge, mtype = math.floor, math.huge, math.type
 
 local M = {}
@@ -110,12 +110,7 @@ local function skip(s, pos)
   return e + 1
 end
 
-local function utf8_char(code)
-  if code < 0x80 then return char(code) end
-  if code < 0x800 then return char(0xC0 | (code >> 6), 0x80 | (code & 0x3F)) end
-  if code < 0x10000 then return char(0xE0 | (code >> 12), 0x80 | ((code >> 6) & 0x3F), 0x80 | (code & 0x3F)) end
-  return char(0xF0 | (code >> 18), 0x80 | ((code >> 12) & 0x3F), 0x80 | ((code >> 6) & 0x3F), 0x80 | (code & 0x3F))
-end
+local utf8_char = utf8.char
 
 local UNESCAPE = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
 
@@ -137,7 +132,7 @@ local function decode_string(s, pos) -- pos at the opening quote
       if code >= 0xD800 and code <= 0xDBFF and sub(s, i, i + 1) == "\\u" then -- a surrogate pair
         local low = tonumber(sub(s, i + 2, i + 5), 16)
         if low and low >= 0xDC00 and low <= 0xDFFF then
-          code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+          code = 0x10000 + (code - 0xD800) * 1024 + (low - 0xDC00)
           i = i + 6
         end
       end

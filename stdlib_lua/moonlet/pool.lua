@@ -13,6 +13,7 @@
 -- a Lua job is stopped, a Python one runs on but its result is dropped), or the job's error with its traceback.
 -- @module moonlet.pool
 local host = require "moonlet._host"
+local finalized = require("moonlet._compat").finalized -- (setmetatable; on LuaJIT __gc needs a userdata)
 -- (a tail call: the error still points at the API's caller)
 local function check_timeout(t, i, what) return host.check_seconds(t, i, what, true) end
 local request, call, OP, argerror = host.request, host.call, host.OP, host.argerror
@@ -91,7 +92,7 @@ end
 local function spawn(where, target, ...)
   local py, err = call(OP.POOL_SPAWN, where, target, pack(...))
   if not py then return nil, err end
-  return setmetatable({ _py = py }, Job)
+  return finalized({ _py = py }, Job)
 end
 
 --- The next value the job sent (`ch:put`). Waits for one, at most `timeout` seconds (then nil, "timeout").

@@ -13,10 +13,11 @@
 --     local ok2, orders = b:wait(2)     -- nil/false, "timeout" after 2 s
 -- @module moonlet.task
 local host = require "moonlet._host"
+local finalized = require("moonlet._compat").finalized -- (setmetatable; on LuaJIT __gc needs a userdata)
 local request, call, OP, where = host.request, host.call, host.OP, host.where
 -- (a tail call: the error still points at the API's caller)
 local function check_timeout(t, i, what) return host.check_seconds(t, i, what, true) end
-local type, error, setmetatable, getmetatable = type, error, setmetatable, getmetatable
+local type, error, getmetatable = type, error, getmetatable
 local pack, unpack = table.pack, table.unpack
 
 local SPAWN, RESULT, WATCH, UNWATCH, PARK, JOIN = OP.SPAWN, OP.RESULT, OP.WATCH, OP.UNWATCH, OP.PARK, OP.JOIN
@@ -49,14 +50,14 @@ function M.spawn(fn, ...)
   if type(fn) ~= "function" then
     host.argerror(1, "spawn", "function", fn)
   end
-  return setmetatable({ _py = call(SPAWN, host.job(pack(fn, ...)), where(2)) }, Task)
+  return finalized({ _py = call(SPAWN, host.job(pack(fn, ...)), where(2)) }, Task)
 end
 
 --- The running task (a connection's handler and the main chunk are tasks too).
 --- Example: `local me = task.current()`
 ---@return moonlet.Task
 function M.current()
-  return setmetatable({ _py = call(OP.CURRENT, true) }, Task)
+  return finalized({ _py = call(OP.CURRENT, true) }, Task)
 end
 
 -- A task method called on something that is not a task (`t.wait(x)` for `t:wait()`), in Lua's words.

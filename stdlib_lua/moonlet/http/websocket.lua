@@ -45,12 +45,13 @@ WebSocket.__index = WebSocket
 local function frame(self, opcode, payload)
   local n = #payload
   local head
+  local mask = self._client and 0x80 or 0 -- (bits set with +: opcode < 16, lengths < 128)
   if n < 126 then
-    head = char(0x80 | opcode, (self._client and 0x80 or 0) | n)
+    head = char(0x80 + opcode, mask + n)
   elseif n < 65536 then
-    head = char(0x80 | opcode, (self._client and 0x80 or 0) | 126) .. pack(">I2", n)
+    head = char(0x80 + opcode, mask + 126) .. pack(">I2", n)
   else
-    head = char(0x80 | opcode, (self._client and 0x80 or 0) | 127) .. pack(">I8", n)
+    head = char(0x80 + opcode, mask + 127) .. pack(">I8", n)
   end
   if self._client then
     local key = crypto.random(4)
@@ -107,8 +108,9 @@ local function read_frame(self)
   local h, err = conn:readn(2)
   if not h then return nil, err end
   local b1, b2 = byte(h, 1, 2)
-  local fin, opcode, masked, n = b1 & 0x80 ~= 0, b1 & 0x0F, b2 & 0x80 ~= 0, b2 & 0x7F
-  if b1 & 0x70 ~= 0 then return fail(self, 1002, "reserved bits set (no extension was agreed)") end
+  -- (bits read arithmetically, which both engines parse: b1 is FIN, RSV1-3, opcode; b2 is MASK, length)
+  local fin, opcode, masked, n = b1 >= 0x80, b1 % 16, b2 >= 0x80, b2 % 128
+  if b1 % 128 >= 16 then return fail(self, 1002, "reserved bits set (no extension was agreed)") end
   if masked == self._client then
     return fail(self, 1002, self._client and "a masked frame from the server" or "an unmasked frame from the client")
   end
