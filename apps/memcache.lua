@@ -1,5 +1,6 @@
 -- A memcached-compatible cache server (the text protocol), in memory, with a memory limit and LRU eviction.
 -- Works with memcached clients (pymemcache, libmemcached's tools: `memccapable -a` passes).
+-- moonlet: engine lua54 (incr/decr and CAS values are 64-bit unsigned, as memcached's)
 --
 -- Run:   moonlet run apps/memcache.lua [--port 11212] [--host 127.0.0.1] [--memory 64] (MiB)
 -- Session (C: client, S: server):

@@ -1,6 +1,7 @@
 -- An SNMP v1/v2c agent over UDP, read-only, with BER in Lua (apps/lib/ber.lua): GET, GETNEXT, GETBULK; SET
 -- refused. It serves the system group and a small table of this agent's live counters. net-snmp's tools
 -- talk to it:
+-- moonlet: engine lua54 (BER integers and Counter64 are 64-bit, written with bit operators)
 --
 -- Run:   moonlet run apps/snmp.lua [--port 1161] [--host 127.0.0.1] [--community public] [--max-size 1472]
 --                                  [--name NAME] [--contact TEXT] [--location TEXT]

@@ -6,6 +6,7 @@
     python bench/instructions.py --http               # hello_http.lua and raw uvloop + httptools, wrk -c50
     python bench/instructions.py --http --server hello_http --app-arg=--access-log --app-arg=/tmp/a.log
     python bench/instructions.py --observability      # hello_http plain, with an access log, with --metrics
+    python bench/instructions.py --engine lua54 --engine luajit   # moonlet's servers on both engines
 
 The server runs under ``valgrind --tool=callgrind --instr-atstart=no``; after a warm-up (every code path
 compiled and every cache filled) ``callgrind_control -i on`` starts counting, ``redis-benchmark`` sends
@@ -179,6 +180,12 @@ def main() -> int:
     parser.add_argument(
         "--observability", action="store_true", help="hello_http plain, with an access log, --metrics, both"
     )
+    parser.add_argument(
+        "--engine",
+        action="append",
+        choices=["lua54", "luajit"],
+        help="moonlet's Lua engine (repeat for both; default lua54)",
+    )
     args = parser.parse_args()
     APP_ARGS.extend(args.app_arg)
     if args.observability:
@@ -186,19 +193,23 @@ def main() -> int:
     for tool in ("valgrind", "callgrind_control", "wrk" if args.http else "redis-benchmark"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install valgrind redis-tools wrk")
-    runs: list[tuple[str, str, Load, str]] = []
+    engines = args.engine or ["lua54"]
+    runs: list[tuple[str, str, Load, str, str | None]] = []  # (server, workload, load, tag, engine)
     if args.http:
         for name in args.server or ["hello_http", "raw_http"]:
-            load = http_load(args.seconds, args.clients)
-            runs.append((name, f"wrk -t1 -c{args.clients} GET /", load, f"{name}-http"))
+            for engine in [None] if name.startswith("raw") else engines:
+                load = http_load(args.seconds, args.clients)
+                tag = f"{name}-http" + (f"-{engine}" if engine else "")
+                runs.append((name, f"wrk -t1 -c{args.clients} GET /", load, tag, engine))
     else:
         for pipeline in args.pipeline or [16, 1]:
             n = args.requests or (200_000 if pipeline > 1 else 40_000)
             for name in args.server or ["kv", "raw"]:
-                load = pong_load(pipeline, n, args.clients)
-                workload = f"ping_inline -c {args.clients} -P {pipeline}"
-                tag = f"{name}-P{pipeline}" + (f"-stall{args.stall_budget}" if args.stall_budget else "")
-                runs.append((name, workload, load, tag))
+                for engine in [None] if name.startswith("raw") else engines:
+                    load = pong_load(pipeline, n, args.clients)
+                    workload = f"ping_inline -c {args.clients} -P {pipeline}"
+                    tag = f"{name}-P{pipeline}" + (f"-stall{args.stall_budget}" if args.stall_budget else "")
+                    runs.append((name, workload, load, tag + (f"-{engine}" if engine else ""), engine))
     rows = []
     if args.observability:
         with tempfile.TemporaryDirectory() as tmp:
@@ -212,11 +223,12 @@ def main() -> int:
                 print(f"hello_http  {variant:<12} {row['instructions_per_request']:>8,} instr/req")
                 rows.append(row)
         runs = []
-    for name, workload, load, tag in runs:
+    for name, workload, load, tag, engine in runs:
         budget = None if name.startswith("raw") else args.stall_budget
-        row = count(name, workload, load, budget, tag)
+        row = count(name, workload, load, budget, tag, options=["--engine", engine] if engine else [])
+        row["engine"] = engine
         per = row["instructions_per_request"]
-        print(f"{row['server']:>10}  {row['workload']:<26} {per:>8,} instr/req")
+        print(f"{row['server']:>10}  {engine or '':<6}  {row['workload']:<26} {per:>8,} instr/req")
         rows.append(row)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "instructions.json").write_text(json.dumps(rows, indent=2) + "\n")

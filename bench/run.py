@@ -52,12 +52,18 @@ from harness import (  # bench/harness.py: what every benchmark shares
     wait_port,
 )
 
-SERVERS = {
+SERVERS = {  # (moonlet on each engine: README, Engines)
     "moonlet kv.lua": lambda port: moonlet(str(ROOT / "apps" / "kv.lua"), "--port", str(port)),
+    "moonlet kv.lua, luajit": lambda port: moonlet(
+        "--engine", "luajit", str(ROOT / "apps" / "kv.lua"), "--port", str(port)
+    ),
     "raw uvloop": lambda port: [PYTHON, str(ROOT / "bench" / "raw_pong.py"), str(port)],
 }
 IDLE_ONLY = {  # `bench/run.py idle` also holds idle connections to these (a line echo answers PING with PING)
     "moonlet echo.lua": lambda port: moonlet(str(ROOT / "apps" / "echo.lua"), "--port", str(port)),
+    "moonlet echo.lua, luajit": lambda port: moonlet(
+        "--engine", "luajit", str(ROOT / "apps" / "echo.lua"), "--port", str(port)
+    ),
 }
 PEERS = {  # `bench/run.py peers`: the same pong workload against other servers, where installed
     # (kv.lua keeps its store in one process, so it runs as one: two workers serve a stateless pong)
@@ -383,6 +389,8 @@ def http_server(kind: str, tmp: str) -> Iterator[tuple[int, int]]:
     port = free_port()
     if kind == "moonlet hello_http.lua":
         cmd = moonlet(str(ROOT / "apps" / "hello_http.lua"), "--port", str(port))
+    elif kind == "moonlet hello_http.lua, luajit":
+        cmd = moonlet("--engine", "luajit", str(ROOT / "apps" / "hello_http.lua"), "--port", str(port))
     elif kind == "raw uvloop":
         cmd = [PYTHON, str(ROOT / "bench" / "raw_http.py"), str(port)]
     else:
@@ -426,7 +434,7 @@ def bench_http(seconds: float, conns: int) -> list[dict[str, object]]:
 
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
-    kinds = ["moonlet hello_http.lua", "raw uvloop"]
+    kinds = ["moonlet hello_http.lua", "moonlet hello_http.lua, luajit", "raw uvloop"]
     if shutil.which("nginx") and Path("/usr/lib/nginx/modules/ngx_http_lua_module.so").exists():
         kinds.append("nginx + lua (1 worker)")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

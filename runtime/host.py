@@ -152,7 +152,7 @@ class Host:
         loop_clock = ThreadClock.here()  # (budgets count the loop thread's work: runtime/threadclock.py)
 
         lua = new_lua_runtime(self.limits.lua_max_memory)
-        watch_memory(lua, _exit_to_be_replaced)
+        watch_memory(lua)
         budget = self.limits.stall_budget
         interrupter = new_interrupter(lua) if budget > 0 else None
         if budget > 0 and interrupter is None:
@@ -326,9 +326,8 @@ class Host:
 
 
 def _exit_to_be_replaced(what: str) -> None:
-    """LuaJIT's last resorts: a loop no hook can stop (runtime/services/tasks.py), a heap whose live data
-    passes --max-memory (runtime/lua/state.py). Say what happened, and exit as a blocked loop does (status
-    70), so that the supervisor replaces the worker."""
+    """LuaJIT's last resort against a loop no hook can stop (runtime/services/tasks.py): say what ran, and
+    exit as a blocked loop does (status 70), so that the supervisor replaces the worker."""
     log.critical("%s; exiting so that the worker is replaced", what)
     with contextlib.suppress(Exception):
         remove_console_files(os.getpid())

@@ -520,7 +520,8 @@ _STARTS_A_PROCESS = re.compile(r"\b(run_script|subprocess\.(run|Popen|check_outp
 # -- the engine matrix ---------------------------------------------------------------------------------
 # The suite runs on the engine MOONLET_ENGINE names (lua54 when unset; .ci/run runs it on both). A test of
 # what only Lua 5.4 has (64-bit integers, its syntax, an app that declares `moonlet: engine lua54`, the hook
-# machinery it reads) carries `@pytest.mark.lua54("why")` and is skipped on LuaJIT with that reason.
+# machinery it reads) carries `@pytest.mark.lua54("why")` and is skipped on LuaJIT with that reason; a module
+# that runs no engine (lint, layout, packaging) carries `one_engine` and runs on the Lua 5.4 leg only.
 ENGINE = engine.requested()
 
 
@@ -529,6 +530,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         needs = item.get_closest_marker("lua54")
         if needs is not None and ENGINE != "lua54":
             item.add_marker(pytest.mark.skip(reason=f"Lua 5.4 only: {needs.args[0] if needs.args else '?'}"))
+        if item.get_closest_marker("one_engine") and ENGINE != "lua54":
+            item.add_marker(pytest.mark.skip(reason="runs no engine: checked on the Lua 5.4 leg"))
         function = getattr(item, "function", None)
         if function is None or item.get_closest_marker("slow"):
             continue

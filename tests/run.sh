@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): installs what the tests need on a fresh Debian machine, then runs them.
+# The test command (README, .ci/run): installs what the tests need on a fresh Debian machine, then runs them
+# on each engine, Lua 5.4 then LuaJIT (README: Engines); MOONLET_ENGINES=lua54 runs one.
 #   bash tests/run.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,4 +30,9 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
-exec .venv/bin/python -m pytest "$@"
+status=0
+for engine in ${MOONLET_ENGINES:-lua54 luajit}; do
+  echo "tests/run.sh: the suite on $engine"
+  MOONLET_ENGINE=$engine .venv/bin/python -m pytest "$@" || status=$?
+done
+exit $status

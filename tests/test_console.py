@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ENGINE, ROOT
 
 APP = """
 local net = require "moonlet.net"
@@ -72,9 +72,9 @@ def test_eval_prints_values_runs_waiting_code_and_reports_errors(lua_server, tmp
     assert waited.stdout == "true\n"
     assert repl(server, "-e", "return require('greet').word").stdout == '"hello"\n'
     failed = repl(server, "-e", "error('boom')")
-    assert (
-        failed.returncode == 1 and "console:1: boom" in failed.stdout and "stack traceback" in failed.stdout
-    )
+    # (LuaJIT names no position for an error raised by a function called in a tail call: `return error(...)`)
+    where = "console:1: boom" if ENGINE == "lua54" else "boom"
+    assert failed.returncode == 1 and where in failed.stdout and "stack traceback" in failed.stdout
     assert repl(server, stdin=b"local x = 20\nreturn x + 1\n").stdout == "21\n"
     server.wait_log(re.compile(rb"console \(uid \d+ pid \d+\): return counter"))
 
@@ -89,10 +89,10 @@ def test_values_are_written_as_lua_and_print_comes_back(lua_server) -> None:  # 
     )
     assert shown.stdout.splitlines() == [
         "0.1",
-        "1.0",
+        "1.0" if ENGINE == "lua54" else "1",  # (LuaJIT's numbers are doubles: 1.0 is 1)
         "math.huge",
         "0/0",
-        "-9223372036854775808",
+        "-9223372036854775808" if ENGINE == "lua54" else "nil",  # (and it has no math.mininteger)
         r'"a\nb\x00\x1B\""',
         r'"caf\xE9"',
         '"café"',
@@ -141,7 +141,7 @@ def test_backslash_commands(lua_server, tmp_path: Path) -> None:  # type: ignore
     assert int(re.search(r"^python_heap_blocks: (\d+)$", stats, re.M)[1]) > 1000  # type: ignore[index]
     assert int(re.search(r"^c_heap_bytes: (\d+)$", stats, re.M)[1]) > 1 << 20  # type: ignore[index]
     # \gc frees what nothing holds: a 4 MiB string the app dropped (with Lua's own collector stopped)
-    repl(server, "-e", "collectgarbage('stop') _G.big = ('x'):rep(4 << 20) _G.big = nil")
+    repl(server, "-e", "collectgarbage('stop') _G.big = ('x'):rep(4 * 1024 * 1024) _G.big = nil")
     freed = re.search(r"^lua_memory_bytes: (\d+) -> (\d+)$", repl(server, "-e", "\\gc").stdout, re.M)
     repl(server, "-e", "collectgarbage('restart')")
     assert freed is not None and int(freed[1]) - int(freed[2]) >= 4 << 20, freed
@@ -161,11 +161,15 @@ def test_backslash_commands(lua_server, tmp_path: Path) -> None:  # type: ignore
     assert "unknown command" in repl(server, "-e", "\\nonsense").stdout
 
 
+# a chunk that never yields, in a form LuaJIT runs interpreted (a loop it compiled would end the worker)
+SPIN = 'local s = "x" while true do s = s:gsub("x", function() return "x" end) end'
+
+
 def test_a_spinning_chunk_is_stopped_while_clients_are_served(lua_server) -> None:  # type: ignore[no-untyped-def]
     server = lua_server(APP, options=["--stall-budget", "0.3"])
     c = server.connect()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime", "repl", "-e", "while true do end", str(server.proc.pid)],
+        [sys.executable, "-m", "runtime", "repl", "-e", SPIN, str(server.proc.pid)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -211,6 +215,7 @@ def test_showing_a_huge_value_stops_within_its_budget_and_says_so(lua_server) ->
     assert "lua_memory_bytes:" in done and "unreachable objects" in done, done
 
 
+@pytest.mark.lua54("LuaJIT runs no __gc of a table the app made (the stdlib gives its own a userdata)")
 def test_a_finalizer_that_never_returns_ends_the_worker_by_the_watchdog(lua_server) -> None:  # type: ignore[no-untyped-def]
     server = lua_server(HUGE.replace("1000000", "10"), options=["--block-limit", "1"])
     c = server.connect()

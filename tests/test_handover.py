@@ -13,7 +13,6 @@ import asyncio
 import resource
 from pathlib import Path
 
-import lupa.lua54 as lupa
 import pytest
 
 from bench.handover import APP, drive, start_server
@@ -21,8 +20,10 @@ from conftest import run_script
 from runtime.kernel.core import SUSPEND, Kernel
 from runtime.kernel.ops import Op
 from runtime.kernel.task import Task
+from runtime.lua.state import lupa_of_this_engine as lupa
 
 
+@pytest.mark.lua54("a study of lupa.lua54's wrappers, stepping Lua 5.4's incremental collector")
 def test_lupa_hands_back_another_objects_wrapper_once_a_slot_is_reused() -> None:
     """Why no host object may cross into Lua twice (the rule of runtime/kernel/handles.py)."""
 

@@ -18,6 +18,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.one_engine
+
 APP = """
 local client = require "moonlet.http.client"   -- a nested module (stdlib_lua/moonlet/http/)
 local http = require "moonlet.http"              -- (its client keeps connections in moonlet/net/)

@@ -8,6 +8,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.one_engine
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "runtime"
 

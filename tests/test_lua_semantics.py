@@ -8,8 +8,13 @@ import sys
 from pathlib import Path
 
 import lupa.lua54 as lupa  # type: ignore[import-untyped]
+import pytest
 
 from conftest import ROOT, run_script
+
+# Lua 5.4's semantics (to-be-closed variables, integers, its own test cases): what LuaJIT keeps of them is
+# pinned by tests/test_engines.py instead
+pytestmark = pytest.mark.lua54("Lua 5.4's own semantics and test cases")
 
 SCRIPT = """
 local json, net = require "moonlet.json", require "moonlet.net"

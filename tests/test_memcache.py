@@ -18,6 +18,8 @@ from pymemcache.exceptions import MemcacheServerError
 
 from conftest import APPS, ROOT, free_port, wait_listening
 
+pytestmark = pytest.mark.lua54("apps/memcache.lua declares Lua 5.4 (64-bit unsigned counters)")
+
 
 def need(tool: str) -> str:
     path = shutil.which(tool)

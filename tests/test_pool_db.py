@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Client, run_script
+from conftest import ENGINE, ROOT, Client, run_script
 
 HEAVY = """
 local M = {}
@@ -181,7 +181,8 @@ def test_db_query_exec_types_parameters_and_transactions(tmp_path: Path) -> None
     assert out == [
         "exec\t1\t1",
         "rows\t2\tann\t1.5\t2\t255\tnil",
-        "types\tinteger\tfloat\tblob",
+        # (a REAL 2.0 is an integral number, so "integer", on LuaJIT, whose numbers are all doubles)
+        "types\tinteger\t" + ("float" if ENGINE == "lua54" else "integer") + "\tblob",
         "match\t1",
         "rollback\tnil\tchanged my mind",
         "commit\t3\tdone",

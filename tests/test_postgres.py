@@ -128,6 +128,9 @@ def test_exec_many_on_postgresql_is_one_atomic_batch(tmp_path: Path, pg_url: str
     assert lines[-3:] == ["0", "2", "0"]  # (the error above may have a DETAIL line)
 
 
+@pytest.mark.lua54(
+    "a loop left by break releases its cursor through the for's closing value; LuaJIT has none"
+)
 def test_db_rows_streams_from_a_server_side_cursor(tmp_path: Path, pg_url: str) -> None:
     from test_pool_db import ROWS
 

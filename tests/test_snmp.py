@@ -13,6 +13,8 @@ import pytest
 
 from conftest import APPS
 
+pytestmark = pytest.mark.lua54("apps/snmp.lua declares Lua 5.4 (Counter64, bit operators)")
+
 UDP_READY = re.compile(rb"serving udp on (\S+):(\d+)")
 SYS = "1.3.6.1.2.1.1"
 TABLE = "1.3.6.1.4.1.32473.1.1.1"

@@ -28,6 +28,7 @@ def hook_mask(interrupter: Interrupter, co: object) -> int:
     return int(lib.lua_gethookmask(interrupter.state_of(co)))  # type: ignore[arg-type]
 
 
+@pytest.mark.lua54("reads Lua 5.4's per-coroutine hook fields (LuaJIT has one hook per state)")
 def test_a_registered_hook_is_unarmed_until_another_thread_arms_it(lua_and_interrupter) -> None:
     lua, interrupter = lua_and_interrupter
     spin = lua.eval(

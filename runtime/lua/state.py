@@ -45,21 +45,24 @@ _send: Callable[[LuaThread, object], Any] = type(_lupa.LuaRuntime().eval("functi
 resume_thread = _send
 
 LUAJIT = engine.current() == "luajit"
-# LuaJIT, unlike Lua 5.4, collects no garbage when an allocation fails: one made outside a protected call
-# (lupa pushing a value the host hands in) that meets the limit panics and ends the process. So on LuaJIT
-# the state's limit is ``max_memory`` + this reserve, and the host makes room before it hands values in to
-# the watched state (the loop thread's: :func:`watch_memory`) or to a pool thread's (:func:`make_room`).
-RESERVE = 32 << 20
+# LuaJIT, unlike Lua 5.4, collects no garbage when an allocation fails, and one made outside a protected
+# call (lupa pushing a value the host hands in) that fails panics and ends the process. So the host hands a
+# value to a LuaJIT state only with HEADROOM free (an eighth of a smaller limit): if less is, it collects
+# the garbage first, and if live data leaves less still, the value is refused with LuaMemoryError, which
+# ends the task it was for as its own failed allocation would (runtime/kernel/core.py). The loop thread's
+# state is checked before every resume (:func:`watch_memory`), every state before the host builds a table
+# in it (:func:`make_room`).
+HEADROOM = 8 << 20
 
 _watched: LuaRuntimeFacade | None = None
-_on_full: Callable[[str], None] | None = None
+_used: Callable[[], int] = int  # the watched state's get_memory_used (int() is 0 until one is watched)
+_room = 0  # the watched state's limit less the headroom
 
 if LUAJIT:
 
-    def resume_thread(co: LuaThread, value: object) -> Any:  # (LuaJIT: the reserve kept first)
-        lua = _watched
-        if lua is not None and lua.get_memory_used() > lua.get_max_memory() - RESERVE:
-            make_room(lua)
+    def resume_thread(co: LuaThread, value: object) -> Any:  # (LuaJIT: the headroom kept first)
+        if _used() > _room:
+            make_room(cast(LuaRuntimeFacade, _watched))
         return _send(co, value)
 
 
@@ -100,47 +103,54 @@ def _set_attribute(obj: object, name: object, value: object) -> None:
 
 
 def new_lua_runtime(max_memory: int) -> LuaRuntimeFacade:
-    """The one audited constructor of a moonlet Lua state (on LuaJIT its limit includes :data:`RESERVE`)."""
+    """The one audited constructor of a moonlet Lua state."""
     runtime = _lupa.LuaRuntime(
         encoding=None,
         register_eval=False,
         register_builtins=False,
         unpack_returned_tuples=True,
         attribute_handlers=(_get_attribute, _set_attribute),
-        max_memory=max_memory + RESERVE if LUAJIT else max_memory,
+        max_memory=max_memory,
     )
     runtime.execute(b"python = nil")
     return cast(LuaRuntimeFacade, runtime)
 
 
-def watch_memory(lua: LuaRuntimeFacade, on_full: Callable[[str], None]) -> None:
-    """LuaJIT: keep the reserve of ``lua`` (the loop thread's state) before every resume; ``on_full`` is
-    told when live data alone passes the limit (it ends the process: the worker is replaced)."""
-    global _watched, _on_full
-    if LUAJIT:
-        _watched, _on_full = lua, on_full
+def _limited(limit: int | None) -> bool:
+    """A state made with a limit (lupa reports none, or a wrapped-around one, for a state without)."""
+    return bool(limit) and limit is not None and limit < 1 << 62
 
 
-def make_room(lua: LuaRuntimeFacade, on_full: Callable[[str], None] | None = None) -> None:
-    """LuaJIT: if ``lua`` uses more than its limit less :data:`RESERVE`, collect its garbage (with the
-    reserve lent for the collection's own needs); if live data still passes the limit, tell ``on_full`` (by
-    default the watched state's), or raise ``LuaMemoryError`` without one. Lua 5.4: nothing to do (it
-    collects when an allocation fails)."""
+def _headroom(limit: int) -> int:
+    return min(HEADROOM, limit // 8)  # (a small limit keeps an eighth free)
+
+
+def watch_memory(lua: LuaRuntimeFacade) -> None:
+    """LuaJIT: keep :data:`HEADROOM` free in ``lua`` (the loop thread's state) before every resume."""
+    global _watched, _used, _room
+    if LUAJIT and _limited(lua.get_max_memory()):
+        _watched = lua
+        limit = lua.get_max_memory()
+        _used, _room = lua.get_memory_used, limit - _headroom(limit)
+
+
+def make_room(lua: LuaRuntimeFacade) -> None:
+    """LuaJIT: if less than :data:`HEADROOM` of ``lua``'s limit is free, collect its garbage (the limit
+    lifted for the collection's own needs); if live data still leaves less, raise ``LuaMemoryError``. Lua
+    5.4: nothing to do (it collects when an allocation fails, and fails in a protected call)."""
     if not LUAJIT:
         return
-    if on_full is None and lua is _watched:
-        on_full = _on_full
     hard = lua.get_max_memory()
-    if lua.get_memory_used() <= hard - RESERVE:
+    if not _limited(hard) or lua.get_memory_used() <= hard - _headroom(hard):
         return
-    lua.set_max_memory(hard + RESERVE)
+    lua.set_max_memory(hard + _headroom(hard))
     try:
         lua.globals()[b"collectgarbage"](b"collect")
     finally:
         lua.set_max_memory(hard)
-    used = lua.get_memory_used()
-    if used > hard - RESERVE:
-        why = f"the Lua heap holds {used >> 20} MiB of live data after a full collection, over its limit"
-        if on_full is None:
-            raise LuaMemoryError(why)
-        on_full(why)
+    if lua.get_memory_used() > hard - _headroom(hard):
+        raise LuaMemoryError("not enough memory")
+
+
+# lupa's module for this process' engine (tests and tools that build a bare state beside moonlet's)
+lupa_of_this_engine: Any = _lupa

@@ -317,7 +317,7 @@ function M.console_compile(env, code)
   local fn = load("return " .. code, "=console", "t", env)
   local err
   if not fn then fn, err = load(code, "=console", "t", env) end
-  if not fn then return nil, err, (err:find("<eof>$") ~= nil) end
+  if not fn then return nil, err, (err:find("<eof>'?$") ~= nil) end -- (LuaJIT quotes it: near '<eof>')
   return host.job(table.pack(fn))
 end
 
