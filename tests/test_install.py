@@ -83,17 +83,18 @@ def test_a_wheel_installed_in_a_fresh_venv_runs_an_app_from_another_directory(tm
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "app.lua").write_text(textwrap.dedent(APP))
-    run = subprocess.run(
-        [venv / "bin" / "moonlet", "run", "--workers", "1", "app.lua"],
-        cwd=elsewhere,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout == "installed ok\n"
+    for engine in ("lua54", "luajit"):  # (the installed stdlib, its compat layer included, on both engines)
+        run = subprocess.run(
+            [venv / "bin" / "moonlet", "run", "--workers", "1", "--engine", engine, "app.lua"],
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert run.stdout == "installed ok\n"
     # it ran the installed copy, not the checkout
     where = subprocess.run(
         [python, "-c", "import runtime, stdlib_lua; print(runtime.__file__, stdlib_lua.__file__)"],
