@@ -333,10 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command is None:
         parser.print_help()
         return 2
-    if getattr(ns, "engine", None):
-        from runtime.lua import engine
+    from runtime.lua import engine
 
-        engine.choose(ns.engine)  # (before the host loads lupa; workers inherit it)
+    try:
+        if getattr(ns, "engine", None):
+            engine.choose(ns.engine)  # (before the host loads lupa; workers inherit it)
+        engine.requested()
+    except ValueError as e:
+        print(f"moonlet: {e}", file=sys.stderr)
+        return 2
     from runtime import logs
     from runtime.host import Host
 

@@ -102,7 +102,7 @@ def test_an_unknown_engine_is_an_error(tmp_path: Path) -> None:
         env={"MOONLET_ENGINE": "lua53", "PATH": "/usr/bin:/bin"},
         check=False,
     )
-    assert env_run.returncode != 0 and b"unknown Lua engine 'lua53'" in env_run.stderr
+    assert env_run.returncode == 2 and b"unknown Lua engine 'lua53'" in env_run.stderr
 
 
 @pytest.mark.parametrize("engine", ENGINES)

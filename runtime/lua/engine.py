@@ -7,9 +7,10 @@ Rules:
    back to the environment, so worker processes, test processes and pool threads run the same engine.
 2. Choosing another engine once lupa's module is loaded is an error, never a silent mix: lupa's error
    classes, its coroutine type and its number conversions differ between the two modules.
-3. What the engines trade is stated in one place, :data:`TRADES`, and in the README: LuaJIT is faster and
-   has no 64-bit integers, no Lua 5.4 syntax (``//``, ``<close>``, bit operators) and no hooks inside
-   compiled code; the stdlib's compat layer (``stdlib_lua/moonlet/_compat.lua``) fills in what it can.
+3. What the engines trade is stated in the README (Engines): LuaJIT is faster and has no 64-bit integers,
+   no Lua 5.4 syntax (``//``, ``<close>``, bit operators) and no hooks inside compiled code; the stdlib's
+   compat layer (``stdlib_lua/moonlet/_compat.lua``) fills in what it can, and the host keeps what
+   differs for it in ``state.py`` (memory), ``services/tasks.py`` (stalls) and ``_host.lua`` (hooks).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ overrun its budget. What makes that sound:
 
 * ``lua_sethook`` is meant to be called asynchronously: Lua's own interpreter calls it from a signal handler
   to stop a running script (``laction`` in ``lua.c``; ``ldebug.c`` documents which fields may be written
-  that way). The watchdog calls it through ctypes on the symbol lupa's ``lua54`` module exports, while the
+  that way). The watchdog calls it through ctypes on the symbol lupa's module exports, while the
   loop thread runs that coroutine with the GIL released.
 * The hook it arms is the standard library's own (the C function behind ``debug.sethook``), which calls
   the Lua function registered for that coroutine. Each task registers its function when it starts, with an

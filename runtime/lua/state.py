@@ -3,7 +3,9 @@
 Every ``LuaRuntime`` in moonlet comes from :func:`new_lua_runtime`. What it guarantees, each point pinned by
 ``tests/test_sandbox.py``:
 
-* Lua 5.4 (``lupa.lua54``): its count hook fires in every loop and its ``max_memory`` fails cleanly.
+* The engine this process runs (``runtime/lua/engine.py``): Lua 5.4 (``lupa.lua54``), whose count hook
+  fires in every loop and whose ``max_memory`` fails cleanly, or LuaJIT (``lupa.luajit21``), for which the
+  host keeps memory headroom (below) and the stall guard has a last resort (``services/tasks.py``).
 * ``encoding=None``: Lua strings arrive in Python as ``bytes`` and client bytes pass through untouched (the
   default UTF-8 decoding raises on the first invalid byte).
 * No ``python.eval``, no ``python.builtins``, and the ``python`` global removed: Lua cannot name Python.
