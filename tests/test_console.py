@@ -138,6 +138,7 @@ def test_backslash_commands(lua_server, tmp_path: Path) -> None:  # type: ignore
     assert "waiting to read from connection 127.0.0.1:" in tasks, tasks  # (in the app's terms)
     stats = repl(server, "-e", "\\stats").stdout
     assert "lua_memory_bytes" in stats and "worst_loop_lag_ms" in stats
+    assert f"\nengine: {ENGINE}\n" in stats  # (the server's engine, which its console runs on)
     assert int(re.search(r"^python_heap_blocks: (\d+)$", stats, re.M)[1]) > 1000  # type: ignore[index]
     assert int(re.search(r"^c_heap_bytes: (\d+)$", stats, re.M)[1]) > 1 << 20  # type: ignore[index]
     # \gc frees what nothing holds: a 4 MiB string the app dropped (with Lua's own collector stopped)

@@ -36,6 +36,7 @@ from runtime.console import memory
 from runtime.console.files import process_start, remove_stale, runtime_dir
 from runtime.kernel.core import Kernel
 from runtime.kernel.task import Extra, Task
+from runtime.lua import engine
 from runtime.services.registry import Services, runtime_statistics
 
 MAX_BACKLOG = 1024 * 1024  # bytes of print and log output waiting for a session before more is dropped
@@ -424,7 +425,10 @@ class ConsoleService:
 
     def _cmd_stats(self, session: ConsoleSession, _arg: str) -> None:
         assert self.services is not None
-        stats: dict[str, object] = {"uptime_s": round(time.time() - self.started, 1)}
+        stats: dict[str, object] = {
+            "uptime_s": round(time.time() - self.started, 1),
+            "engine": engine.current(),
+        }
         stats |= runtime_statistics(self.kernel, self.services)  # (what the metrics' gauges are too)
         stats |= {
             "process_memory_bytes": memory.resident_bytes(),
