@@ -7,6 +7,7 @@ either leg of the CI matrix: the guarantees are checked on LuaJIT even when the 
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import ROOT, free_port, run_script
 
 ENGINES = ["lua54", "luajit"]
 
@@ -248,3 +249,45 @@ def test_moonlet_test_runs_lua_tests_on_the_engine_asked_for(
         check=False,
     )
     assert result.returncode == 0 and b"1 passed, 0 failed" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_worker_that_ran_a_compiled_loop_is_replaced_while_the_others_serve(lua_server) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    source = """
+    local net = require "moonlet.net"
+    net.listen { port = tonumber(arg[1]), handler = function(conn)
+      local line = conn:readline()
+      if line == "spin" then local n = 0 while true do n = n + 1 end end
+      conn:write("hi ", line or "", "\\n")
+    end }
+    """
+    server = lua_server(
+        source, str(port), options=["--engine", "luajit", "--workers", "2", "--stall-budget", "0.2"]
+    )
+    server.wait_log(re.compile(rb"worker 2 started"))
+    while server.log_text().count("listening on") < 2:
+        server.wait_log(b"listening on", timeout=1)
+        time.sleep(0.05)
+    spinner = socket.create_connection(("127.0.0.1", port))
+    spinner.sendall(b"spin\n")
+    server.wait_log(b"a loop LuaJIT compiled, where no hook runs", timeout=20)
+    dead = server.wait_log(re.compile(rb"worker (\d) \(pid \d+\) exited with status 70"), timeout=20)
+    for _ in range(10):  # the other worker serves meanwhile
+        assert ask(port) == b"hi x"
+    server.wait_log(re.compile(rb"worker %s started \(pid" % dead.group(1)), timeout=20)  # (after a back-off)
+    assert spinner.recv(100) == b""
+    spinner.close()
+    for _ in range(10):
+        assert ask(port) == b"hi x"
+
+
+def ask(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"x\n")
+        got = b""
+        while not got.endswith(b"\n"):
+            chunk = s.recv(100)
+            if not chunk:
+                break
+            got += chunk
+        return got.rstrip(b"\n")
