@@ -291,3 +291,20 @@ def ask(port: int) -> bytes:
                 break
             got += chunk
         return got.rstrip(b"\n")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_misuse_reaches_its_task_though_others_start_before_it_resumes(tmp_path: Path, engine: str) -> None:
+    # (on LuaJIT the error travels by the state's one hook, which every task's start used to reset)
+    source = """
+    local net = require "moonlet.net"
+    local t = spawn(function() sleep(10) end)
+    local l = net.listen { port = 0, handler = print }
+    local forged = setmetatable({ _py = l._py }, getmetatable(t))  -- a task around another handle
+    for _ = 1, 5 do spawn(function() end) end                    -- tasks that start first
+    print(pcall(forged.wait, forged))
+    t:cancel() l:close()
+    """
+    result = run_script(tmp_path, source, options=["--engine", engine])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"false\tbad argument #1 to 'wait' (task expected, got listener)\n"

@@ -136,6 +136,21 @@ M.app_level = app_level
 -- making a host call (the host runs this on the main thread, so it names the coroutine);
 -- `misuse.raise_in(co, msg)`: raise msg in the suspended task coroutine `co` as soon as it is resumed
 -- (a one-instruction hook, then the hook it had is back), so only the error path pays for it.
+-- The hook a coroutine has between stalls (defined with `guard` below).
+local base_hook
+
+-- LuaJIT: misuse waiting to be raised in suspended coroutines, by coroutine. Its hooks are the state's,
+-- not a coroutine's, so one count hook serves them all until each has run (and other code that resets
+-- the hook puts this one back while any waits: base_hook).
+local raising = setmetatable({}, { __mode = "k" })
+
+local function raise_pending()
+  local msg = raising[running()]
+  if msg ~= nil then raising[running()] = nil end
+  if next(raising) == nil then base_hook() end
+  if msg ~= nil then error(msg, app_level(2)) end
+end
+
 M.misuse = {
   where = function(co)
     local level = 0
@@ -149,9 +164,13 @@ M.misuse = {
     end
   end,
   raise_in = function(co, msg)
+    if LUAJIT then
+      raising[co] = msg
+      sethook(raise_pending, "", 1)
+      return
+    end
     local hook, mask, count = gethook(co)
     sethook(co, function()
-      if running() ~= co then return end -- (LuaJIT: the state's one hook, firing in another coroutine)
       if hook == nil then sethook() else sethook(hook, mask, count) end
       error(msg, app_level(2))
     end, "", 1)
@@ -192,9 +211,6 @@ end
 ---------------------------------------------------------------------------------------------------------
 -- stall protection
 
--- The hook a coroutine has between stalls (set by `guard` below).
-local base_hook
-
 -- Make every later instruction of the running coroutine raise `msg`: no pcall can catch it for long.
 -- Lua 5.4 keeps a hook per coroutine. LuaJIT keeps one for the whole state, so there the hook also fires
 -- in the next coroutine to run once the doomed one has ended (or been given up by the host): there it
@@ -223,11 +239,13 @@ end
 local function on_stall()
   local msg = call(STALL_CHECK)
   if msg then doom(msg) end
-  sethook(on_stall, "") -- armed for a run that has since yielded: back to registered, unarmed
+  base_hook() -- armed for a run that has since yielded: back to registered, unarmed
 end
 
 function base_hook()
-  if STALL_EVERY == 0 then
+  if LUAJIT and next(raising) ~= nil then
+    sethook(raise_pending, "", 1)
+  elseif STALL_EVERY == 0 then
     sethook()
   elseif STALL_ARMED then
     sethook(on_stall, "")
@@ -242,10 +260,8 @@ local function guard(co)
   if STALL_EVERY == 0 then return end
   if co then
     if not (LUAJIT and STALL_ARMED) then sethook(co, on_count, "", STALL_EVERY) end
-  elseif STALL_ARMED then
-    sethook(on_stall, "") -- registered for the watchdog to arm; an empty mask costs nothing
   else
-    sethook(on_count, "", STALL_EVERY)
+    base_hook() -- registered for the watchdog to arm (an empty mask costs nothing), or the periodic hook
   end
 end
 
