@@ -35,7 +35,7 @@ from runtime.listeners import ENV as SUPERVISOR_ENV
 from runtime.listeners import adopt_orphans
 from runtime.lua import engine as lua_engine
 from runtime.lua.interrupt import new_interrupter
-from runtime.lua.state import new_lua_runtime, watch_memory
+from runtime.lua.state import memory_room_kb, new_lua_runtime, watch_memory
 from runtime.lua.stdlib import bootstrap
 from runtime.services.clock import LagMonitor
 from runtime.services.registry import Services, wire_services
@@ -152,7 +152,7 @@ class Host:
         loop_clock = ThreadClock.here()  # (budgets count the loop thread's work: runtime/threadclock.py)
 
         lua = new_lua_runtime(self.limits.lua_max_memory)
-        watch_memory(lua)
+        watch_memory(lua, _exit_to_be_replaced)
         budget = self.limits.stall_budget
         interrupter = new_interrupter(lua) if budget > 0 else None
         if budget > 0 and interrupter is None:
@@ -170,6 +170,7 @@ class Host:
             "write_high_water": self.limits.write_high_water,
             "stall_check_every": STALL_CHECK_EVERY if budget > 0 else 0,
             "stall_armed": 1 if stall_guard is not None else 0,  # tasks wait to be armed (no periodic hook)
+            "memory_room_kb": memory_room_kb(self.limits.lua_max_memory),  # (LuaJIT: runtime/lua/state.py)
         }
         boot = bootstrap(lua, kernel.call, lua_limits, self.app_path, self.app_args)
         kernel.set_body(boot[b"body"], boot[b"misuse"], boot[b"task_body"])
@@ -326,8 +327,9 @@ class Host:
 
 
 def _exit_to_be_replaced(what: str) -> None:
-    """LuaJIT's last resort against a loop no hook can stop (runtime/services/tasks.py): say what ran, and
-    exit as a blocked loop does (status 70), so that the supervisor replaces the worker."""
+    """LuaJIT's last resorts, against a loop no hook can stop (runtime/services/tasks.py) and live data no
+    task holds filling the heap (runtime/lua/state.py): say what happened, and exit as a blocked loop does
+    (status 70), so that the supervisor replaces the worker."""
     log.critical("%s; exiting so that the worker is replaced", what)
     with contextlib.suppress(Exception):
         remove_console_files(os.getpid())

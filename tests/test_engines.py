@@ -308,3 +308,17 @@ def test_misuse_reaches_its_task_though_others_start_before_it_resumes(tmp_path:
     result = run_script(tmp_path, source, options=["--engine", engine])
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"false\tbad argument #1 to 'wait' (task expected, got listener)\n"
+
+
+def test_live_data_no_task_holds_filling_the_heap_ends_the_worker_on_luajit(tmp_path: Path) -> None:
+    # a global filled to the limit: its task fails, but the data stays, and the host would have no room for
+    # its own allocations (which LuaJIT cannot fail safely): the worker says so and exits, to be replaced
+    source = """
+    keep = {}
+    for i = 1, 1e9 do keep[i] = ("x"):rep(100) .. i end
+    """
+    result = run_script(tmp_path, source, options=["--engine", "luajit", "--max-memory", str(48 << 20)])
+    assert b"PANIC" not in result.stderr
+    assert result.returncode == 70, result.stderr
+    critical = [line for line in result.stderr.splitlines() if b"CRITICAL" in line]
+    assert len(critical) == 1 and b"MiB of live data after a full collection" in critical[0]

@@ -46,7 +46,7 @@ from typing import Any, Final
 from runtime.kernel.handles import CHECK_CROSSING, Handles, check_plain
 from runtime.kernel.ops import CALLS, YIELDING, Op, op_of
 from runtime.kernel.task import PARKED, Extra, Owner, Task
-from runtime.lua.state import LuaError, LuaFunction, LuaObject, lua_type_of, resume_thread
+from runtime.lua.state import LuaError, LuaFunction, LuaObject, lua_type_of, recover, resume_thread
 
 log = logging.getLogger("moonlet")
 
@@ -328,6 +328,7 @@ class Kernel:
             log.error("bad host request from %s: %s; ending that task", task.describe(), e)
             self._end(task, ok=False, error=f"bad host request: {e}".encode())
         elif isinstance(e, LuaError):  # outside the task's xpcall: out of memory, a stall, or a stray resume
+            recover()  # (LuaJIT: what the task left is collected before the host allocates in the state)
             extra = task.extra
             stall = extra.stall if extra is not None else None
             error = stall or str(e).encode()

@@ -48,24 +48,15 @@ resume_thread = _send
 
 LUAJIT = engine.current() == "luajit"
 # LuaJIT, unlike Lua 5.4, collects no garbage when an allocation fails, and one made outside a protected
-# call (lupa pushing a value the host hands in) that fails panics and ends the process. So the host hands a
-# value to a LuaJIT state only with HEADROOM free (an eighth of a smaller limit): if less is, it collects
-# the garbage first, and if live data leaves less still, the value is refused with LuaMemoryError, which
-# ends the task it was for as its own failed allocation would (runtime/kernel/core.py). The loop thread's
-# state is checked before every resume (:func:`watch_memory`), every state before the host builds a table
-# in it (:func:`make_room`).
+# call (lupa pushing a value the host hands in, making a task's coroutine, building a table) that fails
+# panics and ends the process. So a LuaJIT state keeps HEADROOM free (an eighth of a smaller limit) for the
+# host's own allocations: every run ends with at least that much free, as the door collects garbage before
+# a coroutine waits or ends and fails the task otherwise (moonlet/_host.lua, ``memory_room_kb``); after a
+# task fails, :func:`recover` collects what it left; before the host builds a table, :func:`make_room`.
 HEADROOM = 8 << 20
 
 _watched: LuaRuntimeFacade | None = None
-_used: Callable[[], int] = int  # the watched state's get_memory_used (int() is 0 until one is watched)
-_room = 0  # the watched state's limit less the headroom
-
-if LUAJIT:
-
-    def resume_thread(co: LuaThread, value: object) -> Any:  # (LuaJIT: the headroom kept first)
-        if _used() > _room:
-            make_room(cast(LuaRuntimeFacade, _watched))
-        return _send(co, value)
+_on_full: Callable[[str], None] | None = None
 
 
 class LuaFunction(Protocol):
@@ -127,13 +118,34 @@ def _headroom(limit: int) -> int:
     return min(HEADROOM, limit // 8)  # (a small limit keeps an eighth free)
 
 
-def watch_memory(lua: LuaRuntimeFacade) -> None:
-    """LuaJIT: keep :data:`HEADROOM` free in ``lua`` (the loop thread's state) before every resume."""
-    global _watched, _used, _room
+def memory_room_kb(max_memory: int) -> int:
+    """The door's threshold (``memory_room_kb``): KiB of Lua heap past which a LuaJIT state collects, or
+    fails the waiting task; 0 (no check) on Lua 5.4 or without a limit."""
+    return (max_memory - _headroom(max_memory)) // 1024 if LUAJIT and max_memory else 0
+
+
+def watch_memory(lua: LuaRuntimeFacade, on_full: Callable[[str], None]) -> None:
+    """LuaJIT: ``lua`` is the loop thread's state, and ``on_full`` is told when live data no task holds
+    any more than the limit allows for (a global filled to the limit): it ends the process."""
+    global _watched, _on_full
     if LUAJIT and _limited(lua.get_max_memory()):
-        _watched = lua
-        limit = lua.get_max_memory()
-        _used, _room = lua.get_memory_used, limit - _headroom(limit)
+        _watched, _on_full = lua, on_full
+
+
+def recover() -> None:
+    """LuaJIT: after a task of the loop thread's state failed (out of memory, perhaps), collect what it left
+    before the host allocates in the state again; live data leaving less than the headroom goes to
+    ``on_full``. Lua 5.4: nothing to do."""
+    if _watched is None:
+        return
+    try:
+        make_room(_watched)
+    except LuaMemoryError:
+        used = _watched.get_memory_used() >> 20
+        if _on_full is not None:
+            _on_full(
+                f"the Lua heap holds {used} MiB of live data after a full collection, too near --max-memory"
+            )
 
 
 def make_room(lua: LuaRuntimeFacade) -> None:

@@ -177,8 +177,25 @@ M.misuse = {
   end,
 }
 
+-- LuaJIT with a memory limit (runtime/lua/state.py): LuaJIT collects no garbage when an allocation fails,
+-- and the host's own allocations in the state (the values it hands in, a new task's coroutine) are made
+-- outside Lua's protection, where a failure ends the process. So no run returns to the host with less than
+-- the headroom free: before a coroutine waits (or ends) with more than ROOM_KB in use, the garbage is
+-- collected, and if live data still leaves too little the wait fails as an allocation would, with "not
+-- enough memory" in the task that waits. (0: Lua 5.4, which collects when an allocation fails.)
+local ROOM_KB = privileged.limits.memory_room_kb or 0
+local gc = collectgarbage
+
+local function keep_room()
+  if gc("count") > ROOM_KB then
+    gc("collect")
+    if gc("count") > ROOM_KB then error("not enough memory", 0) end
+  end
+end
+
 --- Suspend the running coroutine until the host replies to request `op`.
 function M.request(op, a, b, c)
+  if ROOM_KB > 0 then keep_room() end
   if first ~= nil or nmore > 0 then sync_all() end
   if not isyieldable() then error(CANNOT_YIELD, app_level(2)) end
   if depth > 0 then
@@ -197,6 +214,7 @@ local RECV = OP.RECV
 --- unpipelined request, kv.lua -P1, bench/instructions.py.) `op` (default RECV) may be IDLE instead: an
 --- HTTP worker giving its connection back, with its last answer, and waiting for the next.
 function M.recv(obj, py, out, op, served)
+  if ROOM_KB > 0 then keep_room() end
   if first == obj then
     first = nil
   elseif nmore > 0 and more[obj] then
@@ -388,6 +406,7 @@ function M.body(fn, ...)
   guard()
   local ok, err = xpcall(fn, on_error, ...)
   if first ~= nil or nmore > 0 then sync_all() end
+  if ROOM_KB > 0 then keep_room() end
   if ok then return EXIT, true, nil, nil end
   return EXIT, false, err, nil
 end
@@ -431,6 +450,7 @@ function M.task_body(id, keep)
     return err
   end, unpack(packed, 2, packed.n)))
   if first ~= nil or nmore > 0 then sync_all() end
+  if ROOM_KB > 0 then keep_room() end
   if r[1] then return EXIT, true, r, nil end
   return EXIT, false, trace, r[2]
 end
