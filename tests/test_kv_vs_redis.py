@@ -198,6 +198,12 @@ def same(cmd: list[bytes], ours: bytes, theirs: bytes) -> bool:
         return sorted(elements(ours)) == sorted(elements(theirs))
     if name in (b"TTL", b"PTTL") and ours[:1] == theirs[:1] == b":":
         return abs(int(ours[1:]) - int(theirs[1:])) <= (1 if name == b"TTL" else 250)
+    # Redis finds a command by a hash of its whole name but compares names as C strings, so a name with a
+    # NUL is taken for the command before the NUL when the two share a bucket, which its random hash seed
+    # decides at start: "get\0x" a b got "wrong number of arguments for 'get'" from 7 of 1,000 redis-server
+    # starts here (2026-12-07), "unknown command 'get'" from the rest, and from kv.lua
+    if b"\x00" in name and ours.startswith(b"-ERR unknown command"):
+        return theirs.startswith(b"-ERR wrong number of arguments for '%s'" % name.split(b"\x00")[0].lower())
     return False
 
 
