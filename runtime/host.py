@@ -33,9 +33,8 @@ from runtime.kernel.core import Kernel, one_line
 from runtime.kernel.task import Task
 from runtime.listeners import ENV as SUPERVISOR_ENV
 from runtime.listeners import adopt_orphans
-from runtime.lua import engine as lua_engine
 from runtime.lua.interrupt import new_interrupter
-from runtime.lua.state import memory_room_kb, new_lua_runtime, watch_memory
+from runtime.lua.state import LUAJIT, memory_room_kb, new_lua_runtime, watch_memory
 from runtime.lua.stdlib import bootstrap
 from runtime.services.clock import LagMonitor
 from runtime.services.registry import Services, wire_services
@@ -157,7 +156,7 @@ class Host:
         interrupter = new_interrupter(lua) if budget > 0 else None
         if budget > 0 and interrupter is None:
             log.warning("stall budget: cannot arm hooks in this lupa build; every coroutine checks instead")
-        unstoppable = _exit_to_be_replaced if lua_engine.current() == "luajit" else None
+        unstoppable = _exit_to_be_replaced if LUAJIT else None
         stall_guard = (
             StallGuard(kernel, budget, interrupter, loop_clock, unstoppable)
             if interrupter is not None

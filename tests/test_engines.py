@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_workers import ask, wait_count
 
 from conftest import ROOT, free_port, run_script
 
@@ -175,23 +176,30 @@ def test_a_loop_luajit_compiled_ends_the_worker_with_one_line(tmp_path: Path) ->
     assert time.monotonic() - started < 30  # (the budget and a second's grace, not the 30 s block limit)
 
 
+# An echo whose "hog" allocates until the heap is full without waiting, and whose "keep" does so waiting now
+# and then (what it keeps is live data each time it waits).
+ALLOCATING = """
+local net = require "moonlet.net"
+net.listen { port = 0, handler = function(conn)
+  local line = conn:readline()
+  while line do
+    if line == "hog" then
+      local t = {}
+      for i = 1, 1e9 do t[i] = ("x"):rep(100) .. i end
+    elseif line == "keep" then
+      local t = {}
+      for i = 1, 1e9 do t[i] = ("y"):rep(1000) .. i if i % 1000 == 0 then sleep(0) end end
+    end
+    conn:write("echo " .. line .. "\\n")
+    line = conn:readline()
+  end
+end }
+"""
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_running_out_of_lua_memory_ends_a_task_never_the_process(lua_server, engine: str) -> None:  # type: ignore[no-untyped-def]
-    source = """
-    local net = require "moonlet.net"
-    net.listen { port = 0, handler = function(conn)
-      local line = conn:readline()
-      while line do
-        if line == "hog" then
-          local t = {}
-          for i = 1, 1e9 do t[i] = ("x"):rep(100) .. i end
-        end
-        conn:write("echo " .. line .. "\\n")
-        line = conn:readline()
-      end
-    end }
-    """
-    server = lua_server(source, options=["--engine", engine, "--max-memory", str(48 << 20)])
+    server = lua_server(ALLOCATING, options=["--engine", engine, "--max-memory", str(48 << 20)])
     calm = server.connect()
     for _ in range(3):
         hog = server.connect()
@@ -208,21 +216,7 @@ def test_running_out_of_lua_memory_ends_a_task_never_the_process(lua_server, eng
 def test_live_data_at_the_limit_fails_the_task_that_waits_not_the_process(lua_server, engine: str) -> None:  # type: ignore[no-untyped-def]
     # a task that keeps what it allocates, waiting now and then: on LuaJIT the host then has no room to hand
     # it the reply it waits for, and refuses it as a failed allocation (the task ends; the server goes on)
-    source = """
-    local net = require "moonlet.net"
-    net.listen { port = 0, handler = function(conn)
-      local line = conn:readline()
-      while line do
-        if line == "keep" then
-          local t = {}
-          for i = 1, 1e9 do t[i] = ("y"):rep(1000) .. i if i % 1000 == 0 then sleep(0) end end
-        end
-        conn:write("echo " .. line .. "\\n")
-        line = conn:readline()
-      end
-    end }
-    """
-    server = lua_server(source, options=["--engine", engine, "--max-memory", str(64 << 20)])
+    server = lua_server(ALLOCATING, options=["--engine", engine, "--max-memory", str(64 << 20)])
     calm = server.connect()
     keeper = server.connect()
     keeper.send(b"keep\n")
@@ -264,33 +258,18 @@ def test_a_worker_that_ran_a_compiled_loop_is_replaced_while_the_others_serve(lu
     server = lua_server(
         source, str(port), options=["--engine", "luajit", "--workers", "2", "--stall-budget", "0.2"]
     )
-    server.wait_log(re.compile(rb"worker 2 started"))
-    while server.log_text().count("listening on") < 2:
-        server.wait_log(b"listening on", timeout=1)
-        time.sleep(0.05)
+    wait_count(server, "listening on", 2)
     spinner = socket.create_connection(("127.0.0.1", port))
     spinner.sendall(b"spin\n")
     server.wait_log(b"a loop LuaJIT compiled, where no hook runs", timeout=20)
     dead = server.wait_log(re.compile(rb"worker (\d) \(pid \d+\) exited with status 70"), timeout=20)
     for _ in range(10):  # the other worker serves meanwhile
-        assert ask(port) == b"hi x"
+        assert ask(port, b"x") == b"hi x\n"
     server.wait_log(re.compile(rb"worker %s started \(pid" % dead.group(1)), timeout=20)  # (after a back-off)
     assert spinner.recv(100) == b""
     spinner.close()
     for _ in range(10):
-        assert ask(port) == b"hi x"
-
-
-def ask(port: int) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"x\n")
-        got = b""
-        while not got.endswith(b"\n"):
-            chunk = s.recv(100)
-            if not chunk:
-                break
-            got += chunk
-        return got.rstrip(b"\n")
+        assert ask(port, b"x") == b"hi x\n"
 
 
 @pytest.mark.parametrize("engine", ENGINES)

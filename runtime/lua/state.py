@@ -43,8 +43,9 @@ class LuaThread(Protocol):
 # ``resume_thread(co, value)``: the coroutine's ``send``, taken from the class once (looking ``co.send`` up
 # on each resume goes through lupa's attribute hook for Lua objects: ~500 instructions per crossing). lupa
 # does not export the class by name: it is found on a throwaway coroutine.
-_send: Callable[[LuaThread, object], Any] = type(_lupa.LuaRuntime().eval("function() end").coroutine()).send
-resume_thread = _send
+resume_thread: Callable[[LuaThread, object], Any] = type(
+    _lupa.LuaRuntime().eval("function() end").coroutine()
+).send
 
 LUAJIT = engine.current() == "luajit"
 # LuaJIT, unlike Lua 5.4, collects no garbage when an allocation fails, and one made outside a protected
