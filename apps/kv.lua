@@ -781,8 +781,10 @@ end
 -- Read one command into `args`, which is reused from one command to the next (no garbage per request; no
 -- command keeps it): an array of bulk strings, or an inline line split on whitespace. Returns the argument
 -- count, or nil, err (connection trouble), or false, message (a protocol error: answer and close).
-local function read_command(conn, args, last_count)
-  local line, e, bare = conn:readline(true)
+-- The command that starts with `line` (or readline's nil, e, bare): its first line is read by `serve`, so
+-- that a client waiting between commands waits in serve's frame, not one deeper (see README, Performance:
+-- an idle connection's coroutine stays inside its first stack).
+local function read_command(conn, args, last_count, line, e, bare)
   if not line then
     if e == "bare newline" then -- an inline command may end in LF alone; an array's count may not (Redis
       if byte(bare, 1) == 42 then return false, "Protocol error: invalid multibulk length" end -- reads to CR)
@@ -851,7 +853,9 @@ local function serve(conn)
   conn:setlimits { max_read = MAX_BULK + 2 }
   local args, count = {}, 0
   while true do
-    local n, e = read_command(conn, args, count)
+    local line, e, bare = conn:readline(true)
+    local n
+    n, e = read_command(conn, args, count, line, e, bare)
     if n == nil then break end -- closed, or a timeout while sending
     if n == false then
       conn:write(err(e))

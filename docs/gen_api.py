@@ -7,10 +7,11 @@ code itself.
 An entry is the function's syntax (as the source spells it), whether it yields (``---@async``), its
 parameters and results with their types, the text of its ``---`` comment, the errors its own code raises
 (misuse: ``host.argerror``, ``host.check_seconds``, ``error("bad argument ...")``) and the error strings it
-returns itself (``return nil, "..."``), and an example: a line of shipped code that calls it (apps, the
-README and the reference, bench scripts, the Lua tests), or the example its comment gives (``Example:
-`...```). The methods of the private modules that make up a public type (``_conn.lua``: every connection;
-``_httpd.lua``: an HTTP server's requests and replies) are listed with their public module.
+returns itself (``return nil, "..."``, in its body or a local function's it ends in with a tail call), and
+an example: a line of shipped code that calls it (apps, the README and the reference, bench scripts, the Lua
+tests), or the example its comment gives (``Example: `...```). The methods of the private modules that
+make up a public type (``_conn.lua``: every connection; ``_httpd.lua``: an HTTP server's requests and
+replies) are listed with their public module.
 docs/reference.md stays the hand-written guide; this file cannot drift from the code.
 
 docs/ops.md is the host's side of the door: one row per op from its one declaration in
@@ -46,6 +47,7 @@ RAISES = [  # (pattern over a function's body, how its message reads)
     (re.compile(r"error\(" + STRING + r"(?: \.\.)?"), "error"),
 ]
 FAILS = re.compile(r"return nil, " + STRING)
+TAIL_CALL = re.compile(r"^\s*return (\w+)\(", re.M)
 WRITTEN_EXAMPLE = re.compile(r"Example: `([^`]+)`")
 
 
@@ -176,9 +178,13 @@ def entries(path: Path, corpus: list[tuple[str, int, str]], ambiguous: set[str])
         if returns_doc:
             entry.append("Returns: " + "; ".join(f"`{r}`" for r in returns_doc) + ".")
         body = body_of(lines, line)
+        returning = body
+        for called in TAIL_CALL.findall(body):  # (what a local function it ends in returns, it returns)
+            if (local := re.search(rf"^local function {called}\(", source, re.M)) is not None:
+                returning += body_of(lines, source[: local.start()].count("\n"))
         if raises := raised(body):
             entry.append("Raises: " + "; ".join(f"`{r}`" for r in raises) + ".")
-        if fails := failures(body):
+        if fails := failures(returning):
             entry.append("Returns nil and: " + ", ".join(f'`"{f}"`' for f in fails) + ".")
         description = " ".join(t for t in text if t) or "(no description)"
         written = WRITTEN_EXAMPLE.search(description)

@@ -172,7 +172,7 @@ class Host:
             "memory_room_kb": memory_room_kb(self.limits.lua_max_memory),  # (LuaJIT: runtime/lua/state.py)
         }
         boot = bootstrap(lua, kernel.call, lua_limits, self.app_path, self.app_args)
-        kernel.set_body(boot[b"body"], boot[b"misuse"], boot[b"task_body"])
+        kernel.set_body(boot[b"body"], boot[b"misuse"], boot[b"task_body"], boot[b"ended"])
         for service in services.all():
             service.bind(lua)  # replies are built in the main Lua state
         main, error = boot[b"load_main"]()

@@ -17,12 +17,13 @@ Rules this module keeps:
   waiting to read it (``Connection.data_received``) serves a ``RECV`` on that same connection inline, the
   echo cycle in one Python frame, with the same bookkeeping (``resumes``, ``current``, :meth:`failed`); any
   other request it hands to :meth:`Kernel.serve`.
-* Lua errors never reach here as exceptions: every task body runs under ``xpcall`` in ``_host.lua`` and
-  ends with an ``EXIT`` request carrying the traceback (the exceptions: running out of memory, and a task the
-  stall hook stops, whose error is made to escape every ``pcall``). A handler that refuses its arguments
-  raises :class:`BadRequestError`, which becomes a Lua error at the app's line (misuse, as Lua's own
-  "bad argument"); any other Python exception in a handler is a host bug: it is logged with its traceback
-  and ends only that task.
+* Lua errors reach here as exceptions only from a connection's handler, which runs as its coroutine's own
+  function so that its reads wait shallow (``bare`` tasks: see ``ended`` in ``_host.lua``; its return ends
+  it too), and for the two that escape any ``xpcall``: running out of memory, and a task the stall hook
+  stops. Every other task body runs under ``xpcall`` in ``_host.lua`` and ends with an ``EXIT`` request
+  carrying the traceback. A handler that refuses its arguments raises :class:`BadRequestError`, which
+  becomes a Lua error at the app's line (misuse, as Lua's own "bad argument"); any other Python exception
+  in a handler is a host bug: it is logged with its traceback and ends only that task.
 * Ending a task (it returned, failed, or was killed) unregisters whatever it was waiting on, ends the tasks
   in its scope, wakes the tasks waiting for it, and tells its owner.
 * A wake-up reaches only the wait it answers. Every resume ends the task's current suspension and counts
@@ -46,7 +47,7 @@ from typing import Any, Final
 from runtime.kernel.handles import CHECK_CROSSING, Handles, check_plain
 from runtime.kernel.ops import CALLS, YIELDING, Op, op_of
 from runtime.kernel.task import PARKED, Extra, Owner, Task
-from runtime.lua.state import LuaError, LuaFunction, LuaObject, lua_type_of, recover, resume_thread
+from runtime.lua.state import LuaError, LuaFunction, LuaObject, lifted, lua_type_of, recover, resume_thread
 
 log = logging.getLogger("moonlet")
 
@@ -68,6 +69,7 @@ class BadRequestError(Exception):
 
 
 MAX_IMMEDIATE = 64  # immediate replies in a row before a task goes to the back of the ready queue
+_EXIT = int(Op.EXIT)
 
 RequestHandler = Callable[[Task, Any, Any, Any], object]
 CallHandler = Callable[[Any, Any, Any], object]
@@ -118,6 +120,8 @@ def one_line(traceback: bytes | str | None) -> str:
         if "moonlet/_host.lua" in line:  # the task wrapper itself is noise
             continue
         frames.append(line)
+    if frames and frames[-1] == "(...tail calls...)":  # (a connection's handler, called by its entry)
+        frames.pop()
     return message + (" | stack: " + " < ".join(frames) if frames else "")
 
 
@@ -163,6 +167,7 @@ class Kernel:
         # per op: the type its first argument must be (a host handle), or None
         self._handles: list[type | None] = [None] * (max(Op) + 1)
         self._body: LuaFunction | None = None
+        self._ended: LuaFunction | None = None  # (see set_body)
         self.job_body: LuaFunction | None = None  # (see set_body)
         self._misuse_where: Callable[[object], bytes | None] | None = None  # (see set_body)
         self._misuse_raise_in: Callable[[object, bytes], None] | None = None
@@ -205,12 +210,21 @@ class Kernel:
     def missing_handlers(self) -> list[Op]:
         return [op for op in Op if (self._handlers if op.yields else self._calls)[op] is None]
 
-    def set_body(self, body: LuaFunction, misuse: Any = None, job_body: LuaFunction | None = None) -> None:
+    def set_body(
+        self,
+        body: LuaFunction,
+        misuse: Any = None,
+        job_body: LuaFunction | None = None,
+        ended: LuaFunction | None = None,
+    ) -> None:
         """``body(fn, ...)`` is the Lua wrapper every task runs in; ``misuse``: its helpers that raise a
         refused request at the app's line; ``job_body(job, ...)``: the wrapper of a task whose function Lua
-        registered under a number (``spawn``, timers, console chunks; all three from ``_host.lua``)."""
+        registered under a number (``spawn``, timers, console chunks); ``ended(co, msg)``: after a task's
+        coroutine failed outside any wrapper, its buffered output handed on and its traceback (all four from
+        ``_host.lua``)."""
         self._body = body
         self.job_body = job_body
+        self._ended = ended
         if misuse is not None:
             self._misuse_where, self._misuse_raise_in = misuse[b"where"], misuse[b"raise_in"]
 
@@ -224,8 +238,11 @@ class Kernel:
         scope: bool = False,
         extra: Extra | None = None,
         soon: bool = False,
+        bare: bool = False,
     ) -> Task:
-        """Start ``body(fn, *args)`` as a new task (``body`` defaults to the one from ``set_body``).
+        """Start ``body(fn, *args)`` as a new task (``body`` defaults to the one from ``set_body``); with
+        ``bare``, ``fn(*args)`` as the coroutine's own function (a connection's handler: it keeps the door's
+        task rules itself, see ``start_task`` in ``_host.lua``, so that its waits sit shallow).
 
         The task runs until its first wait now, or on the next loop turn with ``soon``. With ``scope`` the
         task bounds the lifetime of the tasks spawned under it (a connection's handler). A task started while
@@ -235,7 +252,7 @@ class Kernel:
         assert body is not None, "set_body() first"
         if CHECK_CROSSING:
             check_plain(args, f"the arguments of a task for {owner.describe()}", LuaObject)
-        task = Task(body.coroutine(fn, *args), owner)
+        task = Task(fn.coroutine(*args) if bare else body.coroutine(fn, *args), owner)  # type: ignore[attr-defined]
         task.extra = extra
         if scope:
             task.root = task
@@ -295,6 +312,9 @@ class Kernel:
                 self._stray(task, req)
                 return
             op, a, b, c = req
+            if not co and op != _EXIT:  # returned values, not a request: see _returned
+                self._returned(task)
+                return
             try:
                 handler, handle = handlers[op], handles[op]
             except (IndexError, TypeError):
@@ -320,22 +340,48 @@ class Kernel:
 
     def failed(self, task: Task, e: Exception) -> None:
         """End ``task`` after its run raised ``e``."""
-        if isinstance(e, BadRequestError):  # misuse: a forged handle, or a method given another object
+        if type(e) is StopIteration:  # (its coroutine returned nothing)
+            self._returned(task)
+        elif isinstance(e, BadRequestError):  # misuse: a forged handle, or a method given another object
             if self._misuse_raise_in is not None and task.co is not None:
                 self._misuse_raise_in(task.co, str(e).encode())  # an error the app may catch, at its line
                 self.resume_soon(task, None)  # (not nested: a loop of misuses cannot recurse)
                 return
             log.error("bad host request from %s: %s; ending that task", task.describe(), e)
             self._end(task, ok=False, error=f"bad host request: {e}".encode())
-        elif isinstance(e, LuaError):  # outside the task's xpcall: out of memory, a stall, or a stray resume
-            recover()  # (LuaJIT: what the task left is collected before the host allocates in the state)
+        elif isinstance(e, LuaError):  # a connection handler's error, out of memory, a stall, a stray resume
             extra = task.extra
             stall = extra.stall if extra is not None else None
-            error = stall or str(e).encode()
+            message = str(e).encode() or (b"not enough memory" if isinstance(e, MemoryError) else b"")
+            error = self._traceback(task, message)  # (for a stall too: it hands on the task's output)
+            error = stall or error
             self._end(task, ok=False, error=error, results=error.split(b"\n", 1)[0])
+            recover()  # (LuaJIT: what the task left is collected before the host allocates in the state)
         else:
             log.error("internal error while serving %s; ending that task", task.describe(), exc_info=e)
             self._end(task, ok=False, error=b"internal error in the host (see the log)")
+
+    def _returned(self, task: Task) -> None:
+        """``task``'s coroutine returned, a bare task's handler (a body ends returning an ``EXIT`` request):
+        its buffered output goes out, and it has ended. (lupa raises StopIteration for no values.)"""
+        if self._ended is not None and task.co is not None:
+            try:
+                self._ended(task.co, None)
+            except Exception as e:  # (its output refused, or no memory left to send it)
+                self.failed(task, e)
+                return
+        self._end(task, ok=True, error=None)
+
+    def _traceback(self, task: Task, msg: bytes) -> bytes:
+        """``msg`` with the traceback of the failed coroutine, its buffered output handed on (``ended``)."""
+        fallback = msg or b"(an error value that is not a string)"
+        if self._ended is None or task.co is None:
+            return fallback
+        try:
+            text = lifted(self._ended, task.co, msg)
+        except Exception:  # (out of memory again, or output refused: the message alone)
+            return fallback
+        return text if isinstance(text, bytes) else fallback
 
     def kill(self, task: Task, reason: bytes) -> bool:
         """End ``task`` now; it is never resumed again and its owner is told. A task cannot kill itself."""
@@ -478,6 +524,9 @@ class Kernel:
         return True
 
     def _stray(self, task: Task, req: object) -> None:
+        if not task.co:  # (returned values, not a request)
+            self._returned(task)
+            return
         log.error(
             "%s yielded %r, which is not a host request: coroutine.yield was called outside a coroutine "
             "the app created (use the moonlet API, or yield inside your own coroutine); ending that task",

@@ -57,6 +57,7 @@ LUAJIT = engine.current() == "luajit"
 HEADROOM = 8 << 20
 
 _watched: LuaRuntimeFacade | None = None
+_limited_state: LuaRuntimeFacade | None = None
 _on_full: Callable[[str], None] | None = None
 
 
@@ -126,11 +127,28 @@ def memory_room_kb(max_memory: int) -> int:
 
 
 def watch_memory(lua: LuaRuntimeFacade, on_full: Callable[[str], None]) -> None:
-    """LuaJIT: ``lua`` is the loop thread's state, and ``on_full`` is told when live data no task holds
-    any more than the limit allows for (a global filled to the limit): it ends the process."""
-    global _watched, _on_full
-    if LUAJIT and _limited(lua.get_max_memory()):
-        _watched, _on_full = lua, on_full
+    """``lua`` is the loop thread's state (see :func:`lifted`); LuaJIT: ``on_full`` is told when live data no
+    task holds any more than the limit allows for (a global filled to the limit): it ends the process."""
+    global _watched, _on_full, _limited_state
+    if _limited(lua.get_max_memory()):
+        _limited_state = lua
+        if LUAJIT:
+            _watched, _on_full = lua, on_full
+
+
+def lifted(fn: Callable[..., Any], *args: object) -> Any:
+    """``fn(*args)``, a Lua function of the loop thread's state, run with its memory limit lifted by the
+    headroom: the host's work after a task failed (``Kernel.failed``), when that task, out of memory
+    perhaps, still holds the heap full until the door's ``ended`` lets go of what its coroutine held."""
+    lua = _limited_state
+    if lua is None:
+        return fn(*args)
+    hard = lua.get_max_memory()
+    lua.set_max_memory(hard + _headroom(hard))
+    try:
+        return fn(*args)
+    finally:
+        lua.set_max_memory(hard)
 
 
 def recover() -> None:

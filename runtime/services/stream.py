@@ -190,7 +190,7 @@ class Connection(asyncio.Protocol):
             workers = listener.workers
             if workers is None:
                 kernel = svc.kernel
-                task = kernel.spawn(self, listener.entry, kernel.handles.number(self), scope=True)
+                task = kernel.spawn(self, listener.entry, kernel.handles.number(self), scope=True, bare=True)
                 if task.co is not None:  # (a handler that ended in its first run has let go already: a
                     self.task = task  # connection naming a task is never retired once it is lost)
             else:  # a worker takes it when its first bytes arrive

@@ -223,6 +223,7 @@ if host_call then
     create = coroutine.create, resume = coroutine.resume, isyieldable = coroutine.isyieldable,
     running = coroutine.running, stdlib_dir = stdlib_dir,
     coroutine = coroutine, sethook = debug.sethook, gethook = debug.gethook, getinfo = getinfo,
+    setlocal = debug.setlocal,
     engine = compat.engine,
   })
   loaded["moonlet._host"] = host
@@ -257,6 +258,7 @@ strict(app_env)
 local M = {}
 if host then
   M.body, M.task_body, M.misuse, M.flush_released = host.body, host.task_body, host.misuse, host.flush_released
+  M.ended = host.ended
 end
 
 --- The console's \gc: two full collections (the second frees what the first's finalizers released), made in

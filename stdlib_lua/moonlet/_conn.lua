@@ -6,9 +6,9 @@
 -- the high-water mark is waiting, which also suspends the writer until the peer drains).
 local host = require "moonlet._host"
 local request, call, OP, argerror = host.request, host.call, host.OP, host.argerror
-local mark_dirty, unmark, recv = host.mark_dirty, host.unmark, host.recv
+local mark_dirty, unmark, recv, recv_then = host.mark_dirty, host.unmark, host.recv, host.recv_then
 local find, sub, byte, concat = string.find, string.sub, string.byte, table.concat
-local type, error, setmetatable, tostring, select, floor = type, error, setmetatable, tostring, select,
+local type, error, setmetatable, tostring, select, next, floor = type, error, setmetatable, tostring, select, next,
   math.floor
 local huge = math.huge
 
@@ -103,6 +103,11 @@ local function check_count(n, what)
   end
 end
 
+-- Waiting for a line is a tail call to the door's recv_then, which goes on in `more_line` (or
+-- `more_crlf_line`) with what arrived: append it and read the line again. (The unread part of a line split
+-- across reads is searched again each time: at most the line limit a read, as appending it copies.)
+local more_line, more_crlf_line
+
 --- Read one line; the `\n` or `\r\n` that ends it is removed.
 --- Returns nil, "line too long", partial when more than the line limit (64 KiB) arrives without a
 --- newline: the unread bytes are dropped with it, so answer and close. With `crlf` true a line must end in
@@ -115,27 +120,46 @@ end
 ---@return string? err
 ---@return string? partial
 function Conn:readline(crlf)
-  local from = self[POS]
-  while true do
-    local buf, pos = self[BUF], self[POS]
-    local i = from <= #buf and find(buf, "\n", from, true) -- (an empty buffer is the common case unpipelined)
-    if i then
-      -- (the limit is looked up only for lines longer than any limit can be smaller than)
-      if i - pos > MIN_LINE_LIMIT and i - pos > self[LIM].line then
-        self[POS] = i + 1
-        return nil, "line too long", sub(buf, pos, i - 1)
-      end
+  local buf, pos = self[BUF], self[POS]
+  local i = pos <= #buf and find(buf, "\n", pos, true) -- (an empty buffer is the common case unpipelined)
+  if i then
+    -- (the limit is looked up only for lines longer than any limit can be smaller than)
+    if i - pos > MIN_LINE_LIMIT and i - pos > self[LIM].line then
       self[POS] = i + 1
-      if i > pos and byte(buf, i - 1) == 13 then return sub(buf, pos, i - 2) end
-      if crlf then return nil, "bare newline", sub(buf, pos, i - 1) end -- (only now: CRLF lines pay nothing)
-      return sub(buf, pos, i - 1)
+      return nil, "line too long", sub(buf, pos, i - 1)
     end
-    local have = #buf - pos + 1
-    if have > self[LIM].line then return nil, "line too long", drain(self) end
-    local ok, err = fill(self)
-    if not ok then return nil, err, drain(self) end
-    from = have + 1
+    self[POS] = i + 1
+    if i > pos and byte(buf, i - 1) == 13 then return sub(buf, pos, i - 2) end
+    if crlf then return nil, "bare newline", sub(buf, pos, i - 1) end -- (only now: CRLF lines pay nothing)
+    return sub(buf, pos, i - 1)
   end
+  if #buf - pos + 1 > self[LIM].line then return nil, "line too long", drain(self) end
+  local n = self[OUTN]
+  return recv_then(self, n > 0 and take_out(self, n) or nil, crlf and more_crlf_line or more_line)
+end
+local readline = Conn.readline
+
+-- Append the bytes that arrived to the unread ones.
+local function append(self, data)
+  local buf, pos = self[BUF], self[POS]
+  if pos > #buf then
+    self[BUF] = data
+  else
+    self[BUF] = sub(buf, pos) .. data
+  end
+  self[POS] = 1
+end
+
+function more_line(self, data, err)
+  if not data then return nil, err, drain(self) end
+  append(self, data)
+  return readline(self, false)
+end
+
+function more_crlf_line(self, data, err)
+  if not data then return nil, err, drain(self) end
+  append(self, data)
+  return readline(self, true)
 end
 
 --- Read until `delim` (a plain string, not a pattern); the delimiter is consumed and not returned.
@@ -477,8 +501,16 @@ function Conn:setlimits(limits)
   if type(limits) ~= "table" then
     argerror(1, "setlimits", "table", limits)
   end
-  limits = host.renamed(limits, "conn:setlimits", RENAMED_LIMITS)
-  host.check_options(limits, 1, "setlimits", LIMITS)
+  -- (options checked here, in this frame, when all are current: a handler's setup that goes two frames
+  -- deeper into the checks' loops doubles its coroutine's stack on Lua 5.4, where a C function called 20
+  -- slots up grows it, and an idle connection keeps it: see host.recv_then)
+  for k in next, limits do
+    if not LIMITS[k] then
+      limits = host.renamed(limits, "conn:setlimits", RENAMED_LIMITS)
+      host.check_options(limits, 1, "setlimits", LIMITS)
+      break
+    end
+  end
   local line, read = limits.max_line or self[LIM].line, limits.max_read or self[LIM].read
   check_count(line, "setlimits"); check_count(read, "setlimits")
   if line < MIN_LINE_LIMIT then argerror(1, "setlimits", "integer >= " .. MIN_LINE_LIMIT, line, "max_line") end

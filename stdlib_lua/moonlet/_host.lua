@@ -28,8 +28,10 @@ local call, OP, raw_yield, traceback = privileged.call, privileged.OP, privilege
 local raw_create, raw_resume, isyieldable = privileged.create, privileged.resume, privileged.isyieldable
 local running, setmetatable = privileged.running, setmetatable
 local sethook, gethook, getinfo = privileged.sethook, privileged.gethook, privileged.getinfo
-local next, pairs, tostring, xpcall, error = next, pairs, tostring, xpcall, error
+local setlocal = privileged.setlocal
+local next, pairs, tostring, xpcall, pcall, error = next, pairs, tostring, xpcall, pcall, error
 local pack, unpack = table.pack, table.unpack
+local raw_close = privileged.coroutine.close
 
 local M = { call = call, OP = OP, limits = privileged.limits, traceback = traceback }
 local EXIT, STALL_CHECK, STALLED = OP.EXIT, OP.STALL_CHECK, OP.STALLED
@@ -207,6 +209,26 @@ end
 local request = M.request
 local RECV = OP.RECV
 
+--- Wait for input on `obj` (a connection: its host handle at index 1) with its buffered output `out`,
+--- already taken, travelling in the request, then `return k(obj, data, err)`: the idle reader's wait. This
+--- frame takes the place of the read call that waits (a tail call) and ends in one (to `k`, which goes on
+--- reading), so a handler waiting for its next line sits two Lua frames above its coroutine's first: one
+--- task's stack stays inside the first one Lua gives a coroutine (the yield, a C function, wants 20 free
+--- slots above it, and neither Lua shrinks a stack a third in use: bench/coroutine_depth.py measures what
+--- each frame more costs an idle connection). Anywhere but a task's own coroutine, the general path.
+function M.recv_then(obj, out, k)
+  if ROOM_KB > 0 then keep_room() end
+  if first == obj then
+    first = nil
+  elseif nmore > 0 and more[obj] then
+    more[obj] = nil
+    nmore = nmore - 1
+  end
+  if first ~= nil or nmore > 0 then sync_all() end
+  if depth == 0 and isyieldable() then return k(obj, raw_yield(RECV, obj[1], out, nil)) end
+  return k(obj, request(RECV, obj[1], out))
+end
+
 --- RECV for `obj` (a connection) with its buffered output `out`, already taken, travelling in the request:
 --- the echo cycle's one crossing, so the door's rules are written out here rather than reached through
 --- `request` (one call fewer per read). Anywhere but a task's own coroutine it takes the general path.
@@ -380,7 +402,6 @@ local function status(co)
   return s
 end
 
-local raw_close = privileged.coroutine.close
 local function close(co)
   if type(co) == "thread" and (not app_cos[co] or waiting_host[co]) then
     error("cannot close a " .. status(co) .. " coroutine", 2) -- (as Lua says of a running or normal one)
@@ -401,7 +422,43 @@ local function on_error(err)
   return traceback(tostring(err), 2)
 end
 
---- The body of a connection handler and of the main chunk: run fn(...) and report how it ended.
+--- A connection's handler task runs its listener's entry as the coroutine's own function, with no frame
+--- under it (see recv_then): the entry calls `start_task()` and tail-calls the handler, whose return ends
+--- the coroutine. Then, or after a Lua error in it, the host calls `ended`.
+function M.start_task() guard() end
+
+--- (The host, after task coroutine `co` returned, or failed with `msg` outside any xpcall: a handler's
+--- error, a stall, out of memory.) Hands on the output it buffered; returns the error with co's traceback.
+--- A failed coroutine keeps its stack, and what its frames hold stays live while the host holds the
+--- coroutine: so, as the xpcall of a body would have unwound it, Lua 5.4 closes it here (its to-be-closed
+--- variables close, and the log says the value it raised, not lupa's copy of the message, empty for a
+--- table), and on LuaJIT, which cannot close one, every slot of its frames is cleared. (The host calls
+--- this with the memory limit lifted: a task that ran out of memory has the heap full until then.)
+function M.ended(co, msg)
+  local trace
+  if msg ~= nil then
+    trace = traceback(co, "", 0)
+    if LUAJIT then
+      for level = 0, math.huge do
+        if getinfo(co, level, "l") == nil then break end
+        local i = 1
+        while setlocal(co, level, i, nil) do i = i + 1 end
+      end
+    else
+      local _, err = raw_close(co)
+      if err ~= nil then
+        local ok, text = pcall(tostring, err)
+        msg = ok and text or msg
+      end
+    end
+    if msg == "" then msg = "(an error value that is not a string)" end
+  end
+  if first ~= nil or nmore > 0 then sync_all() end
+  if ROOM_KB > 0 and gc("count") > ROOM_KB then gc("collect") end -- (see keep_room: the host allocates next)
+  if trace ~= nil then return msg .. trace end
+end
+
+--- The body of a spawned function and of the main chunk: run fn(...) and report how it ended.
 function M.body(fn, ...)
   guard()
   local ok, err = xpcall(fn, on_error, ...)

@@ -15,6 +15,7 @@
 local host = require "moonlet._host"
 local connection = require "moonlet._conn"
 local request, call, OP, argerror = host.request, host.call, host.OP, host.argerror
+local start_task = host.start_task
 local type, error, setmetatable, tostring = type, error, setmetatable, tostring
 
 local host_limits = host.limits
@@ -129,10 +130,11 @@ function M.listen(opts)
     if type(where) ~= "string" then argerror(1, "listen", "string", where, "host") end
     if not host.is_port(port, 0) then argerror(1, "listen", "integer from 0 to 65535", port, "port") end
   end
+  -- (the coroutine's own function, the handler tail-called in its place: see host.start_task; the host
+  -- closes the connection when the handler returns)
   local function entry(py)
-    local conn = new_conn(py, lim)
-    handler(conn)
-    if not conn[CLOSED] then conn:close() end
+    start_task()
+    return handler(new_conn(py, lim))
   end
   local tls = opts.tls ~= nil and M._tls_options(opts.tls, "listen") or nil
   local py, bound = request(OP.LISTEN, where, port, { entry, tls = tls })
