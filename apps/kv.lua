@@ -844,10 +844,11 @@ local next_client_id = 0 -- (client ids, as Redis numbers its connections)
 
 local function serve(conn)
   next_client_id = next_client_id + 1
-  -- (queue and watching, nil until MULTI and WATCH, are not named here: a constructor sizes the table for
-  -- every field it names, nil or not, and 9 names take 16 slots of 32 B, 7 take 8: 256 B per idle client)
-  local session = { resp3 = false, db = dbs[0], id = next_client_id, authenticated = opts.requirepass == "",
-    queue_failed = false, dirty = false, special = false }
+  -- (queue and watching, nil until MULTI and WATCH, and resp3, dirty and queue_failed, nil until HELLO 3, a
+  -- change to a watched key and a failed queued command, are not named here: a constructor sizes the table
+  -- for every field it names, nil, false or not, and 7 names take 8 slots (32 B each on Lua 5.4, 24 on
+  -- LuaJIT), 4 take 4)
+  local session = { db = dbs[0], id = next_client_id, authenticated = opts.requirepass == "", special = false }
   session.special = not session.authenticated -- (special: not authenticated or in MULTI; see settle)
   conn:settimeouts(nil, nil, false) -- like Redis: idle clients may stay forever
   conn:setlimits { max_read = MAX_BULK + 2 }
