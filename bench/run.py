@@ -2,6 +2,7 @@
 
     python bench/run.py pong     # redis-benchmark ping_inline -c 50, -P 1 and -P 16: kv.lua vs raw uvloop
     python bench/run.py idle     # process memory per idle connection at 10,000 connections (kv, echo, raw)
+    python bench/run.py idle --answered 10000   # the same after every connection has answered once
     python bench/run.py tasks    # spawn+wait, queue round trip, wake-up lateness of 100,000 sleepers
     python bench/run.py blocking # echo p99 beside slow queries and CPU jobs; 10 ms blocking calls vs sleep
     python bench/run.py loadgen  # moonlet bench vs redis-benchmark on the pong workload: req/s, client CPU
@@ -138,8 +139,11 @@ def check_served(socks: list[socket.socket], sample: int) -> None:
             raise RuntimeError(f"an idle connection was not served: {got!r}")
 
 
-def bench_idle(runs: int, count: int, names: list[str] | None = None) -> list[dict[str, object]]:
-    """Process memory (RSS) per idle connection of single-process servers, each answering a sample."""
+def bench_idle(
+    runs: int, count: int, names: list[str] | None = None, answered: int = 100
+) -> list[dict[str, object]]:
+    """Process memory (RSS) per idle connection of single-process servers, ``answered`` of them (spread
+    evenly) answering one request before the figure is read: the rest wait for their first."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     rows = []
@@ -152,7 +156,7 @@ def bench_idle(runs: int, count: int, names: list[str] | None = None) -> list[di
                 before = rss_bytes(pid)
                 socks = hold_connections(port, count)
                 try:
-                    check_served(socks, 100)
+                    check_served(socks, answered)
                     time.sleep(0.5)
                     per_conn.append((rss_bytes(pid) - before) / count)
                 finally:
@@ -160,7 +164,7 @@ def bench_idle(runs: int, count: int, names: list[str] | None = None) -> list[di
                         s.close()
         rows.append(
             {
-                "workload": f"idle connections ({count})",
+                "workload": f"idle connections ({count}, {min(answered, count)} answered)",
                 "server": name,
                 "bytes_per_connection": statistics.median(per_conn),
                 "runs": runs,
@@ -617,6 +621,9 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=200_000, help="requests per -P 1 run")
     parser.add_argument("--n-pipelined", type=int, default=2_000_000, help="requests per -P 16 run")
     parser.add_argument("--conns", type=int, default=10_000)
+    parser.add_argument(
+        "--answered", type=int, default=100, help="idle connections that answer a request before the figure"
+    )
     parser.add_argument("--sleepers", type=int, default=100_000, help="sleeping tasks in the tasks run")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each blocking throughput run")
     ns = parser.parse_args()
@@ -626,7 +633,7 @@ def main() -> int:
     if ns.what in ("pong", "all"):
         rows += bench_pong(ns.runs, ns.n, ns.n_pipelined)
     if ns.what in ("idle", "all"):
-        rows += bench_idle(ns.runs, ns.conns, [*SERVERS, *IDLE_ONLY])
+        rows += bench_idle(ns.runs, ns.conns, [*SERVERS, *IDLE_ONLY], ns.answered)
     if ns.what in ("tasks", "all"):
         rows += bench_tasks(ns.runs, ns.sleepers)
     if ns.what in ("blocking", "all"):
