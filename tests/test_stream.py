@@ -241,6 +241,27 @@ def test_a_failing_handler_still_sends_what_it_wrote_and_logs_the_value_it_raise
         server.wait_log(re.compile(rb"handler error on connection [^\n]*: " + logged))
 
 
+def test_what_a_handler_returns_is_not_taken_for_a_request(lua_host) -> None:
+    # A handler's return ends its coroutine (it is the coroutine's own function); values it returns that
+    # look like a request (an op's number first) must not be served as one.
+    server = lua_host("""
+        local net = require "moonlet.net"
+        net.listen { port = 0, handler = function(conn)
+          local line = conn:readline()
+          conn:write("bye\\n")
+          if line == "four" then return 4, 60, nil, nil end -- (4: SLEEP's number: served, it would hold on)
+          if line == "one" then return 1 end
+        end }
+    """)
+    for line in (b"four", b"one", b"none"):
+        client = server.connect()
+        client.send(line + b"\n")
+        started = time.monotonic()
+        assert client.read_all() == b"bye\n"
+        assert time.monotonic() - started < 5  # closed as the handler returned
+    assert "ERROR" not in server.log_text()
+
+
 @pytest.mark.lua54("to-be-closed variables are Lua 5.4's")
 def test_a_failing_handler_closes_its_to_be_closed_variables(lua_host) -> None:
     server = lua_host("""
