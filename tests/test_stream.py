@@ -600,6 +600,9 @@ def test_connections_whose_handler_ends_at_once_are_forgotten_once_gone(lua_host
     server = lua_host('local net = require "moonlet.net"\nnet.listen { port = 0, handler = function(conn)'
                       ' conn:write("hi\\n") end }\n')  # fmt: skip
     handles = server.host.kernel.handles
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        assert s.recv(10) == b"hi\n"  # (the listener has its number by now: "listening on" is logged first)
+    time.sleep(0.2)
     baseline = len(handles)
     for _ in range(5):
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:

@@ -169,11 +169,16 @@ class ConsoleSession(asyncio.Protocol):
         if transport.get_write_buffer_size() > MAX_BACKLOG:
             self.dropped += 1
             return
+        self.say_dropped(key)
+        self.send({key: text})
+
+    def say_dropped(self, key: str = "print") -> None:
+        """The count of lines dropped since the console last read, if any: before the next line, and
+        before a chunk's result (a chunk may end while its last lines are being dropped)."""
         if self.dropped:
             note = f"[{self.dropped} lines of output dropped: the console was not reading]\n"
             self.send({key: note if key == "print" else note.rstrip()})
             self.dropped = 0
-        self.send({key: text})
 
     # -- requests ------------------------------------------------------------------------------------
     def handle(self, req: dict[str, Any]) -> None:
@@ -242,6 +247,7 @@ class ConsoleSession(asyncio.Protocol):
 
     def task_exited(self, task: Task, ok: bool, error: bytes | None) -> None:
         self.running = None
+        self.say_dropped()
         result = task.extra.result if task.extra is not None else None
         if ok and result is not None and result[1] is not None:
             shown = self.console.boot[b"console_show"](result[1])
