@@ -130,10 +130,9 @@ def watch_memory(lua: LuaRuntimeFacade, on_full: Callable[[str], None]) -> None:
     """``lua`` is the loop thread's state (see :func:`lifted`); LuaJIT: ``on_full`` is told when live data no
     task holds any more than the limit allows for (a global filled to the limit): it ends the process."""
     global _watched, _on_full, _limited_state
-    if _limited(lua.get_max_memory()):
-        _limited_state = lua
-        if LUAJIT:
-            _watched, _on_full = lua, on_full
+    limited = _limited(lua.get_max_memory())  # (each state replaces the last: tests run hosts one by one)
+    _limited_state = lua if limited else None
+    _watched, _on_full = (lua, on_full) if limited and LUAJIT else (None, None)
 
 
 def lifted(fn: Callable[..., Any], *args: object) -> Any:
