@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import run_script
+from runtime.services.stream import Listener
 
 HTTP_READY = re.compile(rb"listening on (\S+):(\d+) \(http\)")
 
@@ -705,6 +706,10 @@ def test_metrics_from_two_workers_parse_as_prometheus_and_add_up(lua_server) -> 
 def test_a_connection_a_new_worker_answered_at_once_is_forgotten_once_gone(lua_host) -> None:  # type: ignore[no-untyped-def]
     server = lua_host(APP, ready=HTTP_READY)
     handles = server.host.kernel.handles
+    deadline = time.monotonic() + 5  # ("listening on" is logged just before the listener gets its number)
+    while not any(isinstance(handles.get(n), Listener) for n in range(1, 10)):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     baseline = len(handles)
     # the first connection: no worker waits yet, and a new one answers it and gives it back before it is
     # even started (its task was then recorded as the connection's: kept for good); the second: a waiting
