@@ -81,12 +81,8 @@ local function drain(self)
   return sub(buf, pos)
 end
 
--- Wait for more bytes and append them to the buffer (sending the buffered output on the way).
-local function fill(self)
-  local n, out = self[OUTN], nil
-  if n > 0 then out = take_out(self, n) end
-  local data, err = recv(self, self[PY], out)
-  if not data then return nil, err end
+-- Append the bytes that arrived to the unread ones.
+local function append(self, data)
   local buf, pos = self[BUF], self[POS]
   if pos > #buf then
     self[BUF] = data
@@ -94,6 +90,15 @@ local function fill(self)
     self[BUF] = sub(buf, pos) .. data
   end
   self[POS] = 1
+end
+
+-- Wait for more bytes and append them to the buffer (sending the buffered output on the way).
+local function fill(self)
+  local n, out = self[OUTN], nil
+  if n > 0 then out = take_out(self, n) end
+  local data, err = recv(self, self[PY], out)
+  if not data then return nil, err end
+  append(self, data)
   return true
 end
 
@@ -138,17 +143,6 @@ function Conn:readline(crlf)
   return recv_then(self, n > 0 and take_out(self, n) or nil, crlf and more_crlf_line or more_line)
 end
 local readline = Conn.readline
-
--- Append the bytes that arrived to the unread ones.
-local function append(self, data)
-  local buf, pos = self[BUF], self[POS]
-  if pos > #buf then
-    self[BUF] = data
-  else
-    self[BUF] = sub(buf, pos) .. data
-  end
-  self[POS] = 1
-end
 
 function more_line(self, data, err)
   if not data then return nil, err, drain(self) end
