@@ -162,6 +162,30 @@ def test_backslash_commands(lua_server, tmp_path: Path) -> None:  # type: ignore
     assert "unknown command" in repl(server, "-e", "\\nonsense").stdout
 
 
+def test_a_handler_is_listed_before_and_after_its_connection_is_gone(lua_server) -> None:  # type: ignore[no-untyped-def]
+    # (an open connection lists its handler, the kernel every other task: a handler that goes on after its
+    # connection is lost must move from one list to the other, and stay cancellable)
+    server = lua_server("""
+        local net = require "moonlet.net"
+        net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
+          conn:readline()
+          conn:close()
+          sleep(3600)
+        end }
+    """)
+    c = server.connect()
+    assert "waiting to read from connection 127.0.0.1:" in repl(server, "-e", "\\tasks").stdout
+    c.send(b"go\n")
+    assert c.read_all() == b""  # (closed by the handler, which sleeps on)
+    deadline = time.monotonic() + 10
+    while "no connections" not in repl(server, "-e", "\\connections").stdout:
+        assert time.monotonic() < deadline
+    rows = [row for row in repl(server, "-e", "\\tasks").stdout.splitlines() if "connection (closed)" in row]
+    assert len(rows) == 1 and rows[0].endswith("sleeping or waiting with a timeout"), rows  # (not a stale wait)
+    assert "cancelled connection (closed)" in repl(server, "-e", f"\\kill {rows[0].split()[0]}").stdout
+    assert not [row for row in repl(server, "-e", "\\tasks").stdout.splitlines() if "connection" in row]
+
+
 # a chunk that never yields, in a form LuaJIT runs interpreted (a loop it compiled would end the worker)
 SPIN = 'local s = "x" while true do s = s:gsub("x", function() return "x" end) end'
 

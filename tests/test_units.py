@@ -13,6 +13,7 @@ from runtime.kernel.ops import CALLS, YIELDING, Op
 from runtime.lua.state import new_lua_runtime
 from runtime.lua.values import MAX_DEPTH, NotPlainError, from_plain, to_plain
 from runtime.services.clock import TICK, Deadlines
+from runtime.services.stream import _seconds
 from runtime.virtualtime import VirtualTimeLoop, monotonic_clock, wall_clock
 
 
@@ -157,6 +158,14 @@ def test_the_wheel_holds_an_object_once_and_lets_it_go_when_removed() -> None:
     del early
     assert held() is None  # ... and the later bucket let go of it when it moved
     loop.advance(loop.now + 100)
+
+
+def test_a_connection_keeps_the_shared_float_for_a_default_or_never_timeout() -> None:
+    # (each Lua number reaches the host as a new float: kept per idle connection, 24 bytes each)
+    default = 60.0
+    assert _seconds(float("inf"), default) is math.inf
+    assert _seconds(float("60"), default) is default and _seconds(60, default) is default
+    assert _seconds(2.5, default) == 2.5 and _seconds(3, default) == 3.0
 
 
 def test_the_virtual_clock_moves_only_forward_and_time_follows_it() -> None:

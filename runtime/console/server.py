@@ -55,13 +55,16 @@ MAX_REQUEST = 1 << 20
 def waiting_on(task: Task) -> str:
     """What a task waits for, in the app's terms (for \\tasks)."""
     waiting = task.waiting
+    kind = type(waiting).__name__
+    if kind == "Connection":  # (left set after a connection's wait: it is one if the connection says so)
+        conn: Any = waiting
+        if conn.reader is task:
+            return f"waiting to read from {conn.describe()}"
+        if conn.writer is task:
+            return f"waiting for the peer to take output on {conn.describe()}"
+        waiting = None
     if waiting is None:
         return "sleeping or waiting with a timeout" if task.timer is not None else "running or ready to run"
-    kind = type(waiting).__name__
-    if kind == "Connection":
-        conn: Any = waiting
-        doing = "to read from" if conn.reader is task else "for the peer to take output on"
-        return f"waiting {doing} {conn.describe()}"
     if kind == "_Parked":
         return "waiting on a queue, semaphore, event, lock or task (task.wait, sync.*)"
     if kind == "RequestWorkers":
@@ -415,13 +418,18 @@ class ConsoleService:
         assert self.services is not None
         return [row for service in self.services.all() for row in service.console_rows(topic)]
 
+    def _tasks(self) -> list[Task]:
+        """Every live task: the kernel's, and the handlers of open connections."""
+        assert self.services is not None
+        return list(self.kernel.tasks) + self.services.stream.handlers()
+
     def _cmd_connections(self, session: ConsoleSession, _arg: str) -> None:
         session.send({"text": "\n".join(self._rows("connections")) or "no connections"})
 
     def _cmd_tasks(self, session: ConsoleSession, _arg: str) -> None:
         assert self.services is not None
         rows = []
-        for task in list(self.kernel.tasks):
+        for task in self._tasks():
             rows.append(f"{id(task):x}  {task.describe()}  {waiting_on(task)}")
         rows += self._rows("tasks")  # (timers)
         session.send({"text": "\n".join(rows) or "no tasks"})
@@ -483,7 +491,7 @@ class ConsoleService:
             if done is not None:
                 session.send({"text": done})
                 return
-        for task in list(self.kernel.tasks):
+        for task in self._tasks():
             if f"{id(task):x}" == arg:
                 self.kernel.kill(task, b"cancelled at the console")
                 session.send({"text": f"cancelled {task.describe()}"})

@@ -172,7 +172,8 @@ class Kernel:
         self._misuse_where: Callable[[object], bytes | None] | None = None  # (see set_body)
         self._misuse_raise_in: Callable[[object, bytes], None] | None = None
         self.live = 0  # tasks started and not yet ended
-        # those tasks (the console lists them; a dict takes less room than a set)
+        # those tasks but the handlers of open connections, which their connections list (the console lists
+        # both; a dict takes less room than a set)
         self.tasks: dict[Task, None] = {}
         self.current: Task | None = None  # the task being resumed, if any
         self.main: Task | None = None  # the app's main chunk (what it opens lives as long as the process)
@@ -268,7 +269,8 @@ class Kernel:
                     root_extra.children = set()
                 root_extra.children.add(task)
         self.live += 1
-        self.tasks[task] = None
+        if not bare:  # (a connection lists its handler itself: an entry here is ~30 B an idle one would keep)
+            self.tasks[task] = None
         if soon:
             self.resume_soon(task, None)
         else:

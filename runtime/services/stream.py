@@ -316,11 +316,15 @@ class Connection(asyncio.Protocol):
         self.transport = None
         self.closing = True
         self.eof = True
-        self.svc.connections.pop(self, None)
-        if self.task is None:  # (else when its task lets go of it)
-            self.svc.kernel.handles.retire(self)
+        svc = self.svc
+        svc.connections.pop(self, None)
+        task = self.task
+        if task is None:  # (else when its task lets go of it)
+            svc.kernel.handles.retire(self)
+        elif task.co is not None:  # a handler that outlives its connection: the kernel lists it now
+            svc.kernel.tasks[task] = None
         if self.deadline_key:
-            self.svc.deadlines.remove(self)
+            svc.deadlines.remove(self)
         self.disown()
         self._wake_reader(_CLOSED_REPLY)
         self._wake_writer(_CLOSED_REPLY)
@@ -781,10 +785,11 @@ class StreamService(Defaults):
     def _settimeouts(self, conn: Connection, send: float | None, read: float | None) -> object:
         if conn is self.gone:
             return True
+        limits = self.limits
         if send is not None:
-            conn.send_timeout = float(send)
+            conn.send_timeout = _seconds(send, limits.send_timeout)
         if read is not None:
-            conn.read_timeout = float(read)
+            conn.read_timeout = _seconds(read, limits.read_timeout)
         return True
 
     def _offer(self, conns: object, out: object, limit: object) -> object:
@@ -960,6 +965,10 @@ class StreamService(Defaults):
             )
         return rows
 
+    def handlers(self) -> list[Task]:
+        """The tasks serving open connections (the kernel lists every other task)."""
+        return [conn.task for conn in self.connections if conn.task is not None and conn.task.co is not None]
+
     def kill(self, row_id: str) -> str | None:
         for conn in list(self.connections):
             if f"{id(conn):x}" == row_id:  # (the id its row starts with)
@@ -969,6 +978,15 @@ class StreamService(Defaults):
 
     def log_task_error(self, conn: Connection, error: bytes | None) -> None:
         log.error("handler error on %s: %s", conn.describe(), one_line(error))
+
+
+def _seconds(value: float, default: float) -> float:
+    """A timeout a connection keeps: the default's own float, or never's, when it is either (Lua hands each
+    number in as a new float, 24 bytes an idle connection would keep: kv.lua sets no read timeout)."""
+    seconds = float(value)
+    if seconds == _NEVER:
+        return _NEVER
+    return default if seconds == default else seconds
 
 
 def _end(conn: Connection, which: str) -> object:
