@@ -522,14 +522,20 @@ local NOAUTH_HELLO = "-NOAUTH HELLO must be called with the client already authe
   .. "version at the same time\r\n"
 local WRONGPASS = "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
 
+-- A session is special while it must authenticate or is queuing: the one flag a plain command checks (true
+-- or nil: a session that never needed it keeps no slot for it).
+local function settle(session)
+  session.special = (session.locked or session.queue ~= nil) or nil
+end
+
 local function authenticate(session, user, pass)
   if opts.requirepass == "" then
     return err("AUTH <password> called without any password configured for the default user. Are you sure "
       .. "your configuration is correct?")
   end
   if user ~= "default" or pass ~= opts.requirepass then return WRONGPASS end
-  session.authenticated = true
-  session.special = session.queue ~= nil
+  session.locked = nil
+  settle(session)
 end
 
 commands.AUTH = function(a, session)
@@ -560,7 +566,7 @@ commands.HELLO = function(a, session)
         return err_quoting("Syntax error in HELLO option '" .. cstring(a[i]) .. "'")
       end
     end
-    if not session.authenticated then return NOAUTH_HELLO end
+    if session.locked then return NOAUTH_HELLO end
     if name and find(name, "[^!-~]") then return BAD_CLIENT_NAME end
     session.resp3 = ver == 3
   end
@@ -582,10 +588,6 @@ local ARITY = { PING = -1, ECHO = 2, SET = -3, GET = 2, DEL = -2, EXISTS = -2, I
 -- run at once inside MULTI, not queued
 local NOT_QUEUED = { EXEC = true, DISCARD = true, MULTI = true, WATCH = true, QUIT = true }
 
--- A session is special while it must authenticate or is queuing: the one flag a plain command checks.
-local function settle(session)
-  session.special = not session.authenticated or session.queue ~= nil
-end
 
 local function unwatch(session)
   local watching = session.watching
@@ -829,7 +831,7 @@ end
 
 -- A command from a session that must authenticate or is queuing: answered here (true), or left to run.
 local function special(conn, session, args, n, name)
-  if not session.authenticated and name ~= "AUTH" and name ~= "HELLO" and name ~= "QUIT" then
+  if session.locked and name ~= "AUTH" and name ~= "HELLO" and name ~= "QUIT" then
     conn:write(NOAUTH)
     return true
   end
@@ -844,14 +846,13 @@ local next_client_id = 0 -- (client ids, as Redis numbers its connections)
 
 local function serve(conn)
   next_client_id = next_client_id + 1
-  -- (queue and watching, nil until MULTI and WATCH, and resp3, dirty and queue_failed, nil until HELLO 3, a
-  -- change to a watched key and a failed queued command, are not named here: a constructor sizes the table
-  -- for every field it names, nil, false or not, and 7 names take 8 slots (32 B each on Lua 5.4, 24 on
-  -- LuaJIT), 4 take 4)
-  local session = { db = dbs[0], id = next_client_id, authenticated = opts.requirepass == "", special = false }
-  session.special = not session.authenticated -- (special: not authenticated or in MULTI; see settle)
+  -- (locked and special, nil unless a password is required, queue and watching, nil until MULTI and WATCH,
+  -- and resp3, dirty and queue_failed, nil until HELLO 3, a change to a watched key and a failed queued
+  -- command, are not named here: a constructor sizes the table for every field it names, nil, false or
+  -- not, and 2 names take 2 slots (32 B each on Lua 5.4, 24 on LuaJIT), 4 take 4)
+  local session = { db = dbs[0], id = next_client_id }
+  if opts.requirepass ~= "" then session.locked, session.special = true, true end
   conn:settimeouts(nil, nil, false) -- like Redis: idle clients may stay forever
-  conn:setlimits { max_read = MAX_BULK + 2 }
   local args, count = {}, 0
   while true do
     local line, e, bare = conn:readline(true)
@@ -886,5 +887,6 @@ local function serve(conn)
   unwatch(session) -- (its watches end with it)
 end
 
-local server = assert(net.listen { host = opts.host, port = opts.port, handler = serve })
+-- (the limits every connection has: set once here, not per connection with conn:setlimits)
+local server = assert(net.listen { host = opts.host, port = opts.port, handler = serve, max_read = MAX_BULK + 2 })
 log.info("kv ready on " .. server.host .. ":" .. server.port)

@@ -471,7 +471,6 @@ local function serve(conn)
   stats.curr_connections = stats.curr_connections + 1
   stats.total_connections = stats.total_connections + 1
   conn:settimeouts(nil, nil, false) -- like memcached: idle clients may stay
-  conn:setlimits { max_line = MAX_LINE * 8, max_read = MAX_ITEM + 2 }
   while true do
     local line, e = conn:readline()
     if not line then
@@ -499,5 +498,7 @@ local function serve(conn)
   stats.curr_connections = stats.curr_connections - 1
 end
 
-local server = assert(net.listen { host = opts.host, port = opts.port, handler = serve })
+local server = assert(net.listen {
+  host = opts.host, port = opts.port, handler = serve, max_line = MAX_LINE * 8, max_read = MAX_ITEM + 2,
+})
 log.info("memcache ready on " .. server.host .. ":" .. server.port .. " (" .. opts.memory .. " MiB)")

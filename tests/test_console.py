@@ -181,7 +181,7 @@ def test_a_handler_is_listed_before_and_after_its_connection_is_gone(lua_server)
     while "no connections" not in repl(server, "-e", "\\connections").stdout:
         assert time.monotonic() < deadline
     rows = [row for row in repl(server, "-e", "\\tasks").stdout.splitlines() if "connection (closed)" in row]
-    assert len(rows) == 1 and rows[0].endswith("sleeping or waiting with a timeout"), rows  # (not a stale wait)
+    assert len(rows) == 1 and rows[0].endswith("sleeping or waiting with a timeout"), rows  # (no stale wait)
     assert "cancelled connection (closed)" in repl(server, "-e", f"\\kill {rows[0].split()[0]}").stdout
     assert not [row for row in repl(server, "-e", "\\tasks").stdout.splitlines() if "connection" in row]
 

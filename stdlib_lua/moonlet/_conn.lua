@@ -488,7 +488,9 @@ local function limits_of(line, read)
 end
 
 --- Change this connection's line limit (readline, readuntil) and read limit (readn): the same knobs, by the
---- same names, as net.listen's `max_line` and `max_read`.
+--- same names, as net.listen's `max_line` and `max_read`: for limits that change during a conversation
+--- (limits every connection has are cheaper as the listener's options).
+--- Example: `conn:setlimits { max_read = 64 * 1024 * 1024 } -- once the client has logged in`
 ---@param limits {max_line?: integer, max_read?: integer}
 function Conn:setlimits(limits)
   if type(self) ~= "table" or not self[POS] then bad_self("setlimits", self) end
