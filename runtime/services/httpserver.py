@@ -191,7 +191,6 @@ class RequestWorkers:
             out = req[2]
             if out:
                 conn.transport.write(out)  # type: ignore[union-attr]  # (open: `closing` is false)
-                conn.bytes_out += len(out)
                 if conn.write_paused:  # the general way decides what waits for the peer
                     kernel.serve(task, (_IDLE, number, None, 0))
                     return

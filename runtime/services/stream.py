@@ -23,6 +23,7 @@ import asyncio
 import logging
 import math
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, cast
@@ -112,13 +113,12 @@ class ServedBy(Protocol):
 
 class Connection(asyncio.Protocol):
     __slots__ = (
-        "bytes_in",
-        "bytes_out",
         "closing",
         "deadline_key",
         "eof",
         "handle",
         "handled",
+        "heard",
         "label",
         "listener",
         "owner",
@@ -164,8 +164,7 @@ class Connection(asyncio.Protocol):
         self.write_deadline = 0.0
         self.deadline_key = 0
         self.since = svc.loop.time()
-        self.bytes_in = 0
-        self.bytes_out = 0
+        self.heard = False  # bytes have arrived (a draining server answers a connection's first request)
         self.turn_bytes = 0  # input handed to the handler since it last waited (see "Fairness")
         self.parked = False  # (request workers) no worker holds it: the next bytes go to one
         self.owner: Task | None = None  # (outgoing) the task it closes with; None while pooled
@@ -201,7 +200,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         size = len(data)
-        self.bytes_in += size
+        self.heard = True
         reader = self.reader
         if reader is None:
             if self.parked:  # (its listener's ServedBy hook: request workers)
@@ -249,7 +248,6 @@ class Connection(asyncio.Protocol):
             out = req[2]
             if out:
                 self.transport.write(out)  # type: ignore[union-attr]  # (open: `closing` is false)
-                self.bytes_out += len(out)
                 if self.write_paused:  # above the high-water mark now: read once the peer drains
                     value = self.wait_writer(reader, _AFTER_DRAIN_READ)
                     if value is not SUSPEND:
@@ -391,7 +389,6 @@ class Connection(asyncio.Protocol):
                     self.abort()
                     return False
             transport.write(out)
-            self.bytes_out += len(out)
         return True
 
     def wait_readable(self, task: Task) -> object:
@@ -408,7 +405,7 @@ class Connection(asyncio.Protocol):
         self.turn_bytes = 0
         svc = self.svc
         listener = self.listener
-        if self.eof or (svc.draining and listener is not None and listener.workers is None and self.bytes_in):
+        if self.eof or (svc.draining and listener is not None and listener.workers is None and self.heard):
             # a draining server still reads the replies of the servers it called, and the first request of
             # a connection it accepted just before draining
             return _CLOSED_REPLY
@@ -626,7 +623,6 @@ class StreamService(Defaults):
                     return _CLOSED_REPLY
             else:
                 conn.transport.write(out)  # type: ignore[union-attr]
-                conn.bytes_out += len(out)
             if conn.write_paused:
                 return conn.wait_writer(task, _AFTER_DRAIN_READ)
         return conn.wait_readable(task)
@@ -872,11 +868,9 @@ class StreamService(Defaults):
         for listener in list(self.listeners):
             self.close_listener(listener)
         for conn in list(self.connections):
-            if conn.parked and conn.bytes_in:
+            if conn.parked and conn.heard:
                 conn.close()  # an idle keep-alive connection (a new one still gets its one answer)
-            elif (
-                conn.reader is not None and conn.bytes_in and conn.listener and conn.listener.workers is None
-            ):
+            elif conn.reader is not None and conn.heard and conn.listener and conn.listener.workers is None:
                 conn._wake_reader(_CLOSED_REPLY)
 
     def _single_process(self, reason: object, where: object, _c: object) -> object:
@@ -959,9 +953,11 @@ class StreamService(Defaults):
             left = conn.read_deadline - now if conn.reader is not None and conn.read_deadline else None
             sni = sni_of(conn.transport)
             tls = "" if sni is None else f"  tls{' ' + sni if sni else ''}"
+            counts = tcp_bytes(conn.transport)
+            traffic = "" if counts is None else f"  in {counts[0]}B out {counts[1]}B"
             rows.append(
-                f"{id(conn):x}  {conn.describe()}{tls}  age {now - conn.since:.1f}s  in {conn.bytes_in}B out "
-                f"{conn.bytes_out}B  {waiting}" + (f" (timeout in {left:.1f}s)" if left is not None else "")
+                f"{id(conn):x}  {conn.describe()}{tls}  age {now - conn.since:.1f}s{traffic}  {waiting}"
+                + (f" (timeout in {left:.1f}s)" if left is not None else "")
             )
         return rows
 
@@ -987,6 +983,29 @@ def _seconds(value: float, default: float) -> float:
     if seconds == _NEVER:
         return _NEVER
     return default if seconds == default else seconds
+
+
+# struct tcp_info (linux/tcp.h, Linux 4.2 on): tcpi_bytes_acked and tcpi_bytes_received, two __u64 at 120
+_TCP_INFO_BYTES = struct.Struct("=QQ")
+_TCP_INFO_SIZE = 136
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+def tcp_bytes(transport: asyncio.BaseTransport | None) -> tuple[int, int] | None:
+    """The bytes a TCP connection has received and had acknowledged, as the kernel counts them (on the wire:
+    a TLS connection's records); None where it does not say (a Unix socket, another system, closed). The
+    console asks when it lists connections, so that serving one costs no count."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in _TCP_FAMILIES or not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except OSError:
+        return None
+    if len(info) < _TCP_INFO_SIZE:
+        return None
+    acked, received = _TCP_INFO_BYTES.unpack_from(info, 120)
+    return received, acked
 
 
 def _end(conn: Connection, which: str) -> object:
