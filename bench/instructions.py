@@ -13,8 +13,9 @@ compiled and every cache filled) ``callgrind_control -i on`` starts counting, ``
 exactly N requests (with ``--http``, ``wrk`` runs for a few seconds and its count of answered requests
 is the N), and ``-i off`` stops before the count is dumped. Instructions are deterministic: the
 figure does not move with the machine's load, so it judges a change on a busy shared machine where
-wall-clock figures cannot (a second run differs by well under 1 %). The per-function profile is kept in
-bench/results/ for ``callgrind_annotate``.
+wall-clock figures cannot (a second run differs by well under 1 %; but on LuaJIT each process forms its
+own traces, and an unpipelined run can land on a slower set: run it several times and quote them all).
+The per-function profile is kept in bench/results/ for ``callgrind_annotate``.
 """
 
 from __future__ import annotations
