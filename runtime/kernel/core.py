@@ -15,7 +15,7 @@ Rules this module keeps:
   back in the loop's ready queue after ``MAX_IMMEDIATE`` of them, so it cannot starve other connections.
 * One fast path resumes tasks outside :meth:`Kernel.resume`: a connection feeding bytes to the task
   waiting to read it (``Connection.data_received``) serves a ``RECV`` on that same connection inline, the
-  echo cycle in one Python frame, with the same bookkeeping (``resumes``, ``current``, :meth:`failed`); any
+  echo cycle in one Python frame, with the same bookkeeping (``runs``, ``current``, :meth:`failed`); any
   other request it hands to :meth:`Kernel.serve`.
 * Lua errors reach here as exceptions only from a connection's handler, which runs as its coroutine's own
   function so that its reads wait shallow (``bare`` tasks: see ``ended`` in ``_host.lua``; its return ends
@@ -177,7 +177,6 @@ class Kernel:
         self.tasks: dict[Task, None] = {}
         self.current: Task | None = None  # the task being resumed, if any
         self.main: Task | None = None  # the app's main chunk (what it opens lives as long as the process)
-        self.resumes = 0  # how many resumes have started (the stall check tells runs apart by it)
         self.stale_wakeups = 0  # put-off resumes dropped: their task had been resumed meanwhile
         self.on_idle: Callable[[], None] | None = None  # called when `live` drops to zero
         self.handles = Handles()
@@ -285,8 +284,7 @@ class Kernel:
             return
         if CHECK_CROSSING:
             check_plain(value, f"a reply to {task.describe()}", LuaObject)
-        task.runs += 1
-        self.resumes += 1  # (before `current`: the stall guard's thread reads them in the other order)
+        task.runs += 1  # (before `current`: the stall guard's thread reads them in the other order)
         self.current = task
         try:
             self.serve(task, resume_thread(co, value))

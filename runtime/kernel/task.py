@@ -65,7 +65,8 @@ class Task:
     swallow it). ``waiting`` and ``timer`` say what a suspended task is registered with, so that killing it
     also unregisters it. ``root`` is the task whose end cancels this one (a connection's handler), if any.
     ``runs`` counts its resumes: a wake-up put off to later carries the count it answers (see the kernel's
-    rules). ``handle``: the number Lua holds for it, 0 until it is given one (``kernel/handles.py``).
+    rules), and the stall guard tells one run from another by the task and its count. ``handle``: the
+    number Lua holds for it, 0 until it is given one (``kernel/handles.py``).
     """
 
     __slots__ = ("co", "extra", "handle", "owner", "root", "runs", "timer", "waiting")

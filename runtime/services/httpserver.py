@@ -72,8 +72,8 @@ class RequestWorkers:
     """
 
     __slots__ = (
-        "access", "closed", "counts", "entry", "idle", "keepalive_timeout", "label", "max_requests",
-        "send_timeout", "svc", "sweep",
+        "access", "closed", "counts", "entry", "idle", "keepalive_timeout", "label", "last_request",
+        "max_requests", "send_timeout", "svc", "sweep",
     )  # fmt: skip
 
     def __init__(
@@ -88,6 +88,9 @@ class RequestWorkers:
         self.entry = entry  # Lua function a new worker runs: entry(conn, data, last)
         self.keepalive_timeout = keepalive_timeout  # seconds a connection is kept with nothing to serve
         self.max_requests = max_requests  # requests per connection
+        self.last_request = (
+            max_requests - 1
+        )  # (requests answered when the next is the last: no sum per request)
         self.send_timeout = send_timeout
         self.idle: list[Task] = []  # workers waiting for a connection with bytes, the longest waiting first
         self.closed = False  # the listener closed: workers end instead of waiting
@@ -113,7 +116,7 @@ class RequestWorkers:
 
     def next_is_last(self, conn: Connection) -> bool:
         """(request workers) The next answer on this connection is its last: max_requests, or draining."""
-        return self.svc.draining or conn.handled + 1 >= self.max_requests
+        return self.svc.draining or conn.handled >= self.last_request
 
     def unpark(self, conn: Connection) -> None:
         """Bytes have arrived for a parked connection: hand them to a waiting worker, or to a new one."""
@@ -161,12 +164,11 @@ class RequestWorkers:
         conn.parked = False
         conn.turn_bytes = size
         kernel = svc.kernel
-        kernel.resumes += 1
+        task.runs += 1  # (before `current`: see the kernel's resume)
         kernel.current = task
         number = conn.handle or kernel.handles.number(conn)
-        task.runs += 1
         try:
-            last = svc.draining or conn.handled + 1 >= self.max_requests  # (next_is_last, inline)
+            last = svc.draining or conn.handled >= self.last_request  # (next_is_last, inline)
             req = resume_thread(co, (number, data, last))
             if (
                 type(req) is not tuple
@@ -198,25 +200,27 @@ class RequestWorkers:
             conn.task = None
             # park(), inline on this path
             conn.parked = True
-            conn.read_deadline = deadline = svc.time() + self.keepalive_timeout
+            now = svc.time()
+            conn.read_deadline = deadline = now + self.keepalive_timeout
             key = conn.deadline_key
             if key == 0 or deadline < key * TICK:  # (else the wheel's reminder comes first: it re-checks)
                 svc.deadlines.add(conn, deadline)
-            if not self.rest(task, worker):
+            if not self.rest(task, worker, now):
                 kernel.resume(task, None)  # it ends (not from inside its own run: resume_thread has returned)
         except Exception as e:
             kernel.failed(task, e)
         finally:
             kernel.current = None
 
-    def rest(self, task: Task, worker: Worker) -> bool:
-        """A request worker without a connection waits for the next one; False if it is not needed (the
-        listener closed, the server drains, or enough wait already): it should end."""
+    def rest(self, task: Task, worker: Worker, now: float | None = None) -> bool:
+        """A request worker without a connection waits for the next one (since ``now``, the loop's time, if
+        the caller has it); False if it is not needed (the listener closed, the server drains, or enough
+        wait already): it should end."""
         if self.svc.draining or self.closed or len(self.idle) >= MAX_IDLE_WORKERS:
             return False
         self.idle.append(task)
         task.waiting = self
-        worker.since = self.svc.time()
+        worker.since = self.svc.time() if now is None else now
         if self.sweep is None:
             self.sweep = self.svc.loop.call_later(IDLE_WORKER_TTL, self._sweep)
         return True

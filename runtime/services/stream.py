@@ -227,8 +227,7 @@ class Connection(asyncio.Protocol):
         # The echo cycle, in this one frame (see the kernel's rules): resume the reader with the bytes and,
         # if it asks this connection for more, send what it wrote and wait again.
         kernel = svc.kernel
-        reader.runs += 1
-        kernel.resumes += 1
+        reader.runs += 1  # (before `current`: see the kernel's resume)
         kernel.current = reader
         try:
             req = resume_thread(co, data)

@@ -9,7 +9,7 @@ blocking primitive in Lua is built from two requests:
   task cannot be woken at all (``UNPARK`` returns false, so a queue hands its item to the next getter).
 * ``WATCH(task)`` parks-on-end: the watcher is unparked when ``task`` ends.
 
-Stall protection (a *run* is one resume, told apart by ``Kernel.resumes``): :class:`StallGuard`'s thread
+Stall protection (a *run* is one resume: the task and its ``Task.runs``): :class:`StallGuard`'s thread
 samples which run the loop thread is in; when one run has lasted the budget it marks that run stalled and
 arms the count hook of the running task's coroutine (``runtime/lua/interrupt.py``), so tasks pay nothing
 per instruction until then. Coroutines the app creates itself keep a periodic count hook (the watchdog
@@ -76,7 +76,7 @@ class TaskService(Quiet):
         self.figures = figures or Figures()  # (the runtime's metrics: stalls stopped)
         self.loop = loop
         self.stall_budget = limits.stall_budget
-        self._run = -1  # Kernel.resumes when the stall check last saw a new run
+        self._run: tuple[Task | None, int] = (None, 0)  # the run the stall check last saw begin
         self._run_since = 0.0
         self.guard: StallGuard | None = None  # set by the host when the budget is on and arming works
         self.draining = False  # (a drain began: SIGTERM, or the old worker of a reload)
@@ -221,17 +221,18 @@ class TaskService(Quiet):
                 watchers.remove(watcher)
 
     def _stall_check(self, _a: object, _b: object, _c: object) -> bytes | None:
-        kernel = self.kernel
-        if kernel.current is None or self.stall_budget <= 0:
+        task = self.kernel.current
+        if task is None or self.stall_budget <= 0:
             return None
         guard = self.guard
         if guard is not None:  # the watchdog decides; a hook armed for an earlier run finds nothing
-            if guard.stalled_run != kernel.resumes:
+            if guard.stalled_task is not task or guard.stalled_runs != task.runs:
                 return None
             return self._stall_message(guard.stalled_for)
         now = time.thread_time()  # (the loop thread's CPU: this runs on it, from the count hook)
-        if kernel.resumes != self._run:
-            self._run, self._run_since = kernel.resumes, now
+        run = self._run
+        if run[0] is not task or run[1] != task.runs:
+            self._run, self._run_since = (task, task.runs), now
             return None
         used = now - self._run_since
         if used < self.stall_budget:
@@ -260,12 +261,15 @@ class StallGuard:
     """The watchdog thread of the stall budget: finds a run that has used ``budget`` seconds of the loop
     thread's CPU and arms the hook of the coroutine running it.
 
-    It samples ``Kernel.resumes`` and ``Kernel.current`` every ``budget / 10`` seconds (at most 0.1 s) and
+    It samples ``Kernel.current`` and that task's ``runs`` every ``budget / 10`` seconds (at most 0.1 s) and
     times a run by the loop thread's CPU clock from the first sample that saw it, so a stall is stopped
     between ``budget`` and ``budget`` + two periods of CPU after it began, and a run that waits for a core
     (a busy machine) or is stopped (SIGSTOP, a debugger) is never judged stuck (runtime/threadclock.py).
     Lua releases the GIL while it runs, so this thread reads the kernel's fields while the loop thread is
-    busy in Lua; a sample is used only when the run counter read before and after ``current`` agree.
+    busy in Lua. The loop thread counts a task's run before it makes the task ``current``, and this thread
+    reads ``current`` before its count, so the count it reads is at least that of the run it saw current:
+    two samples that read the same task and count saw one run (no other run of that task began between
+    them), and a sample is used only when ``current`` is still the task after its count was read.
 
     LuaJIT runs no hook inside a loop it has compiled to machine code. With ``unstoppable`` given (the
     host's exit, on LuaJIT) a run that goes on for another ``max(budget, 1)`` seconds of CPU after its
@@ -288,7 +292,9 @@ class StallGuard:
         self._interrupter = interrupter
         self._period = min(0.1, budget / 10)
         self._stopped = threading.Event()
-        self.stalled_run = -1  # the run found over budget (read by STALL_CHECK on the loop thread)
+        # the run found over budget, its task and count (read by STALL_CHECK on the loop thread)
+        self.stalled_task: Task | None = None
+        self.stalled_runs = 0
         self.stalled_for = 0.0  # how long it had run when found
 
     def start(self) -> None:
@@ -299,18 +305,22 @@ class StallGuard:
 
     def _watch(self) -> None:
         kernel = self._kernel
-        seen_run, seen_cpu = -1, 0.0
+        seen_task: Task | None = None
+        seen_runs, seen_cpu = 0, 0.0
         while not self._stopped.wait(self._period):
-            run = kernel.resumes
             task = kernel.current
-            if task is None or kernel.resumes != run:
-                seen_run = -1
+            if task is None:
+                seen_task = None
+                continue
+            runs = task.runs
+            if kernel.current is not task:
+                seen_task = None
                 continue
             cpu = self._clock.cpu()
-            if run != seen_run:
-                seen_run, seen_cpu = run, cpu
+            if task is not seen_task or runs != seen_runs:
+                seen_task, seen_runs, seen_cpu = task, runs, cpu
                 continue
-            if self.stalled_run == run:
+            if self.stalled_task is task and self.stalled_runs == runs:
                 grace = max(self._budget, 1.0)
                 if self._unstoppable is not None and cpu - seen_cpu >= self.stalled_for + grace:
                     self._unstoppable(
@@ -324,5 +334,5 @@ class StallGuard:
             co = task.co  # (held while arming: the coroutine's state stays alive)
             if co is not None:
                 self.stalled_for = cpu - seen_cpu
-                self.stalled_run = run
+                self.stalled_task, self.stalled_runs = task, runs
                 self._interrupter.arm(co)
