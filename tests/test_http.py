@@ -723,3 +723,47 @@ def test_a_connection_a_new_worker_answered_at_once_is_forgotten_once_gone(lua_h
         while len(handles) > baseline:  # its number retired once it is lost: nothing kept per connection
             assert time.monotonic() < deadline, len(handles)
             time.sleep(0.01)
+
+
+def test_request_workers_left_waiting_are_capped_and_end_after_their_wait(lua_host) -> None:  # type: ignore[no-untyped-def]
+    from runtime.services.httpserver import IDLE_WORKER_TTL, MAX_IDLE_WORKERS
+
+    server = lua_host(
+        """
+        local http = require "moonlet.http"
+        assert(http.serve { host = "127.0.0.1", port = 0, handler = function(req)
+          if req.path == "/slow" then sleep(0.3) end
+          return 200, nil, "ok"
+        end })
+        """,
+        ready=HTTP_READY,
+    )
+    assert server.host.services is not None
+    workers = next(iter(server.host.services.stream.listeners)).workers
+    socks = [
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(MAX_IDLE_WORKERS + 16)
+    ]
+
+    def ask(s: socket.socket, path: str) -> None:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        answer = b""
+        while not answer.endswith(b"\r\n\r\nok"):
+            chunk = s.recv(4096)
+            assert chunk, answer
+            answer += chunk
+
+    for s in socks:  # (all at once: each slow request has a worker of its own)
+        s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    for s in socks:
+        assert s.recv(4096).endswith(b"\r\n\r\nok")
+    assert len(workers.idle) == MAX_IDLE_WORKERS  # (the others ended as they went idle)
+    for s in socks[:8]:  # answered at once by a waiting worker, which then waits again
+        ask(s, "/fast")
+    assert len(workers.idle) == MAX_IDLE_WORKERS
+    deadline = time.monotonic() + IDLE_WORKER_TTL + 8
+    while workers.idle:  # a worker that waited IDLE_WORKER_TTL for a connection ends
+        assert time.monotonic() < deadline, len(workers.idle)
+        time.sleep(0.1)
+    ask(socks[-1], "/fast")  # (and a new one serves the next request)
+    for s in socks:
+        s.close()

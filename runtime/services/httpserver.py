@@ -205,8 +205,15 @@ class RequestWorkers:
             key = conn.deadline_key
             if key == 0 or deadline < key * TICK:  # (else the wheel's reminder comes first: it re-checks)
                 svc.deadlines.add(conn, deadline)
-            if not self.rest(task, worker, now):
+            # rest(), inline on this path (not draining: that went the general way; keep the two alike)
+            if self.closed or len(idle) >= MAX_IDLE_WORKERS:
                 kernel.resume(task, None)  # it ends (not from inside its own run: resume_thread has returned)
+            else:
+                idle.append(task)
+                task.waiting = self
+                worker.since = now
+                if self.sweep is None:
+                    self.sweep = svc.loop.call_later(IDLE_WORKER_TTL, self._sweep)
         except Exception as e:
             kernel.failed(task, e)
         finally:
