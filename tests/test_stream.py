@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import ENGINE, SLOW_ECHO
+from runtime.services.stream import tcp_bytes
 
 # A handler that answers every read call it is told to make: `readline`, `readn N`, `readuntil D`, `read`.
 PROBE = """
@@ -407,6 +408,34 @@ def test_peer_and_unix_socket(lua_host, tmp_path) -> None:  # type: ignore[no-un
         u.connect(str(path))
         u.settimeout(5)
         assert u.recv(100) == str(path).encode() + b" nil\n"
+
+
+def test_the_kernel_counts_a_tcp_connections_bytes_and_a_unix_socket_has_none(lua_host, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # (the console's in/out: serving counts nothing, the kernel's TCP_INFO is read when asked)
+    path = tmp_path / "s.sock"
+    server = lua_host(f"""
+        local net = require "moonlet.net"
+        local function h(conn) conn:write(conn:readline(), "!\\n") conn:readline() end
+        net.listen {{ port = 0, handler = h }}
+        net.listen {{ path = "{path}", handler = h }}
+    """)
+    server.wait_log(b"listening on " + str(path).encode())
+    c = server.connect()
+    c.send(b"hello\n")
+    assert c.line() == b"hello!"
+    with socket.socket(socket.AF_UNIX) as u:
+        u.connect(str(path))
+        u.settimeout(5)
+        u.sendall(b"hi\n")
+        assert u.recv(100) == b"hi!\n"
+        assert server.host.services is not None
+        conns = {conn.listener.label: conn for conn in server.host.services.stream.connections}
+        assert tcp_bytes(conns.pop(str(path)).transport) is None
+    (tcp,) = conns.values()
+    deadline = time.monotonic() + 5  # (the peer's kernel acknowledges the 7 bytes: at once, or a delayed ACK)
+    while tcp_bytes(tcp.transport) != (6, 7):
+        assert time.monotonic() < deadline, tcp_bytes(tcp.transport)
+        time.sleep(0.01)
 
 
 def test_misuse_raises_at_the_callers_line(lua_host) -> None:
