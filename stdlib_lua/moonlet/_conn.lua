@@ -287,20 +287,23 @@ end
 ---@return true? ok
 ---@return string? err
 function Conn:write(...)
+  -- (Its C calls come first, at the bottom of its frame: a reply is often written from deep in a handler's
+  -- loop, and on Lua 5.4 each slot higher could grow the stack there: see write_parts.)
+  local nargs, s = select("#", ...), ...
+  local plain = type(s) == "string" and (nargs == 1 or nargs == 2 and type((select(2, ...))) == "string")
   if self[CLOSED] then return nil, "closed" end
   local out, n, size = self[OUT], self[OUTN], self[OUTB]
   if n == 0 then mark_dirty(self) end
-  local nargs, s, s2 = select("#", ...), ...
-  if nargs == 1 and type(s) == "string" then -- the common cases, kept short: one string, or two
+  if not plain then return write_parts(self, out, n, size, ...) end
+  if nargs == 1 then -- the common cases, kept short: one string, or two
     n = n + 1
     out[n] = s
     size = size + #s
-  elseif nargs == 2 and type(s) == "string" and type(s2) == "string" then
+  else
+    local _, s2 = ...
     out[n + 1], out[n + 2] = s, s2
     n = n + 2
     size = size + #s + #s2
-  else
-    return write_parts(self, out, n, size, ...)
   end
   self[OUTN], self[OUTB] = n, size
   if size >= HIGH_WATER then return self:flush() end
