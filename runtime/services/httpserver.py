@@ -88,9 +88,8 @@ class RequestWorkers:
         self.entry = entry  # Lua function a new worker runs: entry(conn, data, last)
         self.keepalive_timeout = keepalive_timeout  # seconds a connection is kept with nothing to serve
         self.max_requests = max_requests  # requests per connection
-        self.last_request = (
-            max_requests - 1
-        )  # (requests answered when the next is the last: no sum per request)
+        # the requests answered when the next is the last (compared as it is: no sum a request)
+        self.last_request = max_requests - 1
         self.send_timeout = send_timeout
         self.idle: list[Task] = []  # workers waiting for a connection with bytes, the longest waiting first
         self.closed = False  # the listener closed: workers end instead of waiting
