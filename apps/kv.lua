@@ -588,7 +588,6 @@ local ARITY = { PING = -1, ECHO = 2, SET = -3, GET = 2, DEL = -2, EXISTS = -2, I
 -- run at once inside MULTI, not queued
 local NOT_QUEUED = { EXEC = true, DISCARD = true, MULTI = true, WATCH = true, QUIT = true }
 
-
 local function unwatch(session)
   local watching = session.watching
   if watching then

@@ -384,6 +384,18 @@ def lua_host(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
         host.stop(now=True)  # (as the process fixtures' SIGKILL: what a test left running is not its subject)
 
 
+def console(server, command: str) -> str:  # type: ignore[no-untyped-def]
+    """What a server process's console answers to ``command`` (through ``moonlet repl -e``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", "repl", "-e", command, str(server.proc.pid)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+
+
 def wait_listening(port: int, what: str, timeout: float = 10) -> None:
     """Wait until something accepts on 127.0.0.1:port (a peer server the test started)."""
     deadline = time.monotonic() + timeout

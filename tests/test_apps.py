@@ -9,7 +9,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
 
@@ -19,7 +18,7 @@ import websockets
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from conftest import APPS, ENGINE, ROOT, free_port
+from conftest import APPS, ENGINE, console, free_port
 
 
 def test_echo_transcript(run_app) -> None:  # type: ignore[no-untyped-def]
@@ -473,16 +472,9 @@ def test_an_answered_idle_connection_keeps_its_coroutines_first_stack(run_app, a
     server = run_app(APPS / f"{app}.lua", "--port", "0")
 
     def heap() -> float:
-        code = "collectgarbage() collectgarbage() return collectgarbage('count') * 1024"
-        out = subprocess.run(
-            [sys.executable, "-m", "runtime", "repl", "-e", code, str(server.proc.pid)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-        return float(out.split()[0])
+        return float(
+            console(server, "collectgarbage() collectgarbage() return collectgarbage('count') * 1024")
+        )
 
     before = heap()
     conns = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(400)]

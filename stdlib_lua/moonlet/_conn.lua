@@ -247,11 +247,11 @@ function Conn:read(max)
   return sub(buf, pos, pos + max - 1)
 end
 
--- The general case of write (any number of strings, numbers and arrays of them), a function of its own: a
--- Lua function's whole frame is reserved when it is called, and on Lua 5.4 a call whose frame reaches 40
--- slots up grows the coroutine's stack for good (host.recv_then), so this loop's large frame kept
--- `conn:write(line, "\n")` in a handler's first frame ~1.4 KB of memory an idle connection kept. (A tail
--- call from write: the app's frame is still the caller an argument error names.)
+-- The general case of write (any number of strings, numbers and arrays of them), a function of its own:
+-- its loop calls C functions (select, type) high in its frame, and on Lua 5.4 one called 20 slots up grows
+-- the coroutine's stack for good (host.recv_then); a handler's `conn:write(line, "\n")` went this way once,
+-- and its idle connection kept ~1.4 KB more. (A tail call from write: the app's frame is still the caller
+-- an argument error names.)
 local function write_parts(self, out, n, size, ...)
   for i = 1, select("#", ...) do
     local v = select(i, ...)

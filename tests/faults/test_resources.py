@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT
+from conftest import ROOT, console
 
 ECHO_AND_GROW = """
 local net = require "moonlet.net"
@@ -29,18 +29,6 @@ net.listen { host = "127.0.0.1", port = 0, handler = function(conn)
   end
 end }
 """
-
-
-def console(server, command: str) -> str:  # type: ignore[no-untyped-def]
-    """What the server's console answers to ``command`` (through ``moonlet repl -e``)."""
-    return subprocess.run(
-        [sys.executable, "-m", "runtime", "repl", "-e", command, str(server.proc.pid)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
 
 
 def stats(server) -> dict[str, int]:  # type: ignore[no-untyped-def]
